@@ -1,0 +1,1 @@
+//! Placeholder until the exchange-sim issue lands.
