@@ -1,0 +1,114 @@
+//! Metric names and the few helpers that record them. Labels are small fixed sets, never
+//! tickers or error text.
+
+use std::time::Duration;
+
+use ::metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit};
+use protocol::MessageType;
+
+use crate::event::{DisconnectReason, State};
+
+/// 1 while the WebSocket is open, else 0.
+pub const UP: &str = "relay_upstream_up";
+/// [`State::code`]: 0 disconnected, 1 connecting, 2 connected, 3 subscribed, 4 auth failed,
+/// 5 gave up.
+pub const STATE: &str = "relay_upstream_state";
+/// Successful connections (upgrade completed).
+pub const CONNECTS: &str = "relay_upstream_connects_total";
+/// Ended connections and failed attempts, by `reason` ([`DisconnectReason::label`]).
+pub const DISCONNECTS: &str = "relay_upstream_disconnects_total";
+/// Text frames received, by `type` (the known message types, else `other`).
+pub const MESSAGES: &str = "relay_upstream_messages_total";
+/// Bytes of text frames received.
+pub const BYTES: &str = "relay_upstream_bytes_total";
+/// Sequence gaps detected.
+pub const SEQ_GAPS: &str = "relay_upstream_seq_gaps_total";
+/// `get_snapshot` requests sent (gap repair and owner requests).
+pub const SNAPSHOT_REQUESTS: &str = "relay_upstream_snapshot_requests_total";
+/// Round trip of our own pings.
+pub const PING_RTT: &str = "relay_upstream_ping_rtt_seconds";
+/// The last reconnect delay chosen.
+pub const BACKOFF: &str = "relay_upstream_backoff_seconds";
+/// Each wait for room in the owner's full event channel (its `_sum` is the total time blocked).
+pub const OWNER_WAIT: &str = "relay_upstream_owner_wait_seconds";
+/// Events waiting in the owner's channel (sampled when the session sends).
+pub const EVENTS_PENDING: &str = "relay_upstream_events_pending";
+
+/// Registers descriptions and units with the installed recorder (call once, from the binary).
+pub fn describe() {
+    describe_gauge!(UP, "1 while the exchange WebSocket is open");
+    describe_gauge!(STATE, "0 disconnected, 1 connecting, 2 connected, 3 subscribed, 4 auth failed, 5 gave up");
+    describe_counter!(CONNECTS, "Successful exchange connections");
+    describe_counter!(DISCONNECTS, "Ended exchange connections and failed attempts, by reason");
+    describe_counter!(MESSAGES, "Text frames received from the exchange, by type");
+    describe_counter!(BYTES, Unit::Bytes, "Bytes of text frames received from the exchange");
+    describe_counter!(SEQ_GAPS, "Sequence gaps detected on exchange subscriptions");
+    describe_counter!(SNAPSHOT_REQUESTS, "get_snapshot requests sent to the exchange");
+    describe_histogram!(PING_RTT, Unit::Seconds, "Round trip of the session's own pings");
+    describe_gauge!(BACKOFF, Unit::Seconds, "Last reconnect delay chosen");
+    describe_histogram!(OWNER_WAIT, Unit::Seconds, "Waits for room in the owner's full event channel");
+    describe_gauge!(EVENTS_PENDING, "Events waiting in the owner's channel");
+}
+
+pub(crate) fn state(state: &State) {
+    gauge!(STATE).set(f64::from(state.code()));
+    gauge!(UP).set(if state.is_up() { 1.0 } else { 0.0 });
+}
+
+pub(crate) fn connected() {
+    counter!(CONNECTS).increment(1);
+}
+
+pub(crate) fn disconnected(reason: &DisconnectReason) {
+    counter!(DISCONNECTS, "reason" => reason.label()).increment(1);
+}
+
+/// The `type` label: a known type's name, else `other` (the set stays fixed).
+pub(crate) fn message_label(kind: &MessageType) -> &'static str {
+    match kind {
+        MessageType::OrderbookSnapshot => "orderbook_snapshot",
+        MessageType::OrderbookDelta => "orderbook_delta",
+        MessageType::Ticker => "ticker",
+        MessageType::Trade => "trade",
+        MessageType::Fill => "fill",
+        MessageType::UserOrder => "user_order",
+        MessageType::MarketPosition => "market_position",
+        MessageType::MarketLifecycleV2 => "market_lifecycle_v2",
+        MessageType::EventLifecycle => "event_lifecycle",
+        MessageType::EventFeeUpdate => "event_fee_update",
+        MessageType::Subscribed => "subscribed",
+        MessageType::Unsubscribed => "unsubscribed",
+        MessageType::Ok => "ok",
+        MessageType::Error => "error",
+        MessageType::Other(_) => "other",
+    }
+}
+
+pub(crate) fn frame(kind: &'static str, bytes: usize) {
+    counter!(MESSAGES, "type" => kind).increment(1);
+    counter!(BYTES).increment(bytes as u64);
+}
+
+pub(crate) fn seq_gap() {
+    counter!(SEQ_GAPS).increment(1);
+}
+
+pub(crate) fn snapshot_request() {
+    counter!(SNAPSHOT_REQUESTS).increment(1);
+}
+
+pub(crate) fn ping_rtt(rtt: Duration) {
+    histogram!(PING_RTT).record(rtt.as_secs_f64());
+}
+
+pub(crate) fn backoff(delay: Duration) {
+    gauge!(BACKOFF).set(delay.as_secs_f64());
+}
+
+pub(crate) fn owner_wait(waited: Duration) {
+    histogram!(OWNER_WAIT).record(waited.as_secs_f64());
+}
+
+pub(crate) fn events_pending(n: usize) {
+    gauge!(EVENTS_PENDING).set(n as f64);
+}
