@@ -1,1 +1,166 @@
-//! Placeholder until the fanout issue lands.
+//! One upstream stream to thousands of subscribers, where a slow one costs nobody else anything and
+//! no one ever sees a wrong book.
+//!
+//! # Design
+//!
+//! - **One ring, shared.** The [`Publisher`] (one task, fed in exchange order) appends each message
+//!   as one `Arc<`[`Item`]`>` to a single tokio broadcast ring. An item carries the `msg` body as
+//!   shared [`bytes::Bytes`], encoded once, with its type, channel, market and stream position.
+//!   Publishing is O(1) in the number of subscribers apart from waking those parked on the ring,
+//!   and never waits for any of them. Each [`Subscriber`] is a cursor into the ring that filters
+//!   by its [`Topic`]s: per-subscriber work is a lookup and the small envelope the relay writes
+//!   ([`Item::write_envelope`]).
+//! - **A state cache beside the ring.** Per market: the current [`protocol::OrderBook`], the
+//!   latest ticker, and how many items of each channel were published. The publisher updates the
+//!   cache and numbers the item under one short lock, then sends it (outside the lock, so the
+//!   wake-ups do not block readers). Because the stream carries the same numbers, a subscriber that
+//!   takes a snapshot from the cache when the book's count is `n` skips the book's items numbered
+//!   `<= n` and applies exactly those numbered `> n`: none twice, none missing. Per topic the
+//!   numbers are contiguous, which the subscriber checks.
+//! - **Lag-dropping with repair.** A subscriber may fall `queue_messages` items or `queue_bytes`
+//!   bytes behind the head (the ring overwrites the oldest for everyone; the byte bound is one
+//!   subtraction thanks to a cumulative byte count per item). Beyond that it is *lagged*: it skips
+//!   to the head (`Receiver::resubscribe`; what it still had unread is as stale as what it lost,
+//!   and skipping gives it a full queue of headroom) and, from one consistent cut of the cache,
+//!   counts exactly what it lost per topic, then queues a fresh snapshot for each of its books
+//!   and the latest ticker for each ticker topic, after a [`Delivery::Lagged`] report and before
+//!   any further delta. Trades lost are counted (they are events, not state).
+//! - **Verdicts.** Private channels (fill, user_orders, market_positions) carry no seq and cannot be
+//!   repaired: a lag that lost any of their messages ends with [`Delivery::Disconnect`]
+//!   ([`Verdict::PrivateChannelLag`]), never a silent gap. More than `slow_consumer_lags` lags
+//!   within `slow_consumer_window_seconds` ends with [`Verdict::SlowConsumer`]. The relay closes
+//!   such a client with 4008.
+//! - **Stale books.** [`Publisher::mark_stale`] (gap, reconnect) puts a marker in the stream: each
+//!   subscriber of that book gets [`Delivery::Stale`] in order and no delta until the reset
+//!   snapshot. A subscriber that adds a stale book waits for that reset snapshot.
+//! - **Registry.** Which topics have subscribers, with counts ([`Fanout::topics`]), and a stream of
+//!   [`TopicChange`]s ([`RegistryEvents::next`]): `Unwanted` only after the linger delay, cancelled
+//!   if the topic is wanted again meanwhile.
+//!
+//! # Guarantees
+//!
+//! For every subscriber and each of its books: the deliveries, applied in order (every
+//! `orderbook_snapshot` replaces the book, every delta applies to it), rebuild the publisher's book
+//! as of the last book item the subscriber has received, whenever it has caught up with the
+//! stream; stale periods are announced. The publisher never blocks on subscribers. Everything
+//! dropped is counted, per subscriber in the [`LagReport`] and in the `relay_fanout_*` metrics
+//! (see [`metric_names`]; install the metrics recorder before calling [`new`]).
+//!
+//! # Example
+//!
+//! ```
+//! use bytes::Bytes;
+//! use fanout::{Delivery, FanoutConfig, Topic};
+//! use protocol::{Channel, OrderbookSnapshot};
+//!
+//! # tokio_test();
+//! # fn tokio_test() { tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+//! let (mut publisher, fanout, _registry) = fanout::new(FanoutConfig::default());
+//! let body = Bytes::from_static(br#"{"market_ticker":"M","yes_dollars_fp":[["0.0800","300.00"]]}"#);
+//! let snap: OrderbookSnapshot = serde_json::from_slice(&body).unwrap();
+//! publisher.snapshot("M", snap, body).unwrap();
+//!
+//! let mut sub = fanout.subscriber();
+//! sub.add(Topic::market(Channel::OrderbookDelta, "M"), false).unwrap();
+//! let mut frame = Vec::new();
+//! match sub.recv().await.unwrap() {
+//!     Delivery::Data(item) | Delivery::Cached { item, .. } => {
+//!         item.write_envelope(&mut frame, 1, Some(1), false);
+//!     }
+//!     other => panic!("{other:?}"),
+//! }
+//! assert!(frame.starts_with(br#"{"type":"orderbook_snapshot","sid":1,"seq":1,"msg":"#));
+//! # }) }
+//! ```
+#![forbid(unsafe_code)]
+
+mod cache;
+mod config;
+mod item;
+mod metrics;
+mod publisher;
+mod registry;
+mod subscriber;
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use tokio::sync::broadcast;
+
+pub use crate::config::{
+    ConfigError, FanoutConfig, Problem, DEFAULT_LINGER_SECONDS, DEFAULT_QUEUE_BYTES,
+    DEFAULT_QUEUE_MESSAGES, DEFAULT_SLOW_CONSUMER_LAGS, DEFAULT_SLOW_CONSUMER_WINDOW_SECONDS,
+};
+pub use crate::item::{write_envelope, Item, Topic};
+pub use crate::publisher::{PublishError, Publisher};
+pub use crate::registry::{RegistryEvents, TopicChange};
+pub use crate::subscriber::{
+    CacheReason, Delivery, LagCause, LagReport, SnapshotRequest, Subscriber, TopicError, Verdict,
+};
+
+/// The names of every metric the crate emits.
+pub mod metric_names {
+    pub use crate::metrics::{
+        DELIVERED, DISCONNECTS, DROPPED, LAGS, PUBLISHED, PUBLISH_DURATION, QUEUE_BYTES, REJECTED,
+        REPAIRS, SNAPSHOTS, SUBSCRIBERS, TOPICS, TRADES_LOST,
+    };
+}
+
+use crate::cache::{Cache, Shared};
+use crate::registry::RegistryShared;
+
+/// Builds a fanout: the one [`Publisher`], a cloneable [`Fanout`] handle to attach subscribers,
+/// and the one [`RegistryEvents`] stream. `config` should have been validated
+/// ([`FanoutConfig::validate`]); a zero `queue_messages` is treated as 1.
+pub fn new(config: FanoutConfig) -> (Publisher, Fanout, RegistryEvents) {
+    // The ring: the publisher holds the only strong sender; subscribers each hold a cursor.
+    let (tx, _) = broadcast::channel(config.queue_messages.max(1));
+    let registry = Arc::new(RegistryShared::new(config.linger()));
+    let shared = Arc::new(Shared {
+        config,
+        tx: tx.downgrade(),
+        cache: Mutex::new(Cache::default()),
+        head: AtomicU64::new(0),
+        bytes_published: AtomicU64::new(0),
+        registry: registry.clone(),
+        metrics: crate::metrics::Metrics::new(),
+    });
+    (
+        Publisher::new(shared.clone(), tx),
+        Fanout { shared },
+        RegistryEvents::new(registry),
+    )
+}
+
+/// A handle on the fanout for the relay's connection tasks and status pages. Cheap to clone.
+#[derive(Clone)]
+pub struct Fanout {
+    shared: Arc<Shared>,
+}
+
+impl Fanout {
+    /// A new subscriber with no topics, positioned at the head of the stream.
+    pub fn subscriber(&self) -> Subscriber {
+        Subscriber::new(self.shared.clone())
+    }
+
+    /// Every topic with at least one subscriber, with its count, sorted.
+    pub fn topics(&self) -> Vec<(Topic, usize)> {
+        self.shared.registry.topics()
+    }
+
+    /// The cached book of `market`, if it is synced (for readiness checks and status pages).
+    pub fn book(&self, market: &str) -> Option<protocol::OrderBook> {
+        let cache = self.shared.cache.lock();
+        cache
+            .markets
+            .get(market)
+            .filter(|m| m.book.is_synced())
+            .map(|m| m.book.clone())
+    }
+
+    pub fn config(&self) -> &FanoutConfig {
+        &self.shared.config
+    }
+}

@@ -1,0 +1,216 @@
+//! The state cache: per market the current book, the latest ticker and the per-channel item
+//! counts, plus the per-channel counts for channel-wide topics. One lock guards all of it.
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use protocol::{Channel, MessageType, OrderBook};
+use tokio::sync::broadcast;
+
+use crate::config::FanoutConfig;
+use crate::item::{Item, Payload, Topic};
+use crate::metrics::{channel_index, Metrics};
+use crate::registry::RegistryShared;
+
+/// What the publisher and every subscriber share.
+pub(crate) struct Shared {
+    pub config: FanoutConfig,
+    /// A weak handle on the stream ring, to attach new subscribers. The only strong
+    /// [`broadcast::Sender`] is the [`Publisher`](crate::Publisher)'s: when it is dropped, every
+    /// subscriber drains what is left and then sees the end of the stream.
+    pub tx: broadcast::WeakSender<Arc<Item>>,
+    /// The cache. Held only for short, non-blocking critical sections (never across `.await`, never
+    /// while sending or encoding): the publisher updates it once per item, subscribers read a
+    /// consistent cut of it when they add a topic, ask for a snapshot or repair after a lag.
+    pub cache: Mutex<Cache>,
+    /// Position of the last item sent (written by the publisher after each send; read by
+    /// subscribers for the message bound).
+    pub head: AtomicU64,
+    /// Bytes of bodies sent so far (written by the publisher after each send; read by
+    /// subscribers for the byte bound).
+    pub bytes_published: AtomicU64,
+    pub registry: Arc<RegistryShared>,
+    pub metrics: Metrics,
+}
+
+#[derive(Default)]
+pub(crate) struct Cache {
+    pub markets: HashMap<Arc<str>, MarketState>,
+    /// Items published per channel (the `channel_no` of the last one).
+    pub channel_counts: [u64; 7],
+}
+
+pub(crate) struct MarketState {
+    /// The interned name: every item and topic of this market shares this allocation.
+    pub name: Arc<str>,
+    /// The book as of the last applied book item; not synced while stale.
+    pub book: OrderBook,
+    /// A snapshot item of `book` built for a subscriber, valid while its `topic_no` equals
+    /// `counts[orderbook_delta]` (rebuilt lazily after the next book change).
+    pub book_item: Option<Arc<Item>>,
+    /// Position of the last book item (snapshot, delta or stale marker).
+    pub book_position: u64,
+    /// The latest ticker message.
+    pub ticker: Option<Arc<Item>>,
+    /// Items published per channel for this market (the `topic_no` of the last one).
+    pub counts: [u64; 7],
+}
+
+impl MarketState {
+    fn new(name: Arc<str>) -> MarketState {
+        MarketState {
+            book: OrderBook::new(&*name),
+            name,
+            book_item: None,
+            book_position: 0,
+            ticker: None,
+            counts: [0; 7],
+        }
+    }
+
+    pub fn book_no(&self) -> u64 {
+        self.counts[channel_index(Channel::OrderbookDelta)]
+    }
+}
+
+/// A book as a subscriber will receive it, cut from the cache.
+pub(crate) enum BookCut {
+    /// Already encoded (shared by every subscriber that asks before the book changes).
+    Ready(Arc<Item>),
+    /// Encoded outside the lock by the subscriber that asked, then offered back to the cache.
+    Build {
+        book: OrderBook,
+        topic_no: u64,
+        position: u64,
+    },
+    /// No valid book (stale, or no snapshot yet): wait for the reset snapshot in the stream.
+    Stale,
+}
+
+/// A consistent view of one topic at one instant of the stream.
+pub(crate) struct Cut {
+    /// The topic's count at the cut: stream items numbered above it are new to the cut.
+    pub seen: u64,
+    pub book: Option<BookCut>,
+    pub tickers: Vec<Arc<Item>>,
+    /// The interned market name, when the topic has a market.
+    pub market: Option<Arc<str>>,
+}
+
+impl Cache {
+    /// The state of `market`, created (unsynced, nothing published) on first use.
+    pub fn market_mut(&mut self, market: &str) -> &mut MarketState {
+        if !self.markets.contains_key(market) {
+            let name: Arc<str> = Arc::from(market);
+            self.markets.insert(name.clone(), MarketState::new(name));
+        }
+        self.markets.get_mut(market).expect("inserted above")
+    }
+
+    /// Cuts `topic`: its count, and for books the snapshot, for tickers (when `tickers`) the latest
+    /// ticker of the market or, channel-wide, of every market.
+    pub fn cut(&mut self, topic: &Topic, with_book: bool, tickers: bool) -> Cut {
+        let ci = channel_index(topic.channel);
+        match &topic.market {
+            None => {
+                let tickers = if tickers && topic.channel == Channel::Ticker {
+                    self.markets
+                        .values()
+                        .filter_map(|m| m.ticker.clone())
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                Cut {
+                    seen: self.channel_counts[ci],
+                    book: None,
+                    tickers,
+                    market: None,
+                }
+            }
+            Some(name) => {
+                let m = self.market_mut(name);
+                let book = with_book.then(|| {
+                    if !m.book.is_synced() {
+                        BookCut::Stale
+                    } else {
+                        match &m.book_item {
+                            Some(item) if item.topic_no == m.book_no() => {
+                                BookCut::Ready(item.clone())
+                            }
+                            _ => BookCut::Build {
+                                book: m.book.clone(),
+                                topic_no: m.book_no(),
+                                position: m.book_position,
+                            },
+                        }
+                    }
+                });
+                let tickers = if tickers && topic.channel == Channel::Ticker {
+                    m.ticker.iter().cloned().collect()
+                } else {
+                    Vec::new()
+                };
+                Cut {
+                    seen: m.counts[ci],
+                    book,
+                    tickers,
+                    market: Some(m.name.clone()),
+                }
+            }
+        }
+    }
+
+    /// Keeps a snapshot item built outside the lock, unless the book moved on meanwhile.
+    pub fn offer_book_item(&mut self, item: &Arc<Item>) {
+        if let Some(m) = item.market.as_deref().and_then(|n| self.markets.get_mut(n)) {
+            if m.book_no() == item.topic_no && m.book.is_synced() {
+                m.book_item = Some(item.clone());
+            }
+        }
+    }
+}
+
+/// Encodes a cached book as an `orderbook_snapshot` item numbered like the book item it follows.
+pub(crate) fn snapshot_item(
+    market: Arc<str>,
+    book: &OrderBook,
+    topic_no: u64,
+    position: u64,
+) -> Arc<Item> {
+    let snap = book.to_snapshot();
+    let body = Bytes::from(serde_json::to_vec(&snap).expect("snapshots encode"));
+    Arc::new(Item::new(
+        position,
+        Channel::OrderbookDelta,
+        MessageType::OrderbookSnapshot,
+        Some(market),
+        body,
+        topic_no,
+        0,
+        0,
+        Payload::Snapshot(snap),
+    ))
+}
+
+impl BookCut {
+    /// The snapshot item, encoding it if needed (call without the cache lock).
+    pub fn into_item(self, shared: &Shared, market: &Arc<str>) -> Option<Arc<Item>> {
+        match self {
+            BookCut::Ready(item) => Some(item),
+            BookCut::Build {
+                book,
+                topic_no,
+                position,
+            } => {
+                let item = snapshot_item(market.clone(), &book, topic_no, position);
+                shared.cache.lock().offer_book_item(&item);
+                Some(item)
+            }
+            BookCut::Stale => None,
+        }
+    }
+}

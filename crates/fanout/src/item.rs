@@ -1,0 +1,250 @@
+//! What flows through the fanout: [`Item`]s (one published message, encoded once and shared by
+//! every subscriber) and the [`Topic`]s subscribers filter them by.
+
+use std::fmt;
+use std::sync::{Arc, OnceLock};
+
+use bytes::Bytes;
+use protocol::{Channel, MessageType, OrderbookDelta, OrderbookSnapshot};
+
+/// What a subscriber asks for: one channel of one market, or a whole channel (`market: None`, a
+/// subscription without a market filter). `orderbook_delta` topics always name a market.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Topic {
+    pub channel: Channel,
+    pub market: Option<Arc<str>>,
+}
+
+impl Topic {
+    /// One channel of one market.
+    pub fn market(channel: Channel, market: &str) -> Topic {
+        Topic {
+            channel,
+            market: Some(Arc::from(market)),
+        }
+    }
+
+    /// A whole channel (every market, or a channel without markets such as lifecycle).
+    pub fn channel(channel: Channel) -> Topic {
+        Topic {
+            channel,
+            market: None,
+        }
+    }
+}
+
+impl fmt::Debug for Topic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.market {
+            Some(m) => write!(f, "{}/{m}", self.channel),
+            None => write!(f, "{}/*", self.channel),
+        }
+    }
+}
+
+/// The parsed book message an item carries, kept for the `use_yes_price` variant.
+#[derive(Debug)]
+pub(crate) enum Payload {
+    Snapshot(OrderbookSnapshot),
+    Delta(OrderbookDelta),
+    None,
+}
+
+/// One message of the stream: its `msg` body encoded once as shared [`Bytes`], with what a
+/// subscriber needs to route it and what the relay needs to write the envelope around it.
+///
+/// Items come out of [`Subscriber::recv`](crate::Subscriber::recv) as `Arc<Item>`: the relay
+/// writes `{"type":<kind>,"sid":<its sid>,"seq":<its seq>,"msg":<body>}` with
+/// [`Item::write_envelope`], never re-encoding the body.
+pub struct Item {
+    /// Position in the stream: 1 for the first item published, +1 per item.
+    pub(crate) position: u64,
+    pub(crate) channel: Channel,
+    pub(crate) kind: MessageType,
+    pub(crate) market: Option<Arc<str>>,
+    pub(crate) body: Bytes,
+    /// How many items of (channel, market) were published up to and including this one. Per
+    /// topic these are contiguous in the stream; subscribers use them to skip what a snapshot
+    /// already covers and to count exactly what a lag lost.
+    pub(crate) topic_no: u64,
+    /// The same count for the whole channel (for channel-wide topics).
+    pub(crate) channel_no: u64,
+    /// Bytes of bodies published before this item: "bytes behind the head" is one subtraction.
+    pub(crate) bytes_before: u64,
+    /// A stale marker rather than a message (never handed to the relay as an item).
+    pub(crate) stale: bool,
+    pub(crate) payload: Payload,
+    /// The `use_yes_price` body, encoded at most once, by the first subscriber that asks.
+    yes_body: OnceLock<Bytes>,
+}
+
+impl Item {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        position: u64,
+        channel: Channel,
+        kind: MessageType,
+        market: Option<Arc<str>>,
+        body: Bytes,
+        topic_no: u64,
+        channel_no: u64,
+        bytes_before: u64,
+        payload: Payload,
+    ) -> Item {
+        Item {
+            position,
+            channel,
+            kind,
+            market,
+            body,
+            topic_no,
+            channel_no,
+            bytes_before,
+            stale: false,
+            payload,
+            yes_body: OnceLock::new(),
+        }
+    }
+
+    /// The stream position: items of one market (any channel) are in exchange order.
+    pub fn position(&self) -> u64 {
+        self.position
+    }
+
+    pub fn channel(&self) -> Channel {
+        self.channel
+    }
+
+    /// The message `type` to write in the envelope.
+    pub fn kind(&self) -> &MessageType {
+        &self.kind
+    }
+
+    pub fn market(&self) -> Option<&str> {
+        self.market.as_deref()
+    }
+
+    /// The `msg` body as published.
+    pub fn body(&self) -> &Bytes {
+        &self.body
+    }
+
+    /// The body for a client: with `use_yes_price`, book messages get their `no` prices on the
+    /// yes scale (encoded once per item, then shared); every other body is returned as is.
+    pub fn body_for(&self, use_yes_price: bool) -> &Bytes {
+        if !use_yes_price {
+            return &self.body;
+        }
+        match &self.payload {
+            Payload::None => &self.body,
+            Payload::Snapshot(s) => self.yes_body.get_or_init(|| encode(&s.to_yes_price())),
+            Payload::Delta(d) => self.yes_body.get_or_init(|| encode(&d.to_yes_price())),
+        }
+    }
+
+    /// Appends `{"type":..,"sid":..,"seq":..,"msg":<body>}` to `buf` (`seq` left out when `None`).
+    pub fn write_envelope(&self, buf: &mut Vec<u8>, sid: u64, seq: Option<u64>, yes: bool) {
+        write_envelope(buf, self.kind.as_str(), sid, seq, self.body_for(yes));
+    }
+}
+
+impl fmt::Debug for Item {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Item")
+            .field("position", &self.position)
+            .field("kind", &self.kind.as_str())
+            .field("market", &self.market)
+            .field("topic_no", &self.topic_no)
+            .field("stale", &self.stale)
+            .field("body", &self.body)
+            .finish()
+    }
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> Bytes {
+    Bytes::from(serde_json::to_vec(value).expect("book messages encode"))
+}
+
+/// Appends one server envelope around an already-encoded body. `kind` must not need JSON
+/// escaping (every message type name is plain ASCII).
+pub fn write_envelope(buf: &mut Vec<u8>, kind: &str, sid: u64, seq: Option<u64>, body: &[u8]) {
+    buf.reserve(40 + kind.len() + body.len());
+    buf.extend_from_slice(b"{\"type\":\"");
+    buf.extend_from_slice(kind.as_bytes());
+    buf.extend_from_slice(b"\",\"sid\":");
+    push_u64(buf, sid);
+    if let Some(seq) = seq {
+        buf.extend_from_slice(b",\"seq\":");
+        push_u64(buf, seq);
+    }
+    buf.extend_from_slice(b",\"msg\":");
+    buf.extend_from_slice(body);
+    buf.push(b'}');
+}
+
+fn push_u64(buf: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    buf.extend_from_slice(&digits[i..]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelope_is_the_exchange_form() {
+        let mut buf = Vec::new();
+        write_envelope(
+            &mut buf,
+            "orderbook_delta",
+            2,
+            Some(18446744073709551615),
+            b"{\"a\":1}",
+        );
+        assert_eq!(
+            std::str::from_utf8(&buf).unwrap(),
+            r#"{"type":"orderbook_delta","sid":2,"seq":18446744073709551615,"msg":{"a":1}}"#
+        );
+        buf.clear();
+        write_envelope(&mut buf, "ticker", 0, None, b"{}");
+        assert_eq!(buf, br#"{"type":"ticker","sid":0,"msg":{}}"#);
+        let env = protocol::Envelope::parse(&buf).unwrap();
+        assert_eq!(env.sid, Some(0));
+    }
+
+    #[test]
+    fn yes_price_body_is_encoded_once_and_flips_no_prices() {
+        let body =
+            br#"{"market_ticker":"M","price_dollars":"0.4000","delta_fp":"5.00","side":"no"}"#;
+        let delta: OrderbookDelta = serde_json::from_slice(body).unwrap();
+        let item = Item::new(
+            1,
+            Channel::OrderbookDelta,
+            MessageType::OrderbookDelta,
+            Some("M".into()),
+            Bytes::from_static(body),
+            1,
+            1,
+            0,
+            Payload::Delta(delta),
+        );
+        assert_eq!(item.body_for(false), &Bytes::from_static(body));
+        let yes = item.body_for(true).clone();
+        let parsed: OrderbookDelta = serde_json::from_slice(&yes).unwrap();
+        assert_eq!(parsed.price_dollars.unwrap().to_string(), "0.6000");
+        assert_eq!(
+            item.body_for(true).as_ptr(),
+            yes.as_ptr(),
+            "cached, not re-encoded"
+        );
+    }
+}
