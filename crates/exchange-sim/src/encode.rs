@@ -1,0 +1,332 @@
+//! Hand-written JSON encoders for the message bodies the simulator emits.
+//!
+//! Every body is encoded once per event and shared by all connections, so these write straight
+//! into a `String` instead of going through serde's map machinery. Tickers and ids are generated
+//! by [`crate::market`] from `[A-Za-z0-9.-]` only and need no escaping. The output parses with
+//! the `protocol` crate's types (the tests decode every body they receive).
+
+use std::fmt::Write as _;
+
+use protocol::{Count, Price, Side};
+
+use crate::market::{LevelChange, Market};
+
+pub(crate) fn price(cents: i64) -> Price {
+    Price::from_cents(cents)
+}
+
+pub(crate) fn count(contracts: i64) -> Count {
+    Count::from_whole(contracts)
+}
+
+fn side_str(side: Side) -> &'static str {
+    match side {
+        Side::Yes => "yes",
+        Side::No => "no",
+    }
+}
+
+/// `"key":"value"` (value needs no escaping), with a leading comma unless first.
+fn field(out: &mut String, key: &str, value: impl std::fmt::Display) {
+    if !out.ends_with('{') {
+        out.push(',');
+    }
+    let _ = write!(out, "\"{key}\":\"{value}\"");
+}
+
+/// `"key":value` for numbers and booleans.
+fn raw(out: &mut String, key: &str, value: impl std::fmt::Display) {
+    if !out.ends_with('{') {
+        out.push(',');
+    }
+    let _ = write!(out, "\"{key}\":{value}");
+}
+
+/// `orderbook_snapshot`; with `yes_scale`, NO levels are reported as `1 - p` (`use_yes_price`).
+pub(crate) fn snapshot(m: &Market, yes_scale: bool) -> String {
+    let mut out = String::with_capacity(128 + 40 * 24);
+    out.push('{');
+    field(&mut out, "market_ticker", &m.ticker);
+    field(&mut out, "market_id", &m.market_id);
+    for (key, side) in [("yes_dollars_fp", Side::Yes), ("no_dollars_fp", Side::No)] {
+        let mut levels = m.levels(side).peekable();
+        if levels.peek().is_none() {
+            continue;
+        }
+        let _ = write!(out, ",\"{key}\":[");
+        for (i, (p, q)) in levels.enumerate() {
+            let p = if yes_scale && side == Side::No {
+                100 - p
+            } else {
+                p
+            };
+            let sep = if i == 0 { "" } else { "," };
+            let _ = write!(out, "{sep}[\"{}\",\"{}\"]", price(p), count(q));
+        }
+        out.push(']');
+    }
+    out.push('}');
+    out
+}
+
+/// `orderbook_delta`; with `yes_scale`, a NO price is reported as `1 - p`.
+pub(crate) fn delta(
+    ticker: &str,
+    market_id: &str,
+    c: LevelChange,
+    ts_ms: i64,
+    yes_scale: bool,
+) -> String {
+    let p = if yes_scale && c.side == Side::No {
+        100 - c.price
+    } else {
+        c.price
+    };
+    let mut out = String::with_capacity(160);
+    out.push('{');
+    field(&mut out, "market_ticker", ticker);
+    field(&mut out, "market_id", market_id);
+    field(&mut out, "price_dollars", price(p));
+    field(&mut out, "delta_fp", count(c.delta));
+    field(&mut out, "side", side_str(c.side));
+    raw(&mut out, "ts_ms", ts_ms);
+    out.push('}');
+    out
+}
+
+/// `ticker`: last price, best bid and ask with sizes, volume and open interest. A side with no
+/// bids leaves its fields out.
+pub(crate) fn ticker(m: &Market, ts_ms: i64) -> String {
+    let mut out = String::with_capacity(256);
+    out.push('{');
+    field(&mut out, "market_ticker", &m.ticker);
+    field(&mut out, "price_dollars", price(m.last_price));
+    if let Some((p, q)) = m.best(Side::Yes) {
+        field(&mut out, "yes_bid_dollars", price(p));
+        field(&mut out, "yes_bid_size_fp", count(q));
+    }
+    if let Some((p, q)) = m.best(Side::No) {
+        field(&mut out, "yes_ask_dollars", price(100 - p));
+        field(&mut out, "yes_ask_size_fp", count(q));
+    }
+    field(&mut out, "volume_fp", count(m.volume));
+    field(&mut out, "open_interest_fp", count(m.open_interest));
+    raw(&mut out, "ts_ms", ts_ms);
+    out.push('}');
+    out
+}
+
+/// `trade`. The taker bought the outcome opposite to the bid it hit.
+pub(crate) fn trade(
+    m: &Market,
+    trade_id: &str,
+    maker_side: Side,
+    yes_price: i64,
+    n: i64,
+    ts_ms: i64,
+) -> String {
+    let taker = crate::market::other(maker_side);
+    let mut out = String::with_capacity(256);
+    out.push('{');
+    field(&mut out, "trade_id", trade_id);
+    field(&mut out, "market_ticker", &m.ticker);
+    field(&mut out, "yes_price_dollars", price(yes_price));
+    field(&mut out, "no_price_dollars", price(100 - yes_price));
+    field(&mut out, "count_fp", count(n));
+    field(&mut out, "taker_outcome_side", side_str(taker));
+    field(&mut out, "taker_book_side", "bid");
+    raw(&mut out, "ts_ms", ts_ms);
+    out.push('}');
+    out
+}
+
+/// The account's side of one trade, for `fill`, `user_order` and `market_position`.
+pub(crate) struct AccountFill<'a> {
+    pub trade_id: &'a str,
+    pub order_id: &'a str,
+    pub side: Side,
+    pub yes_price: i64,
+    pub count: i64,
+    pub order_initial: i64,
+    pub order_remaining: i64,
+    /// Signed position after the fill: YES contracts positive, NO negative.
+    pub position: i64,
+    /// Cost of the open position, in cents.
+    pub exposure_cents: i64,
+    pub realized_pnl_cents: i64,
+    pub ts_ms: i64,
+}
+
+/// `fill`: the account's resting bid was hit (it is the maker).
+pub(crate) fn fill(m: &Market, f: &AccountFill<'_>) -> String {
+    let mut out = String::with_capacity(320);
+    out.push('{');
+    field(&mut out, "trade_id", f.trade_id);
+    field(&mut out, "order_id", f.order_id);
+    field(&mut out, "market_ticker", &m.ticker);
+    raw(&mut out, "is_taker", false);
+    field(&mut out, "outcome_side", side_str(f.side));
+    field(&mut out, "book_side", "bid");
+    field(&mut out, "yes_price_dollars", price(f.yes_price));
+    field(&mut out, "count_fp", count(f.count));
+    field(&mut out, "post_position_fp", count(f.position));
+    raw(&mut out, "ts_ms", f.ts_ms);
+    out.push('}');
+    out
+}
+
+/// `user_order`: the account's order after the fill.
+pub(crate) fn user_order(m: &Market, f: &AccountFill<'_>) -> String {
+    let status = if f.order_remaining == 0 {
+        "executed"
+    } else {
+        "resting"
+    };
+    let mut out = String::with_capacity(256);
+    out.push('{');
+    field(&mut out, "order_id", f.order_id);
+    field(&mut out, "market_ticker", &m.ticker);
+    field(&mut out, "status", status);
+    field(&mut out, "side", side_str(f.side));
+    field(&mut out, "yes_price_dollars", price(f.yes_price));
+    field(&mut out, "initial_count_fp", count(f.order_initial));
+    field(&mut out, "remaining_count_fp", count(f.order_remaining));
+    raw(&mut out, "ts_ms", f.ts_ms);
+    out.push('}');
+    out
+}
+
+/// `market_position`: the account's position after the fill.
+pub(crate) fn position(m: &Market, f: &AccountFill<'_>) -> String {
+    let mut out = String::with_capacity(200);
+    out.push('{');
+    field(&mut out, "market_ticker", &m.ticker);
+    field(&mut out, "position_fp", count(f.position));
+    field(&mut out, "market_exposure_dollars", price(f.exposure_cents));
+    field(
+        &mut out,
+        "realized_pnl_dollars",
+        price(f.realized_pnl_cents),
+    );
+    raw(&mut out, "ts_ms", f.ts_ms);
+    out.push('}');
+    out
+}
+
+/// `market_lifecycle_v2`: the market's close time moved.
+pub(crate) fn lifecycle(m: &Market, close_ts: i64, ts_ms: i64) -> String {
+    let mut out = String::with_capacity(200);
+    out.push('{');
+    field(&mut out, "market_ticker", &m.ticker);
+    field(&mut out, "event_ticker", &m.event_ticker);
+    field(&mut out, "event_type", "close_date_updated");
+    raw(&mut out, "close_ts", close_ts);
+    raw(&mut out, "ts_ms", ts_ms);
+    out.push('}');
+    out
+}
+
+/// A server envelope around a pre-encoded body: `{"type":..,"sid":..,"seq":..,"msg":..}`. With
+/// `stamp_ns`, `"sim_ts_ns"` is added as the last field of `msg` (the body is a JSON object).
+pub(crate) fn envelope(
+    kind: &str,
+    sid: u64,
+    seq: Option<u64>,
+    body: &str,
+    stamp_ns: Option<u128>,
+) -> String {
+    let mut out = String::with_capacity(body.len() + 80);
+    let _ = write!(out, "{{\"type\":\"{kind}\",\"sid\":{sid}");
+    if let Some(seq) = seq {
+        let _ = write!(out, ",\"seq\":{seq}");
+    }
+    out.push_str(",\"msg\":");
+    match (stamp_ns, body.strip_suffix('}')) {
+        (Some(ns), Some(open)) => {
+            out.push_str(open);
+            let sep = if open.ends_with('{') { "" } else { "," };
+            let _ = write!(out, "{sep}\"sim_ts_ns\":{ns}}}");
+        }
+        _ => out.push_str(body),
+    }
+    out.push('}');
+    out
+}
+
+/// `{"type":"error","sid":N,"msg":{"code":C,"msg":"..."}}`: an error about one sid (a terminal
+/// error such as 25, or an injected one).
+pub(crate) fn sid_error(sid: u64, code: u32) -> String {
+    let text = protocol::ErrorCode::from_code(code).map_or("Error", protocol::ErrorCode::message);
+    format!("{{\"type\":\"error\",\"sid\":{sid},\"msg\":{{\"code\":{code},\"msg\":\"{text}\"}}}}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::{Envelope, Message};
+    use rand::{rngs::SmallRng, SeedableRng};
+
+    #[test]
+    fn bodies_decode_with_the_protocol_types() {
+        let mut rng = SmallRng::seed_from_u64(1);
+        let mut m = Market::new("KXFED-26MAR18-T4.25".into(), &mut rng);
+        let exec = m.execute(&mut rng).unwrap();
+        let f = AccountFill {
+            trade_id: "t",
+            order_id: "o",
+            side: Side::No,
+            yes_price: 40,
+            count: 3,
+            order_initial: 10,
+            order_remaining: 7,
+            position: -3,
+            exposure_cents: 180,
+            realized_pnl_cents: -5,
+            ts_ms: 1,
+        };
+        let bodies = [
+            ("orderbook_snapshot", snapshot(&m, false)),
+            (
+                "orderbook_delta",
+                delta(&m.ticker, &m.market_id, exec.change, 1, false),
+            ),
+            ("ticker", ticker(&m, 1)),
+            (
+                "trade",
+                trade(&m, "t", exec.maker_side, exec.yes_price, exec.count, 1),
+            ),
+            ("fill", fill(&m, &f)),
+            ("user_order", user_order(&m, &f)),
+            ("market_position", position(&m, &f)),
+            ("market_lifecycle_v2", lifecycle(&m, 5, 1)),
+        ];
+        for (kind, body) in bodies {
+            for stamp in [None, Some(123)] {
+                let frame = envelope(kind, 3, Some(9), &body, stamp);
+                let env = Envelope::parse(frame.as_bytes()).unwrap();
+                assert_eq!(
+                    (env.kind.as_str(), env.sid, env.seq),
+                    (kind, Some(3), Some(9))
+                );
+                let msg = Message::decode(&env).unwrap_or_else(|e| panic!("{frame}: {e}"));
+                assert!(!matches!(msg, Message::Other(_)), "{frame}");
+                let v: serde_json::Value = serde_json::from_str(env.msg_json()).unwrap();
+                assert_eq!(
+                    v.get("sim_ts_ns").and_then(|v| v.as_u64()),
+                    stamp.map(|s| s as u64)
+                );
+            }
+        }
+        let snap: protocol::OrderbookSnapshot = serde_json::from_str(&snapshot(&m, false)).unwrap();
+        assert_eq!(snap, m.snapshot());
+        let err = Envelope::parse(sid_error(4, 25).as_bytes()).unwrap();
+        assert_eq!(err.sid, Some(4));
+        let Message::Error(body) = Message::decode(&err).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            (body.code, body.msg.as_str()),
+            (25, "Subscription buffer overflow")
+        );
+    }
+}

@@ -1,0 +1,398 @@
+//! The engine: the true books, the simulated account, and the stream of numbered events.
+//!
+//! One [`Engine`] per simulator. Its state sits behind one lock; under that lock the engine
+//! changes the books, numbers each event, encodes its body once and broadcasts the batch, so the
+//! order of the broadcast is the order of the numbers. A connection that snapshots a book under
+//! the same lock knows exactly which events the snapshot already contains (those numbered up to
+//! [`EngineState::num`]) and skips them: snapshot + later deltas rebuild the book exactly.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use protocol::{Channel, Side};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+use crate::encode::{self, AccountFill};
+use crate::market::{self, LevelChange, Market};
+
+/// How often the engine wakes to generate the events due at the configured rate. Small enough
+/// that a 50,000 msg/s stream comes in batches of ~250, large enough to keep wake-ups cheap.
+const TICK: Duration = Duration::from_millis(5);
+/// Most events in one broadcast batch (bursts are split into batches of this size).
+const MAX_BATCH: usize = 256;
+/// Batches the broadcast channel keeps for its slowest receiver. A connection that falls further
+/// behind gets `RecvError::Lagged` and is treated as the exchange treats a slow reader: error 25
+/// on its sids. 1024 batches is about 5 s of stream at any rate; memory is bounded by it.
+const BROADCAST_CAPACITY: usize = 1024;
+/// After a stall (a paused process, a slow host) at most this much time's worth of events is
+/// made up, so the stream never floods to catch up.
+const MAX_CATCH_UP: Duration = Duration::from_millis(100);
+
+/// What an event is; decides its channel and wire type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Delta,
+    Ticker,
+    Trade,
+    Fill,
+    UserOrder,
+    Position,
+    Lifecycle,
+}
+
+impl Kind {
+    pub fn channel(self) -> Channel {
+        match self {
+            Kind::Delta => Channel::OrderbookDelta,
+            Kind::Ticker => Channel::Ticker,
+            Kind::Trade => Channel::Trade,
+            Kind::Fill => Channel::Fill,
+            Kind::UserOrder => Channel::UserOrders,
+            Kind::Position => Channel::MarketPositions,
+            Kind::Lifecycle => Channel::MarketLifecycleV2,
+        }
+    }
+
+    pub fn type_name(self) -> &'static str {
+        match self {
+            Kind::Delta => "orderbook_delta",
+            Kind::Ticker => "ticker",
+            Kind::Trade => "trade",
+            Kind::Fill => "fill",
+            Kind::UserOrder => "user_order",
+            Kind::Position => "market_position",
+            Kind::Lifecycle => "market_lifecycle_v2",
+        }
+    }
+}
+
+/// One data message, encoded once and shared by every connection through its [`Batch`].
+#[derive(Debug)]
+pub(crate) struct Event {
+    /// Global number, from 1, in broadcast order.
+    pub num: u64,
+    pub market: u32,
+    pub kind: Kind,
+    /// The `msg` JSON object.
+    pub body: String,
+    /// For deltas: the change, so a `use_yes_price` connection can re-encode a NO price.
+    pub change: Option<(LevelChange, i64)>,
+}
+
+pub(crate) type Batch = Arc<Vec<Event>>;
+
+/// The simulated account's holdings in one market.
+#[derive(Clone, Copy, Debug, Default)]
+struct Holding {
+    /// YES contracts positive, NO contracts negative.
+    position: i64,
+    /// What the open position cost, in cents.
+    cost: i64,
+    realized: i64,
+}
+
+impl Holding {
+    /// The account bought `count` of `side` at that side's price `side_price` (cents).
+    fn buy(&mut self, side: Side, count: i64, side_price: i64) {
+        let signed = if side == Side::Yes { count } else { -count };
+        if self.position == 0 || self.position.signum() == signed.signum() {
+            self.position += signed;
+            self.cost += count * side_price;
+            return;
+        }
+        // Buying the opposite side closes pairs, each of which settles at 100 cents.
+        let open = self.position.abs();
+        let closed = count.min(open);
+        let avg = self.cost / open;
+        self.realized += closed * (100 - avg - side_price);
+        self.cost -= closed * avg;
+        self.position += if side == Side::Yes { closed } else { -closed };
+        let rest = count - closed;
+        if rest > 0 {
+            self.position += if side == Side::Yes { rest } else { -rest };
+            self.cost = rest * side_price;
+        }
+    }
+}
+
+/// Everything behind the engine lock.
+pub(crate) struct EngineState {
+    pub markets: Vec<Market>,
+    /// Number of the last event generated (0 before any).
+    pub num: u64,
+    pub paused: bool,
+    /// Total messages per second.
+    pub rate: f64,
+    /// Messages due but not yet generated (negative after a multi-message step overshoots).
+    credit: f64,
+    rng: SmallRng,
+    holdings: Vec<Holding>,
+    /// Broadcasts each batch; held here so sending happens under the lock (see module doc).
+    tx: broadcast::Sender<Batch>,
+}
+
+/// The engine and its lookup tables. Shared by the simulator handle, every connection and the
+/// engine task.
+pub(crate) struct Engine {
+    /// The truth and the event counter. Held briefly: one batch of generation, or one snapshot.
+    /// Never held across an `.await`. Lock order: a connection's session lock, then this one.
+    pub state: Mutex<EngineState>,
+    pub tickers: Vec<String>,
+    /// `market_id` of each market, by index (immutable, so readable without the lock).
+    pub market_ids: Vec<String>,
+    index: HashMap<String, u32>,
+    tx: broadcast::Sender<Batch>,
+}
+
+impl Engine {
+    pub fn new(markets: usize, seed: u64, rate: f64) -> Engine {
+        let mut rng = SmallRng::seed_from_u64(seed);
+        let tickers = market::tickers(markets, &mut rng);
+        let books: Vec<Market> = tickers
+            .iter()
+            .map(|t| Market::new(t.clone(), &mut rng))
+            .collect();
+        let market_ids = books.iter().map(|m| m.market_id.clone()).collect();
+        let index = tickers
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.clone(), i as u32))
+            .collect();
+        let (tx, _) = broadcast::channel(BROADCAST_CAPACITY);
+        let state = EngineState {
+            holdings: vec![Holding::default(); books.len()],
+            markets: books,
+            num: 0,
+            paused: false,
+            rate,
+            credit: 0.0,
+            rng,
+            tx: tx.clone(),
+        };
+        Engine {
+            state: Mutex::new(state),
+            tickers,
+            market_ids,
+            index,
+            tx,
+        }
+    }
+
+    /// The index of a ticker.
+    pub fn market(&self, ticker: &str) -> Option<u32> {
+        self.index.get(ticker).copied()
+    }
+
+    /// A receiver of every batch broadcast from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Batch> {
+        self.tx.subscribe()
+    }
+
+    /// Generates `count` messages now, paused or not (the `burst` fault).
+    pub fn burst(&self, count: u64) {
+        let mut left = count as f64;
+        while left >= 1.0 {
+            let mut state = self.state.lock();
+            left -= state.generate(left.min(MAX_BATCH as f64) as usize) as f64;
+        }
+    }
+
+    /// Runs the clock until `shutdown`: every tick, generates the events due at the rate.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last = Instant::now();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let now = Instant::now();
+            let elapsed = now.duration_since(last).min(MAX_CATCH_UP);
+            last = now;
+            let mut state = self.state.lock();
+            if state.paused || state.rate <= 0.0 {
+                state.credit = 0.0;
+                continue;
+            }
+            state.credit += state.rate * elapsed.as_secs_f64();
+            while state.credit >= 1.0 {
+                let due = state.credit.min(MAX_BATCH as f64) as usize;
+                let made = state.generate(due);
+                state.credit -= made as f64;
+            }
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    protocol::sign::now_ms() as i64
+}
+
+impl EngineState {
+    /// Generates at least `due` messages (a step may emit several) as one or more batches, each
+    /// broadcast before returning. Returns how many were generated.
+    fn generate(&mut self, due: usize) -> usize {
+        let mut batch = Vec::with_capacity(due + 6);
+        let ts = now_ms();
+        while batch.len() < due {
+            self.step(ts, &mut batch);
+        }
+        let made = batch.len();
+        // No receivers is fine: nobody is connected.
+        let _ = self.tx.send(Arc::new(batch));
+        made
+    }
+
+    fn push(&mut self, out: &mut Vec<Event>, market: u32, kind: Kind, body: String) {
+        self.num += 1;
+        out.push(Event {
+            num: self.num,
+            market,
+            kind,
+            body,
+            change: None,
+        });
+    }
+
+    /// One step of one market: a book change, a trade, a ticker, or (rarely) a lifecycle event.
+    fn step(&mut self, ts: i64, out: &mut Vec<Event>) {
+        let idx = self.rng.gen_range(0..self.markets.len());
+        let mi = idx as u32;
+        let roll: f64 = self.rng.gen();
+        if roll < 0.12 {
+            let Some(exec) = self.markets[idx].execute(&mut self.rng) else {
+                return self.walk(idx, ts, out);
+            };
+            self.push_delta(out, idx, exec.change, ts);
+            let trade_id = market::uuid(&mut self.rng);
+            let m = &self.markets[idx];
+            let body = encode::trade(
+                m,
+                &trade_id,
+                exec.maker_side,
+                exec.yes_price,
+                exec.count,
+                ts,
+            );
+            self.push(out, mi, Kind::Trade, body);
+            let body = encode::ticker(&self.markets[idx], ts);
+            self.push(out, mi, Kind::Ticker, body);
+            if self.rng.gen_bool(0.2) {
+                self.account_fill(idx, &trade_id, exec, ts, out);
+            }
+        } else if roll < 0.82 {
+            self.walk(idx, ts, out);
+        } else if roll < 0.999 {
+            let body = encode::ticker(&self.markets[idx], ts);
+            self.push(out, mi, Kind::Ticker, body);
+        } else {
+            let close_ts = ts / 1000 + self.rng.gen_range(3_600..30 * 86_400);
+            let body = encode::lifecycle(&self.markets[idx], close_ts, ts);
+            self.push(out, mi, Kind::Lifecycle, body);
+        }
+    }
+
+    fn walk(&mut self, idx: usize, ts: i64, out: &mut Vec<Event>) {
+        let change = self.markets[idx].walk(&mut self.rng);
+        self.push_delta(out, idx, change, ts);
+    }
+
+    fn push_delta(&mut self, out: &mut Vec<Event>, idx: usize, change: LevelChange, ts: i64) {
+        let m = &self.markets[idx];
+        let body = encode::delta(&m.ticker, &m.market_id, change, ts, false);
+        self.push(out, idx as u32, Kind::Delta, body);
+        if let Some(last) = out.last_mut() {
+            last.change = Some((change, ts));
+        }
+    }
+
+    /// The account's resting bid was the maker of this trade: fill, order update, position.
+    fn account_fill(
+        &mut self,
+        idx: usize,
+        trade_id: &str,
+        exec: market::Execution,
+        ts: i64,
+        out: &mut Vec<Event>,
+    ) {
+        let side = exec.maker_side;
+        let side_price = match side {
+            Side::Yes => exec.yes_price,
+            Side::No => 100 - exec.yes_price,
+        };
+        let holding = &mut self.holdings[idx];
+        holding.buy(side, exec.count, side_price);
+        let holding = *holding;
+        let order_id = market::uuid(&mut self.rng);
+        let extra = self.rng.gen_range(0..=exec.count * 2);
+        let f = AccountFill {
+            trade_id,
+            order_id: &order_id,
+            side,
+            yes_price: exec.yes_price,
+            count: exec.count,
+            order_initial: exec.count + extra,
+            order_remaining: extra,
+            position: holding.position,
+            exposure_cents: holding.cost,
+            realized_pnl_cents: holding.realized,
+            ts_ms: ts,
+        };
+        let m = &self.markets[idx];
+        let bodies = [
+            (Kind::Fill, encode::fill(m, &f)),
+            (Kind::UserOrder, encode::user_order(m, &f)),
+            (Kind::Position, encode::position(m, &f)),
+        ];
+        for (kind, body) in bodies {
+            self.push(out, idx as u32, kind, body);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn holdings_close_pairs_at_a_dollar() {
+        let mut h = Holding::default();
+        h.buy(Side::Yes, 10, 40);
+        assert_eq!((h.position, h.cost, h.realized), (10, 400, 0));
+        h.buy(Side::No, 4, 50); // 4 pairs cost 40 + 50, settle at 100: +10 each
+        assert_eq!((h.position, h.cost, h.realized), (6, 240, 40));
+        h.buy(Side::No, 8, 70); // closes 6 (-10 each), opens 2 NO at 70
+        assert_eq!((h.position, h.cost, h.realized), (-2, 140, -20));
+    }
+
+    #[test]
+    fn events_are_numbered_in_order_and_replay_onto_the_books() {
+        let engine = Engine::new(4, 9, 0.0);
+        let mut rx = engine.subscribe();
+        let start: Vec<Market> = engine.state.lock().markets.clone();
+        engine.burst(5_000);
+        let mut books = start;
+        let mut next = 1;
+        while let Ok(batch) = rx.try_recv() {
+            for ev in batch.iter() {
+                assert_eq!(ev.num, next);
+                next += 1;
+                if let Some((change, _)) = ev.change {
+                    books[ev.market as usize].apply(change);
+                }
+            }
+        }
+        assert!(next > 5_000);
+        let state = engine.state.lock();
+        assert_eq!(state.num, next - 1);
+        for (rebuilt, truth) in books.iter().zip(&state.markets) {
+            assert_eq!(rebuilt.snapshot(), truth.snapshot());
+        }
+    }
+}
