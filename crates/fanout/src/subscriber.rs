@@ -308,9 +308,13 @@ impl Subscriber {
             .and_then(|p| p[ci].as_mut())
             .expect("checked");
         state.seen = cut.seen;
+        let newly_stale = item.is_none() && !state.waiting_reset;
         state.waiting_reset = item.is_none();
-        if let Some(item) = item {
-            self.push_cached(item, CacheReason::Requested);
+        match item {
+            Some(item) => self.push_cached(item, CacheReason::Requested),
+            // The cut covers a stale marker this subscriber has not seen yet: tell it here.
+            None if newly_stale => self.pending.push_back(Delivery::Stale { market: name }),
+            None => {}
         }
         Ok(outcome)
     }
