@@ -1,0 +1,209 @@
+//! Scenarios: the suite's named workloads, built in (from `scenarios/*.toml`) or read from a file.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+/// The built-in scenarios, in suite order.
+pub const PRESETS: [(&str, &str); 7] = [
+    ("fanout", include_str!("../scenarios/fanout.toml")),
+    ("fanout-hot", include_str!("../scenarios/fanout-hot.toml")),
+    ("ramp", include_str!("../scenarios/ramp.toml")),
+    ("idle", include_str!("../scenarios/idle.toml")),
+    (
+        "slow-consumer",
+        include_str!("../scenarios/slow-consumer.toml"),
+    ),
+    ("storm", include_str!("../scenarios/storm.toml")),
+    (
+        "upstream-drop",
+        include_str!("../scenarios/upstream-drop.toml"),
+    ),
+];
+
+/// What the suite does with a scenario's clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// Ramp, warm up, one measurement window.
+    Steady,
+    /// Steady with few, quiet clients: figures per connection.
+    Idle,
+    /// The simulator's rate raised per step until the latency limit.
+    Ramp,
+    /// A window with readers only, then one with stalled clients added.
+    SlowConsumer,
+    /// All clients at once; time until all receive, upstream sessions counted.
+    Storm,
+    /// Drop the simulator's connections; time until every client has fresh snapshots.
+    UpstreamDrop,
+}
+
+/// One scenario, as in `scenarios/*.toml`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    pub name: String,
+    pub kind: Kind,
+    pub description: String,
+    /// Markets the simulator generates.
+    pub sim_markets: usize,
+    /// The simulator's total rate, messages per second (the first rate for a ramp).
+    pub sim_rate: f64,
+    pub clients: usize,
+    /// Connections opened per second; 0 opens all at once.
+    #[serde(default)]
+    pub connect_rate: f64,
+    pub channels: Vec<String>,
+    /// Each client subscribes to the simulator's first `markets` markets.
+    pub markets: usize,
+    #[serde(default)]
+    pub warmup_secs: f64,
+    /// The measurement window (per step or per phase where there are several).
+    pub duration_secs: f64,
+    /// Wait before a window after a change (ramp step, stalled clients added).
+    #[serde(default)]
+    pub settle_secs: f64,
+    /// `slow_consumer`: stalled clients added for the second window.
+    #[serde(default)]
+    pub stalled: usize,
+    /// `storm`, `upstream_drop`: give up waiting after this many seconds.
+    #[serde(default = "default_deadline")]
+    pub deadline_secs: f64,
+    /// `ramp`: the rates tried, in order.
+    #[serde(default)]
+    pub ramp_rates: Vec<f64>,
+    /// `ramp`: a step fails above this p99.
+    #[serde(default = "default_p99_limit")]
+    pub p99_limit_ms: f64,
+    /// `ramp`: a step fails when delivered / sent falls below this.
+    #[serde(default = "default_min_delivered")]
+    pub min_delivered: f64,
+    /// Also run the relay with its write-coalescing window, if the suite knows how.
+    #[serde(default)]
+    pub coalesce_variant: bool,
+    #[serde(default = "default_read_buffer")]
+    pub read_buffer_bytes: usize,
+}
+
+fn default_deadline() -> f64 {
+    30.0
+}
+fn default_p99_limit() -> f64 {
+    100.0
+}
+fn default_min_delivered() -> f64 {
+    0.95
+}
+fn default_read_buffer() -> usize {
+    16 * 1024
+}
+
+impl Scenario {
+    pub fn parse(text: &str) -> Result<Scenario> {
+        let s: Scenario = toml::from_str(text)?;
+        s.validate()?;
+        Ok(s)
+    }
+
+    /// A preset by name, or a TOML file by path.
+    pub fn load(name_or_path: &str) -> Result<Scenario> {
+        if let Some((_, text)) = PRESETS.iter().find(|(n, _)| *n == name_or_path) {
+            return Scenario::parse(text).with_context(|| format!("preset {name_or_path}"));
+        }
+        let path = Path::new(name_or_path);
+        if path.exists() {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            return Scenario::parse(&text).with_context(|| format!("scenario {}", path.display()));
+        }
+        let names: Vec<&str> = PRESETS.iter().map(|(n, _)| *n).collect();
+        bail!("no scenario {name_or_path:?}: not a file, and presets are {names:?}")
+    }
+
+    fn validate(&self) -> Result<()> {
+        let mut problems = Vec::new();
+        if self.clients == 0 {
+            problems.push("clients = 0: must be > 0".to_owned());
+        }
+        if self.markets == 0 || self.markets > self.sim_markets {
+            problems.push(format!(
+                "markets = {}: must be in 1..=sim_markets",
+                self.markets
+            ));
+        }
+        if self.channels.is_empty() {
+            problems.push("channels: must not be empty".to_owned());
+        }
+        for c in &self.channels {
+            if protocol::Channel::parse(c).is_none() {
+                problems.push(format!("channels: unknown channel {c:?}"));
+            }
+        }
+        if !(self.duration_secs > 0.0) {
+            problems.push(format!(
+                "duration_secs = {}: must be > 0",
+                self.duration_secs
+            ));
+        }
+        if self.kind == Kind::Ramp && self.ramp_rates.is_empty() {
+            problems.push("ramp_rates: a ramp needs at least one rate".to_owned());
+        }
+        if self.kind == Kind::SlowConsumer && self.stalled == 0 {
+            problems.push("stalled = 0: a slow_consumer scenario needs stalled clients".to_owned());
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            bail!("{}", problems.join("; "))
+        }
+    }
+
+    /// Scales client counts by `clients` (at least 1 each) and all times by `time`.
+    pub fn scaled(mut self, clients: f64, time: f64) -> Scenario {
+        let scale = |n: usize| ((n as f64 * clients).round() as usize).max(1);
+        self.clients = scale(self.clients);
+        if self.stalled > 0 {
+            self.stalled = scale(self.stalled);
+        }
+        if self.connect_rate > 0.0 {
+            self.connect_rate = (self.connect_rate * clients).max(1.0);
+        }
+        let t = |s: f64| s * time;
+        self.warmup_secs = t(self.warmup_secs);
+        self.duration_secs = t(self.duration_secs).max(0.5);
+        self.settle_secs = t(self.settle_secs);
+        self.deadline_secs = t(self.deadline_secs).max(5.0);
+        self
+    }
+
+    /// Snapshots a client receives for its books (one per market with `orderbook_delta`).
+    pub fn books_per_client(&self) -> u32 {
+        if self.channels.iter().any(|c| c == "orderbook_delta") {
+            self.markets as u32
+        } else {
+            0
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_parse() {
+        for (name, _) in PRESETS {
+            let s = Scenario::load(name).unwrap();
+            assert_eq!(s.name, name);
+        }
+    }
+
+    #[test]
+    fn scaling_keeps_at_least_one() {
+        let s = Scenario::load("slow-consumer").unwrap().scaled(0.001, 0.1);
+        assert_eq!((s.clients, s.stalled), (1, 1));
+        assert!(s.duration_secs >= 0.5);
+    }
+}
