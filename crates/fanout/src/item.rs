@@ -76,6 +76,9 @@ pub struct Item {
     pub(crate) payload: Payload,
     /// The `use_yes_price` body, encoded at most once, by the first subscriber that asks.
     yes_body: OnceLock<Bytes>,
+    /// When the message arrived from upstream, as told by the publisher's owner (for the relay's
+    /// latency histogram). `None` for items made from the cache.
+    pub(crate) received_at: Option<std::time::Instant>,
 }
 
 impl Item {
@@ -103,7 +106,13 @@ impl Item {
             stale: false,
             payload,
             yes_body: OnceLock::new(),
+            received_at: None,
         }
+    }
+
+    /// When the message arrived from upstream (see [`crate::Publisher::set_received_at`]).
+    pub fn received_at(&self) -> Option<std::time::Instant> {
+        self.received_at
     }
 
     /// The stream position: items of one market (any channel) are in exchange order.

@@ -50,6 +50,8 @@ pub struct Publisher {
     position: u64,
     /// Bytes of bodies published so far.
     bytes: u64,
+    /// Stamped on the items published next (see [`Publisher::set_received_at`]).
+    received_at: Option<std::time::Instant>,
 }
 
 impl Publisher {
@@ -59,6 +61,7 @@ impl Publisher {
             tx,
             position: 0,
             bytes: 0,
+            received_at: None,
         }
     }
 
@@ -269,9 +272,17 @@ impl Publisher {
             None => (None, channel_no),
         };
         let position = self.position + 1;
-        Item::new(
+        let mut item = Item::new(
             position, channel, kind, market, body, topic_no, channel_no, self.bytes, payload,
-        )
+        );
+        item.received_at = self.received_at;
+        item
+    }
+
+    /// When the messages published next arrived from upstream: stamped on their items so the
+    /// relay can measure its latency from upstream arrival to client write.
+    pub fn set_received_at(&mut self, at: Option<std::time::Instant>) {
+        self.received_at = at;
     }
 
     /// Appends to the ring (outside the cache lock: the wake-ups happen here).

@@ -1,1 +1,124 @@
-fn main() {}
+//! `relay`: one resilient Kalshi WebSocket session served to many downstream clients.
+//!
+//! The binary is thin: it parses flags, sets up logging, loads and validates the configuration
+//! (exit code 64 when it is invalid), binds the listeners, and runs [`relay::run`] until SIGTERM or
+//! SIGINT. `--demo` embeds the exchange simulator so the relay runs with no credentials.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, ValueEnum};
+use relay::config::{self, Overrides, Source};
+
+/// Exit code for invalid configuration (EX_CONFIG would be 78; 64 is EX_USAGE, as the team chose).
+const EXIT_CONFIG: u8 = 64;
+/// Exit code when a listener cannot be bound or the runtime fails.
+const EXIT_UNAVAILABLE: u8 = 69;
+
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    about = "One Kalshi WebSocket session, served to a whole fleet of clients"
+)]
+struct Cli {
+    /// Configuration file [default: configs/relay.toml if it exists, else built-in defaults]
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Address for clients, health and metrics (overrides `listen`) [default: 127.0.0.1:8080]
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// Exchange WebSocket URL (overrides `upstream.url`)
+    #[arg(long, value_name = "URL")]
+    upstream_url: Option<String>,
+    /// Run against an embedded exchange simulator (20 markets, no credentials needed)
+    #[arg(long)]
+    demo: bool,
+    /// Log format on stderr
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+
+    let env: BTreeMap<String, String> = std::env::vars().collect();
+    let source = cli
+        .config
+        .clone()
+        .map(Source::File)
+        .unwrap_or(Source::DefaultIfPresent);
+    let overrides = Overrides {
+        listen: cli.listen,
+        upstream_url: cli.upstream_url.clone(),
+    };
+    let config = match config::load(&source, &env, &overrides) {
+        Ok(config) => config,
+        Err(e) => {
+            eprint!("relay: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    tracing::info!(config = %config::describe(&source), "configuration loaded");
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("relay: cannot start the runtime: {e}");
+            return ExitCode::from(EXIT_UNAVAILABLE);
+        }
+    };
+    match runtime.block_on(relay::start(config, cli.demo, shutdown_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("relay: {e:#}");
+            ExitCode::from(EXIT_UNAVAILABLE)
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Resolves on the first SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+    tracing::info!("shutdown signal received");
+}

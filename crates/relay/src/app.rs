@@ -1,0 +1,210 @@
+//! What every part of the running relay shares: configuration, the fanout, the upstream handle,
+//! the upstream's status as clients and probes see it, and the shutdown machinery.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use parking_lot::Mutex;
+use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use upstream::State;
+
+use crate::config::RelayConfig;
+use crate::heartbeat::Heartbeat;
+
+/// The upstream's state as the relay reports it (`/status`, `/readyz`, `relay_status` events).
+#[derive(Clone, Debug, PartialEq)]
+pub struct UpstreamStatus {
+    pub state: State,
+    /// Unix milliseconds when `state` was entered.
+    pub since_ms: u64,
+}
+
+impl UpstreamStatus {
+    pub fn name(&self) -> &'static str {
+        match self.state {
+            State::Connecting => "connecting",
+            State::Connected => "connected",
+            State::Subscribed => "subscribed",
+            State::Disconnected { .. } => "disconnected",
+            State::GaveUp { .. } => "gave_up",
+            State::AuthFailed => "auth_failed",
+        }
+    }
+
+    /// The `msg` of a `relay_status` event.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut msg = serde_json::json!({ "upstream": self.name(), "since_ms": self.since_ms });
+        match &self.state {
+            State::Disconnected { reason } => msg["reason"] = reason.to_string().into(),
+            State::GaveUp { failures } => msg["failures"] = (*failures).into(),
+            _ => {}
+        }
+        msg
+    }
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Shared by the listeners, the sessions and the feed.
+pub struct App {
+    pub config: RelayConfig,
+    pub fanout: fanout::Fanout,
+    pub upstream: upstream::Upstream,
+    pub metrics: PrometheusHandle,
+    pub heartbeat: Arc<Heartbeat>,
+    /// Cancelled when the relay stops: listeners stop accepting, sessions close with 1012.
+    pub shutdown: CancellationToken,
+    /// Every connection task; shutdown waits on it (bounded by the drain time).
+    pub tracker: TaskTracker,
+    /// The upstream's status; sessions that asked for `relay_events` watch it. Written by the feed.
+    pub status: watch::Sender<UpstreamStatus>,
+    /// Books currently stale upstream (gap or reconnect), for readiness. Written by the feed.
+    pub stale: Mutex<BTreeSet<String>>,
+    /// Set at the start of shutdown: `/readyz` answers 503 from then on.
+    pub stopping: AtomicBool,
+    pub clients: AtomicUsize,
+    /// Upstream data messages received; the feed counts, `/status` derives a rate.
+    pub upstream_messages: AtomicU64,
+    pub started: Instant,
+    rate: Mutex<RateSample>,
+}
+
+#[derive(Clone, Copy)]
+struct RateSample {
+    at: Instant,
+    count: u64,
+    per_second: f64,
+}
+
+impl App {
+    pub fn new(
+        config: RelayConfig,
+        fanout: fanout::Fanout,
+        upstream: upstream::Upstream,
+        metrics: PrometheusHandle,
+    ) -> App {
+        let heartbeat = Heartbeat::new(
+            config.downstream.ping_interval(),
+            config.downstream.pong_timeout(),
+        );
+        let now = Instant::now();
+        App {
+            config,
+            fanout,
+            upstream,
+            metrics,
+            heartbeat,
+            shutdown: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            status: watch::channel(UpstreamStatus {
+                state: State::Connecting,
+                since_ms: now_ms(),
+            })
+            .0,
+            stale: Mutex::new(BTreeSet::new()),
+            stopping: AtomicBool::new(false),
+            clients: AtomicUsize::new(0),
+            upstream_messages: AtomicU64::new(0),
+            started: now,
+            rate: Mutex::new(RateSample {
+                at: now,
+                count: 0,
+                per_second: 0.0,
+            }),
+        }
+    }
+
+    /// tungstenite's buffers sized for many connections (its defaults cost ~256 KiB a client).
+    pub fn ws_config(&self) -> WebSocketConfig {
+        let d = &self.config.downstream;
+        WebSocketConfig::default()
+            .read_buffer_size(d.read_buffer_bytes)
+            .write_buffer_size(d.write_buffer_bytes)
+            .max_write_buffer_size(d.write_buffer_bytes.max(d.max_message_bytes) * 4)
+            .max_message_size(Some(d.max_message_bytes))
+            .max_frame_size(Some(d.max_message_bytes))
+    }
+
+    /// Ready: serving, upstream open, and every warm book synced and fresh.
+    pub fn readiness(&self) -> (bool, String) {
+        if self.stopping.load(Ordering::Relaxed) {
+            return (false, "shutting down".into());
+        }
+        let status = self.status.borrow().clone();
+        if !status.state.is_up() {
+            let reason = match &status.state {
+                State::GaveUp { failures } => {
+                    format!("upstream gave up after {failures} consecutive failures")
+                }
+                State::AuthFailed => "upstream refused the credentials".into(),
+                State::Disconnected { reason } => format!("upstream disconnected: {reason}"),
+                _ => "upstream connecting".into(),
+            };
+            return (false, reason);
+        }
+        let stale = self.stale.lock();
+        let missing: Vec<&String> = self
+            .config
+            .warm_markets
+            .iter()
+            .filter(|m| stale.contains(*m) || self.fanout.book(m).is_none())
+            .collect();
+        if !missing.is_empty() {
+            return (
+                false,
+                format!("{} configured books not synced", missing.len()),
+            );
+        }
+        (true, "ok".into())
+    }
+
+    /// Upstream messages per second over the last sampling period (at least one second).
+    fn messages_per_second(&self) -> f64 {
+        let mut r = self.rate.lock();
+        let now = Instant::now();
+        let elapsed = now.duration_since(r.at).as_secs_f64();
+        if elapsed >= 1.0 {
+            let count = self.upstream_messages.load(Ordering::Relaxed);
+            r.per_second = (count - r.count) as f64 / elapsed;
+            r.count = count;
+            r.at = now;
+        }
+        r.per_second
+    }
+
+    /// The `/status` document.
+    pub fn status_json(&self) -> String {
+        let status = self.status.borrow().clone();
+        let (ready, reason) = self.readiness();
+        let topics = self.fanout.topics();
+        let by_channel = protocol::Channel::ALL.map(|c| {
+            let n: usize = topics.iter().filter(|(t, _)| t.channel == c).count();
+            (c.as_str(), n)
+        });
+        serde_json::json!({
+            "upstream": status.to_json(),
+            "ready": ready,
+            "reason": reason,
+            "clients": self.clients.load(Ordering::Relaxed),
+            "topics": topics.len(),
+            "topics_by_channel": serde_json::Map::from_iter(
+                by_channel.iter().map(|(c, n)| (c.to_string(), (*n).into()))
+            ),
+            "stale_books": self.stale.lock().len(),
+            "upstream_messages_total": self.upstream_messages.load(Ordering::Relaxed),
+            "upstream_messages_per_second": (self.messages_per_second() * 10.0).round() / 10.0,
+            "uptime_seconds": self.started.elapsed().as_secs(),
+        })
+        .to_string()
+    }
+}

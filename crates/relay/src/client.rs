@@ -1,0 +1,367 @@
+//! One client's subscriptions, as the exchange would keep them: sids per connection, seq per sid.
+//!
+//! [`ClientState::handle`] turns a validated command into the replies to send and the topic
+//! changes to make on the client's fanout subscriber. It does no I/O, so every reply and error
+//! code is tested here without sockets. Sids and seqs belong to the client's connection and never
+//! change when the upstream reconnects underneath.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use protocol::{reply, Action, Channel, Command, CommandError, ErrorCode, UpdateAction};
+
+use crate::config::DuplicateSubscribe;
+
+/// One of the client's subscriptions.
+#[derive(Debug, Clone)]
+pub struct ClientSub {
+    pub sid: u64,
+    pub channel: Channel,
+    /// `None`: every market (a channel subscribed without a market filter).
+    pub markets: Option<BTreeSet<String>>,
+    /// The last seq sent on this sid (sequenced channels only).
+    pub seq: u64,
+    /// `use_yes_price` (orderbook): `no` levels reported on the yes scale.
+    pub use_yes_price: bool,
+}
+
+impl ClientSub {
+    /// The next seq for a sequenced message, advancing the counter.
+    pub fn next_seq(&mut self) -> Option<u64> {
+        self.channel.is_sequenced().then(|| {
+            self.seq += 1;
+            self.seq
+        })
+    }
+
+    fn last_seq(&self) -> Option<u64> {
+        self.channel.is_sequenced().then_some(self.seq)
+    }
+}
+
+/// What the session must do after a command, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// Send this frame to the client.
+    Reply(String),
+    /// Send this error reply to the client (counted as a refused command).
+    Error(String),
+    /// Start receiving a topic. `initial`: send the cached state first (book snapshot always;
+    /// ticker only with `send_initial_snapshot`).
+    Add {
+        channel: Channel,
+        market: Option<String>,
+        initial: bool,
+    },
+    /// Stop receiving a topic.
+    Remove {
+        channel: Channel,
+        market: Option<String>,
+    },
+    /// Send a fresh book snapshot for `market` on the orderbook sid (`get_snapshot`).
+    Snapshot { market: String },
+    /// Answer the relay's `ping` extension.
+    Pong(u64),
+}
+
+/// Per-connection limits and rights.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub duplicate_subscribe: DuplicateSubscribe,
+    /// Whether private channels (fill, user_orders, market_positions) are allowed.
+    pub private_allowed: bool,
+    /// Most subscriptions (sids) one connection may hold.
+    pub max_subscriptions: usize,
+    /// Most markets over all of one connection's subscriptions.
+    pub max_markets: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            duplicate_subscribe: DuplicateSubscribe::Merge,
+            private_allowed: true,
+            max_subscriptions: 64,
+            max_markets: 10_000,
+        }
+    }
+}
+
+/// A client connection's subscription table.
+#[derive(Debug)]
+pub struct ClientState {
+    limits: Limits,
+    next_sid: u64,
+    subs: BTreeMap<u64, ClientSub>,
+}
+
+impl ClientState {
+    pub fn new(limits: Limits) -> ClientState {
+        ClientState {
+            limits,
+            next_sid: 1,
+            subs: BTreeMap::new(),
+        }
+    }
+
+    /// The subscription carrying `channel`, if any (one sid per channel per connection).
+    pub fn by_channel(&mut self, channel: Channel) -> Option<&mut ClientSub> {
+        self.subs.values_mut().find(|s| s.channel == channel)
+    }
+
+    pub fn subscriptions(&self) -> impl Iterator<Item = &ClientSub> {
+        self.subs.values()
+    }
+
+    /// Every topic the client holds (to release them when it goes).
+    pub fn topics(&self) -> Vec<(Channel, Option<String>)> {
+        let mut out = Vec::new();
+        for sub in self.subs.values() {
+            match &sub.markets {
+                None => out.push((sub.channel, None)),
+                Some(ms) => out.extend(ms.iter().map(|m| (sub.channel, Some(m.clone())))),
+            }
+        }
+        out
+    }
+
+    fn market_count(&self) -> usize {
+        self.subs
+            .values()
+            .map(|s| s.markets.as_ref().map_or(0, BTreeSet::len))
+            .sum()
+    }
+
+    /// Applies one command.
+    pub fn handle(&mut self, cmd: Command) -> Vec<Effect> {
+        let id = cmd.id;
+        let result = match cmd.action {
+            Action::Subscribe(s) => self.subscribe(id, s),
+            Action::Unsubscribe { sids } => Ok(self.unsubscribe(id, &sids)),
+            Action::UpdateSubscription(u) => self.update(id, u),
+            Action::ListSubscriptions => {
+                let list: Vec<(String, u64)> = self
+                    .subs
+                    .values()
+                    .map(|s| (s.channel.as_str().to_owned(), s.sid))
+                    .collect();
+                Ok(vec![Effect::Reply(reply::ok_list(id, &list))])
+            }
+            Action::Ping => Ok(vec![Effect::Pong(id)]),
+            // Authentication is the session's business before any command reaches here.
+            Action::Auth { .. } => Ok(vec![Effect::Reply(reply::ok(
+                id,
+                Some(serde_json::json!({ "authenticated": true })),
+            ))]),
+        };
+        result.unwrap_or_else(|e| vec![Effect::Error(e.reply())])
+    }
+
+    fn subscribe(&mut self, id: u64, s: protocol::Subscribe) -> Result<Vec<Effect>, CommandError> {
+        let err = |code| CommandError::new(id, code);
+        if !self.limits.private_allowed && s.channels.iter().any(|c| c.is_private()) {
+            return Err(err(ErrorCode::AuthRequired));
+        }
+        let new_markets: BTreeSet<String> = s.markets.iter().flatten().cloned().collect();
+        // Check every limit before changing anything: a refused command changes nothing.
+        let new_channels = s
+            .channels
+            .iter()
+            .filter(|c| self.channel_sid(**c).is_none())
+            .count();
+        if self.subs.len() + new_channels > self.limits.max_subscriptions {
+            return Err(err(ErrorCode::MarketLimitExceeded));
+        }
+        if self.market_count() + new_markets.len() * s.channels.len() > self.limits.max_markets {
+            return Err(err(ErrorCode::MarketLimitExceeded));
+        }
+        if self.limits.duplicate_subscribe == DuplicateSubscribe::Error
+            && s.channels.iter().any(|c| self.channel_sid(*c).is_some())
+        {
+            return Err(err(ErrorCode::AlreadySubscribed));
+        }
+        let mut effects = Vec::new();
+        for channel in s.channels {
+            if let Some(sid) = self.channel_sid(channel) {
+                effects.extend(self.merge(id, sid, s.markets.as_deref()));
+                continue;
+            }
+            let sid = self.next_sid;
+            self.next_sid += 1;
+            let markets = s
+                .markets
+                .as_ref()
+                .map(|m| m.iter().cloned().collect::<BTreeSet<_>>());
+            let initial = channel == Channel::OrderbookDelta
+                || (channel == Channel::Ticker && s.send_initial_snapshot);
+            effects.push(Effect::Reply(reply::subscribed(id, channel.as_str(), sid)));
+            match &markets {
+                None => effects.push(Effect::Add {
+                    channel,
+                    market: None,
+                    initial,
+                }),
+                Some(ms) => effects.extend(ms.iter().map(|m| Effect::Add {
+                    channel,
+                    market: Some(m.clone()),
+                    initial,
+                })),
+            }
+            self.subs.insert(
+                sid,
+                ClientSub {
+                    sid,
+                    channel,
+                    markets,
+                    seq: 0,
+                    use_yes_price: s.use_yes_price.unwrap_or(false),
+                },
+            );
+        }
+        Ok(effects)
+    }
+
+    fn channel_sid(&self, channel: Channel) -> Option<u64> {
+        self.subs
+            .values()
+            .find(|s| s.channel == channel)
+            .map(|s| s.sid)
+    }
+
+    /// A second `subscribe` on a held channel, in merge mode: the markets are added, `ok`.
+    fn merge(&mut self, id: u64, sid: u64, markets: Option<&[String]>) -> Vec<Effect> {
+        let sub = self.subs.get_mut(&sid).expect("sid exists");
+        let mut effects = Vec::new();
+        match (&mut sub.markets, markets) {
+            // Already every market, or widening to every market: nothing to add per market.
+            (None, _) => {}
+            (Some(held), None) => {
+                for m in std::mem::take(held) {
+                    effects.push(Effect::Remove {
+                        channel: sub.channel,
+                        market: Some(m),
+                    });
+                }
+                sub.markets = None;
+                effects.push(Effect::Add {
+                    channel: sub.channel,
+                    market: None,
+                    initial: sub.channel == Channel::OrderbookDelta,
+                });
+            }
+            (Some(held), Some(new)) => {
+                for m in new {
+                    if held.insert(m.clone()) {
+                        effects.push(Effect::Add {
+                            channel: sub.channel,
+                            market: Some(m.clone()),
+                            initial: sub.channel == Channel::OrderbookDelta,
+                        });
+                    }
+                }
+            }
+        }
+        let list: Vec<String> = sub.markets.iter().flatten().cloned().collect();
+        effects.insert(
+            0,
+            Effect::Reply(reply::ok_markets(id, sid, sub.last_seq(), &list)),
+        );
+        effects
+    }
+
+    fn unsubscribe(&mut self, id: u64, sids: &[u64]) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        for sid in sids {
+            let Some(sub) = self.subs.remove(sid) else {
+                effects.push(Effect::Error(reply::error(id, ErrorCode::UnknownSid, None)));
+                continue;
+            };
+            match &sub.markets {
+                None => effects.push(Effect::Remove {
+                    channel: sub.channel,
+                    market: None,
+                }),
+                Some(ms) => effects.extend(ms.iter().map(|m| Effect::Remove {
+                    channel: sub.channel,
+                    market: Some(m.clone()),
+                })),
+            }
+            effects.push(Effect::Reply(reply::unsubscribed(id, *sid, sub.last_seq())));
+        }
+        effects
+    }
+
+    fn update(
+        &mut self,
+        id: u64,
+        u: protocol::UpdateSubscription,
+    ) -> Result<Vec<Effect>, CommandError> {
+        let err = |code| CommandError::new(id, code);
+        let market_count = self.market_count();
+        let max_markets = self.limits.max_markets;
+        let sub = self
+            .subs
+            .get_mut(&u.sid)
+            .ok_or(err(ErrorCode::UnknownSid))?;
+        let channel = sub.channel;
+        let mut effects = Vec::new();
+        match u.action {
+            UpdateAction::AddMarkets => {
+                let held = sub
+                    .markets
+                    .as_mut()
+                    .ok_or(err(ErrorCode::InvalidParameter))?;
+                let fresh: Vec<&String> = u.markets.iter().filter(|m| !held.contains(*m)).collect();
+                if market_count + fresh.len() > max_markets {
+                    return Err(err(ErrorCode::MarketLimitExceeded));
+                }
+                for m in fresh {
+                    held.insert(m.clone());
+                    effects.push(Effect::Add {
+                        channel,
+                        market: Some(m.clone()),
+                        initial: channel == Channel::OrderbookDelta,
+                    });
+                }
+            }
+            UpdateAction::DeleteMarkets => {
+                let held = sub
+                    .markets
+                    .as_mut()
+                    .ok_or(err(ErrorCode::InvalidParameter))?;
+                for m in &u.markets {
+                    if held.remove(m) {
+                        effects.push(Effect::Remove {
+                            channel,
+                            market: Some(m.clone()),
+                        });
+                    }
+                }
+            }
+            UpdateAction::GetSnapshot => {
+                if channel != Channel::OrderbookDelta {
+                    return Err(err(ErrorCode::UnsupportedAction));
+                }
+                for m in &u.markets {
+                    if !sub.markets.as_ref().is_none_or(|held| held.contains(m)) {
+                        return Err(CommandError {
+                            id,
+                            code: ErrorCode::MarketNotFound,
+                            market_ticker: Some(m.clone()),
+                        });
+                    }
+                }
+                return Ok(u
+                    .markets
+                    .into_iter()
+                    .map(|market| Effect::Snapshot { market })
+                    .collect());
+            }
+        }
+        let list: Vec<String> = sub.markets.iter().flatten().cloned().collect();
+        effects.insert(
+            0,
+            Effect::Reply(reply::ok_markets(id, u.sid, sub.last_seq(), &list)),
+        );
+        Ok(effects)
+    }
+}

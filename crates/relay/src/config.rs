@@ -1,0 +1,485 @@
+//! The relay's configuration: one TOML file, environment overrides, flags, validated up front.
+//!
+//! Precedence: built-in defaults < `configs/relay.toml` (or `--config FILE`) < environment <
+//! flags. Any key can be set from the environment as `RELAY__SECTION__KEY` (double underscores
+//! between levels, the value read as TOML, else as a string): `RELAY__UPSTREAM__URL=wss://...`,
+//! `RELAY__DOWNSTREAM__PING_INTERVAL_SECONDS=15`. Credentials have their usual names:
+//! `KALSHI_API_KEY_ID`, `KALSHI_PRIVATE_KEY_PATH`, `KALSHI_PRIVATE_KEY_PEM`.
+//!
+//! Loading parses everything, then validates everything, and reports every problem at once, each
+//! naming its dotted key: `downstream.pong_timeout_seconds = 0: must be > 0`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The default config file, relative to the working directory.
+pub const DEFAULT_CONFIG_PATH: &str = "configs/relay.toml";
+
+const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+const DEFAULT_PING_INTERVAL_SECONDS: u64 = 30;
+const DEFAULT_PONG_TIMEOUT_SECONDS: u64 = 10;
+const DEFAULT_WRITE_TIMEOUT_SECONDS: u64 = 10;
+const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024;
+const DEFAULT_WRITE_BUFFER_BYTES: usize = 16 * 1024;
+const DEFAULT_READ_BUFFER_BYTES: usize = 4 * 1024;
+const DEFAULT_SHUTDOWN_DRAIN_SECONDS: u64 = 10;
+const DEFAULT_MAX_MARKETS_PER_CONNECTION: usize = 1_000;
+
+/// Everything the relay needs, composed from each crate's own config.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayConfig {
+    /// Where clients connect: WebSocket at `/trade-api/ws/v2` (alias `/ws`) plus `/healthz`,
+    /// `/readyz`, `/metrics`, `/status`. Default `127.0.0.1:8080`.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// If set, `/metrics` and `/status` move to this second listener. Default: unset.
+    #[serde(default)]
+    pub admin_listen: Option<SocketAddr>,
+    /// Markets whose order books are always subscribed upstream, so the first client of one gets
+    /// its snapshot at once and `/readyz` waits for them. Default: none.
+    #[serde(default)]
+    pub warm_markets: Vec<String>,
+    #[serde(default)]
+    pub downstream: DownstreamConfig,
+    #[serde(default)]
+    pub upstream: upstream::UpstreamConfig,
+    #[serde(default)]
+    pub fanout: fanout::FanoutConfig,
+}
+
+/// How the relay treats its clients.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DownstreamConfig {
+    /// Seconds between server pings to each client. Default 30.
+    pub ping_interval_seconds: u64,
+    /// Seconds a client has to send anything after a ping before it is closed. Default 10.
+    pub pong_timeout_seconds: u64,
+    /// Seconds a write to a client may block before the client is closed. Default 10.
+    pub write_timeout_seconds: u64,
+    /// Largest inbound message; larger closes with 1009. Default 65536.
+    pub max_message_bytes: usize,
+    /// Outgoing frames are gathered up to this many bytes before a write. Default 16384.
+    pub write_buffer_bytes: usize,
+    /// Initial read buffer per connection. Default 4096.
+    pub read_buffer_bytes: usize,
+    /// Seconds to wait for clients to take their close frames on shutdown. Default 10.
+    pub shutdown_drain_seconds: u64,
+    /// A second `subscribe` on a channel the client holds: `"merge"` (markets added, `ok`) or
+    /// `"error"` (error 6, as older exchange servers). Default `"merge"`.
+    pub duplicate_subscribe: DuplicateSubscribe,
+    /// Markets one connection may hold over all its subscriptions; more gets error 26.
+    /// Default 1000.
+    pub max_markets_per_connection: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DuplicateSubscribe {
+    Merge,
+    Error,
+}
+
+impl Default for DownstreamConfig {
+    fn default() -> Self {
+        DownstreamConfig {
+            ping_interval_seconds: DEFAULT_PING_INTERVAL_SECONDS,
+            pong_timeout_seconds: DEFAULT_PONG_TIMEOUT_SECONDS,
+            write_timeout_seconds: DEFAULT_WRITE_TIMEOUT_SECONDS,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            write_buffer_bytes: DEFAULT_WRITE_BUFFER_BYTES,
+            read_buffer_bytes: DEFAULT_READ_BUFFER_BYTES,
+            shutdown_drain_seconds: DEFAULT_SHUTDOWN_DRAIN_SECONDS,
+            duplicate_subscribe: DuplicateSubscribe::Merge,
+            max_markets_per_connection: DEFAULT_MAX_MARKETS_PER_CONNECTION,
+        }
+    }
+}
+
+impl DownstreamConfig {
+    pub fn ping_interval(&self) -> Duration {
+        Duration::from_secs(self.ping_interval_seconds)
+    }
+    pub fn pong_timeout(&self) -> Duration {
+        Duration::from_secs(self.pong_timeout_seconds)
+    }
+    pub fn write_timeout(&self) -> Duration {
+        Duration::from_secs(self.write_timeout_seconds)
+    }
+    pub fn shutdown_drain(&self) -> Duration {
+        Duration::from_secs(self.shutdown_drain_seconds)
+    }
+
+    /// What a client may do, before any token narrows it.
+    pub fn limits(&self) -> crate::client::Limits {
+        crate::client::Limits {
+            duplicate_subscribe: self.duplicate_subscribe,
+            private_allowed: true,
+            max_subscriptions: protocol::Channel::ALL.len(),
+            max_markets: self.max_markets_per_connection,
+        }
+    }
+}
+
+impl RelayConfig {
+    /// Every default, with the upstream at `upstream_url` (tests and embedding).
+    pub fn with_upstream(upstream_url: &str) -> RelayConfig {
+        RelayConfig {
+            listen: default_listen(),
+            admin_listen: None,
+            warm_markets: Vec::new(),
+            downstream: DownstreamConfig::default(),
+            upstream: upstream::UpstreamConfig {
+                url: upstream_url.to_owned(),
+                ..Default::default()
+            },
+            fanout: fanout::FanoutConfig::default(),
+        }
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    DEFAULT_LISTEN.parse().expect("the default address parses")
+}
+
+/// Every problem found, each naming its key.
+#[derive(Debug)]
+pub struct ConfigErrors(pub Vec<String>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "invalid configuration:")?;
+        for e in &self.0 {
+            writeln!(f, "  {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Values given on the command line; they win over the file and the environment.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub listen: Option<SocketAddr>,
+    pub upstream_url: Option<String>,
+}
+
+/// Where the configuration comes from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// A file that must exist.
+    File(PathBuf),
+    /// The default file if it exists, else built-in defaults.
+    DefaultIfPresent,
+}
+
+/// Loads and validates. `env` is the process environment (a parameter, so tests pass their own).
+pub fn load(
+    source: &Source,
+    env: &BTreeMap<String, String>,
+    overrides: &Overrides,
+) -> Result<RelayConfig, ConfigErrors> {
+    let one = |e: String| ConfigErrors(vec![e]);
+    let (text, origin) = match source {
+        Source::File(path) => (
+            std::fs::read_to_string(path)
+                .map_err(|e| one(format!("--config {}: {e}", path.display())))?,
+            path.display().to_string(),
+        ),
+        Source::DefaultIfPresent => match std::fs::read_to_string(DEFAULT_CONFIG_PATH) {
+            Ok(text) => (text, DEFAULT_CONFIG_PATH.to_owned()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                (String::new(), "built-in defaults".to_owned())
+            }
+            Err(e) => return Err(one(format!("{DEFAULT_CONFIG_PATH}: {e}"))),
+        },
+    };
+    let mut table: toml::Table =
+        toml::from_str(&text).map_err(|e| one(format!("{origin}: {}", e.message().trim())))?;
+    apply_env(&mut table, env).map_err(ConfigErrors)?;
+    if let Some(listen) = overrides.listen {
+        table.insert("listen".into(), toml::Value::String(listen.to_string()));
+    }
+    if let Some(url) = &overrides.upstream_url {
+        set_path(
+            &mut table,
+            &["upstream", "url"],
+            toml::Value::String(url.clone()),
+        );
+    }
+    let config: RelayConfig =
+        serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+            let path = e.path().to_string();
+            one(format!("{path}: {}", e.inner().message().trim()))
+        })?;
+    config.validate()?;
+    Ok(config)
+}
+
+/// The credential variables and the upstream keys they set.
+const CREDENTIAL_VARS: [(&str, &str); 3] = [
+    ("KALSHI_API_KEY_ID", "key_id"),
+    ("KALSHI_PRIVATE_KEY_PATH", "private_key_path"),
+    ("KALSHI_PRIVATE_KEY_PEM", "private_key_pem"),
+];
+
+fn apply_env(table: &mut toml::Table, env: &BTreeMap<String, String>) -> Result<(), Vec<String>> {
+    let mut errors = Vec::new();
+    for (var, key) in CREDENTIAL_VARS {
+        if let Some(value) = env.get(var).filter(|v| !v.is_empty()) {
+            set_path(
+                table,
+                &["upstream", key],
+                toml::Value::String(value.clone()),
+            );
+        }
+    }
+    for (var, raw) in env {
+        let Some(rest) = var.strip_prefix("RELAY__") else {
+            continue;
+        };
+        let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
+        if path.iter().any(String::is_empty) {
+            errors.push(format!("{var}: empty key segment"));
+            continue;
+        }
+        let refs: Vec<&str> = path.iter().map(String::as_str).collect();
+        set_path(table, &refs, parse_env_value(raw));
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
+}
+
+/// A value as TOML (`15`, `true`, `["A","B"]`), else as a plain string.
+fn parse_env_value(raw: &str) -> toml::Value {
+    toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_owned()))
+}
+
+fn set_path(table: &mut toml::Table, path: &[&str], value: toml::Value) {
+    let (last, parents) = path.split_last().expect("paths are not empty");
+    let mut current = table;
+    for key in parents {
+        let entry = current
+            .entry(key.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if !entry.is_table() {
+            *entry = toml::Value::Table(toml::Table::new());
+        }
+        current = entry.as_table_mut().expect("just made a table");
+    }
+    current.insert(last.to_string(), value);
+}
+
+impl RelayConfig {
+    /// Every problem at once, each naming its dotted key.
+    pub fn validate(&self) -> Result<(), ConfigErrors> {
+        let mut errors = Vec::new();
+        let d = &self.downstream;
+        let mut positive = |key: &str, value: u64| {
+            if value == 0 {
+                errors.push(format!("downstream.{key} = 0: must be > 0"));
+            }
+        };
+        positive("ping_interval_seconds", d.ping_interval_seconds);
+        positive("pong_timeout_seconds", d.pong_timeout_seconds);
+        positive("write_timeout_seconds", d.write_timeout_seconds);
+        if d.pong_timeout_seconds >= d.ping_interval_seconds && d.ping_interval_seconds > 0 {
+            errors.push(format!(
+                "downstream.pong_timeout_seconds = {}: must be below downstream.ping_interval_seconds ({})",
+                d.pong_timeout_seconds, d.ping_interval_seconds
+            ));
+        }
+        if d.max_message_bytes < 256 {
+            errors.push(format!(
+                "downstream.max_message_bytes = {}: must be at least 256",
+                d.max_message_bytes
+            ));
+        }
+        if d.read_buffer_bytes < 256 {
+            errors.push(format!(
+                "downstream.read_buffer_bytes = {}: must be at least 256",
+                d.read_buffer_bytes
+            ));
+        }
+        for (i, m) in self.warm_markets.iter().enumerate() {
+            if m.trim().is_empty() {
+                errors.push(format!("warm_markets[{i}] = {m:?}: must not be empty"));
+            }
+        }
+        if self.admin_listen.is_some_and(|a| a == self.listen) {
+            errors.push(format!(
+                "admin_listen = \"{}\": must differ from listen",
+                self.admin_listen.expect("checked")
+            ));
+        }
+        if self.upstream.orderbook_use_yes_price {
+            errors.push(
+                "upstream.orderbook_use_yes_price = true: must be false (the relay keeps books in \
+                 the exchange's form and converts per client that asks)"
+                    .to_owned(),
+            );
+        }
+        if let Err(e) = self.upstream.validate() {
+            errors.extend(e.problems.iter().map(|p| p.to_string()));
+        }
+        if let Err(e) = self.fanout.validate() {
+            errors.extend(
+                e.problems
+                    .iter()
+                    .map(|p| format!("{} = {}: {}", p.key, p.value, p.reason)),
+            );
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+}
+
+/// The path a `Source::File` names, for messages.
+pub fn describe(source: &Source) -> String {
+    match source {
+        Source::File(p) => p.display().to_string(),
+        Source::DefaultIfPresent => {
+            if Path::new(DEFAULT_CONFIG_PATH).exists() {
+                DEFAULT_CONFIG_PATH.to_owned()
+            } else {
+                "built-in defaults".to_owned()
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_text(text: &str, env: &[(&str, &str)]) -> Result<RelayConfig, ConfigErrors> {
+        let dir = std::env::temp_dir().join(format!("relay-config-{}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("relay.toml");
+        std::fs::write(&path, text).unwrap();
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let result = load(&Source::File(path), &env, &Overrides::default());
+        std::fs::remove_dir_all(&dir).unwrap();
+        result
+    }
+
+    #[test]
+    fn the_shipped_file_is_valid_and_says_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/relay.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let config = load_text(&text, &[]).unwrap();
+        assert_eq!(config.listen, default_listen());
+        assert_eq!(
+            config.downstream.ping_interval_seconds,
+            DEFAULT_PING_INTERVAL_SECONDS
+        );
+        assert_eq!(
+            config.downstream.max_message_bytes,
+            DEFAULT_MAX_MESSAGE_BYTES
+        );
+        assert_eq!(config.upstream, upstream::UpstreamConfig::default());
+        assert_eq!(config.fanout, fanout::FanoutConfig::default());
+    }
+
+    #[test]
+    fn an_unknown_key_is_named_with_its_section() {
+        let err = load_text("[downstream]\nping_interval_secs = 5\n", &[]).unwrap_err();
+        assert_eq!(err.0.len(), 1);
+        assert!(
+            err.0[0].starts_with("downstream.ping_interval_secs: unknown field"),
+            "{err}"
+        );
+        let err = load_text("[upstream]\nurll = \"ws://x\"\n", &[]).unwrap_err();
+        assert!(
+            err.0[0].starts_with("upstream.urll: unknown field"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_bad_value_is_named() {
+        let err = load_text("[downstream]\nping_interval_seconds = \"soon\"\n", &[]).unwrap_err();
+        assert!(
+            err.0[0].starts_with("downstream.ping_interval_seconds: invalid type"),
+            "{err}"
+        );
+        let err = load_text("listen = \"nowhere\"\n", &[]).unwrap_err();
+        assert!(err.0[0].starts_with("listen: "), "{err}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let text = "[downstream]\nping_interval_seconds = 0\nwrite_timeout_seconds = 0\n\
+                    [upstream]\nurl = \"http://x\"\n[fanout]\nqueue_messages = 0\n";
+        let err = load_text(text, &[]).unwrap_err();
+        let all = err.to_string();
+        for key in [
+            "downstream.ping_interval_seconds = 0",
+            "downstream.write_timeout_seconds = 0",
+            "upstream.url",
+            "fanout.queue_messages = 0",
+        ] {
+            assert!(all.contains(key), "{key} missing from:\n{all}");
+        }
+    }
+
+    #[test]
+    fn the_environment_overrides_the_file_and_flags_override_both() {
+        let config = load_text(
+            "listen = \"127.0.0.1:1000\"\n",
+            &[
+                ("RELAY__LISTEN", "127.0.0.1:2000"),
+                ("RELAY__DOWNSTREAM__PING_INTERVAL_SECONDS", "15"),
+                ("RELAY__WARM_MARKETS", r#"["A-1","B-2"]"#),
+                ("KALSHI_API_KEY_ID", "key-1"),
+                ("KALSHI_PRIVATE_KEY_PEM", "not a key"),
+            ],
+        );
+        // The PEM is checked when the upstream validates: a bad key is one clear error.
+        let err = config.unwrap_err();
+        assert!(
+            err.to_string().contains("upstream.private_key_pem"),
+            "{err}"
+        );
+
+        let env: BTreeMap<String, String> = [
+            ("RELAY__LISTEN", "127.0.0.1:2000"),
+            ("RELAY__DOWNSTREAM__PING_INTERVAL_SECONDS", "15"),
+            ("RELAY__WARM_MARKETS", r#"["A-1","B-2"]"#),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let flags = Overrides {
+            listen: Some("127.0.0.1:3000".parse().unwrap()),
+            upstream_url: Some("ws://127.0.0.1:9/trade-api/ws/v2".into()),
+        };
+        let config = load(&Source::DefaultIfPresent, &env, &flags).unwrap();
+        assert_eq!(config.listen.port(), 3000);
+        assert_eq!(config.downstream.ping_interval_seconds, 15);
+        assert_eq!(
+            config.warm_markets,
+            vec!["A-1".to_owned(), "B-2".to_owned()]
+        );
+        assert_eq!(config.upstream.url, "ws://127.0.0.1:9/trade-api/ws/v2");
+    }
+}

@@ -1,0 +1,149 @@
+//! The two loops between the upstream session and the fanout.
+//!
+//! - [`publish`]: upstream events, in exchange order, into the fanout's publisher; state changes
+//!   into the relay's status (readiness, `relay_status` events).
+//! - [`follow_registry`]: the fanout registry's wanted/unwanted topics into upstream
+//!   subscriptions, so the upstream subscription set equals what clients need plus the warm
+//!   markets. Per channel the relay holds at most one market-filtered upstream subscription and
+//!   one channel-wide one.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use fanout::{Publisher, RegistryEvents, Topic, TopicChange};
+use protocol::Channel;
+use tokio::sync::mpsc;
+use tracing::{debug, error, info, warn};
+use upstream::{BookUpdate, Event, State, SubId, Upstream};
+
+use crate::app::{now_ms, App, UpstreamStatus};
+
+/// Feeds the fanout until the upstream's event stream ends (after its shutdown).
+pub async fn publish(app: Arc<App>, mut events: mpsc::Receiver<Event>, mut publisher: Publisher) {
+    while let Some(event) = events.recv().await {
+        match event {
+            Event::Data(data) => {
+                app.upstream_messages.fetch_add(1, Ordering::Relaxed);
+                publisher.set_received_at(Some(data.received_at));
+                let market = data.market.as_deref();
+                match (data.book, market) {
+                    (Some(BookUpdate::Snapshot(snap)), Some(m)) => {
+                        if let Err(e) = publisher.snapshot(m, snap, data.body) {
+                            warn!(market = m, error = %e, "snapshot not published");
+                        }
+                    }
+                    (Some(BookUpdate::Delta(delta)), Some(m)) => {
+                        if let Err(e) = publisher.delta(m, delta, data.body) {
+                            // The cached book and the exchange disagree: never serve it as is.
+                            warn!(market = m, error = %e, "delta refused; re-syncing the book");
+                            publisher.mark_stale([m]);
+                            app.stale.lock().insert(m.to_owned());
+                            app.upstream.request_snapshot(vec![m.to_owned()]);
+                        }
+                    }
+                    _ => {
+                        publisher.message(data.channel, market, data.kind, data.body);
+                    }
+                }
+            }
+            Event::BookStale { markets } => {
+                debug!(count = markets.len(), "books stale");
+                app.stale.lock().extend(markets.iter().cloned());
+                publisher.mark_stale(markets);
+            }
+            Event::BookReset { market } => {
+                app.stale.lock().remove(&market);
+            }
+            Event::State(state) => {
+                match &state {
+                    State::GaveUp { failures } => {
+                        error!(
+                            failures,
+                            "upstream gave up; still probing at the capped delay"
+                        )
+                    }
+                    State::AuthFailed => error!("upstream refused the credentials"),
+                    State::Disconnected { reason } => warn!(%reason, "upstream disconnected"),
+                    other => info!(state = ?other, "upstream state"),
+                }
+                app.status.send_replace(UpstreamStatus {
+                    state,
+                    since_ms: now_ms(),
+                });
+            }
+        }
+    }
+}
+
+/// The upstream subscriptions the relay holds for one channel.
+#[derive(Default)]
+struct ChannelSubs {
+    /// The market-filtered subscription and its markets.
+    filtered: Option<(SubId, BTreeSet<String>)>,
+    /// The every-market subscription.
+    wide: Option<SubId>,
+}
+
+/// Keeps the upstream subscriptions equal to the registry's wanted topics plus `warm` books.
+pub async fn follow_registry(upstream: Upstream, mut registry: RegistryEvents, warm: Vec<String>) {
+    let mut channels: HashMap<Channel, ChannelSubs> = HashMap::new();
+    if !warm.is_empty() {
+        // A subscription of its own, never released: the warm books stay synced for readiness
+        // and for the first client's instant snapshot.
+        let _warm = upstream.subscribe(Channel::OrderbookDelta, Some(warm));
+    }
+    loop {
+        let changes = registry.next().await;
+        if changes.is_empty() {
+            // The registry has closed (the fanout is gone).
+            return;
+        }
+        for change in changes {
+            apply(&upstream, &mut channels, change);
+        }
+    }
+}
+
+fn apply(upstream: &Upstream, channels: &mut HashMap<Channel, ChannelSubs>, change: TopicChange) {
+    let (wanted, Topic { channel, market }) = match change {
+        TopicChange::Wanted(t) => (true, t),
+        TopicChange::Unwanted(t) => (false, t),
+    };
+    let subs = channels.entry(channel).or_default();
+    match (wanted, market) {
+        (true, None) => {
+            if subs.wide.is_none() {
+                subs.wide = Some(upstream.subscribe(channel, None));
+            }
+        }
+        (false, None) => {
+            if let Some(id) = subs.wide.take() {
+                upstream.unsubscribe(id);
+            }
+        }
+        (true, Some(m)) => match &mut subs.filtered {
+            Some((id, markets)) => {
+                if markets.insert(m.to_string()) {
+                    upstream.add_markets(*id, vec![m.to_string()]);
+                }
+            }
+            None => {
+                let id = upstream.subscribe(channel, Some(vec![m.to_string()]));
+                subs.filtered = Some((id, BTreeSet::from([m.to_string()])));
+            }
+        },
+        (false, Some(m)) => {
+            if let Some((id, markets)) = &mut subs.filtered {
+                if markets.remove(m.as_ref()) {
+                    if markets.is_empty() {
+                        upstream.unsubscribe(*id);
+                        subs.filtered = None;
+                    } else {
+                        upstream.remove_markets(*id, vec![m.to_string()]);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,223 @@
+//! The HTTP side of a listener: health, readiness, metrics, status, and the WebSocket upgrade.
+//!
+//! One hyper HTTP/1 connection per accepted socket. A request for the WebSocket path with the
+//! upgrade headers is answered `101` here; the upgraded socket is then handed to
+//! [`crate::session`] in a task of its own, tracked for shutdown. Everything else is a small JSON
+//! or text response.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::WebSocketStream;
+use tracing::{debug, warn};
+
+use crate::app::App;
+use crate::session::{self, SessionOptions};
+
+/// The exchange's WebSocket path, and the short alias.
+pub const WS_PATHS: [&str; 2] = [protocol::sign::WS_PATH, "/ws"];
+
+/// What a listener serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ListenerRole {
+    /// WebSocket, health and readiness; `/metrics` and `/status` too unless an admin listener
+    /// exists.
+    Main,
+    /// `/metrics`, `/status` and health only.
+    Admin,
+}
+
+type Body = Full<Bytes>;
+
+/// Accepts until shutdown. Each connection is a tracked task.
+pub async fn serve(app: Arc<App>, listener: TcpListener, role: ListenerRole) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = app.shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off a little instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let app2 = app.clone();
+        app.tracker
+            .spawn(async move { serve_connection(app2, stream, peer, role).await });
+    }
+}
+
+/// Serves HTTP on one accepted socket (plain or TLS) until it closes or upgrades.
+pub async fn serve_connection<S>(app: Arc<App>, stream: S, peer: SocketAddr, role: ListenerRole)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let svc_app = app.clone();
+    let svc = service_fn(move |req| {
+        let app = svc_app.clone();
+        async move { Ok::<_, Infallible>(route(app, req, peer, role)) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(std::time::Duration::from_secs(10))
+        .serve_connection(TokioIo::new(stream), svc)
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => {
+            if let Err(e) = result {
+                debug!(%peer, error = %e, "http connection ended with an error");
+            }
+        }
+        _ = app.shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+fn route(
+    app: Arc<App>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    role: ListenerRole,
+) -> Response<Body> {
+    let path = req.uri().path();
+    let serves_admin = role == ListenerRole::Admin || app.config.admin_listen.is_none();
+    match (req.method(), path) {
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/readyz") if role == ListenerRole::Main => {
+            let (ready, reason) = app.readiness();
+            let body = serde_json::json!({ "ready": ready, "reason": reason }).to_string();
+            json(
+                if ready {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                },
+                body,
+            )
+        }
+        (&Method::GET, "/metrics") if serves_admin => {
+            let mut resp = text(StatusCode::OK, app.metrics.render());
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            resp
+        }
+        (&Method::GET, "/status") if serves_admin => json(StatusCode::OK, app.status_json()),
+        (&Method::GET, p) if role == ListenerRole::Main && WS_PATHS.contains(&p) => {
+            upgrade(app, req, peer)
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    let mut resp = Response::new(Full::new(body.into()));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    resp
+}
+
+fn json(status: StatusCode, body: String) -> Response<Body> {
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// A plain HTTP refusal of an upgrade, counted by reason.
+pub fn refuse(status: StatusCode, reason: &'static str) -> Response<Body> {
+    metrics::counter!(crate::metrics::HANDSHAKES_REJECTED_TOTAL, "reason" => reason).increment(1);
+    text(status, format!("{reason}\n"))
+}
+
+fn header_has_token(req: &Request<Incoming>, name: header::HeaderName, token: &str) -> bool {
+    req.headers().get_all(name).iter().any(|v| {
+        v.to_str()
+            .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+            .unwrap_or(false)
+    })
+}
+
+/// The value of one query parameter.
+pub fn query_param<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
+    req.uri()
+        .query()?
+        .split('&')
+        .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+fn upgrade(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    if app.shutdown.is_cancelled() {
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+    }
+    let is_upgrade = header_has_token(&req, header::CONNECTION, "upgrade")
+        && header_has_token(&req, header::UPGRADE, "websocket");
+    let version_ok = req
+        .headers()
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_some_and(|v| v == "13");
+    let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned() else {
+        return refuse(StatusCode::BAD_REQUEST, "not a websocket upgrade");
+    };
+    if !is_upgrade || !version_ok {
+        return refuse(StatusCode::BAD_REQUEST, "not a websocket upgrade");
+    }
+    let options = SessionOptions {
+        relay_events: matches!(query_param(&req, "relay_events"), Some("1" | "true")),
+        peer,
+        limits: app.config.downstream.limits(),
+    };
+    let accept = derive_accept_key(key.as_bytes());
+    let ws_config = app.ws_config();
+    let task_app = app.clone();
+    app.tracker.spawn(async move {
+        match hyper::upgrade::on(req).await {
+            Ok(upgraded) => {
+                let ws = WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    Role::Server,
+                    Some(ws_config),
+                )
+                .await;
+                session::run(task_app, ws, options).await;
+            }
+            Err(e) => debug!(%peer, error = %e, "upgrade failed"),
+        }
+    });
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(
+        header::SEC_WEBSOCKET_ACCEPT,
+        HeaderValue::from_str(&accept).expect("base64 is a valid header value"),
+    );
+    resp
+}

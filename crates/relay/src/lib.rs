@@ -1,0 +1,191 @@
+//! The relay: one resilient upstream session to a Kalshi-style exchange, served to many
+//! downstream WebSocket clients that speak the exchange's own protocol.
+//!
+//! Data flows one way: exchange -> [`upstream`] (one session) -> [`feed`] -> [`fanout`] (one
+//! ring, a state cache, lag repair) -> [`session`] (one task per client) -> clients. Commands flow
+//! back: a client's `subscribe` becomes fanout topics, the fanout registry's wanted topics become
+//! upstream subscriptions ([`feed::follow_registry`]).
+//!
+//! Layout: [`config`] (one TOML file, env overrides, validation), [`http`] (listeners, health,
+//! readiness, metrics, status, the upgrade), [`session`] and [`client`] (one client: socket loop
+//! and command logic), [`heartbeat`] (shared ping ticker), [`feed`], [`app`] (shared state),
+//! [`metrics`] (names and the Prometheus recorder), [`demo`] (the embedded simulator).
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! let config = relay::config::RelayConfig::with_upstream("ws://127.0.0.1:9001/trade-api/ws/v2");
+//! let handle = relay::spawn(config, relay::Listeners::bind("127.0.0.1:0".parse()?, None).await?).await?;
+//! println!("clients connect to {}", handle.ws_url());
+//! handle.shutdown().await;
+//! # Ok(()) }
+//! ```
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod client;
+pub mod config;
+pub mod demo;
+pub mod feed;
+pub mod heartbeat;
+pub mod http;
+pub mod metrics;
+pub mod session;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::app::App;
+use crate::config::RelayConfig;
+use crate::http::ListenerRole;
+
+/// The relay's bound sockets.
+pub struct Listeners {
+    pub main: TcpListener,
+    pub admin: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds both addresses; an error names the setting and the address.
+    pub async fn bind(listen: SocketAddr, admin: Option<SocketAddr>) -> anyhow::Result<Listeners> {
+        let main = TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("listen = \"{listen}\": cannot bind"))?;
+        let admin = match admin {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("admin_listen = \"{addr}\": cannot bind"))?,
+            ),
+            None => None,
+        };
+        Ok(Listeners { main, admin })
+    }
+}
+
+/// A running relay.
+pub struct RelayHandle {
+    pub addr: SocketAddr,
+    pub admin_addr: Option<SocketAddr>,
+    app: Arc<App>,
+    upstream_shutdown: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RelayHandle {
+    /// `ws://ADDR/trade-api/ws/v2`.
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}{}", self.addr, protocol::sign::WS_PATH)
+    }
+
+    /// The shared state (status, readiness), for tests and embedding.
+    pub fn app(&self) -> &Arc<App> {
+        &self.app
+    }
+
+    /// Graceful shutdown: `/readyz` turns 503, no new connections, every client gets 1012, the
+    /// upstream unsubscribes and closes with 1000; bounded by `downstream.shutdown_drain_seconds`.
+    pub async fn shutdown(self) {
+        let app = self.app;
+        app.stopping.store(true, Ordering::Relaxed);
+        app.shutdown.cancel();
+        app.tracker.close();
+        let drain = app.config.downstream.shutdown_drain();
+        if tokio::time::timeout(drain, app.tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                clients = app.clients.load(Ordering::Relaxed),
+                "drain time over; closing the remaining connections"
+            );
+        }
+        self.upstream_shutdown.cancel();
+        let upstream_grace = std::time::Duration::from_secs(5);
+        if tokio::time::timeout(upstream_grace, app.upstream.closed())
+            .await
+            .is_err()
+        {
+            warn!("upstream did not close in time");
+        }
+        for task in self.tasks {
+            task.abort();
+        }
+        info!("relay stopped");
+    }
+}
+
+/// Starts the relay on bound listeners and returns at once.
+pub async fn spawn(config: RelayConfig, listeners: Listeners) -> anyhow::Result<RelayHandle> {
+    let metrics = metrics::handle();
+    let upstream_shutdown = CancellationToken::new();
+    let (upstream, events) = upstream::spawn(config.upstream.clone(), upstream_shutdown.clone())
+        .map_err(|e| anyhow::anyhow!("invalid upstream configuration: {e}"))?;
+    let (publisher, fanout, registry) = fanout::new(config.fanout.clone());
+    let warm = config.warm_markets.clone();
+    let app = Arc::new(App::new(config, fanout, upstream.clone(), metrics.clone()));
+
+    let addr = listeners.main.local_addr()?;
+    let admin_addr = listeners
+        .admin
+        .as_ref()
+        .map(|l| l.local_addr())
+        .transpose()?;
+    let mut tasks = vec![
+        tokio::spawn(feed::publish(app.clone(), events, publisher)),
+        tokio::spawn(feed::follow_registry(upstream, registry, warm)),
+        tokio::spawn(app.heartbeat.clone().run(app.shutdown.clone())),
+        tokio::spawn(metrics::upkeep(metrics, app.shutdown.clone())),
+        tokio::spawn(http::serve(app.clone(), listeners.main, ListenerRole::Main)),
+    ];
+    if let Some(admin) = listeners.admin {
+        tasks.push(tokio::spawn(http::serve(
+            app.clone(),
+            admin,
+            ListenerRole::Admin,
+        )));
+    }
+    Ok(RelayHandle {
+        addr,
+        admin_addr,
+        app,
+        upstream_shutdown,
+        tasks,
+    })
+}
+
+/// The binary's whole run: the demo simulator if asked, bind, serve, and stop on `signal`.
+pub async fn start(
+    mut config: RelayConfig,
+    demo: bool,
+    signal: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let sim = if demo {
+        Some(demo::start(&mut config).await?)
+    } else {
+        None
+    };
+    let listeners = Listeners::bind(config.listen, config.admin_listen).await?;
+    let handle = spawn(config, listeners).await?;
+    println!(
+        "relay ready ws={} http=http://{}",
+        handle.ws_url(),
+        handle.addr
+    );
+    if let Some(sim) = &sim {
+        demo::print_hint(&handle.ws_url(), sim);
+    }
+    signal.await;
+    handle.shutdown().await;
+    if let Some(sim) = sim {
+        sim.shutdown().await;
+    }
+    Ok(())
+}

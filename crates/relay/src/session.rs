@@ -1,0 +1,387 @@
+//! One client connection: commands in, deliveries out, pings, limits and the close.
+//!
+//! One task per client owns both halves of its WebSocket. It waits on four things at once: the
+//! client's frames (commands; reading also answers the client's pings), the client's fanout
+//! subscriber (data to write), its heartbeat bucket (server ping and pong deadline), and the
+//! relay's shutdown. Deliveries are written as they come: every ready one is fed, then one flush,
+//! so a burst costs one write. A client that cannot keep up is the fanout's business (lag, repair,
+//! or a 4008 verdict): nothing queues here without bound, and a write that blocks longer than
+//! `write_timeout_seconds` ends the connection.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use fanout::{Delivery, Subscriber, Topic, Verdict};
+use futures_util::{SinkExt, StreamExt};
+use protocol::{reply, Command};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::{CloseFrame, Frame};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+use tracing::{debug, Instrument};
+
+use crate::app::App;
+use crate::client::{ClientState, Effect, Limits};
+use crate::metrics as m;
+
+/// Per-connection choices made at the handshake.
+#[derive(Clone, Debug)]
+pub struct SessionOptions {
+    /// `?relay_events=1`: also send `relay_status` and `relay_lagged` events.
+    pub relay_events: bool,
+    pub peer: SocketAddr,
+    /// What this client may do (private channels, limits).
+    pub limits: Limits,
+}
+
+/// How a session ends: a close frame to send (code, reason), or nothing (the client is gone).
+type Close = Option<(u16, &'static str)>;
+
+/// Most deliveries written before a flush, so one busy client cannot starve its own reads.
+const MAX_BATCH: usize = 256;
+/// Record the relay latency of one frame in this many (the histogram is a distribution; every
+/// frame would cost an atomic append each).
+const LATENCY_SAMPLE: u64 = 8;
+
+/// Runs one client session to its end.
+pub async fn run<S>(app: Arc<App>, ws: WebSocketStream<S>, options: SessionOptions)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let span = tracing::debug_span!("client", peer = %options.peer);
+    async move {
+        app.clients.fetch_add(1, Ordering::Relaxed);
+        metrics::gauge!(m::CONNECTIONS).increment(1.0);
+        metrics::counter!(m::CONNECTIONS_TOTAL).increment(1);
+        debug!("connected");
+        let mut session = Session::new(&app, ws, options);
+        let close = session.run_loop().await;
+        let code = close.map_or(1006, |(code, _)| code);
+        session.close(close).await;
+        metrics::counter!(m::DISCONNECTS_TOTAL, "code" => code_label(code)).increment(1);
+        metrics::gauge!(m::CONNECTIONS).decrement(1.0);
+        app.clients.fetch_sub(1, Ordering::Relaxed);
+        debug!(code, "disconnected");
+    }
+    .instrument(span)
+    .await
+}
+
+fn code_label(code: u16) -> &'static str {
+    match code {
+        1000 => "1000",
+        1006 => "1006",
+        1007 => "1007",
+        1008 => "1008",
+        1009 => "1009",
+        1011 => "1011",
+        1012 => "1012",
+        1013 => "1013",
+        4001 => "4001",
+        4008 => "4008",
+        4029 => "4029",
+        _ => "other",
+    }
+}
+
+struct Session<'a, S> {
+    app: &'a App,
+    ws: WebSocketStream<S>,
+    options: SessionOptions,
+    state: ClientState,
+    sub: Subscriber,
+    /// Reused for every outgoing frame's envelope.
+    buf: Vec<u8>,
+    /// A server ping is outstanding and nothing has arrived since it was sent.
+    awaiting_pong: bool,
+    frames_written: u64,
+}
+
+impl<'a, S> Session<'a, S>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    fn new(app: &'a App, ws: WebSocketStream<S>, options: SessionOptions) -> Self {
+        Session {
+            app,
+            ws,
+            state: ClientState::new(options.limits.clone()),
+            options,
+            sub: app.fanout.subscriber(),
+            buf: Vec::with_capacity(512),
+            awaiting_pong: false,
+            frames_written: 0,
+        }
+    }
+
+    async fn run_loop(&mut self) -> Close {
+        let app = self.app;
+        let mut slot = app.heartbeat.slot();
+        let mut status = app.status.subscribe();
+        if self.options.relay_events {
+            let msg = status.borrow_and_update().to_json();
+            if let Err(close) = self.send_event("relay_status", msg).await {
+                return close;
+            }
+        }
+        loop {
+            let result = tokio::select! {
+                _ = app.shutdown.cancelled() => return Some((1012, "service restart")),
+                frame = self.ws.next() => self.on_frame(frame).await,
+                delivery = self.sub.recv() => self.on_delivery(delivery).await,
+                Ok(()) = slot.ping.changed() => self.ping().await,
+                Ok(()) = slot.check.changed() => {
+                    if self.awaiting_pong { Err(Some((1008, "pong timeout"))) } else { Ok(()) }
+                }
+                Ok(()) = status.changed(), if self.options.relay_events => {
+                    let msg = status.borrow_and_update().to_json();
+                    self.send_event("relay_status", msg).await
+                }
+            };
+            if let Err(close) = result {
+                return close;
+            }
+        }
+    }
+
+    async fn on_frame(&mut self, frame: Option<Result<Message, WsError>>) -> Result<(), Close> {
+        self.awaiting_pong = false;
+        let message = match frame {
+            None => return Err(None),
+            Some(Ok(message)) => message,
+            Some(Err(e)) => return Err(classify_read_error(&e)),
+        };
+        match message {
+            Message::Text(text) => self.on_command(text.as_bytes()).await,
+            Message::Binary(_) => {
+                let frame = reply::error(0, protocol::ErrorCode::UnableToProcess, None);
+                self.send_now(frame).await
+            }
+            // tungstenite answers pings itself while we keep reading; pongs only prove liveness.
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Ok(()),
+            Message::Close(_) => Err(None),
+        }
+    }
+
+    async fn on_command(&mut self, frame: &[u8]) -> Result<(), Close> {
+        let command = match Command::parse(frame) {
+            Ok(command) => command,
+            Err(e) => {
+                metrics::counter!(m::COMMANDS_TOTAL, "command" => "invalid", "result" => "error")
+                    .increment(1);
+                return self.send_now(e.reply()).await;
+            }
+        };
+        let name = command_name(&command);
+        let effects = self.state.handle(command);
+        let ok = !effects.iter().any(|e| matches!(e, Effect::Error(_)));
+        metrics::counter!(m::COMMANDS_TOTAL, "command" => name, "result" => if ok { "ok" } else { "error" })
+            .increment(1);
+        for effect in effects {
+            match effect {
+                Effect::Reply(frame) | Effect::Error(frame) => {
+                    self.feed_text(frame.into_bytes()).await?
+                }
+                Effect::Pong(id) => self.feed_text(reply::pong(id).into_bytes()).await?,
+                Effect::Add {
+                    channel,
+                    market,
+                    initial,
+                } => {
+                    let topic = match &market {
+                        Some(m) => Topic::market(channel, m),
+                        None => Topic::channel(channel),
+                    };
+                    if self.sub.add(topic, initial).is_err() {
+                        // Only a disconnected subscriber refuses; its verdict is next in recv.
+                        debug!(%channel, "topic refused");
+                    }
+                }
+                Effect::Remove { channel, market } => {
+                    let topic = match &market {
+                        Some(m) => Topic::market(channel, m),
+                        None => Topic::channel(channel),
+                    };
+                    self.sub.remove(&topic);
+                }
+                Effect::Snapshot { market } => {
+                    if let Err(e) = self.sub.request_snapshot(&market) {
+                        debug!(%market, error = %e, "snapshot request refused");
+                    }
+                }
+            }
+        }
+        self.flush().await
+    }
+
+    async fn on_delivery(&mut self, delivery: Option<Delivery>) -> Result<(), Close> {
+        let Some(first) = delivery else {
+            // The fanout's stream ended: the relay is stopping.
+            return Err(Some((1012, "service restart")));
+        };
+        self.write_delivery(first).await?;
+        for _ in 1..MAX_BATCH {
+            match self.sub.try_recv() {
+                Some(next) => self.write_delivery(next).await?,
+                None => break,
+            }
+        }
+        self.flush().await
+    }
+
+    async fn write_delivery(&mut self, delivery: Delivery) -> Result<(), Close> {
+        match delivery {
+            Delivery::Data(item) | Delivery::Cached { item, .. } => {
+                let Some(sub) = self.state.by_channel(item.channel()) else {
+                    return Ok(()); // unsubscribed while the item was in flight
+                };
+                let (sid, seq, yes) = (sub.sid, sub.next_seq(), sub.use_yes_price);
+                self.buf.clear();
+                item.write_envelope(&mut self.buf, sid, seq, yes);
+                self.frames_written += 1;
+                if self.frames_written % LATENCY_SAMPLE == 0 {
+                    if let Some(at) = item.received_at() {
+                        metrics::histogram!(m::LATENCY_SECONDS).record(at.elapsed().as_secs_f64());
+                    }
+                }
+                metrics::counter!(m::MESSAGES_SENT_TOTAL, "type" => type_label(item.kind()))
+                    .increment(1);
+                let frame = Bytes::copy_from_slice(&self.buf);
+                self.feed_text(frame).await
+            }
+            Delivery::Stale { .. } => Ok(()),
+            Delivery::Lagged(report) => {
+                if !self.options.relay_events {
+                    return Ok(());
+                }
+                let msg = serde_json::json!({
+                    "cause": format!("{:?}", report.cause).to_lowercase(),
+                    "messages_lost": report.messages_lost,
+                    "trades_lost": report.trades_lost,
+                    "books_repaired": report.books_repaired.iter().map(|b| b.as_ref()).collect::<Vec<_>>(),
+                    "books_stale": report.books_stale.iter().map(|b| b.as_ref()).collect::<Vec<_>>(),
+                });
+                self.send_event("relay_lagged", msg).await
+            }
+            Delivery::Disconnect(verdict) => Err(Some(match verdict {
+                Verdict::SlowConsumer { .. } => (4008, "slow consumer"),
+                Verdict::PrivateChannelLag { .. } => (
+                    4008,
+                    "slow consumer: private channel messages lost, reconcile and reconnect",
+                ),
+            })),
+        }
+    }
+
+    async fn send_event(&mut self, kind: &str, msg: serde_json::Value) -> Result<(), Close> {
+        let frame = serde_json::json!({ "type": kind, "msg": msg }).to_string();
+        self.send_now(frame).await
+    }
+
+    async fn ping(&mut self) -> Result<(), Close> {
+        self.awaiting_pong = true;
+        self.timed(Message::Ping(Bytes::from_static(b"relay")))
+            .await?;
+        self.flush().await
+    }
+
+    /// Queues a text frame (no UTF-8 re-validation: every piece is already valid text).
+    async fn feed_text(&mut self, payload: impl Into<Bytes>) -> Result<(), Close> {
+        let payload = payload.into();
+        metrics::counter!(m::BYTES_SENT_TOTAL).increment(payload.len() as u64);
+        let frame = Frame::message(payload, OpCode::Data(Data::Text), true);
+        self.timed(Message::Frame(frame)).await
+    }
+
+    async fn send_now(&mut self, frame: String) -> Result<(), Close> {
+        self.feed_text(frame.into_bytes()).await?;
+        self.flush().await
+    }
+
+    async fn timed(&mut self, message: Message) -> Result<(), Close> {
+        match tokio::time::timeout(
+            self.app.config.downstream.write_timeout(),
+            self.ws.feed(message),
+        )
+        .await
+        {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(classify_write_error(&e)),
+            Err(_) => Err(Some((1008, "write timeout"))),
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), Close> {
+        match tokio::time::timeout(self.app.config.downstream.write_timeout(), self.ws.flush())
+            .await
+        {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(classify_write_error(&e)),
+            Err(_) => Err(Some((1008, "write timeout"))),
+        }
+    }
+
+    /// Sends the close frame (if the client is still there) and waits briefly for its echo.
+    async fn close(&mut self, close: Close) {
+        let Some((code, reason)) = close else { return };
+        let frame = CloseFrame {
+            code: CloseCode::from(code),
+            reason: reason.into(),
+        };
+        let grace = std::time::Duration::from_secs(2);
+        let _ = tokio::time::timeout(grace, async {
+            if self.ws.close(Some(frame)).await.is_ok() {
+                // Read until the client's close arrives or the stream ends.
+                while let Some(Ok(_)) = self.ws.next().await {}
+            }
+        })
+        .await;
+    }
+}
+
+fn command_name(command: &Command) -> &'static str {
+    match command.action {
+        protocol::Action::Subscribe(_) => "subscribe",
+        protocol::Action::Unsubscribe { .. } => "unsubscribe",
+        protocol::Action::UpdateSubscription(_) => "update_subscription",
+        protocol::Action::ListSubscriptions => "list_subscriptions",
+        protocol::Action::Ping => "ping",
+        protocol::Action::Auth { .. } => "auth",
+    }
+}
+
+fn type_label(kind: &protocol::MessageType) -> &'static str {
+    use protocol::MessageType as T;
+    match kind {
+        T::OrderbookSnapshot => "orderbook_snapshot",
+        T::OrderbookDelta => "orderbook_delta",
+        T::Ticker => "ticker",
+        T::Trade => "trade",
+        T::Fill => "fill",
+        T::UserOrder => "user_order",
+        T::MarketPosition => "market_position",
+        T::MarketLifecycleV2 | T::EventLifecycle | T::EventFeeUpdate => "lifecycle",
+        _ => "other",
+    }
+}
+
+/// A read error: what to tell the client, if it is still there to hear it.
+fn classify_read_error(e: &WsError) -> Close {
+    match e {
+        WsError::Capacity(CapacityError::MessageTooLong { .. }) => Some((1009, "message too big")),
+        WsError::Capacity(_) => Some((1009, "message too big")),
+        WsError::Utf8(_) => Some((1007, "invalid UTF-8 in a text frame")),
+        WsError::Protocol(_) => Some((1002, "protocol error")),
+        // The peer went away: nothing to tell it.
+        _ => None,
+    }
+}
+
+fn classify_write_error(_e: &WsError) -> Close {
+    // A failed write means the peer is gone or the socket is broken: a close frame cannot help.
+    None
+}
