@@ -142,6 +142,8 @@ async fn connection(
     }
     let _ = stream.set_nodelay(true);
     let mut verdict = None;
+    // The signature is tungstenite's `Callback`; its error type is an HTTP response.
+    #[allow(clippy::result_large_err)]
     let callback = |req: &Request, resp: Response| match check(&shared, req) {
         Ok(authenticated) => {
             verdict = Some(authenticated);

@@ -22,7 +22,9 @@ async fn book_client(sim: &exchange_sim::Sim) -> (Client, u64, u64) {
         ))
         .await;
     let sid = r["msg"]["sid"].as_u64().unwrap();
-    let r = client.command(r#"{"id":2,"cmd":"subscribe","params":{"channels":["trade"]}}"#).await;
+    let r = client
+        .command(r#"{"id":2,"cmd":"subscribe","params":{"channels":["trade"]}}"#)
+        .await;
     let trade_sid = r["msg"]["sid"].as_u64().unwrap();
     (client, sid, trade_sid)
 }
@@ -41,7 +43,11 @@ async fn next_seq(client: &mut Client, sid: u64) -> (u64, String) {
 
 #[tokio::test]
 async fn drop_ends_the_stream_without_a_close_frame() {
-    let sim = start(SimConfig { rate: 500.0, ..SimConfig::default() }).await;
+    let sim = start(SimConfig {
+        rate: 500.0,
+        ..SimConfig::default()
+    })
+    .await;
     let (mut client, _, _) = book_client(&sim).await;
     fault(&sim, "drop", "").await;
     loop {
@@ -59,27 +65,52 @@ async fn drop_ends_the_stream_without_a_close_frame() {
 #[tokio::test]
 async fn blackhole_sends_nothing_not_even_pings() {
     let ping = Duration::from_millis(200);
-    let sim = start(SimConfig { rate: 0.0, ping_interval: ping, ..SimConfig::default() }).await;
+    let sim = start(SimConfig {
+        rate: 0.0,
+        ping_interval: ping,
+        ..SimConfig::default()
+    })
+    .await;
     let mut client = connect(&sim).await;
     // Pings flow before the fault.
-    assert!(matches!(client.frame(WAIT).await, Some(Ok(Message::Ping(_)))));
+    assert!(matches!(
+        client.frame(WAIT).await,
+        Some(Ok(Message::Ping(_)))
+    ));
     sim.fault(Fault::Blackhole { seconds: Some(30) });
-    wait_stats(&sim, "blackholed", |s| s.per_connection.iter().all(|c| c.blackholed)).await;
-    client.ws.send(Message::Ping("anyone?".into())).await.unwrap();
+    wait_stats(&sim, "blackholed", |s| {
+        s.per_connection.iter().all(|c| c.blackholed)
+    })
+    .await;
+    client
+        .ws
+        .send(Message::Ping("anyone?".into()))
+        .await
+        .unwrap();
     let silence = client.frame(ping * 5).await;
-    assert!(silence.is_none(), "a frame arrived from a blackholed connection: {silence:?}");
+    assert!(
+        silence.is_none(),
+        "a frame arrived from a blackholed connection: {silence:?}"
+    );
     assert_eq!(sim.stats().connections, 1, "the TCP connection stays open");
 }
 
 #[tokio::test]
 async fn close_sends_the_given_code() {
-    let sim = start(SimConfig { rate: 500.0, ..SimConfig::default() }).await;
+    let sim = start(SimConfig {
+        rate: 500.0,
+        ..SimConfig::default()
+    })
+    .await;
     let (mut client, _, _) = book_client(&sim).await;
     fault(&sim, "close", r#"{"code":4000,"reason":"bye"}"#).await;
     loop {
         match client.frame(WAIT).await.expect("no close frame") {
             Ok(Message::Close(Some(frame))) => {
-                assert_eq!((frame.code, frame.reason.as_str()), (CloseCode::from(4000), "bye"));
+                assert_eq!(
+                    (frame.code, frame.reason.as_str()),
+                    (CloseCode::from(4000), "bye")
+                );
                 break;
             }
             Ok(Message::Close(None)) => panic!("close frame without code"),
@@ -91,7 +122,12 @@ async fn close_sends_the_given_code() {
 
 #[tokio::test]
 async fn gap_skips_one_seq_and_duplicate_repeats_one() {
-    let sim = start(SimConfig { rate: 2_000.0, markets: 3, ..SimConfig::default() }).await;
+    let sim = start(SimConfig {
+        rate: 2_000.0,
+        markets: 3,
+        ..SimConfig::default()
+    })
+    .await;
     let (mut client, sid, _) = book_client(&sim).await;
     let (mut last, _) = next_seq(&mut client, sid).await;
     fault(&sim, "gap", &format!(r#"{{"sid":{sid}}}"#)).await;
@@ -114,19 +150,30 @@ async fn gap_skips_one_seq_and_duplicate_repeats_one() {
     loop {
         let (seq, frame) = next_seq(&mut client, sid).await;
         if seq == prev {
-            assert!(prev_frame.is_empty() || frame == prev_frame, "the duplicate is the same message");
+            assert!(
+                prev_frame.is_empty() || frame == prev_frame,
+                "the duplicate is the same message"
+            );
             break;
         }
         assert_eq!(seq, prev + 1);
         (prev, prev_frame) = (seq, frame);
     }
     let s = stats(&sim).await;
-    assert_eq!((s.faults.get("gap"), s.faults.get("duplicate")), (Some(&1), Some(&1)));
+    assert_eq!(
+        (s.faults.get("gap"), s.faults.get("duplicate")),
+        (Some(&1), Some(&1))
+    );
 }
 
 #[tokio::test]
 async fn gap_for_one_market_skips_that_market_only() {
-    let sim = start(SimConfig { rate: 2_000.0, markets: 3, ..SimConfig::default() }).await;
+    let sim = start(SimConfig {
+        rate: 2_000.0,
+        markets: 3,
+        ..SimConfig::default()
+    })
+    .await;
     let market = sim.markets()[1].clone();
     let (mut client, sid, _) = book_client(&sim).await;
     let (mut last, _) = next_seq(&mut client, sid).await;
@@ -134,7 +181,9 @@ async fn gap_for_one_market_skips_that_market_only() {
     let mut after_gap = None;
     for _ in 0..2_000 {
         let (env, _) = client.text().await;
-        let (Some(s), Some(seq)) = (env.sid, env.seq) else { continue };
+        let (Some(s), Some(seq)) = (env.sid, env.seq) else {
+            continue;
+        };
         assert_eq!(s, sid);
         if seq != last + 1 {
             assert_eq!(seq, last + 2);
@@ -148,14 +197,23 @@ async fn gap_for_one_market_skips_that_market_only() {
 
 #[tokio::test]
 async fn error_25_ends_the_sid() {
-    let sim = start(SimConfig { rate: 3_000.0, markets: 3, ..SimConfig::default() }).await;
+    let sim = start(SimConfig {
+        rate: 3_000.0,
+        markets: 3,
+        ..SimConfig::default()
+    })
+    .await;
     let (mut client, sid, trade_sid) = book_client(&sim).await;
     next_seq(&mut client, sid).await;
     fault(&sim, "error", &format!(r#"{{"code":25,"sid":{sid}}}"#)).await;
     loop {
         let (env, v) = client.text().await;
         if env.kind == "error" {
-            assert_eq!((env.sid, v["msg"]["code"].as_u64()), (Some(sid), Some(25)), "{v}");
+            assert_eq!(
+                (env.sid, v["msg"]["code"].as_u64()),
+                (Some(sid), Some(25)),
+                "{v}"
+            );
             break;
         }
     }
@@ -177,7 +235,10 @@ async fn reject_auth_refuses_the_next_handshakes_only() {
     fault(&sim, "reject_auth", r#"{"count":2}"#).await;
     for _ in 0..2 {
         let h = signer().sign_now(protocol::sign::WS_PATH);
-        assert_eq!(refused_status(connect_with(&sim.ws_url(), &h.pairs()).await), 401);
+        assert_eq!(
+            refused_status(connect_with(&sim.ws_url(), &h.pairs()).await),
+            401
+        );
     }
     let _ok = connect(&sim).await;
     let s = stats(&sim).await;
@@ -188,9 +249,16 @@ async fn reject_auth_refuses_the_next_handshakes_only() {
 async fn stall_handshake_never_answers_the_upgrade() {
     let sim = start(SimConfig::default()).await;
     fault(&sim, "stall_handshake", "").await;
-    let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(sim.ws_url()).unwrap();
+    let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+        sim.ws_url(),
+    )
+    .unwrap();
     req.headers_mut().remove("origin");
-    let stalled = tokio::time::timeout(Duration::from_millis(700), tokio_tungstenite::connect_async(req)).await;
+    let stalled = tokio::time::timeout(
+        Duration::from_millis(700),
+        tokio_tungstenite::connect_async(req),
+    )
+    .await;
     assert!(stalled.is_err(), "the upgrade was answered");
     let s = wait_stats(&sim, "one stalled", |s| s.handshakes_stalled == 1).await;
     assert_eq!(s.handshakes_accepted, 0);
@@ -199,7 +267,11 @@ async fn stall_handshake_never_answers_the_upgrade() {
 
 #[tokio::test]
 async fn rate_changes_the_message_rate() {
-    let sim = start(SimConfig { rate: 0.0, ..SimConfig::default() }).await;
+    let sim = start(SimConfig {
+        rate: 0.0,
+        ..SimConfig::default()
+    })
+    .await;
     let generated = |s: &exchange_sim::Stats| s.events_generated;
     let before = generated(&stats(&sim).await);
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -210,9 +282,18 @@ async fn rate_changes_the_message_rate() {
     tokio::time::sleep(Duration::from_millis(1_000)).await;
     let made = generated(&stats(&sim).await) - start_count;
     let per_sec = made as f64 / t0.elapsed().as_secs_f64();
-    assert!((1_400.0..2_600.0).contains(&per_sec), "{per_sec} msgs/s at rate 2000");
+    assert!(
+        (1_400.0..2_600.0).contains(&per_sec),
+        "{per_sec} msgs/s at rate 2000"
+    );
     assert_eq!(stats(&sim).await.rate, 2000.0);
-    let (status, _) = http(sim.admin_addr(), "POST", "/admin/fault/rate", r#"{"msgs_per_sec":-1}"#).await;
+    let (status, _) = http(
+        sim.admin_addr(),
+        "POST",
+        "/admin/fault/rate",
+        r#"{"msgs_per_sec":-1}"#,
+    )
+    .await;
     assert_eq!(status, 400);
     let (status, _) = http(sim.admin_addr(), "POST", "/admin/fault/nope", "").await;
     assert_eq!(status, 404);
@@ -220,7 +301,12 @@ async fn rate_changes_the_message_rate() {
 
 #[tokio::test]
 async fn burst_sends_m_messages_at_once() {
-    let sim = start(SimConfig { rate: 0.0, markets: 4, ..SimConfig::default() }).await;
+    let sim = start(SimConfig {
+        rate: 0.0,
+        markets: 4,
+        ..SimConfig::default()
+    })
+    .await;
     let mut client = connect(&sim).await;
     let m = serde_json::to_string(&sim.markets()).unwrap();
     client
@@ -238,26 +324,50 @@ async fn burst_sends_m_messages_at_once() {
     let made = stats(&sim).await.events_generated - before;
     assert!((2_000..2_006).contains(&made), "{made}");
     for _ in 0..made {
-        let (env, _) = client.text_within(Duration::from_secs(2)).await.expect("burst message missing");
+        let (env, _) = client
+            .text_within(Duration::from_secs(2))
+            .await
+            .expect("burst message missing");
         assert!(env.sid.is_some());
     }
-    assert!(client.text_within(Duration::from_millis(200)).await.is_none(), "more than the burst");
+    assert!(
+        client
+            .text_within(Duration::from_millis(200))
+            .await
+            .is_none(),
+        "more than the burst"
+    );
 }
 
 #[tokio::test]
 async fn a_reader_that_falls_behind_gets_error_25() {
-    let sim = start(SimConfig { rate: 0.0, markets: 2, ..SimConfig::default() }).await;
+    let sim = start(SimConfig {
+        rate: 0.0,
+        markets: 2,
+        ..SimConfig::default()
+    })
+    .await;
     let (mut client, sid, trade_sid) = book_client(&sim).await;
     // The client reads nothing while far more than the broadcast keeps is generated.
     let burst = tokio::task::spawn_blocking({
         let handle = tokio::runtime::Handle::current();
         let addr = sim.admin_addr();
-        move || handle.block_on(http(addr, "POST", "/admin/fault/burst", r#"{"count":400000}"#))
+        move || {
+            handle.block_on(http(
+                addr,
+                "POST",
+                "/admin/fault/burst",
+                r#"{"count":400000}"#,
+            ))
+        }
     });
     assert_eq!(burst.await.unwrap().0, 200);
     let mut errored = Vec::new();
     while errored.len() < 2 {
-        let (env, v) = client.text_within(Duration::from_secs(20)).await.expect("no error 25");
+        let (env, v) = client
+            .text_within(Duration::from_secs(20))
+            .await
+            .expect("no error 25");
         if env.kind == "error" {
             assert_eq!(v["msg"]["code"], 25, "{v}");
             errored.push(env.sid.unwrap());

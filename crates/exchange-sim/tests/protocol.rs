@@ -5,32 +5,56 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use futures_util::SinkExt;
 use exchange_sim::{DuplicatePolicy, SimConfig};
+use futures_util::SinkExt;
 use protocol::Signer;
 use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::test]
 async fn handshakes_are_checked() {
-    let sim = start(SimConfig { reject_origin: true, ..signed_config() }).await;
+    let sim = start(SimConfig {
+        reject_origin: true,
+        ..signed_config()
+    })
+    .await;
     let url = sim.ws_url();
-    assert_eq!(refused_status(connect_with(&url, &[]).await), 401, "no headers");
+    assert_eq!(
+        refused_status(connect_with(&url, &[]).await),
+        401,
+        "no headers"
+    );
 
     let (other_private, _) = protocol::sign::generate_key_pair(1024);
     let stranger = Signer::from_pem("test-key", &other_private).unwrap();
     let h = stranger.sign_now(protocol::sign::WS_PATH);
-    assert_eq!(refused_status(connect_with(&url, &h.pairs()).await), 401, "bad signature");
+    assert_eq!(
+        refused_status(connect_with(&url, &h.pairs()).await),
+        401,
+        "bad signature"
+    );
 
     let stale = signer().sign(protocol::sign::now_ms() - 60_000, protocol::sign::WS_PATH);
-    assert_eq!(refused_status(connect_with(&url, &stale.pairs()).await), 401, "expired");
+    assert_eq!(
+        refused_status(connect_with(&url, &stale.pairs()).await),
+        401,
+        "expired"
+    );
 
     let good = signer().sign_now(protocol::sign::WS_PATH);
     let mut with_origin = good.pairs().to_vec();
     with_origin.push(("Origin", "https://example.com"));
-    assert_eq!(refused_status(connect_with(&url, &with_origin).await), 403, "Origin");
+    assert_eq!(
+        refused_status(connect_with(&url, &with_origin).await),
+        403,
+        "Origin"
+    );
 
     let wrong_path = url.replace("/trade-api/ws/v2", "/ws");
-    assert_eq!(refused_status(connect_with(&wrong_path, &good.pairs()).await), 404, "path");
+    assert_eq!(
+        refused_status(connect_with(&wrong_path, &good.pairs()).await),
+        404,
+        "path"
+    );
 
     let _client = connect(&sim).await;
     let s = wait_stats(&sim, "one connection", |s| s.connections == 1).await;
@@ -40,21 +64,35 @@ async fn handshakes_are_checked() {
 
 #[tokio::test]
 async fn anonymous_connections_get_public_channels_only() {
-    let sim = start(SimConfig { allow_anonymous: true, ..signed_config() }).await;
+    let sim = start(SimConfig {
+        allow_anonymous: true,
+        ..signed_config()
+    })
+    .await;
     let mut client = connect_with(&sim.ws_url(), &[]).await.unwrap();
-    let r = client.command(r#"{"id":1,"cmd":"subscribe","params":{"channels":["fill"]}}"#).await;
+    let r = client
+        .command(r#"{"id":1,"cmd":"subscribe","params":{"channels":["fill"]}}"#)
+        .await;
     assert_eq!(code(&r), 9);
-    let r = client.command(r#"{"id":2,"cmd":"subscribe","params":{"channels":["trade"]}}"#).await;
+    let r = client
+        .command(r#"{"id":2,"cmd":"subscribe","params":{"channels":["trade"]}}"#)
+        .await;
     assert_eq!(r["type"], "subscribed");
 }
 
 #[tokio::test]
 async fn bad_commands_get_the_reference_error_codes() {
-    let config = SimConfig { rate: 0.0, max_markets_per_subscription: Some(2), ..SimConfig::default() };
+    let config = SimConfig {
+        rate: 0.0,
+        max_markets_per_subscription: Some(2),
+        ..SimConfig::default()
+    };
     let sim = start(config).await;
     let m = sim.markets();
     let mut client = connect(&sim).await;
-    let r = client.command(r#"{"id":1,"cmd":"subscribe","params":{"channels":["trade"]}}"#).await;
+    let r = client
+        .command(r#"{"id":1,"cmd":"subscribe","params":{"channels":["trade"]}}"#)
+        .await;
     assert_eq!(r["type"], "subscribed");
     let sid = r["msg"]["sid"].as_u64().unwrap();
     let table: Vec<(String, u64)> = vec![
@@ -88,13 +126,19 @@ async fn bad_commands_get_the_reference_error_codes() {
     let r = client.command(r#"{"id":4,"cmd":"subscribe","params":{"channels":["ticker"],"market_ticker":"NOPE-1"}}"#).await;
     assert_eq!(r["msg"]["market_ticker"], "NOPE-1");
     // The connection survived all of that.
-    let r = client.command(r#"{"id":5,"cmd":"list_subscriptions"}"#).await;
+    let r = client
+        .command(r#"{"id":5,"cmd":"list_subscriptions"}"#)
+        .await;
     assert_eq!(r["msg"], serde_json::json!([{"channel":"trade","sid":sid}]));
 }
 
 #[tokio::test]
 async fn subscriptions_follow_the_reference() {
-    let sim = start(SimConfig { rate: 0.0, ..SimConfig::default() }).await;
+    let sim = start(SimConfig {
+        rate: 0.0,
+        ..SimConfig::default()
+    })
+    .await;
     let m = sim.markets();
     let mut client = connect(&sim).await;
     client
@@ -107,7 +151,9 @@ async fn subscriptions_follow_the_reference() {
     while snapshots < 2 || book_sid == 0 || ticker_sid == 0 {
         let (env, v) = client.text().await;
         match env.kind.as_str() {
-            "subscribed" if v["msg"]["channel"] == "orderbook_delta" => book_sid = v["msg"]["sid"].as_u64().unwrap(),
+            "subscribed" if v["msg"]["channel"] == "orderbook_delta" => {
+                book_sid = v["msg"]["sid"].as_u64().unwrap()
+            }
             "subscribed" => ticker_sid = v["msg"]["sid"].as_u64().unwrap(),
             "orderbook_snapshot" => {
                 snapshots += 1;
@@ -124,10 +170,16 @@ async fn subscriptions_follow_the_reference() {
             m[2]
         ))
         .await;
-    assert_eq!((r["type"].as_str(), r["sid"].as_u64(), r["seq"].as_u64()), (Some("ok"), Some(book_sid), Some(2)));
+    assert_eq!(
+        (r["type"].as_str(), r["sid"].as_u64(), r["seq"].as_u64()),
+        (Some("ok"), Some(book_sid), Some(2))
+    );
     assert_eq!(r["msg"]["market_tickers"], serde_json::json!(&m[..3]));
     let (env, _) = client.text().await;
-    assert_eq!((env.kind.as_str(), env.seq), ("orderbook_snapshot", Some(3)));
+    assert_eq!(
+        (env.kind.as_str(), env.seq),
+        ("orderbook_snapshot", Some(3))
+    );
     assert_eq!(env.market_ticker().as_deref(), Some(m[2].as_str()));
     // get_snapshot for a market the sid does not hold.
     let r = client
@@ -144,41 +196,67 @@ async fn subscriptions_follow_the_reference() {
         ))
         .await;
     assert_eq!(r["msg"]["market_tickers"], serde_json::json!(&m[1..3]));
-    let r = client.command(r#"{"id":5,"cmd":"list_subscriptions"}"#).await;
+    let r = client
+        .command(r#"{"id":5,"cmd":"list_subscriptions"}"#)
+        .await;
     assert_eq!(r["msg"].as_array().unwrap().len(), 2);
     let stats = stats(&sim).await;
     let sids = &stats.per_connection[0].sids;
     assert_eq!(sids[0].seq, Some(3));
     assert_eq!(sids[0].markets.as_deref(), Some(&m[1..3]));
     assert_eq!(sids[1].seq, None, "ticker is not sequenced");
-    client.send(&format!(r#"{{"id":6,"cmd":"unsubscribe","params":{{"sids":[{book_sid},{ticker_sid}]}}}}"#)).await;
+    client
+        .send(&format!(
+            r#"{{"id":6,"cmd":"unsubscribe","params":{{"sids":[{book_sid},{ticker_sid}]}}}}"#
+        ))
+        .await;
     let a = client.reply().await;
     let b = client.reply().await;
-    assert_eq!((a["type"].as_str(), a["sid"].as_u64(), a["seq"].as_u64()), (Some("unsubscribed"), Some(book_sid), Some(3)));
+    assert_eq!(
+        (a["type"].as_str(), a["sid"].as_u64(), a["seq"].as_u64()),
+        (Some("unsubscribed"), Some(book_sid), Some(3))
+    );
     assert_eq!((b["sid"].as_u64(), b.get("seq")), (Some(ticker_sid), None));
-    let r = client.command(r#"{"id":7,"cmd":"list_subscriptions"}"#).await;
+    let r = client
+        .command(r#"{"id":7,"cmd":"list_subscriptions"}"#)
+        .await;
     assert_eq!(r["msg"], serde_json::json!([]));
 }
 
 #[tokio::test]
 async fn duplicate_subscribe_can_merge() {
-    let config = SimConfig { rate: 0.0, duplicate_subscribe: DuplicatePolicy::Merge, ..SimConfig::default() };
+    let config = SimConfig {
+        rate: 0.0,
+        duplicate_subscribe: DuplicatePolicy::Merge,
+        ..SimConfig::default()
+    };
     let sim = start(config).await;
     let m = sim.markets();
     let mut client = connect(&sim).await;
     let sub = |id: u64, ticker: &str| {
-        format!(r#"{{"id":{id},"cmd":"subscribe","params":{{"channels":["orderbook_delta"],"market_ticker":"{ticker}"}}}}"#)
+        format!(
+            r#"{{"id":{id},"cmd":"subscribe","params":{{"channels":["orderbook_delta"],"market_ticker":"{ticker}"}}}}"#
+        )
     };
     let r = client.command(&sub(1, &m[0])).await;
     let sid = r["msg"]["sid"].as_u64().unwrap();
     let r = client.command(&sub(2, &m[1])).await;
-    assert_eq!((r["type"].as_str(), r["sid"].as_u64()), (Some("ok"), Some(sid)), "{r}");
+    assert_eq!(
+        (r["type"].as_str(), r["sid"].as_u64()),
+        (Some("ok"), Some(sid)),
+        "{r}"
+    );
     assert_eq!(r["msg"]["market_tickers"], serde_json::json!(&m[..2]));
 }
 
 #[tokio::test]
 async fn heartbeat_pings_arrive_at_the_configured_interval() {
-    let sim = start(SimConfig { rate: 0.0, ping_interval: Duration::from_millis(200), ..SimConfig::default() }).await;
+    let sim = start(SimConfig {
+        rate: 0.0,
+        ping_interval: Duration::from_millis(200),
+        ..SimConfig::default()
+    })
+    .await;
     let mut client = connect(&sim).await;
     let started = Instant::now();
     for n in 1..=3u32 {
@@ -188,7 +266,11 @@ async fn heartbeat_pings_arrive_at_the_configured_interval() {
         }
         let elapsed = started.elapsed();
         let want = Duration::from_millis(200) * n;
-        assert!(elapsed + Duration::from_millis(30) >= want && elapsed < want + Duration::from_millis(150), "ping {n} at {elapsed:?}");
+        assert!(
+            elapsed + Duration::from_millis(30) >= want
+                && elapsed < want + Duration::from_millis(150),
+            "ping {n} at {elapsed:?}"
+        );
     }
     // Client pings are answered.
     client.ws.send(Message::Ping("hello".into())).await.unwrap();

@@ -11,7 +11,11 @@ use exchange_sim::SimConfig;
 use protocol::{Message, OrderBook, OrderbookSnapshot, Side};
 
 /// Applies one data frame to the books, checking seq continuity per sid.
-fn apply(books: &mut HashMap<String, OrderBook>, seqs: &mut HashMap<u64, u64>, env: &protocol::Envelope) {
+fn apply(
+    books: &mut HashMap<String, OrderBook>,
+    seqs: &mut HashMap<u64, u64>,
+    env: &protocol::Envelope,
+) {
     if let (Some(sid), Some(seq)) = (env.sid, env.seq) {
         let last = seqs.entry(sid).or_insert(0);
         assert_eq!(seq, *last + 1, "seq gap on sid {sid}");
@@ -19,7 +23,9 @@ fn apply(books: &mut HashMap<String, OrderBook>, seqs: &mut HashMap<u64, u64>, e
     }
     match Message::decode(env).unwrap() {
         Message::OrderbookSnapshot(s) => {
-            let book = books.entry(s.market_ticker.clone()).or_insert_with(|| OrderBook::new(&s.market_ticker));
+            let book = books
+                .entry(s.market_ticker.clone())
+                .or_insert_with(|| OrderBook::new(&s.market_ticker));
             book.apply_snapshot(&s).unwrap();
         }
         Message::OrderbookDelta(d) => books
@@ -39,7 +45,12 @@ fn truth_book(snap: &OrderbookSnapshot) -> OrderBook {
 
 #[tokio::test]
 async fn snapshot_plus_deltas_rebuild_every_book_exactly() {
-    let sim = start(SimConfig { markets: 6, rate: 5_000.0, ..signed_config() }).await;
+    let sim = start(SimConfig {
+        markets: 6,
+        rate: 5_000.0,
+        ..signed_config()
+    })
+    .await;
     let markets = sim.markets();
     let mut client = connect(&sim).await;
     let watched = &markets[..3];
@@ -49,7 +60,11 @@ async fn snapshot_plus_deltas_rebuild_every_book_exactly() {
     );
     client.send(&sub).await;
     let (env, reply) = client.text().await;
-    assert_eq!((env.kind.as_str(), reply["id"].as_u64()), ("subscribed", Some(1)), "{reply}");
+    assert_eq!(
+        (env.kind.as_str(), reply["id"].as_u64()),
+        ("subscribed", Some(1)),
+        "{reply}"
+    );
     let sid = reply["msg"]["sid"].as_u64().unwrap();
 
     let mut books = HashMap::new();
@@ -81,17 +96,36 @@ async fn snapshot_plus_deltas_rebuild_every_book_exactly() {
     // After the pause no event is generated: read until every rebuilt book is the truth.
     let mut truths = HashMap::new();
     for ticker in watched {
-        let (status, body) = http(sim.admin_addr(), "GET", &format!("/admin/books/{ticker}"), "").await;
+        let (status, body) = http(
+            sim.admin_addr(),
+            "GET",
+            &format!("/admin/books/{ticker}"),
+            "",
+        )
+        .await;
         assert_eq!(status, 200, "{body}");
         let snap: OrderbookSnapshot = serde_json::from_str(&body).unwrap();
-        assert_eq!(Some(&snap), sim.book(ticker).as_ref(), "HTTP and Sim::book agree");
+        assert_eq!(
+            Some(&snap),
+            sim.book(ticker).as_ref(),
+            "HTTP and Sim::book agree"
+        );
         truths.insert(ticker.clone(), truth_book(&snap));
     }
     while watched.iter().any(|t| books[t] != truths[t]) {
-        let (env, _) = client.text_within(WAIT).await.expect("books never converged to the truth");
+        let (env, _) = client
+            .text_within(WAIT)
+            .await
+            .expect("books never converged to the truth");
         apply(&mut books, &mut seqs, &env);
     }
-    assert!(client.text_within(Duration::from_millis(300)).await.is_none(), "data after the pause");
+    assert!(
+        client
+            .text_within(Duration::from_millis(300))
+            .await
+            .is_none(),
+        "data after the pause"
+    );
     for ticker in watched {
         assert_eq!(books[ticker], truth_book(&sim.book(ticker).unwrap()));
         let yes = books[ticker].best_bid(Side::Yes).map(|l| l.0);
@@ -109,7 +143,13 @@ async fn snapshot_plus_deltas_rebuild_every_book_exactly() {
 
 #[tokio::test]
 async fn every_channel_carries_valid_bodies_consistent_with_the_book() {
-    let sim = start(SimConfig { markets: 2, rate: 4_000.0, stamp: true, ..SimConfig::default() }).await;
+    let sim = start(SimConfig {
+        markets: 2,
+        rate: 4_000.0,
+        stamp: true,
+        ..SimConfig::default()
+    })
+    .await;
     let markets = sim.markets();
     let mut client = connect(&sim).await;
     let sub = format!(
@@ -123,7 +163,10 @@ async fn every_channel_carries_valid_bodies_consistent_with_the_book() {
     let mut subscribed = 0;
     let deadline = tokio::time::Instant::now() + WAIT;
     while seen.len() < 9 || seen.get("orderbook_delta").copied().unwrap_or(0) < 300 {
-        assert!(tokio::time::Instant::now() < deadline, "some message type never arrived: {seen:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "some message type never arrived: {seen:?}"
+        );
         let (env, value) = client.text().await;
         *seen.entry(env.kind.clone()).or_default() += 1;
         if env.kind == "subscribed" {
@@ -131,21 +174,38 @@ async fn every_channel_carries_valid_bodies_consistent_with_the_book() {
             continue;
         }
         let stamp = value["msg"]["sim_ts_ns"].as_u64().expect("stamped");
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
-        assert!(stamp <= now && now - stamp < 5_000_000_000, "sim_ts_ns is a recent wall-clock time");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64;
+        assert!(
+            stamp <= now && now - stamp < 5_000_000_000,
+            "sim_ts_ns is a recent wall-clock time"
+        );
         apply(&mut books, &mut seqs, &env);
         match Message::decode(&env).unwrap() {
             Message::Ticker(t) => {
                 let book = &books[t.market_ticker.as_ref().unwrap()];
-                assert_eq!(t.yes_bid_dollars, book.best_bid(Side::Yes).map(|l| l.0), "{value}");
-                assert_eq!(t.yes_ask_dollars, book.best_yes_ask().map(|l| l.0), "{value}");
+                assert_eq!(
+                    t.yes_bid_dollars,
+                    book.best_bid(Side::Yes).map(|l| l.0),
+                    "{value}"
+                );
+                assert_eq!(
+                    t.yes_ask_dollars,
+                    book.best_yes_ask().map(|l| l.0),
+                    "{value}"
+                );
             }
             Message::Trade(t) => {
                 let (yes, no) = (t.yes_price_dollars.unwrap(), t.no_price_dollars.unwrap());
                 assert_eq!(yes.units() + no.units(), 10_000);
                 assert!(t.count_fp.unwrap().units() > 0);
             }
-            Message::Fill(_) | Message::UserOrder(_) | Message::MarketPosition(_) | Message::Lifecycle(_) => {}
+            Message::Fill(_)
+            | Message::UserOrder(_)
+            | Message::MarketPosition(_)
+            | Message::Lifecycle(_) => {}
             Message::OrderbookSnapshot(_) | Message::OrderbookDelta(_) => {}
             other => panic!("unexpected {other:?}"),
         }
@@ -157,7 +217,12 @@ async fn every_channel_carries_valid_bodies_consistent_with_the_book() {
 
 #[tokio::test]
 async fn use_yes_price_reports_no_levels_on_the_yes_scale() {
-    let sim = start(SimConfig { markets: 1, rate: 0.0, ..SimConfig::default() }).await;
+    let sim = start(SimConfig {
+        markets: 1,
+        rate: 0.0,
+        ..SimConfig::default()
+    })
+    .await;
     let ticker = sim.markets()[0].clone();
     let mut client = connect(&sim).await;
     client
@@ -167,6 +232,8 @@ async fn use_yes_price_reports_no_levels_on_the_yes_scale() {
         .await;
     client.reply().await;
     let (env, _) = client.text().await;
-    let Message::OrderbookSnapshot(snap) = Message::decode(&env).unwrap() else { panic!() };
+    let Message::OrderbookSnapshot(snap) = Message::decode(&env).unwrap() else {
+        panic!()
+    };
     assert_eq!(snap, sim.book(&ticker).unwrap().to_yes_price());
 }

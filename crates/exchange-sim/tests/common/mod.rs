@@ -32,7 +32,10 @@ pub fn signer() -> Signer {
 pub fn signed_config() -> SimConfig {
     let mut verifier = Verifier::new(0);
     verifier.add_public_pem(&keys().1).unwrap();
-    SimConfig { auth: SimAuth::Verifier(verifier), ..SimConfig::default() }
+    SimConfig {
+        auth: SimAuth::Verifier(verifier),
+        ..SimConfig::default()
+    }
 }
 
 pub async fn start(config: SimConfig) -> exchange_sim::Sim {
@@ -125,7 +128,10 @@ impl Client {
     pub async fn reply(&mut self) -> Value {
         loop {
             let (env, value) = self.text().await;
-            if matches!(env.kind.as_str(), "subscribed" | "unsubscribed" | "ok" | "error") {
+            if matches!(
+                env.kind.as_str(),
+                "subscribed" | "unsubscribed" | "ok" | "error"
+            ) {
                 return value;
             }
         }
@@ -139,7 +145,12 @@ pub fn code(reply: &Value) -> u64 {
 }
 
 /// One HTTP/1.1 request to the admin API; returns (status, body).
-pub async fn http(addr: std::net::SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+pub async fn http(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> (u16, String) {
     let mut s = TcpStream::connect(addr).await.unwrap();
     let req = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
@@ -147,10 +158,16 @@ pub async fn http(addr: std::net::SocketAddr, method: &str, path: &str, body: &s
     );
     s.write_all(req.as_bytes()).await.unwrap();
     let mut raw = Vec::new();
-    tokio::time::timeout(WAIT, s.read_to_end(&mut raw)).await.unwrap().unwrap();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut raw))
+        .await
+        .unwrap()
+        .unwrap();
     let text = String::from_utf8(raw).unwrap();
     let status = text[9..12].parse().unwrap();
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     (status, body)
 }
 
@@ -161,19 +178,32 @@ pub async fn stats(sim: &exchange_sim::Sim) -> Stats {
 }
 
 pub async fn fault(sim: &exchange_sim::Sim, kind: &str, body: &str) {
-    let (status, resp) = http(sim.admin_addr(), "POST", &format!("/admin/fault/{kind}"), body).await;
+    let (status, resp) = http(
+        sim.admin_addr(),
+        "POST",
+        &format!("/admin/fault/{kind}"),
+        body,
+    )
+    .await;
     assert_eq!(status, 200, "{resp}");
 }
 
 /// Polls `check` on the stats until it holds, failing after [`WAIT`].
-pub async fn wait_stats(sim: &exchange_sim::Sim, what: &str, check: impl Fn(&Stats) -> bool) -> Stats {
+pub async fn wait_stats(
+    sim: &exchange_sim::Sim,
+    what: &str,
+    check: impl Fn(&Stats) -> bool,
+) -> Stats {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let s = stats(sim).await;
         if check(&s) {
             return s;
         }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}: {s:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}: {s:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
