@@ -174,15 +174,20 @@ impl ClientState {
         if self.market_count() + new_markets.len() * s.channels.len() > self.limits.max_markets {
             return Err(err(ErrorCode::MarketLimitExceeded));
         }
-        if self.limits.duplicate_subscribe == DuplicateSubscribe::Error
-            && s.channels.iter().any(|c| self.channel_sid(*c).is_some())
-        {
-            return Err(err(ErrorCode::AlreadySubscribed));
-        }
         let mut effects = Vec::new();
         for channel in s.channels {
             if let Some(sid) = self.channel_sid(channel) {
-                effects.extend(self.merge(id, sid, s.markets.as_deref()));
+                // Per channel, as the exchange does: the other channels still subscribe.
+                match self.limits.duplicate_subscribe {
+                    DuplicateSubscribe::Error => effects.push(Effect::Error(reply::error(
+                        id,
+                        ErrorCode::AlreadySubscribed,
+                        None,
+                    ))),
+                    DuplicateSubscribe::Merge => {
+                        effects.extend(self.merge(id, sid, s.markets.as_deref()))
+                    }
+                }
                 continue;
             }
             let sid = self.next_sid;
@@ -193,7 +198,9 @@ impl ClientState {
                 .map(|m| m.iter().cloned().collect::<BTreeSet<_>>());
             let initial = channel == Channel::OrderbookDelta
                 || (channel == Channel::Ticker && s.send_initial_snapshot);
-            effects.push(Effect::Reply(reply::subscribed(id, channel.as_str(), sid)));
+            if !(channel == Channel::Ticker && s.skip_ticker_ack) {
+                effects.push(Effect::Reply(reply::subscribed(id, channel.as_str(), sid)));
+            }
             match &markets {
                 None => effects.push(Effect::Add {
                     channel,
@@ -305,11 +312,13 @@ impl ClientState {
         let channel = sub.channel;
         let mut effects = Vec::new();
         match u.action {
+            // Every market already: nothing to add.
+            UpdateAction::AddMarkets if sub.markets.is_none() => {}
             UpdateAction::AddMarkets => {
                 let held = sub
                     .markets
                     .as_mut()
-                    .ok_or(err(ErrorCode::InvalidParameter))?;
+                    .expect("a market-filtered subscription");
                 let fresh: Vec<&String> = u.markets.iter().filter(|m| !held.contains(*m)).collect();
                 if market_count + fresh.len() > max_markets {
                     return Err(err(ErrorCode::MarketLimitExceeded));
@@ -350,11 +359,19 @@ impl ClientState {
                         });
                     }
                 }
-                return Ok(u
-                    .markets
-                    .into_iter()
-                    .map(|market| Effect::Snapshot { market })
-                    .collect());
+                let list: Vec<String> = sub.markets.iter().flatten().cloned().collect();
+                effects.push(Effect::Reply(reply::ok_markets(
+                    id,
+                    u.sid,
+                    Some(sub.seq),
+                    &list,
+                )));
+                effects.extend(
+                    u.markets
+                        .into_iter()
+                        .map(|market| Effect::Snapshot { market }),
+                );
+                return Ok(effects);
             }
         }
         let list: Vec<String> = sub.markets.iter().flatten().cloned().collect();
@@ -363,5 +380,238 @@ impl ClientState {
             Effect::Reply(reply::ok_markets(id, u.sid, sub.last_seq(), &list)),
         );
         Ok(effects)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(state: &mut ClientState, frame: &str) -> Vec<Effect> {
+        state.handle(Command::parse(frame.as_bytes()).expect("a valid command"))
+    }
+
+    fn replies(effects: &[Effect]) -> Vec<&str> {
+        effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Reply(r) | Effect::Error(r) => Some(r.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn add(channel: Channel, market: &str, initial: bool) -> Effect {
+        Effect::Add {
+            channel,
+            market: Some(market.into()),
+            initial,
+        }
+    }
+
+    #[test]
+    fn subscribe_answers_per_channel_and_adds_topics() {
+        let mut s = ClientState::new(Limits::default());
+        let e = run(
+            &mut s,
+            r#"{"id":1,"cmd":"subscribe","params":{"channels":["orderbook_delta","trade"],"market_tickers":["A","B"]}}"#,
+        );
+        assert_eq!(
+            e,
+            vec![
+                Effect::Reply(
+                    r#"{"id":1,"type":"subscribed","msg":{"channel":"orderbook_delta","sid":1}}"#
+                        .into()
+                ),
+                add(Channel::OrderbookDelta, "A", true),
+                add(Channel::OrderbookDelta, "B", true),
+                Effect::Reply(
+                    r#"{"id":1,"type":"subscribed","msg":{"channel":"trade","sid":2}}"#.into()
+                ),
+                add(Channel::Trade, "A", false),
+                add(Channel::Trade, "B", false),
+            ]
+        );
+        let e = run(
+            &mut s,
+            r#"{"id":2,"cmd":"subscribe","params":{"channels":["ticker"],"skip_ticker_ack":true,"send_initial_snapshot":true}}"#,
+        );
+        assert_eq!(
+            e,
+            vec![Effect::Add {
+                channel: Channel::Ticker,
+                market: None,
+                initial: true
+            }]
+        );
+        let e = run(&mut s, r#"{"id":3,"cmd":"list_subscriptions"}"#);
+        assert_eq!(
+            replies(&e),
+            vec![
+                r#"{"id":3,"type":"ok","msg":[{"channel":"orderbook_delta","sid":1},{"channel":"trade","sid":2},{"channel":"ticker","sid":3}]}"#
+            ]
+        );
+    }
+
+    #[test]
+    fn seq_counts_per_sid_and_only_on_sequenced_channels() {
+        let mut s = ClientState::new(Limits::default());
+        run(
+            &mut s,
+            r#"{"id":1,"cmd":"subscribe","params":{"channels":["orderbook_delta","trade"],"market_ticker":"A"}}"#,
+        );
+        let book = s.by_channel(Channel::OrderbookDelta).unwrap();
+        assert_eq!((book.next_seq(), book.next_seq()), (Some(1), Some(2)));
+        assert_eq!(s.by_channel(Channel::Trade).unwrap().next_seq(), None);
+        let e = run(
+            &mut s,
+            r#"{"id":2,"cmd":"unsubscribe","params":{"sids":[1,2,9]}}"#,
+        );
+        assert_eq!(
+            replies(&e),
+            vec![
+                r#"{"id":2,"type":"unsubscribed","sid":1,"seq":2}"#,
+                r#"{"id":2,"type":"unsubscribed","sid":2}"#,
+                r#"{"id":2,"type":"error","msg":{"code":7,"msg":"Unknown subscription ID"}}"#,
+            ]
+        );
+        assert!(s.topics().is_empty());
+    }
+
+    #[test]
+    fn duplicate_subscribe_merges_or_errors_per_channel() {
+        let mut merge = ClientState::new(Limits::default());
+        run(
+            &mut merge,
+            r#"{"id":1,"cmd":"subscribe","params":{"channels":["orderbook_delta"],"market_ticker":"A"}}"#,
+        );
+        let e = run(
+            &mut merge,
+            r#"{"id":2,"cmd":"subscribe","params":{"channels":["orderbook_delta","trade"],"market_tickers":["A","B"]}}"#,
+        );
+        assert_eq!(
+            e,
+            vec![
+                Effect::Reply(
+                    r#"{"id":2,"type":"ok","sid":1,"seq":0,"msg":{"market_tickers":["A","B"]}}"#
+                        .into()
+                ),
+                add(Channel::OrderbookDelta, "B", true),
+                Effect::Reply(
+                    r#"{"id":2,"type":"subscribed","msg":{"channel":"trade","sid":2}}"#.into()
+                ),
+                add(Channel::Trade, "A", false),
+                add(Channel::Trade, "B", false),
+            ]
+        );
+
+        let mut error = ClientState::new(Limits {
+            duplicate_subscribe: DuplicateSubscribe::Error,
+            ..Limits::default()
+        });
+        run(
+            &mut error,
+            r#"{"id":1,"cmd":"subscribe","params":{"channels":["orderbook_delta"],"market_ticker":"A"}}"#,
+        );
+        let e = run(
+            &mut error,
+            r#"{"id":2,"cmd":"subscribe","params":{"channels":["orderbook_delta","trade"],"market_ticker":"B"}}"#,
+        );
+        assert_eq!(
+            replies(&e),
+            vec![
+                r#"{"id":2,"type":"error","msg":{"code":6,"msg":"Already subscribed"}}"#,
+                r#"{"id":2,"type":"subscribed","msg":{"channel":"trade","sid":2}}"#,
+            ]
+        );
+    }
+
+    #[test]
+    fn update_subscription_adds_deletes_and_snapshots() {
+        let mut s = ClientState::new(Limits::default());
+        run(
+            &mut s,
+            r#"{"id":1,"cmd":"subscribe","params":{"channels":["orderbook_delta"],"market_ticker":"A"}}"#,
+        );
+        let e = run(
+            &mut s,
+            r#"{"id":2,"cmd":"update_subscription","params":{"sid":1,"market_tickers":["B","A"],"action":"add_markets"}}"#,
+        );
+        assert_eq!(
+            e,
+            vec![
+                Effect::Reply(
+                    r#"{"id":2,"type":"ok","sid":1,"seq":0,"msg":{"market_tickers":["A","B"]}}"#
+                        .into()
+                ),
+                add(Channel::OrderbookDelta, "B", true),
+            ]
+        );
+        let e = run(
+            &mut s,
+            r#"{"id":3,"cmd":"update_subscription","params":{"sids":[1],"market_tickers":["A"],"action":"delete_markets"}}"#,
+        );
+        assert_eq!(
+            e[1],
+            Effect::Remove {
+                channel: Channel::OrderbookDelta,
+                market: Some("A".into())
+            }
+        );
+        let e = run(
+            &mut s,
+            r#"{"id":4,"cmd":"update_subscription","params":{"sid":1,"market_tickers":["B"],"action":"get_snapshot"}}"#,
+        );
+        assert_eq!(e[1], Effect::Snapshot { market: "B".into() });
+        let e = run(
+            &mut s,
+            r#"{"id":5,"cmd":"update_subscription","params":{"sid":1,"market_tickers":["A"],"action":"get_snapshot"}}"#,
+        );
+        assert_eq!(
+            replies(&e),
+            vec![
+                r#"{"id":5,"type":"error","msg":{"code":16,"msg":"Market not found","market_ticker":"A"}}"#
+            ]
+        );
+        let e = run(
+            &mut s,
+            r#"{"id":6,"cmd":"update_subscription","params":{"sid":7,"market_tickers":["A"],"action":"add_markets"}}"#,
+        );
+        assert_eq!(
+            replies(&e),
+            vec![r#"{"id":6,"type":"error","msg":{"code":7,"msg":"Unknown subscription ID"}}"#]
+        );
+    }
+
+    #[test]
+    fn limits_refuse_without_changing_anything() {
+        let mut s = ClientState::new(Limits {
+            private_allowed: false,
+            max_markets: 2,
+            ..Limits::default()
+        });
+        let e = run(
+            &mut s,
+            r#"{"id":1,"cmd":"subscribe","params":{"channels":["fill"]}}"#,
+        );
+        assert_eq!(
+            replies(&e),
+            vec![r#"{"id":1,"type":"error","msg":{"code":9,"msg":"Authentication required"}}"#]
+        );
+        let e = run(
+            &mut s,
+            r#"{"id":2,"cmd":"subscribe","params":{"channels":["orderbook_delta"],"market_tickers":["A","B","C"]}}"#,
+        );
+        assert_eq!(
+            replies(&e),
+            vec![
+                r#"{"id":2,"type":"error","msg":{"code":26,"msg":"Subscription market limit exceeded"}}"#
+            ]
+        );
+        assert!(s.subscriptions().next().is_none());
+        assert_eq!(
+            run(&mut s, r#"{"id":3,"cmd":"ping"}"#),
+            vec![Effect::Pong(3)]
+        );
     }
 }
