@@ -285,11 +285,7 @@ async fn serve(
                 Control::Blackhole(hold) => {
                     handle.blackholed.store(true, Ordering::Relaxed);
                     drop(events);
-                    tokio::select! {
-                        _ = shutdown.cancelled() => {}
-                        _ = tokio::time::sleep(hold) => {}
-                    }
-                    return End::Fault("blackhole");
+                    return blackhole(ws, hold, control, shutdown).await;
                 }
                 Control::Close { code, reason } => {
                     let frame = CloseFrame { code: CloseCode::from(code), reason: reason.into() };
@@ -337,10 +333,39 @@ async fn serve(
         if let Err(end) = step {
             return end;
         }
-        if let Err(end) = write(&mut ws, &mut out, shared).await {
+        // A slow client can block the write; shutdown must not wait for it.
+        let written = tokio::select! {
+            written = write(&mut ws, &mut out, shared) => written,
+            _ = shutdown.cancelled() => Err(End::Shutdown),
+        };
+        if let Err(end) = written {
             return end;
         }
     }
+}
+
+/// Holds the socket without reading or writing for `hold`. A later `drop` or `close` fault
+/// ends it at once (without any frame: the connection is a black hole).
+async fn blackhole(
+    ws: Ws,
+    hold: Duration,
+    mut control: mpsc::UnboundedReceiver<Control>,
+    shutdown: &CancellationToken,
+) -> End {
+    let deadline = tokio::time::sleep(hold);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = &mut deadline => break,
+            ctl = control.recv() => match ctl {
+                Some(Control::Drop | Control::Close { .. }) | None => break,
+                Some(_) => continue,
+            },
+        }
+    }
+    drop(ws);
+    End::Fault("blackhole")
 }
 
 /// Sends a close frame and waits briefly for the client's, then drops the socket.

@@ -93,6 +93,13 @@ async fn blackhole_sends_nothing_not_even_pings() {
         "a frame arrived from a blackholed connection: {silence:?}"
     );
     assert_eq!(sim.stats().connections, 1, "the TCP connection stays open");
+    // A later drop ends the black hole.
+    sim.fault(Fault::Drop);
+    match client.frame(WAIT).await {
+        Some(Err(_)) => {}
+        other => panic!("expected the stream to end, got {other:?}"),
+    }
+    wait_stats(&sim, "connection gone", |s| s.connections == 0).await;
 }
 
 #[tokio::test]

@@ -12,7 +12,12 @@ use exchange_sim::SimConfig;
 #[ignore = "a load check; run in release"]
 async fn fifty_thousand_messages_per_second_reach_a_client() {
     let rate = 50_000.0;
-    let sim = start(SimConfig { markets: 100, rate, ..SimConfig::default() }).await;
+    let sim = start(SimConfig {
+        markets: 100,
+        rate,
+        ..SimConfig::default()
+    })
+    .await;
     let mut client = connect(&sim).await;
     let m = serde_json::to_string(&sim.markets()).unwrap();
     client
@@ -28,6 +33,9 @@ async fn fifty_thousand_messages_per_second_reach_a_client() {
     }
     let per_sec = n as f64 / t0.elapsed().as_secs_f64();
     let s = sim.stats();
-    println!("client received {per_sec:.0} msgs/s; generated {} in total", s.events_generated);
+    println!(
+        "client received {per_sec:.0} msgs/s; generated {} in total",
+        s.events_generated
+    );
     assert!(per_sec > rate * 0.9, "{per_sec} msgs/s");
 }
