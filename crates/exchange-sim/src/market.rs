@@ -45,11 +45,9 @@ pub(crate) fn tickers(n: usize, rng: &mut SmallRng) -> Vec<String> {
         let day = rng.gen_range(1..=28);
         let kind = if rng.gen_bool(0.5) { 'T' } else { 'B' };
         let strike = rng.gen_range(1..2000u32);
-        let ticker = format!(
-            "{series}-{year}{month}{day:02}-{kind}{}.{}",
-            strike / 4,
-            (strike % 4) * 25
-        );
+        // Quarter steps print exactly: 479, 115.75, 168.5.
+        let strike = f64::from(strike) / 4.0;
+        let ticker = format!("{series}-{year}{month}{day:02}-{kind}{strike}");
         if seen.insert(ticker.clone()) {
             out.push(ticker);
         }
