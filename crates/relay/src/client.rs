@@ -7,6 +7,66 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+/// A subscription's markets in the order the client gave them (replies list them so, as the
+/// exchange does). Small: a linear scan beats hashing at these sizes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Markets(Vec<String>);
+
+impl Markets {
+    pub fn contains(&self, market: &str) -> bool {
+        self.0.iter().any(|m| m == market)
+    }
+    /// Adds `market` at the end; false if it was there.
+    pub fn insert(&mut self, market: String) -> bool {
+        if self.contains(&market) {
+            return false;
+        }
+        self.0.push(market);
+        true
+    }
+    /// False if it was not there.
+    pub fn remove(&mut self, market: &str) -> bool {
+        let before = self.0.len();
+        self.0.retain(|m| m != market);
+        self.0.len() != before
+    }
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+    pub fn iter(&self) -> std::slice::Iter<'_, String> {
+        self.0.iter()
+    }
+}
+
+impl<'a> IntoIterator for &'a Markets {
+    type Item = &'a String;
+    type IntoIter = std::slice::Iter<'a, String>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+impl IntoIterator for Markets {
+    type Item = String;
+    type IntoIter = std::vec::IntoIter<String>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
+    }
+}
+
+impl FromIterator<String> for Markets {
+    fn from_iter<I: IntoIterator<Item = String>>(iter: I) -> Self {
+        let mut out = Markets::default();
+        for m in iter {
+            out.insert(m);
+        }
+        out
+    }
+}
+
 use protocol::{reply, Action, Channel, Command, CommandError, ErrorCode, UpdateAction};
 
 use crate::config::DuplicateSubscribe;
@@ -17,7 +77,7 @@ pub struct ClientSub {
     pub sid: u64,
     pub channel: Channel,
     /// `None`: every market (a channel subscribed without a market filter).
-    pub markets: Option<BTreeSet<String>>,
+    pub markets: Option<Markets>,
     /// The last seq sent on this sid (sequenced channels only).
     pub seq: u64,
     /// `use_yes_price` (orderbook): `no` levels reported on the yes scale.
@@ -127,7 +187,7 @@ impl ClientState {
     fn market_count(&self) -> usize {
         self.subs
             .values()
-            .map(|s| s.markets.as_ref().map_or(0, BTreeSet::len))
+            .map(|s| s.markets.as_ref().map_or(0, Markets::len))
             .sum()
     }
 
@@ -195,7 +255,7 @@ impl ClientState {
             let markets = s
                 .markets
                 .as_ref()
-                .map(|m| m.iter().cloned().collect::<BTreeSet<_>>());
+                .map(|m| m.iter().cloned().collect::<Markets>());
             let initial = channel == Channel::OrderbookDelta
                 || (channel == Channel::Ticker && s.send_initial_snapshot);
             if !(channel == Channel::Ticker && s.skip_ticker_ack) {

@@ -77,6 +77,10 @@ pub struct DownstreamConfig {
     /// Markets one connection may hold over all its subscriptions; more gets error 26.
     /// Default 1000.
     pub max_markets_per_connection: usize,
+    /// Kernel send buffer per client socket, in bytes. Unset: the kernel's autotuning (up to
+    /// `net.ipv4.tcp_wmem`'s maximum, 4 MiB here, per slow client). A cap bounds kernel memory
+    /// per client and makes a stalled client show as lagged sooner. Default: unset.
+    pub socket_send_buffer_bytes: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -98,6 +102,7 @@ impl Default for DownstreamConfig {
             shutdown_drain_seconds: DEFAULT_SHUTDOWN_DRAIN_SECONDS,
             duplicate_subscribe: DuplicateSubscribe::Merge,
             max_markets_per_connection: DEFAULT_MAX_MARKETS_PER_CONNECTION,
+            socket_send_buffer_bytes: None,
         }
     }
 }

@@ -57,6 +57,11 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, role: ListenerRole) {
             },
         };
         let _ = stream.set_nodelay(true);
+        if let Some(bytes) = app.config.downstream.socket_send_buffer_bytes {
+            if let Err(e) = socket2::SockRef::from(&stream).set_send_buffer_size(bytes) {
+                debug!(error = %e, "cannot set the socket send buffer");
+            }
+        }
         let app2 = app.clone();
         app.tracker
             .spawn(async move { serve_connection(app2, stream, peer, role).await });

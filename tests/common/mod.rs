@@ -1,0 +1,269 @@
+//! Shared pieces of the end-to-end tests: a simulator and a relay in-process on random ports, and
+//! a client that speaks only the exchange protocol and rebuilds its books from what it receives.
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use exchange_sim::{Sim, SimConfig};
+use futures_util::{SinkExt, StreamExt};
+use protocol::{Envelope, Message, OrderBook, OrderbookSnapshot};
+use serde_json::Value;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::{timeout, Instant};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+pub async fn sim(config: SimConfig) -> Sim {
+    let ws = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    exchange_sim::start(config, ws, admin).await.unwrap()
+}
+
+/// A relay on a random port, in front of `sim`, with `tweak` applied to its configuration.
+pub async fn relay(
+    sim: &Sim,
+    tweak: impl FnOnce(&mut relay::config::RelayConfig),
+) -> relay::RelayHandle {
+    let mut config = relay::config::RelayConfig::with_upstream(&sim.ws_url());
+    config.fanout.linger_seconds = 0;
+    tweak(&mut config);
+    config.validate().expect("a valid test configuration");
+    let listeners = relay::Listeners::bind("127.0.0.1:0".parse().unwrap(), None)
+        .await
+        .unwrap();
+    relay::spawn(config, listeners).await.unwrap()
+}
+
+/// A plain HTTP GET on the relay's listener: (status, body).
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Polls `/readyz` until it answers `want`, or panics at the deadline.
+pub async fn await_ready(addr: std::net::SocketAddr, want: u16) {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let (status, body) = http_get(addr, "/readyz").await;
+        if status == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/readyz stayed {status} ({body}), wanted {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The simulator's true book of `market`.
+pub fn truth(sim: &Sim, market: &str) -> OrderBook {
+    let snap: OrderbookSnapshot = sim.book(market).expect("a known market");
+    let mut book = OrderBook::new(market);
+    book.apply_snapshot(&snap).unwrap();
+    book
+}
+
+/// How a connection ended, as the client saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ended {
+    Close(u16, String),
+    /// The stream ended without a close frame.
+    Abrupt,
+}
+
+/// A client of the exchange protocol only: it records replies, checks seq per sid, and rebuilds
+/// every book from snapshots and deltas.
+pub struct Client {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    /// Frames with an `id` (replies), in arrival order.
+    pub replies: Vec<Value>,
+    pub books: BTreeMap<String, OrderBook>,
+    /// Last seq per sid.
+    pub seqs: HashMap<u64, u64>,
+    /// Data messages by type.
+    pub counts: BTreeMap<String, u64>,
+    /// Frames with a type this client does not apply (relay events and the like).
+    pub other: Vec<Value>,
+    pub snapshots: u64,
+    pub ended: Option<Ended>,
+}
+
+impl Client {
+    pub async fn connect(url: &str) -> Client {
+        let (ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("connect");
+        Client::from_ws(ws)
+    }
+
+    pub fn from_ws(ws: WebSocketStream<MaybeTlsStream<TcpStream>>) -> Client {
+        Client {
+            ws,
+            replies: Vec::new(),
+            books: BTreeMap::new(),
+            seqs: HashMap::new(),
+            counts: BTreeMap::new(),
+            other: Vec::new(),
+            snapshots: 0,
+            ended: None,
+        }
+    }
+
+    pub async fn send(&mut self, frame: Value) {
+        self.ws
+            .send(WsMessage::text(frame.to_string()))
+            .await
+            .unwrap();
+    }
+
+    pub async fn send_text(&mut self, frame: &str) {
+        self.ws
+            .send(WsMessage::text(frame.to_owned()))
+            .await
+            .unwrap();
+    }
+
+    /// Reads one frame (or `None` on timeout or end) and applies it.
+    pub async fn step(&mut self, wait: Duration) -> Option<Value> {
+        if self.ended.is_some() {
+            return None;
+        }
+        let frame = match timeout(wait, self.ws.next()).await {
+            Err(_) => return None,
+            Ok(None) | Ok(Some(Err(_))) => {
+                self.ended.get_or_insert(Ended::Abrupt);
+                return None;
+            }
+            Ok(Some(Ok(frame))) => frame,
+        };
+        match frame {
+            WsMessage::Text(text) => {
+                let value: Value = serde_json::from_str(&text).expect("frames are JSON");
+                self.apply(text.as_bytes(), &value);
+                Some(value)
+            }
+            WsMessage::Close(close) => {
+                self.ended = Some(match close {
+                    Some(c) => Ended::Close(u16::from(c.code), c.reason.to_string()),
+                    None => Ended::Close(u16::from(CloseCode::Status), String::new()),
+                });
+                None
+            }
+            other => Some(Value::String(format!("{other:?}"))),
+        }
+    }
+
+    fn apply(&mut self, raw: &[u8], value: &Value) {
+        if value.get("id").is_some() || value["type"] == "error" {
+            self.replies.push(value.clone());
+            return;
+        }
+        let env = Envelope::parse(raw).expect("an envelope");
+        if let (Some(sid), Some(seq)) = (env.sid, env.seq) {
+            if let Some(last) = self.seqs.insert(sid, seq) {
+                assert_eq!(
+                    seq,
+                    last + 1,
+                    "seq on sid {sid} must be contiguous: {value}"
+                );
+            }
+        }
+        *self.counts.entry(env.kind.clone()).or_default() += 1;
+        match Message::decode(&env) {
+            Ok(Message::OrderbookSnapshot(snap)) => {
+                self.snapshots += 1;
+                let book = self
+                    .books
+                    .entry(snap.market_ticker.clone())
+                    .or_insert_with(|| OrderBook::new(snap.market_ticker.clone()));
+                book.apply_snapshot(&snap).unwrap();
+            }
+            Ok(Message::OrderbookDelta(delta)) => {
+                let book = self.books.get_mut(&delta.market_ticker).unwrap_or_else(|| {
+                    panic!("a delta before any snapshot of {}", delta.market_ticker)
+                });
+                book.apply_delta(&delta)
+                    .unwrap_or_else(|e| panic!("delta does not apply: {e}"));
+            }
+            Ok(Message::Other(_)) => self.other.push(value.clone()),
+            _ => {}
+        }
+    }
+
+    /// Reads until `pred` holds, or panics at the deadline.
+    pub async fn until(&mut self, what: &str, mut pred: impl FnMut(&Client) -> bool) {
+        let deadline = Instant::now() + DEADLINE;
+        while !pred(self) {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            assert!(
+                self.ended.is_none(),
+                "connection ended ({:?}) while waiting for {what}",
+                self.ended
+            );
+            self.step(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Reads until this client has `n` replies.
+    pub async fn replies_until(&mut self, n: usize) {
+        self.until(&format!("{n} replies"), |c| c.replies.len() >= n)
+            .await;
+    }
+
+    /// Reads until every book in `markets` equals the simulator's truth (the simulator paused).
+    pub async fn converge(&mut self, sim: &Sim, markets: &[String]) {
+        let truths: Vec<OrderBook> = markets.iter().map(|m| truth(sim, m)).collect();
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let wrong: Vec<&String> = markets
+                .iter()
+                .zip(&truths)
+                .filter(|(m, t)| self.books.get(*m) != Some(*t))
+                .map(|(m, _)| m)
+                .collect();
+            if wrong.is_empty() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "books never matched the truth: {wrong:?} (ended: {:?})",
+                self.ended
+            );
+            self.step(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Reads until the connection ends; returns how.
+    pub async fn ended(&mut self) -> Ended {
+        let deadline = Instant::now() + DEADLINE;
+        while self.ended.is_none() {
+            assert!(Instant::now() < deadline, "the connection never ended");
+            self.step(Duration::from_millis(100)).await;
+        }
+        self.ended.clone().unwrap()
+    }
+}
+
+pub fn subscribe(id: u64, channels: &[&str], markets: &[String]) -> Value {
+    serde_json::json!({"id": id, "cmd": "subscribe", "params": {"channels": channels, "market_tickers": markets}})
+}

@@ -1,0 +1,424 @@
+//! End to end: the simulator, the relay and clients that speak only the exchange protocol.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::BufRead;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use exchange_sim::{DuplicatePolicy, Fault, SimConfig};
+use serde_json::{json, Value};
+use tokio::time::Instant;
+
+fn markets(sim: &exchange_sim::Sim) -> Vec<String> {
+    sim.markets()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_clients_share_one_upstream_session_and_every_book_is_right() {
+    let sim = sim(SimConfig {
+        markets: 20,
+        rate: 400.0,
+        seed: 11,
+        ..SimConfig::default()
+    })
+    .await;
+    let relay = relay(&sim, |_| {}).await;
+    let all = markets(&sim);
+
+    // Overlapping sets: client i wants markets i, i+3 and i+7 (mod 20), books and trades.
+    let wanted = |i: usize| -> Vec<String> {
+        [i, i + 3, i + 7]
+            .iter()
+            .map(|k| all[k % all.len()].clone())
+            .collect()
+    };
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let url = relay.ws_url();
+        let mine = wanted(i);
+        tasks.push(tokio::spawn(async move {
+            let mut c = Client::connect(&url).await;
+            c.send(subscribe(1, &["orderbook_delta", "trade"], &mine))
+                .await;
+            c.replies_until(2).await;
+            c.until("initial snapshots", |c| c.books.len() == mine.len())
+                .await;
+            c
+        }));
+    }
+    let mut clients = Vec::new();
+    for t in tasks {
+        clients.push(t.await.unwrap());
+    }
+
+    // The exchange sees one session whose subscriptions are exactly the union.
+    let union: BTreeSet<String> = (0..200).flat_map(wanted).collect();
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let stats = sim.stats();
+        let held: BTreeSet<String> = stats
+            .per_connection
+            .iter()
+            .flat_map(|c| c.sids.iter())
+            .filter(|s| s.channel == protocol::Channel::OrderbookDelta)
+            .flat_map(|s| s.markets.clone().unwrap_or_default())
+            .collect();
+        if stats.connections == 1 && held == union {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sim has {} connections holding {held:?}",
+            stats.connections
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    sim.pause();
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.converge(&sim, &wanted(i)).await;
+    }
+    assert_eq!(sim.stats().connections, 1);
+    relay.shutdown().await;
+    sim.shutdown().await;
+}
+
+/// The script a bot written for the exchange would run.
+async fn run_script(url: &str, m: &[String]) -> Client {
+    let mut c = Client::connect(url).await;
+    let script = [
+        json!({"id":1,"cmd":"subscribe","params":{"channels":["orderbook_delta"],"market_tickers":[m[0],m[1]],"use_yes_price":false}}),
+        json!({"id":2,"cmd":"subscribe","params":{"channels":["ticker"],"market_ticker":m[0]}}),
+        json!({"id":3,"cmd":"subscribe","params":{"channels":["orderbook_delta"],"market_ticker":m[2]}}),
+        json!({"id":4,"cmd":"list_subscriptions"}),
+        json!({"id":5,"cmd":"update_subscription","params":{"sid":1,"market_tickers":[m[3]],"action":"add_markets"}}),
+        json!({"id":6,"cmd":"update_subscription","params":{"sids":[1],"market_tickers":[m[0]],"action":"delete_markets"}}),
+        json!({"id":7,"cmd":"update_subscription","params":{"sid":1,"market_tickers":[m[1]],"action":"get_snapshot"}}),
+        json!({"id":8,"cmd":"unsubscribe","params":{"sids":[2]}}),
+        json!({"id":9,"cmd":"dance"}),
+        json!({"id":10,"cmd":"subscribe","params":{"channels":["bogus"]}}),
+        json!({"id":11,"cmd":"update_subscription","params":{"sid":99,"market_tickers":[m[1]],"action":"add_markets"}}),
+        json!({"id":12,"cmd":"unsubscribe","params":{}}),
+        json!({"id":13,"cmd":"subscribe","params":{"channels":["orderbook_delta"]}}),
+        json!({"id":14,"cmd":"update_subscription","params":{"sid":1,"market_tickers":[m[1]],"action":"explode"}}),
+    ];
+    let mut expected = 0;
+    for (i, frame) in script.iter().enumerate() {
+        c.send(frame.clone()).await;
+        // Replies per command: 1 each, except the first subscribe (one per channel: 1) and
+        // the get_snapshot (ok). Wait for each before the next, as a careful bot would.
+        expected += 1;
+        c.replies_until(expected).await;
+        if i == 0 {
+            c.until("first snapshots", |c| c.books.len() == 2).await;
+        }
+    }
+    c.send_text("{not json").await;
+    c.replies_until(expected + 1).await;
+    c
+}
+
+/// Replies with their seq values blanked: the relay's seq counts what it sent to this client,
+/// the exchange's what it sent on its own connection; both must be present in the same places.
+fn normalized(replies: &[Value]) -> Vec<Value> {
+    replies
+        .iter()
+        .map(|r| {
+            let mut r = r.clone();
+            if r.get("seq").is_some() {
+                r["seq"] = json!("N");
+            }
+            r
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bot_gets_the_same_replies_and_books_from_the_relay_as_from_the_exchange() {
+    let sim = sim(SimConfig {
+        markets: 6,
+        rate: 300.0,
+        seed: 5,
+        duplicate_subscribe: DuplicatePolicy::Merge,
+        ..SimConfig::default()
+    })
+    .await;
+    let relay = relay(&sim, |c| {
+        c.downstream.duplicate_subscribe = relay::config::DuplicateSubscribe::Merge;
+    })
+    .await;
+    let m = markets(&sim);
+
+    let mut direct = run_script(&sim.ws_url(), &m).await;
+    let mut relayed = run_script(&relay.ws_url(), &m).await;
+    assert_eq!(normalized(&relayed.replies), normalized(&direct.replies));
+    assert_eq!(relayed.replies.len(), 15);
+
+    sim.pause();
+    let held = vec![m[1].clone(), m[2].clone(), m[3].clone()];
+    direct.converge(&sim, &held).await;
+    relayed.converge(&sim, &held).await;
+    for market in &held {
+        assert_eq!(relayed.books[market], direct.books[market]);
+    }
+    relay.shutdown().await;
+    sim.shutdown().await;
+}
+
+/// Clients on three books through an upstream fault: they stay connected, get fresh snapshots,
+/// and their books are right afterwards; `/readyz` is 503 during the outage and 200 after.
+async fn survive(fault: Fault, extra: Option<Fault>) {
+    let sim = sim(SimConfig {
+        markets: 6,
+        rate: 200.0,
+        seed: 9,
+        ping_interval: Duration::from_millis(300),
+        ..SimConfig::default()
+    })
+    .await;
+    let relay = relay(&sim, |c| {
+        c.upstream.liveness_window_seconds = 1.5;
+        c.upstream.backoff_base_seconds = 0.2;
+        c.upstream.backoff_cap_seconds = 1.0;
+    })
+    .await;
+    let m: Vec<String> = markets(&sim)[..3].to_vec();
+    let mut clients = Vec::new();
+    for _ in 0..5 {
+        let mut c = Client::connect(&relay.ws_url()).await;
+        c.send(subscribe(1, &["orderbook_delta", "ticker"], &m))
+            .await;
+        c.until("initial snapshots", |c| c.books.len() == 3).await;
+        clients.push(c);
+    }
+    await_ready(relay.addr, 200).await;
+    let before: Vec<u64> = clients.iter().map(|c| c.snapshots).collect();
+
+    if let Some(extra) = extra {
+        sim.fault(extra);
+    }
+    sim.fault(fault);
+    await_ready(relay.addr, 503).await;
+    await_ready(relay.addr, 200).await;
+
+    for (c, before) in clients.iter_mut().zip(before) {
+        c.until("fresh snapshots", |c| c.snapshots >= before + 3)
+            .await;
+    }
+    sim.pause();
+    for c in clients.iter_mut() {
+        c.converge(&sim, &m).await;
+        assert_eq!(
+            c.ended, None,
+            "clients stay connected through an upstream fault"
+        );
+    }
+    // One live session (a blackholed socket is the simulator's own, held until its time is up).
+    let live = sim
+        .stats()
+        .per_connection
+        .iter()
+        .filter(|c| !c.blackholed)
+        .count();
+    assert_eq!(live, 1);
+    relay.shutdown().await;
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_drop_is_survived_with_fresh_snapshots() {
+    // Two refused handshakes keep the outage long enough for /readyz to be seen at 503.
+    survive(Fault::Drop, Some(Fault::RejectAuth { count: 2 })).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_blackhole_is_detected_and_survived() {
+    survive(Fault::Blackhole { seconds: Some(30) }, None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_client_costs_the_others_nothing() {
+    let sim = sim(SimConfig {
+        markets: 4,
+        rate: 2000.0,
+        seed: 3,
+        ..SimConfig::default()
+    })
+    .await;
+    let relay = relay(&sim, |c| {
+        c.fanout.queue_messages = 128;
+        c.fanout.queue_bytes = 32 * 1024;
+        c.downstream.write_timeout_seconds = 60;
+        c.downstream.socket_send_buffer_bytes = Some(8192);
+    })
+    .await;
+    let m = markets(&sim);
+
+    // A client with a tiny receive window that stops reading after its subscription.
+    let stalled_url = format!("{}?relay_events=1", relay.ws_url());
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(relay.addr).await.unwrap();
+    let stream = tokio_tungstenite::MaybeTlsStream::Plain(stream);
+    let (ws, _) = tokio_tungstenite::client_async(stalled_url.as_str(), stream)
+        .await
+        .unwrap();
+    let mut stalled = Client::from_ws(ws);
+    stalled
+        .send(subscribe(1, &["orderbook_delta", "trade"], &m))
+        .await;
+    stalled.replies_until(2).await;
+
+    let mut readers = Vec::new();
+    for _ in 0..5 {
+        let mut c = Client::connect(&relay.ws_url()).await;
+        c.send(subscribe(1, &["orderbook_delta", "trade"], &m))
+            .await;
+        c.until("initial snapshots", |c| c.books.len() == m.len())
+            .await;
+        readers.push(c);
+    }
+    // The readers read while the stalled one does not, until the exchange has produced far
+    // more than the stalled client's ring (128) and socket buffers (8 KiB each way) can hold.
+    let start = sim.stats().events_generated;
+    let deadline = Instant::now() + DEADLINE;
+    while sim.stats().events_generated < start + 3000 {
+        for c in readers.iter_mut() {
+            while c.step(Duration::from_millis(1)).await.is_some() {}
+        }
+        assert!(Instant::now() < deadline, "the exchange stopped producing");
+    }
+    sim.pause();
+    for c in readers.iter_mut() {
+        // Every message: seq contiguous on every sid (checked per frame), books exact, no lag.
+        c.converge(&sim, &m).await;
+        assert!(
+            c.other.is_empty(),
+            "readers were never lagged: {:?}",
+            c.other
+        );
+        assert_eq!(c.ended, None);
+    }
+    // The stalled client resumes: it was either repaired (told, then books exact) or closed 4008.
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        stalled.step(Duration::from_millis(50)).await;
+        match &stalled.ended {
+            Some(Ended::Close(code, _)) => {
+                assert_eq!(*code, 4008);
+                break;
+            }
+            Some(other) => panic!("the stalled client ended {other:?}"),
+            None => {}
+        }
+        let told = stalled.other.iter().any(|f| f["type"] == "relay_lagged");
+        let right = m
+            .iter()
+            .all(|k| stalled.books.get(k) == Some(&truth(&sim, k)));
+        if told && right {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the stalled client was neither repaired nor closed"
+        );
+    }
+    relay.shutdown().await;
+    sim.shutdown().await;
+}
+
+/// Spawns the relay binary; returns the child and its `ws=` URL from the ready line.
+fn spawn_relay(args: &[&str]) -> (std::process::Child, String, Vec<String>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_relay"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the relay binary starts");
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    let ready = lines.next().expect("a ready line").unwrap();
+    let url = ready
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("ws="))
+        .expect("ws= in the ready line")
+        .to_owned();
+    let rest: Vec<String> = if args.contains(&"--demo") {
+        lines.by_ref().take(2).map(|l| l.unwrap()).collect()
+    } else {
+        Vec::new()
+    };
+    (child, url, rest)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_closes_every_client_with_1012_and_exits_zero() {
+    let sim = sim(SimConfig {
+        markets: 4,
+        rate: 100.0,
+        ..SimConfig::default()
+    })
+    .await;
+    let (mut child, url, _) =
+        spawn_relay(&["--listen", "127.0.0.1:0", "--upstream-url", &sim.ws_url()]);
+    let mut clients = Vec::new();
+    for _ in 0..10 {
+        let mut c = Client::connect(&url).await;
+        c.send(subscribe(1, &["orderbook_delta"], &markets(&sim)))
+            .await;
+        c.until("snapshots", |c| c.books.len() == 4).await;
+        clients.push(c);
+    }
+    let started = Instant::now();
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    for c in clients.iter_mut() {
+        assert_eq!(
+            c.ended().await,
+            Ended::Close(1012, "service restart".into())
+        );
+    }
+    let exit = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(exit.success(), "exit status {exit:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_serves_data_within_two_seconds_of_start() {
+    let started = Instant::now();
+    let (mut child, url, hint) = spawn_relay(&["--demo", "--listen", "127.0.0.1:0"]);
+    let market = hint[1]
+        .split("\"market_ticker\":\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("the hint names a market")
+        .to_owned();
+    let mut c = Client::connect(&url).await;
+    c.send(json!({"id":1,"cmd":"subscribe","params":{"channels":["orderbook_delta"],"market_ticker":market}}))
+        .await;
+    c.until("a snapshot", |c| c.books.contains_key(&market))
+        .await;
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed < Duration::from_secs(2),
+        "first data after {elapsed:?}"
+    );
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    assert!(child.wait().unwrap().success());
+}
