@@ -105,19 +105,24 @@ pub async fn discover_markets(url: &str, limit: Duration) -> Result<Vec<String>>
     .await?;
     let mut markets = BTreeSet::new();
     let deadline = tokio::time::Instant::now() + limit;
+    // Done when no new ticker arrived for this long (the initial tickers come at once).
+    let quiet = Duration::from_millis(300);
+    let mut last_new = tokio::time::Instant::now();
     loop {
-        let quiet = if markets.is_empty() {
-            limit
+        let until = if markets.is_empty() {
+            deadline
         } else {
-            Duration::from_millis(300)
+            deadline.min(last_new + quiet)
         };
-        let next =
-            tokio::time::timeout_at(deadline.min(tokio::time::Instant::now() + quiet), ws.next());
-        match next.await {
+        match tokio::time::timeout_at(until, ws.next()).await {
             Ok(Some(Ok(Message::Text(t)))) => {
-                if let Ok(env) = protocol::Envelope::parse(t.as_bytes()) {
-                    if let Some(m) = env.market_ticker() {
-                        markets.insert(m);
+                let ticker = protocol::Envelope::parse(t.as_bytes())
+                    .ok()
+                    .filter(|env| env.message_type().as_str() == "ticker")
+                    .and_then(|env| env.market_ticker());
+                if let Some(m) = ticker {
+                    if markets.insert(m) {
+                        last_new = tokio::time::Instant::now();
                     }
                 }
             }
