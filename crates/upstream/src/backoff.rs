@@ -26,7 +26,13 @@ pub(crate) struct Backoff {
 
 impl Backoff {
     pub fn new(base: Duration, factor: f64, cap: Duration, rng: StdRng) -> Backoff {
-        Backoff { base, factor, cap, attempt: 0, rng }
+        Backoff {
+            base,
+            factor,
+            cap,
+            attempt: 0,
+            rng,
+        }
     }
 
     /// The bound of the delay after `attempt` consecutive failures (before jitter).
@@ -56,7 +62,11 @@ impl Backoff {
 
 /// Parses a `Retry-After` header given in seconds (HTTP dates are not honoured).
 pub(crate) fn parse_retry_after(value: &str) -> Option<Duration> {
-    value.trim().parse::<u64>().ok().map(|s| Duration::from_secs(s).min(MAX_RETRY_AFTER))
+    value
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(|s| Duration::from_secs(s).min(MAX_RETRY_AFTER))
 }
 
 #[cfg(test)]
@@ -76,7 +86,10 @@ mod tests {
         for (n, bound) in bounds.into_iter().enumerate() {
             assert_eq!(b.bound(n as u32), Duration::from_secs(bound));
             let d = b.next_delay();
-            assert!(d >= MIN_DELAY && d <= Duration::from_secs(bound), "delay {n}: {d:?}");
+            assert!(
+                d >= MIN_DELAY && d <= Duration::from_secs(bound),
+                "delay {n}: {d:?}"
+            );
         }
         b.reset();
         assert!(b.next_delay() <= Duration::from_secs(1));
@@ -93,7 +106,10 @@ mod tests {
         let delays: Vec<_> = (0..50).map(|_| b.next_delay()).collect();
         let min = delays.iter().min().unwrap();
         let max = delays.iter().max().unwrap();
-        assert!(*min < Duration::from_secs(3) && *max > Duration::from_secs(7), "{min:?} {max:?}");
+        assert!(
+            *min < Duration::from_secs(3) && *max > Duration::from_secs(7),
+            "{min:?} {max:?}"
+        );
     }
 
     #[test]

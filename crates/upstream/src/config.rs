@@ -117,7 +117,10 @@ impl fmt::Debug for UpstreamConfig {
             .field("url", &self.url)
             .field("key_id", &self.key_id)
             .field("private_key_path", &self.private_key_path)
-            .field("private_key_pem", &self.private_key_pem.as_ref().map(|_| "<redacted>"))
+            .field(
+                "private_key_pem",
+                &self.private_key_pem.as_ref().map(|_| "<redacted>"),
+            )
             .field("extra_ca_file", &self.extra_ca_file)
             .field("connect_timeout_seconds", &self.connect_timeout_seconds)
             .field("handshake_timeout_seconds", &self.handshake_timeout_seconds)
@@ -147,7 +150,11 @@ pub struct Problem {
 
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "upstream.{} = {}: {}", self.key, self.value, self.message)
+        write!(
+            f,
+            "upstream.{} = {}: {}",
+            self.key, self.value, self.message
+        )
     }
 }
 
@@ -189,18 +196,30 @@ impl UpstreamConfig {
     pub(crate) fn resolve(&self) -> Result<Settings, ConfigError> {
         let mut problems = Vec::new();
         let mut bad = |key: &'static str, value: String, message: &str| {
-            problems.push(Problem { key, value, message: message.to_owned() })
+            problems.push(Problem {
+                key,
+                value,
+                message: message.to_owned(),
+            })
         };
 
         let url_ok = match self.url.split_once("://") {
             Some(("ws" | "wss", rest)) => {
                 let host = rest.split(['/', '?']).next().unwrap_or("");
-                !host.is_empty() && self.url.parse::<tokio_tungstenite::tungstenite::http::Uri>().is_ok()
+                !host.is_empty()
+                    && self
+                        .url
+                        .parse::<tokio_tungstenite::tungstenite::http::Uri>()
+                        .is_ok()
             }
             _ => false,
         };
         if !url_ok {
-            bad("url", format!("{:?}", self.url), "must be a ws:// or wss:// URL with a host");
+            bad(
+                "url",
+                format!("{:?}", self.url),
+                "must be a ws:// or wss:// URL with a host",
+            );
         }
 
         let mut seconds = |key: &'static str, v: f64| -> Duration {
@@ -212,7 +231,8 @@ impl UpstreamConfig {
             }
         };
         let connect_timeout = seconds("connect_timeout_seconds", self.connect_timeout_seconds);
-        let handshake_timeout = seconds("handshake_timeout_seconds", self.handshake_timeout_seconds);
+        let handshake_timeout =
+            seconds("handshake_timeout_seconds", self.handshake_timeout_seconds);
         let backoff_base = seconds("backoff_base_seconds", self.backoff_base_seconds);
         let backoff_cap = seconds("backoff_cap_seconds", self.backoff_cap_seconds);
         let healthy_reset = seconds("healthy_reset_seconds", self.healthy_reset_seconds);
@@ -223,7 +243,11 @@ impl UpstreamConfig {
         let close_timeout = seconds("close_timeout_seconds", self.close_timeout_seconds);
 
         if !(self.backoff_factor.is_finite() && self.backoff_factor >= 1.0) {
-            bad("backoff_factor", self.backoff_factor.to_string(), "must be >= 1");
+            bad(
+                "backoff_factor",
+                self.backoff_factor.to_string(),
+                "must be >= 1",
+            );
         }
         if backoff_cap < backoff_base {
             bad(
@@ -241,13 +265,21 @@ impl UpstreamConfig {
 
         let pem = match (&self.private_key_path, &self.private_key_pem) {
             (Some(_), Some(_)) => {
-                bad("private_key_pem", "<redacted>".into(), "set either private_key_path or private_key_pem, not both");
+                bad(
+                    "private_key_pem",
+                    "<redacted>".into(),
+                    "set either private_key_path or private_key_pem, not both",
+                );
                 None
             }
             (Some(path), None) => match std::fs::read_to_string(path) {
                 Ok(pem) => Some(("private_key_path", format!("{path:?}"), pem)),
                 Err(e) => {
-                    bad("private_key_path", format!("{path:?}"), &format!("cannot read the key file: {e}"));
+                    bad(
+                        "private_key_path",
+                        format!("{path:?}"),
+                        &format!("cannot read the key file: {e}"),
+                    );
                     None
                 }
             },
@@ -266,8 +298,14 @@ impl UpstreamConfig {
                     None
                 }
             },
-            (Some(id), None) if self.private_key_path.is_none() && self.private_key_pem.is_none() => {
-                bad("key_id", format!("{id:?}"), "needs private_key_path or private_key_pem");
+            (Some(id), None)
+                if self.private_key_path.is_none() && self.private_key_pem.is_none() =>
+            {
+                bad(
+                    "key_id",
+                    format!("{id:?}"),
+                    "needs private_key_path or private_key_pem",
+                );
                 None
             }
             (None, Some((key, value, _))) => {
@@ -282,19 +320,35 @@ impl UpstreamConfig {
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         if let Some(path) = &self.extra_ca_file {
             match std::fs::read(path) {
-                Err(e) => bad("extra_ca_file", format!("{path:?}"), &format!("cannot read: {e}")),
+                Err(e) => bad(
+                    "extra_ca_file",
+                    format!("{path:?}"),
+                    &format!("cannot read: {e}"),
+                ),
                 Ok(bytes) => {
                     let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(&bytes).collect();
                     match certs {
                         Ok(certs) if !certs.is_empty() => {
                             for cert in certs {
                                 if let Err(e) = roots.add(cert) {
-                                    bad("extra_ca_file", format!("{path:?}"), &format!("bad certificate: {e}"));
+                                    bad(
+                                        "extra_ca_file",
+                                        format!("{path:?}"),
+                                        &format!("bad certificate: {e}"),
+                                    );
                                 }
                             }
                         }
-                        Ok(_) => bad("extra_ca_file", format!("{path:?}"), "no PEM certificate in the file"),
-                        Err(e) => bad("extra_ca_file", format!("{path:?}"), &format!("not PEM: {e}")),
+                        Ok(_) => bad(
+                            "extra_ca_file",
+                            format!("{path:?}"),
+                            "no PEM certificate in the file",
+                        ),
+                        Err(e) => bad(
+                            "extra_ca_file",
+                            format!("{path:?}"),
+                            &format!("not PEM: {e}"),
+                        ),
                     }
                 }
             }
@@ -307,7 +361,11 @@ impl UpstreamConfig {
         let tls = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| ConfigError {
-                problems: vec![Problem { key: "extra_ca_file", value: String::new(), message: e.to_string() }],
+                problems: vec![Problem {
+                    key: "extra_ca_file",
+                    value: String::new(),
+                    message: e.to_string(),
+                }],
             })?
             .with_root_certificates(roots)
             .with_no_client_auth();
@@ -340,7 +398,8 @@ mod tests {
     #[test]
     fn defaults_are_valid_and_unknown_keys_refused() {
         UpstreamConfig::default().validate().unwrap();
-        let parsed: UpstreamConfig = serde_json::from_str(r#"{"url":"ws://127.0.0.1:1/x"}"#).unwrap();
+        let parsed: UpstreamConfig =
+            serde_json::from_str(r#"{"url":"ws://127.0.0.1:1/x"}"#).unwrap();
         assert_eq!(parsed.backoff_cap_seconds, 30.0);
         assert_eq!(parsed.max_consecutive_failures, 10);
         let err = serde_json::from_str::<UpstreamConfig>(r#"{"urll":"ws://x"}"#).unwrap_err();
@@ -362,17 +421,37 @@ mod tests {
         let keys: Vec<_> = err.problems.iter().map(|p| p.key).collect();
         assert_eq!(
             keys,
-            ["url", "pong_timeout_seconds", "backoff_factor", "max_consecutive_failures", "private_key_path"]
+            [
+                "url",
+                "pong_timeout_seconds",
+                "backoff_factor",
+                "max_consecutive_failures",
+                "private_key_path"
+            ]
         );
         let text = err.to_string();
-        assert!(text.contains(r#"upstream.url = "http://x": must be a ws:// or wss:// URL"#), "{text}");
-        assert!(text.contains("upstream.pong_timeout_seconds = 0: must be"), "{text}");
-        assert!(text.contains("upstream.private_key_path = \"/nonexistent/key.pem\": cannot read the key file"), "{text}");
+        assert!(
+            text.contains(r#"upstream.url = "http://x": must be a ws:// or wss:// URL"#),
+            "{text}"
+        );
+        assert!(
+            text.contains("upstream.pong_timeout_seconds = 0: must be"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "upstream.private_key_path = \"/nonexistent/key.pem\": cannot read the key file"
+            ),
+            "{text}"
+        );
     }
 
     #[test]
     fn key_settings_must_come_together() {
-        let only_id = UpstreamConfig { key_id: Some("k".into()), ..UpstreamConfig::default() };
+        let only_id = UpstreamConfig {
+            key_id: Some("k".into()),
+            ..UpstreamConfig::default()
+        };
         assert_eq!(only_id.validate().unwrap_err().problems[0].key, "key_id");
         let bad_pem = UpstreamConfig {
             key_id: Some("k".into()),
@@ -381,7 +460,10 @@ mod tests {
         };
         let err = bad_pem.validate().unwrap_err();
         assert_eq!(err.problems[0].key, "private_key_pem");
-        assert!(!err.to_string().contains("not a key"), "the PEM is never printed");
+        assert!(
+            !err.to_string().contains("not a key"),
+            "the PEM is never printed"
+        );
         assert!(!format!("{bad_pem:?}").contains("not a key"));
     }
 }

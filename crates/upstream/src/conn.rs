@@ -8,9 +8,9 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use protocol::{Channel, Command, Envelope, MessageType, SeqCheck};
 use tokio::time::{sleep_until, Instant};
+use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 use tracing::{debug, info, warn};
 
@@ -62,7 +62,8 @@ impl Conn<'_> {
     async fn serve(&mut self) -> Result<(), DisconnectReason> {
         self.reconcile().await?;
         let s = &self.ctx.settings;
-        let (ping_interval, pong_timeout, window) = (s.ping_interval, s.pong_timeout, s.liveness_window);
+        let (ping_interval, pong_timeout, window) =
+            (s.ping_interval, s.pong_timeout, s.liveness_window);
         let mut next_ping = Instant::now() + ping_interval;
         let mut ping_sent: Option<(Instant, u64)> = None;
         let mut ping_counter: u64 = 0;
@@ -153,7 +154,10 @@ impl Conn<'_> {
     async fn reconcile(&mut self) -> Result<(), DisconnectReason> {
         let (wanted, requests) = {
             let mut desired = self.ctx.shared.desired();
-            (desired.wanted(), std::mem::take(&mut desired.snapshot_requests))
+            (
+                desired.wanted(),
+                std::mem::take(&mut desired.snapshot_requests),
+            )
         };
         let books: BTreeSet<String> = match wanted.get(&Channel::OrderbookDelta) {
             Some(Some(markets)) => markets.clone(),
@@ -186,9 +190,16 @@ impl Conn<'_> {
         let kind = env.message_type();
         metrics::frame(metrics::message_label(&kind), frame.len());
         match kind {
-            MessageType::Subscribed | MessageType::Unsubscribed | MessageType::Ok | MessageType::Error => {
+            MessageType::Subscribed
+            | MessageType::Unsubscribed
+            | MessageType::Ok
+            | MessageType::Error => {
                 for outcome in self.actual.on_reply(&env) {
-                    let Outcome::Dead { sid, channel, markets } = outcome;
+                    let Outcome::Dead {
+                        sid,
+                        channel,
+                        markets,
+                    } = outcome;
                     warn!(sid, %channel, "subscription died at the exchange: resubscribing");
                     self.repairs.remove(&sid);
                     let stale = self.ctx.books.mark_stale(&markets);
@@ -219,9 +230,20 @@ impl Conn<'_> {
                     debug!(sid, seq, "duplicate dropped");
                     return Ok(());
                 }
-                SeqCheck::Gap { expected, got, stale_markets, .. } => {
+                SeqCheck::Gap {
+                    expected,
+                    got,
+                    stale_markets,
+                    ..
+                } => {
                     metrics::seq_gap();
-                    warn!(sid, expected, got, markets = stale_markets.len(), "sequence gap");
+                    warn!(
+                        sid,
+                        expected,
+                        got,
+                        markets = stale_markets.len(),
+                        "sequence gap"
+                    );
                     if channel == Channel::OrderbookDelta {
                         return self.on_gap(sid, stale_markets).await;
                     }
@@ -253,18 +275,37 @@ impl Conn<'_> {
             }
             _ => {}
         }
-        let Some(sub) = self.ctx.shared.desired().owner_of(channel, market.as_deref()) else {
+        let Some(sub) = self
+            .ctx
+            .shared
+            .desired()
+            .owner_of(channel, market.as_deref())
+        else {
             debug!(%channel, "data for a channel nobody wants any more dropped");
             return Ok(());
         };
         let body = Bytes::copy_from_slice(env.msg_json().as_bytes());
-        let data = Data { sub, channel, kind, market, seq: env.seq, body, book, received_at };
+        let data = Data {
+            sub,
+            channel,
+            kind,
+            market,
+            seq: env.seq,
+            body,
+            book,
+            received_at,
+        };
         self.emit(Event::Data(data)).await;
         Ok(())
     }
 
     /// A book message we cannot read is as bad as a lost one.
-    async fn on_bad_book(&mut self, sid: u64, env: &Envelope, e: serde_json::Error) -> Result<(), DisconnectReason> {
+    async fn on_bad_book(
+        &mut self,
+        sid: u64,
+        env: &Envelope,
+        e: serde_json::Error,
+    ) -> Result<(), DisconnectReason> {
         warn!(sid, kind = %env.kind, error = %e, "unreadable order book message: treating as a gap");
         let markets = match env.market_ticker() {
             Some(m) => vec![m],
@@ -283,32 +324,46 @@ impl Conn<'_> {
         if self.repairs.remove(&sid).is_some() {
             warn!(sid, "second gap while repairing: resubscribing");
             let unsubscribe = self.actual.resubscribe(sid);
-            self.send_commands(unsubscribe.into_iter().collect()).await?;
+            self.send_commands(unsubscribe.into_iter().collect())
+                .await?;
             return self.reconcile().await;
         }
         if let Some(command) = self.actual.snapshot_sid(sid, markets) {
             metrics::snapshot_request();
             self.send_commands(vec![command]).await?;
-            self.repairs.insert(sid, Instant::now() + self.ctx.settings.snapshot_timeout);
+            self.repairs
+                .insert(sid, Instant::now() + self.ctx.settings.snapshot_timeout);
         }
         Ok(())
     }
 
     /// Ends the repair of `sid` once all its books are fresh again.
     fn repair_progress(&mut self, sid: u64) {
-        if self.repairs.contains_key(&sid) && self.actual.seq.markets(sid).all(|m| self.ctx.books.is_fresh(m)) {
+        if self.repairs.contains_key(&sid)
+            && self
+                .actual
+                .seq
+                .markets(sid)
+                .all(|m| self.ctx.books.is_fresh(m))
+        {
             self.repairs.remove(&sid);
         }
     }
 
     async fn repair_timeouts(&mut self) -> Result<(), DisconnectReason> {
         let now = Instant::now();
-        let expired: Vec<u64> = self.repairs.iter().filter(|(_, d)| **d <= now).map(|(s, _)| *s).collect();
+        let expired: Vec<u64> = self
+            .repairs
+            .iter()
+            .filter(|(_, d)| **d <= now)
+            .map(|(s, _)| *s)
+            .collect();
         for sid in expired {
             self.repairs.remove(&sid);
             warn!(sid, "gap repair timed out: resubscribing");
             let unsubscribe = self.actual.resubscribe(sid);
-            self.send_commands(unsubscribe.into_iter().collect()).await?;
+            self.send_commands(unsubscribe.into_iter().collect())
+                .await?;
         }
         self.reconcile().await
     }
@@ -317,12 +372,22 @@ impl Conn<'_> {
     async fn close(&mut self) {
         let sids = self.actual.sids();
         if !sids.is_empty() {
-            let command = Command { id: 0, action: protocol::Action::Unsubscribe { sids } };
-            if self.send(WsMessage::Text(command.to_json().into())).await.is_err() {
+            let command = Command {
+                id: 0,
+                action: protocol::Action::Unsubscribe { sids },
+            };
+            if self
+                .send(WsMessage::Text(command.to_json().into()))
+                .await
+                .is_err()
+            {
                 return;
             }
         }
-        let frame = CloseFrame { code: CloseCode::Normal, reason: "shutdown".into() };
+        let frame = CloseFrame {
+            code: CloseCode::Normal,
+            reason: "shutdown".into(),
+        };
         if self.send(WsMessage::Close(Some(frame))).await.is_err() {
             return;
         }
@@ -333,7 +398,10 @@ impl Conn<'_> {
                 }
             }
         };
-        if tokio::time::timeout(self.ctx.settings.close_timeout, echo).await.is_err() {
+        if tokio::time::timeout(self.ctx.settings.close_timeout, echo)
+            .await
+            .is_err()
+        {
             debug!("no close echo from the exchange in time");
         }
     }
@@ -342,7 +410,9 @@ impl Conn<'_> {
 /// Sorts read and write errors: a peer going away is not an error.
 fn classify(e: &WsError) -> DisconnectReason {
     match e {
-        WsError::ConnectionClosed | WsError::AlreadyClosed => DisconnectReason::ClosedByServer { code: None },
+        WsError::ConnectionClosed | WsError::AlreadyClosed => {
+            DisconnectReason::ClosedByServer { code: None }
+        }
         WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
             debug!("exchange dropped the connection without a close frame");
             DisconnectReason::ClosedByServer { code: Some(1006) }

@@ -27,14 +27,22 @@ pub(crate) struct ConnectError {
 
 impl ConnectError {
     fn new(reason: DisconnectReason, detail: impl ToString) -> ConnectError {
-        ConnectError { reason, detail: detail.to_string(), retry_after: None }
+        ConnectError {
+            reason,
+            detail: detail.to_string(),
+            retry_after: None,
+        }
     }
 }
 
 /// Opens the WebSocket, with freshly signed headers when credentials are configured.
 pub(crate) async fn connect(settings: &Settings) -> Result<Ws, ConnectError> {
     let failed = |e: &dyn std::fmt::Display| ConnectError::new(DisconnectReason::ConnectFailed, e);
-    let mut request = settings.url.as_str().into_client_request().map_err(|e| failed(&e))?;
+    let mut request = settings
+        .url
+        .as_str()
+        .into_client_request()
+        .map_err(|e| failed(&e))?;
     // `into_client_request` adds the upgrade headers and no Origin: the exchange refuses one.
     if let Some(signer) = &settings.signer {
         let path = request.uri().path().to_owned();
@@ -45,25 +53,50 @@ pub(crate) async fn connect(settings: &Settings) -> Result<Ws, ConnectError> {
         }
     }
     let uri = request.uri();
-    let host = uri.host().unwrap_or_default().trim_matches(['[', ']']).to_owned();
+    let host = uri
+        .host()
+        .unwrap_or_default()
+        .trim_matches(['[', ']'])
+        .to_owned();
     let tls = uri.scheme_str() == Some("wss");
     let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
 
-    let tcp = match tokio::time::timeout(settings.connect_timeout, TcpStream::connect((host.as_str(), port))).await {
-        Err(_) => return Err(ConnectError::new(DisconnectReason::ConnectTimeout, "TCP connect timed out")),
+    let tcp = match tokio::time::timeout(
+        settings.connect_timeout,
+        TcpStream::connect((host.as_str(), port)),
+    )
+    .await
+    {
+        Err(_) => {
+            return Err(ConnectError::new(
+                DisconnectReason::ConnectTimeout,
+                "TCP connect timed out",
+            ))
+        }
         Ok(Err(e)) => return Err(failed(&e)),
         Ok(Ok(tcp)) => tcp,
     };
     let _ = tcp.set_nodelay(true);
 
     let connector = Connector::Rustls(settings.tls.clone());
-    let handshake = client_async_tls_with_config(request, tcp, Some(WebSocketConfig::default()), Some(connector));
+    let handshake = client_async_tls_with_config(
+        request,
+        tcp,
+        Some(WebSocketConfig::default()),
+        Some(connector),
+    );
     match tokio::time::timeout(settings.handshake_timeout, handshake).await {
-        Err(_) => Err(ConnectError::new(DisconnectReason::HandshakeTimeout, "TLS or upgrade timed out")),
+        Err(_) => Err(ConnectError::new(
+            DisconnectReason::HandshakeTimeout,
+            "TLS or upgrade timed out",
+        )),
         Ok(Ok((ws, _response))) => Ok(ws),
         Ok(Err(WsError::Http(response))) => {
             let status = response.status();
-            let retry_after = if matches!(status, StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE) {
+            let retry_after = if matches!(
+                status,
+                StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+            ) {
                 response
                     .headers()
                     .get(header::RETRY_AFTER)
@@ -75,11 +108,24 @@ pub(crate) async fn connect(settings: &Settings) -> Result<Ws, ConnectError> {
             let reason = if status == StatusCode::UNAUTHORIZED {
                 DisconnectReason::AuthRejected
             } else {
-                DisconnectReason::HandshakeRejected { status: status.as_u16() }
+                DisconnectReason::HandshakeRejected {
+                    status: status.as_u16(),
+                }
             };
-            let body = response.body().as_deref().map(String::from_utf8_lossy).unwrap_or_default();
-            let detail = format!("upgrade answered {status}: {}", body.chars().take(200).collect::<String>());
-            Err(ConnectError { reason, detail, retry_after })
+            let body = response
+                .body()
+                .as_deref()
+                .map(String::from_utf8_lossy)
+                .unwrap_or_default();
+            let detail = format!(
+                "upgrade answered {status}: {}",
+                body.chars().take(200).collect::<String>()
+            );
+            Err(ConnectError {
+                reason,
+                detail,
+                retry_after,
+            })
         }
         Ok(Err(e)) => Err(failed(&e)),
     }

@@ -115,8 +115,12 @@ impl DisconnectReason {
 impl fmt::Display for DisconnectReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            DisconnectReason::HandshakeRejected { status } => write!(f, "handshake answered {status}"),
-            DisconnectReason::ClosedByServer { code: Some(code) } => write!(f, "closed by server ({code})"),
+            DisconnectReason::HandshakeRejected { status } => {
+                write!(f, "handshake answered {status}")
+            }
+            DisconnectReason::ClosedByServer { code: Some(code) } => {
+                write!(f, "closed by server ({code})")
+            }
             other => f.write_str(other.label()),
         }
     }

@@ -65,11 +65,13 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 pub use config::{
-    ConfigError, Problem, UpstreamConfig, DEFAULT_BACKOFF_BASE_SECONDS, DEFAULT_BACKOFF_CAP_SECONDS,
-    DEFAULT_BACKOFF_FACTOR, DEFAULT_CLOSE_TIMEOUT_SECONDS, DEFAULT_CONNECT_TIMEOUT_SECONDS,
-    DEFAULT_EVENT_CHANNEL_CAPACITY, DEFAULT_HANDSHAKE_TIMEOUT_SECONDS, DEFAULT_HEALTHY_RESET_SECONDS,
-    DEFAULT_LIVENESS_WINDOW_SECONDS, DEFAULT_MAX_CONSECUTIVE_FAILURES, DEFAULT_PING_INTERVAL_SECONDS,
-    DEFAULT_PONG_TIMEOUT_SECONDS, DEFAULT_SNAPSHOT_TIMEOUT_SECONDS, DEFAULT_URL,
+    ConfigError, Problem, UpstreamConfig, DEFAULT_BACKOFF_BASE_SECONDS,
+    DEFAULT_BACKOFF_CAP_SECONDS, DEFAULT_BACKOFF_FACTOR, DEFAULT_CLOSE_TIMEOUT_SECONDS,
+    DEFAULT_CONNECT_TIMEOUT_SECONDS, DEFAULT_EVENT_CHANNEL_CAPACITY,
+    DEFAULT_HANDSHAKE_TIMEOUT_SECONDS, DEFAULT_HEALTHY_RESET_SECONDS,
+    DEFAULT_LIVENESS_WINDOW_SECONDS, DEFAULT_MAX_CONSECUTIVE_FAILURES,
+    DEFAULT_PING_INTERVAL_SECONDS, DEFAULT_PONG_TIMEOUT_SECONDS, DEFAULT_SNAPSHOT_TIMEOUT_SECONDS,
+    DEFAULT_URL,
 };
 pub use event::{BookUpdate, Data, DisconnectReason, Event, State, SubId};
 
@@ -90,31 +92,57 @@ pub struct Upstream {
 /// Returns the handle and the event stream (capacity `event_channel_capacity`; when it is full
 /// the session waits for the owner). The session runs until `shutdown` is cancelled, then
 /// unsubscribes, closes with 1000 and resolves [`Upstream::closed`].
-pub fn spawn(config: UpstreamConfig, shutdown: CancellationToken) -> Result<(Upstream, mpsc::Receiver<Event>), ConfigError> {
+pub fn spawn(
+    config: UpstreamConfig,
+    shutdown: CancellationToken,
+) -> Result<(Upstream, mpsc::Receiver<Event>), ConfigError> {
     spawn_with_rng(config, shutdown, StdRng::from_entropy())
 }
 
 /// [`spawn`] with the backoff jitter drawn from a seeded generator, for reproducible tests.
-pub fn spawn_seeded(config: UpstreamConfig, shutdown: CancellationToken, seed: u64) -> Result<(Upstream, mpsc::Receiver<Event>), ConfigError> {
+pub fn spawn_seeded(
+    config: UpstreamConfig,
+    shutdown: CancellationToken,
+    seed: u64,
+) -> Result<(Upstream, mpsc::Receiver<Event>), ConfigError> {
     spawn_with_rng(config, shutdown, StdRng::seed_from_u64(seed))
 }
 
-fn spawn_with_rng(config: UpstreamConfig, shutdown: CancellationToken, rng: StdRng) -> Result<(Upstream, mpsc::Receiver<Event>), ConfigError> {
+fn spawn_with_rng(
+    config: UpstreamConfig,
+    shutdown: CancellationToken,
+    rng: StdRng,
+) -> Result<(Upstream, mpsc::Receiver<Event>), ConfigError> {
     let settings = config.resolve()?;
     let (events_tx, events_rx) = mpsc::channel(settings.event_channel_capacity);
     let (state_tx, state_rx) = watch::channel(State::Connecting);
     let shared = Arc::new(Shared::default());
     let closed = CancellationToken::new();
     let ctx = Ctx {
-        out: Output::new(events_tx, settings.event_channel_capacity, state_tx, shutdown.clone()),
+        out: Output::new(
+            events_tx,
+            settings.event_channel_capacity,
+            state_tx,
+            shutdown.clone(),
+        ),
         settings,
         shared: shared.clone(),
         books: Books::default(),
         shutdown,
     };
     let span = tracing::info_span!("upstream");
-    tokio::spawn(tracing::Instrument::instrument(session::run(ctx, rng, closed.clone()), span));
-    Ok((Upstream { shared, state: state_rx, closed }, events_rx))
+    tokio::spawn(tracing::Instrument::instrument(
+        session::run(ctx, rng, closed.clone()),
+        span,
+    ));
+    Ok((
+        Upstream {
+            shared,
+            state: state_rx,
+            closed,
+        },
+        events_rx,
+    ))
 }
 
 impl Upstream {

@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use ::metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit};
+use ::metrics::{
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
+};
 use protocol::MessageType;
 
 use crate::event::{DisconnectReason, State};
@@ -37,16 +39,37 @@ pub const EVENTS_PENDING: &str = "relay_upstream_events_pending";
 /// Registers descriptions and units with the installed recorder (call once, from the binary).
 pub fn describe() {
     describe_gauge!(UP, "1 while the exchange WebSocket is open");
-    describe_gauge!(STATE, "0 disconnected, 1 connecting, 2 connected, 3 subscribed, 4 auth failed, 5 gave up");
+    describe_gauge!(
+        STATE,
+        "0 disconnected, 1 connecting, 2 connected, 3 subscribed, 4 auth failed, 5 gave up"
+    );
     describe_counter!(CONNECTS, "Successful exchange connections");
-    describe_counter!(DISCONNECTS, "Ended exchange connections and failed attempts, by reason");
+    describe_counter!(
+        DISCONNECTS,
+        "Ended exchange connections and failed attempts, by reason"
+    );
     describe_counter!(MESSAGES, "Text frames received from the exchange, by type");
-    describe_counter!(BYTES, Unit::Bytes, "Bytes of text frames received from the exchange");
+    describe_counter!(
+        BYTES,
+        Unit::Bytes,
+        "Bytes of text frames received from the exchange"
+    );
     describe_counter!(SEQ_GAPS, "Sequence gaps detected on exchange subscriptions");
-    describe_counter!(SNAPSHOT_REQUESTS, "get_snapshot requests sent to the exchange");
-    describe_histogram!(PING_RTT, Unit::Seconds, "Round trip of the session's own pings");
+    describe_counter!(
+        SNAPSHOT_REQUESTS,
+        "get_snapshot requests sent to the exchange"
+    );
+    describe_histogram!(
+        PING_RTT,
+        Unit::Seconds,
+        "Round trip of the session's own pings"
+    );
     describe_gauge!(BACKOFF, Unit::Seconds, "Last reconnect delay chosen");
-    describe_histogram!(OWNER_WAIT, Unit::Seconds, "Waits for room in the owner's full event channel");
+    describe_histogram!(
+        OWNER_WAIT,
+        Unit::Seconds,
+        "Waits for room in the owner's full event channel"
+    );
     describe_gauge!(EVENTS_PENDING, "Events waiting in the owner's channel");
 }
 

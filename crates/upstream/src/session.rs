@@ -31,7 +31,9 @@ impl Shared {
     pub fn desired(&self) -> std::sync::MutexGuard<'_, Desired> {
         // A panic while holding the lock cannot leave `Desired` half-updated in a way that
         // matters more than stopping would, so a poisoned lock is used as is.
-        self.desired.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.desired
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -48,8 +50,19 @@ pub(crate) struct Output {
 }
 
 impl Output {
-    pub fn new(events: mpsc::Sender<Event>, capacity: usize, state: watch::Sender<State>, shutdown: CancellationToken) -> Output {
-        Output { events, capacity, state, shutdown, last_wait_warning: None }
+    pub fn new(
+        events: mpsc::Sender<Event>,
+        capacity: usize,
+        state: watch::Sender<State>,
+        shutdown: CancellationToken,
+    ) -> Output {
+        Output {
+            events,
+            capacity,
+            state,
+            shutdown,
+            last_wait_warning: None,
+        }
     }
 
     /// Hands one event to the owner, waiting for room (but not past shutdown). Reports whether
@@ -73,11 +86,16 @@ impl Output {
         }
         let waited = started.elapsed();
         metrics::owner_wait(waited);
-        let quiet = self.last_wait_warning.is_some_and(|t| t.elapsed().as_secs() < 10);
+        let quiet = self
+            .last_wait_warning
+            .is_some_and(|t| t.elapsed().as_secs() < 10);
         if waited.as_millis() >= 100 && !quiet {
             self.last_wait_warning = Some(Instant::now());
-            warn!(waited_ms = waited.as_millis() as u64, capacity = self.capacity,
-                "owner is slower than the exchange: event channel full");
+            warn!(
+                waited_ms = waited.as_millis() as u64,
+                capacity = self.capacity,
+                "owner is slower than the exchange: event channel full"
+            );
         } else {
             debug!(waited_us = waited.as_micros() as u64, "event channel full");
         }
@@ -89,7 +107,11 @@ impl Output {
     pub async fn set_state(&mut self, state: State) {
         let same = {
             let current = self.state.borrow();
-            *current == state || matches!((&*current, &state), (State::GaveUp { .. }, State::GaveUp { .. }))
+            *current == state
+                || matches!(
+                    (&*current, &state),
+                    (State::GaveUp { .. }, State::GaveUp { .. })
+                )
         };
         if same {
             return;
@@ -140,7 +162,12 @@ impl Books {
 
     /// Every fresh book goes stale (the connection is gone).
     pub fn all_stale(&mut self) -> Vec<String> {
-        let fresh: Vec<String> = self.0.iter().filter(|(_, f)| **f == Freshness::Fresh).map(|(m, _)| m.clone()).collect();
+        let fresh: Vec<String> = self
+            .0
+            .iter()
+            .filter(|(_, f)| **f == Freshness::Fresh)
+            .map(|(m, _)| m.clone())
+            .collect();
         self.mark_stale(&fresh);
         let mut fresh = fresh;
         fresh.sort();
@@ -198,7 +225,11 @@ pub(crate) async fn run(mut ctx: Ctx, rng: StdRng, closed: CancellationToken) {
                 info!(url = %ctx.settings.url, "connected to the exchange");
                 let started = Instant::now();
                 let reason = conn::run(ws, &mut ctx).await;
-                (reason, started.elapsed() >= ctx.settings.healthy_reset, None)
+                (
+                    reason,
+                    started.elapsed() >= ctx.settings.healthy_reset,
+                    None,
+                )
             }
             Err(e) => {
                 let level_warn = !gave_up && failures + 1 < max_failures;
@@ -234,20 +265,33 @@ pub(crate) async fn run(mut ctx: Ctx, rng: StdRng, closed: CancellationToken) {
             error!("the exchange refused our credentials (401)");
             ctx.out.set_state(State::AuthFailed).await;
         } else {
-            ctx.out.set_state(State::Disconnected { reason: reason.clone() }).await;
+            ctx.out
+                .set_state(State::Disconnected {
+                    reason: reason.clone(),
+                })
+                .await;
         }
-        let mut delay = if failures >= max_failures { backoff.cap() } else { backoff.next_delay() };
+        let mut delay = if failures >= max_failures {
+            backoff.cap()
+        } else {
+            backoff.next_delay()
+        };
         if let Some(retry_after) = retry_after {
             delay = delay.max(retry_after);
         }
         metrics::backoff(delay);
-        debug!(delay_ms = delay.as_millis() as u64, failures, "reconnecting after a delay");
+        debug!(
+            delay_ms = delay.as_millis() as u64,
+            failures, "reconnecting after a delay"
+        );
         tokio::select! {
             _ = ctx.shutdown.cancelled() => break,
             _ = tokio::time::sleep(delay) => {}
         }
     }
-    ctx.out.finish(State::Disconnected { reason: DisconnectReason::Shutdown });
+    ctx.out.finish(State::Disconnected {
+        reason: DisconnectReason::Shutdown,
+    });
     info!("upstream session closed");
     closed.cancel();
 }

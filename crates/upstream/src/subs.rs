@@ -48,13 +48,19 @@ impl Desired {
 
     /// Adds markets to a filtered subscription (a subscription to every market ignores it).
     pub fn add_markets(&mut self, id: SubId, markets: Vec<String>) {
-        if let Some(Want { markets: Some(set), .. }) = self.subs.get_mut(&id) {
+        if let Some(Want {
+            markets: Some(set), ..
+        }) = self.subs.get_mut(&id)
+        {
             set.extend(markets);
         }
     }
 
     pub fn remove_markets(&mut self, id: SubId, markets: Vec<String>) {
-        if let Some(Want { markets: Some(set), .. }) = self.subs.get_mut(&id) {
+        if let Some(Want {
+            markets: Some(set), ..
+        }) = self.subs.get_mut(&id)
+        {
             for m in &markets {
                 set.remove(m);
             }
@@ -70,7 +76,10 @@ impl Desired {
                     out.insert(want.channel, None);
                 }
                 Some(set) if set.is_empty() => {}
-                Some(set) => match out.entry(want.channel).or_insert_with(|| Some(BTreeSet::new())) {
+                Some(set) => match out
+                    .entry(want.channel)
+                    .or_insert_with(|| Some(BTreeSet::new()))
+                {
                     Some(all) => all.extend(set.iter().cloned()),
                     None => {}
                 },
@@ -121,7 +130,11 @@ enum Pending {
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Outcome {
     /// A sid died (terminal error): its markets' books are stale and it will be resubscribed.
-    Dead { sid: u64, channel: Channel, markets: Vec<String> },
+    Dead {
+        sid: u64,
+        channel: Channel,
+        markets: Vec<String>,
+    },
 }
 
 /// The subscriptions of one connection. Dropped with it: sids never survive a reconnect.
@@ -159,14 +172,25 @@ impl Actual {
     fn command(&mut self, pending: Pending, action: Action) -> Command {
         self.next_cmd += 1;
         self.pending.insert(self.next_cmd, pending);
-        Command { id: self.next_cmd, action }
+        Command {
+            id: self.next_cmd,
+            action,
+        }
     }
 
     fn subscribe_cmd(&mut self, channel: Channel, markets: Markets) -> Command {
         self.next_key += 1;
         let key = self.next_key;
         let list = markets.as_ref().map(|m| m.iter().cloned().collect());
-        self.subs.insert(key, UpSub { channel, sid: None, markets, closing: false });
+        self.subs.insert(
+            key,
+            UpSub {
+                channel,
+                sid: None,
+                markets,
+                closing: false,
+            },
+        );
         let action = Action::Subscribe(Subscribe {
             channels: vec![channel],
             markets: list,
@@ -181,10 +205,18 @@ impl Actual {
         let sub = self.subs.get_mut(&key)?;
         let sid = sub.sid?;
         sub.closing = true;
-        Some(self.command(Pending::Unsubscribe { key }, Action::Unsubscribe { sids: vec![sid] }))
+        Some(self.command(
+            Pending::Unsubscribe { key },
+            Action::Unsubscribe { sids: vec![sid] },
+        ))
     }
 
-    fn update_cmd(&mut self, key: u64, markets: Vec<String>, action: UpdateAction) -> Option<Command> {
+    fn update_cmd(
+        &mut self,
+        key: u64,
+        markets: Vec<String>,
+        action: UpdateAction,
+    ) -> Option<Command> {
         let sub = self.subs.get_mut(&key)?;
         let sid = sub.sid?;
         if let Some(set) = &mut sub.markets {
@@ -203,17 +235,26 @@ impl Actual {
             }
         }
         let pending = match action {
-            UpdateAction::AddMarkets => Pending::Add { key, markets: markets.clone() },
+            UpdateAction::AddMarkets => Pending::Add {
+                key,
+                markets: markets.clone(),
+            },
             UpdateAction::DeleteMarkets => Pending::Delete { key },
             UpdateAction::GetSnapshot => Pending::Snapshot { key },
         };
-        let update = UpdateSubscription { sid, markets, action };
+        let update = UpdateSubscription {
+            sid,
+            markets,
+            action,
+        };
         Some(self.command(pending, Action::UpdateSubscription(update)))
     }
 
     /// True while a `subscribe` is unanswered.
     pub fn subscribing(&self) -> bool {
-        self.pending.values().any(|p| matches!(p, Pending::Subscribe { .. }))
+        self.pending
+            .values()
+            .any(|p| matches!(p, Pending::Subscribe { .. }))
     }
 
     /// The channel of a live sid.
@@ -230,8 +271,11 @@ impl Actual {
     /// The commands that move this connection towards `wanted`.
     pub fn reconcile(&mut self, wanted: &BTreeMap<Channel, Markets>) -> Vec<Command> {
         let mut out = Vec::new();
-        let channels: BTreeSet<Channel> =
-            wanted.keys().copied().chain(self.subs.values().map(|s| s.channel)).collect();
+        let channels: BTreeSet<Channel> = wanted
+            .keys()
+            .copied()
+            .chain(self.subs.values().map(|s| s.channel))
+            .collect();
         for channel in channels {
             let live: Vec<u64> = self
                 .subs
@@ -264,7 +308,13 @@ impl Actual {
         out
     }
 
-    fn reconcile_markets(&mut self, channel: Channel, live: &[u64], want: &BTreeSet<String>, out: &mut Vec<Command>) {
+    fn reconcile_markets(
+        &mut self,
+        channel: Channel,
+        live: &[u64],
+        want: &BTreeSet<String>,
+        out: &mut Vec<Command>,
+    ) {
         let mut carried = BTreeSet::new();
         let mut filtered = Vec::new();
         for key in live {
@@ -281,7 +331,9 @@ impl Actual {
         // Markets no longer wanted leave the sids that carry them (a sid left empty goes).
         for key in &filtered {
             let sub = &self.subs[key];
-            let (Some(markets), Some(_)) = (&sub.markets, sub.sid) else { continue };
+            let (Some(markets), Some(_)) = (&sub.markets, sub.sid) else {
+                continue;
+            };
             let gone: Vec<String> = markets.difference(want).cloned().collect();
             if gone.is_empty() {
                 continue;
@@ -303,7 +355,8 @@ impl Actual {
         }
         let limit = self.limits.get(&channel).copied().unwrap_or(usize::MAX);
         for key in &filtered {
-            let room = limit.saturating_sub(self.subs[key].markets.as_ref().map_or(0, BTreeSet::len));
+            let room =
+                limit.saturating_sub(self.subs[key].markets.as_ref().map_or(0, BTreeSet::len));
             if room == 0 || add.is_empty() || self.subs[key].closing {
                 continue;
             }
@@ -355,7 +408,9 @@ impl Actual {
         let pending = env.id.and_then(|id| self.pending.remove(&id));
         match env.kind.as_str() {
             "subscribed" => {
-                let (Some(Pending::Subscribe { key }), Ok(body)) = (pending, env.body::<Subscribed>()) else {
+                let (Some(Pending::Subscribe { key }), Ok(body)) =
+                    (pending, env.body::<Subscribed>())
+                else {
                     tracing::warn!(id = ?env.id, "subscribed reply for no subscribe of ours");
                     return Vec::new();
                 };
@@ -398,7 +453,9 @@ impl Actual {
         let terminal = code.is_some_and(ErrorCode::is_terminal);
         match pending {
             Some(Pending::Subscribe { key }) => {
-                let Some(sub) = self.subs.remove(&key) else { return Vec::new() };
+                let Some(sub) = self.subs.remove(&key) else {
+                    return Vec::new();
+                };
                 let n = sub.markets.as_ref().map_or(0, BTreeSet::len);
                 match (code, &sub.markets) {
                     (Some(ErrorCode::MarketLimitExceeded), Some(_)) if n > 1 => {
@@ -410,7 +467,8 @@ impl Actual {
                         self.refused.insert((sub.channel, market));
                     }
                     (_, Some(markets)) => {
-                        self.refused.extend(markets.iter().map(|m| (sub.channel, Some(m.clone()))));
+                        self.refused
+                            .extend(markets.iter().map(|m| (sub.channel, Some(m.clone()))));
                     }
                     (_, None) => {
                         self.refused.insert((sub.channel, None));
@@ -427,7 +485,8 @@ impl Actual {
                         if code == Some(ErrorCode::MarketLimitExceeded) {
                             self.limits.insert(sub.channel, set.len().max(1));
                         } else {
-                            self.refused.extend(markets.iter().map(|m| (sub.channel, Some(m.clone()))));
+                            self.refused
+                                .extend(markets.iter().map(|m| (sub.channel, Some(m.clone()))));
                         }
                     }
                     if let Some(sid) = sub.sid {
@@ -443,7 +502,9 @@ impl Actual {
                 }
                 Vec::new()
             }
-            Some(Pending::Add { key, .. } | Pending::Delete { key } | Pending::Snapshot { key }) => {
+            Some(
+                Pending::Add { key, .. } | Pending::Delete { key } | Pending::Snapshot { key },
+            ) => {
                 let sid = self.subs.get(&key).and_then(|s| s.sid);
                 match sid {
                     Some(sid) if terminal => self.kill(sid).into_iter().collect(),
@@ -463,7 +524,11 @@ impl Actual {
         let sub = self.subs.remove(&key)?;
         let markets: Vec<String> = self.seq.markets(sid).cloned().collect();
         self.seq.remove(sid);
-        Some(Outcome::Dead { sid, channel: sub.channel, markets })
+        Some(Outcome::Dead {
+            sid,
+            channel: sub.channel,
+            markets,
+        })
     }
 }
 
@@ -487,7 +552,11 @@ mod tests {
         let t = d.subscribe(Channel::Ticker, None);
         assert_eq!((a, b, t), (SubId(1), SubId(2), SubId(3)));
         let mut act = Actual::new(false);
-        let cmds: Vec<String> = act.reconcile(&d.wanted()).iter().map(Command::to_json).collect();
+        let cmds: Vec<String> = act
+            .reconcile(&d.wanted())
+            .iter()
+            .map(Command::to_json)
+            .collect();
         assert_eq!(
             cmds,
             [
@@ -495,7 +564,10 @@ mod tests {
                 r#"{"id":2,"cmd":"subscribe","params":{"channels":["ticker"],"send_initial_snapshot":true}}"#,
             ]
         );
-        assert!(act.reconcile(&d.wanted()).is_empty(), "nothing twice while in flight");
+        assert!(
+            act.reconcile(&d.wanted()).is_empty(),
+            "nothing twice while in flight"
+        );
         assert_eq!(d.owner_of(Channel::OrderbookDelta, Some("C")), Some(b));
         assert_eq!(d.owner_of(Channel::OrderbookDelta, Some("B")), Some(a));
     }
@@ -506,11 +578,17 @@ mod tests {
         let a = d.subscribe(Channel::OrderbookDelta, Some(names(&["A", "B"])));
         let mut act = Actual::new(false);
         act.reconcile(&d.wanted());
-        act.on_reply(&env(r#"{"id":1,"type":"subscribed","msg":{"channel":"orderbook_delta","sid":7}}"#));
+        act.on_reply(&env(
+            r#"{"id":1,"type":"subscribed","msg":{"channel":"orderbook_delta","sid":7}}"#,
+        ));
         assert!(!act.subscribing());
         d.add_markets(a, names(&["C"]));
         d.remove_markets(a, names(&["A"]));
-        let cmds: Vec<String> = act.reconcile(&d.wanted()).iter().map(Command::to_json).collect();
+        let cmds: Vec<String> = act
+            .reconcile(&d.wanted())
+            .iter()
+            .map(Command::to_json)
+            .collect();
         assert_eq!(
             cmds,
             [
@@ -518,10 +596,20 @@ mod tests {
                 r#"{"id":3,"cmd":"update_subscription","params":{"sid":7,"market_tickers":["C"],"action":"add_markets"}}"#,
             ]
         );
-        assert_eq!(act.seq.markets(7).cloned().collect::<Vec<_>>(), names(&["B", "C"]));
+        assert_eq!(
+            act.seq.markets(7).cloned().collect::<Vec<_>>(),
+            names(&["B", "C"])
+        );
         d.unsubscribe(a);
-        let cmds: Vec<String> = act.reconcile(&d.wanted()).iter().map(Command::to_json).collect();
-        assert_eq!(cmds, [r#"{"id":4,"cmd":"unsubscribe","params":{"sids":[7]}}"#]);
+        let cmds: Vec<String> = act
+            .reconcile(&d.wanted())
+            .iter()
+            .map(Command::to_json)
+            .collect();
+        assert_eq!(
+            cmds,
+            [r#"{"id":4,"cmd":"unsubscribe","params":{"sids":[7]}}"#]
+        );
         act.on_reply(&env(r#"{"id":4,"type":"unsubscribed","sid":7}"#));
         assert!(act.sids().is_empty());
     }
@@ -543,19 +631,32 @@ mod tests {
             .collect();
         assert_eq!(sizes, [1, 1, 1], "3 markets, limit 3/2 = 1");
         for (i, c) in cmds.iter().enumerate() {
-            let reply = format!(r#"{{"id":{},"type":"subscribed","msg":{{"channel":"orderbook_delta","sid":{}}}}}"#, c.id, 10 + i);
+            let reply = format!(
+                r#"{{"id":{},"type":"subscribed","msg":{{"channel":"orderbook_delta","sid":{}}}}}"#,
+                c.id,
+                10 + i
+            );
             act.on_reply(&env(&reply));
         }
         assert_eq!(act.sids(), [10, 11, 12]);
-        assert_eq!(act.seq.markets(11).cloned().collect::<Vec<_>>(), names(&["B"]));
+        assert_eq!(
+            act.seq.markets(11).cloned().collect::<Vec<_>>(),
+            names(&["B"])
+        );
         // A market added later opens a sid of its own, the others are full.
         let mut d2 = d;
         let id = SubId(1);
         d2.add_markets(id, names(&["D"]));
-        let cmds: Vec<String> = act.reconcile(&d2.wanted()).iter().map(Command::to_json).collect();
+        let cmds: Vec<String> = act
+            .reconcile(&d2.wanted())
+            .iter()
+            .map(Command::to_json)
+            .collect();
         assert_eq!(
             cmds,
-            [r#"{"id":5,"cmd":"subscribe","params":{"channels":["orderbook_delta"],"market_tickers":["D"],"use_yes_price":false}}"#]
+            [
+                r#"{"id":5,"cmd":"subscribe","params":{"channels":["orderbook_delta"],"market_tickers":["D"],"use_yes_price":false}}"#
+            ]
         );
     }
 
@@ -565,19 +666,36 @@ mod tests {
         d.subscribe(Channel::OrderbookDelta, Some(names(&["A", "B"])));
         let mut act = Actual::new(false);
         act.reconcile(&d.wanted());
-        act.on_reply(&env(r#"{"id":1,"type":"subscribed","msg":{"channel":"orderbook_delta","sid":3}}"#));
-        let out = act.on_reply(&env(r#"{"type":"error","sid":3,"msg":{"code":25,"msg":"Subscription buffer overflow"}}"#));
-        assert_eq!(out, [Outcome::Dead { sid: 3, channel: Channel::OrderbookDelta, markets: names(&["A", "B"]) }]);
+        act.on_reply(&env(
+            r#"{"id":1,"type":"subscribed","msg":{"channel":"orderbook_delta","sid":3}}"#,
+        ));
+        let out = act.on_reply(&env(
+            r#"{"type":"error","sid":3,"msg":{"code":25,"msg":"Subscription buffer overflow"}}"#,
+        ));
+        assert_eq!(
+            out,
+            [Outcome::Dead {
+                sid: 3,
+                channel: Channel::OrderbookDelta,
+                markets: names(&["A", "B"])
+            }]
+        );
         let cmds = act.reconcile(&d.wanted());
         assert_eq!(cmds.len(), 1, "resubscribed");
         let id = cmds[0].id;
         act.on_reply(&env(&format!(
             r#"{{"id":{id},"type":"error","msg":{{"code":16,"msg":"Market not found","market_ticker":"B"}}}}"#
         )));
-        let cmds: Vec<String> = act.reconcile(&d.wanted()).iter().map(Command::to_json).collect();
+        let cmds: Vec<String> = act
+            .reconcile(&d.wanted())
+            .iter()
+            .map(Command::to_json)
+            .collect();
         assert_eq!(
             cmds,
-            [r#"{"id":3,"cmd":"subscribe","params":{"channels":["orderbook_delta"],"market_tickers":["A"],"use_yes_price":false}}"#]
+            [
+                r#"{"id":3,"cmd":"subscribe","params":{"channels":["orderbook_delta"],"market_tickers":["A"],"use_yes_price":false}}"#
+            ]
         );
     }
 
@@ -587,12 +705,20 @@ mod tests {
         d.subscribe(Channel::OrderbookDelta, Some(names(&["A", "B"])));
         let mut act = Actual::new(false);
         act.reconcile(&d.wanted());
-        act.on_reply(&env(r#"{"id":1,"type":"subscribed","msg":{"channel":"orderbook_delta","sid":4}}"#));
+        act.on_reply(&env(
+            r#"{"id":1,"type":"subscribed","msg":{"channel":"orderbook_delta","sid":4}}"#,
+        ));
         let want: BTreeSet<String> = names(&["B", "Z"]).into_iter().collect();
-        let cmds: Vec<String> = act.snapshot_commands(&want).iter().map(Command::to_json).collect();
+        let cmds: Vec<String> = act
+            .snapshot_commands(&want)
+            .iter()
+            .map(Command::to_json)
+            .collect();
         assert_eq!(
             cmds,
-            [r#"{"id":2,"cmd":"update_subscription","params":{"sid":4,"market_tickers":["B"],"action":"get_snapshot"}}"#]
+            [
+                r#"{"id":2,"cmd":"update_subscription","params":{"sid":4,"market_tickers":["B"],"action":"get_snapshot"}}"#
+            ]
         );
     }
 }
