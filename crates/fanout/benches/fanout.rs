@@ -224,5 +224,69 @@ fn snapshot_from_cache(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, publish, receive, snapshot_from_cache);
+/// Publishing one trade when N subscriber tasks are parked in `recv` on a 2-worker runtime: the
+/// send wakes every one of them (each iteration waits, untimed, until all have taken the previous
+/// item and parked again). This is the "apart from wake-ups" part of the publish cost.
+fn publish_waking(c: &mut Criterion) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    let mut group = c.benchmark_group("publish_trade_waking_parked_tasks");
+    group.sample_size(10);
+    let body = Bytes::from_static(
+        br#"{"trade_id":"d91b","market_ticker":"KXFED-26JAN-T4.25","count_fp":"1.00"}"#,
+    );
+    for n in [100u64, 1_000, 10_000] {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .unwrap();
+        let (mut p, f) = setup(20, 4096);
+        let done = Arc::new(AtomicU64::new(0));
+        for _ in 0..n {
+            let mut s = f.subscriber();
+            s.add(Topic::channel(Channel::Trade), false).unwrap();
+            let done = done.clone();
+            rt.spawn(async move {
+                while let Some(d) = s.recv().await {
+                    black_box(d);
+                    done.fetch_add(1, Ordering::Release);
+                }
+            });
+        }
+        let mut published = 0u64;
+        group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, &n| {
+            b.iter_custom(|iters| {
+                let mut total = std::time::Duration::ZERO;
+                for _ in 0..iters {
+                    while done.load(Ordering::Acquire) < published * n {
+                        std::thread::yield_now();
+                    }
+                    // Let the last woken task get back into `recv`.
+                    std::thread::sleep(std::time::Duration::from_micros(200));
+                    let start = std::time::Instant::now();
+                    p.message(
+                        Channel::Trade,
+                        Some(MARKET),
+                        MessageType::Trade,
+                        body.clone(),
+                    );
+                    total += start.elapsed();
+                    published += 1;
+                }
+                total
+            })
+        });
+        drop(p);
+        rt.shutdown_background();
+    }
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    publish,
+    receive,
+    snapshot_from_cache,
+    publish_waking
+);
 criterion_main!(benches);
