@@ -16,6 +16,8 @@ use crate::client::{Client, Plan};
 use crate::procstat::{self, ProcDelta, ProcSample};
 use crate::stats::{Class, Connections, Percentiles, Stats, Traffic};
 
+/// Smallest server CPU time over which a per-frame figure is reported (10 ticks of 10 ms).
+const MIN_CPU_SECS: f64 = 0.1;
 /// File descriptors kept free for everything that is not a client socket.
 const SPARE_FDS: u64 = 256;
 
@@ -324,7 +326,8 @@ impl Load {
             .collect();
         let cpu_per_frame_us = processes
             .first()
-            .filter(|_| total.frames > 0)
+            // Below 10 clock ticks the figure is mostly rounding: leave it out.
+            .filter(|p| total.frames > 0 && p.cpu_secs >= MIN_CPU_SECS)
             .map(|p| p.cpu_secs * 1e6 / total.frames as f64);
         let connections = self.stats.connections();
         let all_receiving_secs = (connections.receiving >= self.clients as u64).then(|| {
