@@ -16,6 +16,7 @@ use upstream::State;
 
 use crate::config::RelayConfig;
 use crate::heartbeat::Heartbeat;
+use crate::security::Gate;
 
 /// The upstream's state as the relay reports it (`/status`, `/readyz`, `relay_status` events).
 #[derive(Clone, Debug, PartialEq)]
@@ -62,6 +63,10 @@ pub struct App {
     pub upstream: upstream::Upstream,
     pub metrics: PrometheusHandle,
     pub heartbeat: Arc<Heartbeat>,
+    /// Tokens, Origins, caps and the new-connection rate.
+    pub gate: Arc<Gate>,
+    /// TLS on the client listener, when configured.
+    pub tls: Option<crate::tls::Tls>,
     /// Cancelled when the relay stops: listeners stop accepting, sessions close with 1012.
     pub shutdown: CancellationToken,
     /// Every connection task; shutdown waits on it (bounded by the drain time).
@@ -92,13 +97,17 @@ impl App {
         fanout: fanout::Fanout,
         upstream: upstream::Upstream,
         metrics: PrometheusHandle,
+        tls: Option<crate::tls::Tls>,
     ) -> App {
         let heartbeat = Heartbeat::new(
             config.downstream.ping_interval(),
             config.downstream.pong_timeout(),
         );
         let now = Instant::now();
+        let gate = Arc::new(Gate::new(&config.security, config.listen));
         App {
+            gate,
+            tls,
             config,
             fanout,
             upstream,

@@ -163,6 +163,11 @@ impl ClientState {
         }
     }
 
+    /// Allows or forbids private channels from now on (after first-message authentication).
+    pub fn set_private_allowed(&mut self, allowed: bool) {
+        self.limits.private_allowed = allowed;
+    }
+
     /// The subscription carrying `channel`, if any (one sid per channel per connection).
     pub fn by_channel(&mut self, channel: Channel) -> Option<&mut ClientSub> {
         self.subs.values_mut().find(|s| s.channel == channel)

@@ -51,6 +51,8 @@ pub struct RelayConfig {
     pub upstream: upstream::UpstreamConfig,
     #[serde(default)]
     pub fanout: fanout::FanoutConfig,
+    #[serde(default)]
+    pub security: crate::security::SecurityConfig,
 }
 
 /// How the relay treats its clients.
@@ -145,6 +147,7 @@ impl RelayConfig {
                 ..Default::default()
             },
             fanout: fanout::FanoutConfig::default(),
+            security: crate::security::SecurityConfig::default(),
         }
     }
 }
@@ -330,6 +333,7 @@ impl RelayConfig {
                 self.admin_listen.expect("checked")
             ));
         }
+        errors.extend(self.security.problems(self.listen));
         if self.upstream.orderbook_use_yes_price {
             errors.push(
                 "upstream.orderbook_use_yes_price = true: must be false (the relay keeps books in \

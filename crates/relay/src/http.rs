@@ -23,7 +23,10 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, warn};
 
+use std::sync::atomic::Ordering;
+
 use crate::app::App;
+use crate::security::{presented_token, Refusal};
 use crate::session::{self, SessionOptions};
 
 /// The exchange's WebSocket path, and the short alias.
@@ -40,6 +43,9 @@ pub enum ListenerRole {
 }
 
 type Body = Full<Bytes>;
+
+/// A client that connects and never finishes TLS must not hold a task forever.
+const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Accepts until shutdown. Each connection is a tracked task.
 pub async fn serve(app: Arc<App>, listener: TcpListener, role: ListenerRole) {
@@ -63,8 +69,24 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, role: ListenerRole) {
             }
         }
         let app2 = app.clone();
-        app.tracker
-            .spawn(async move { serve_connection(app2, stream, peer, role).await });
+        match (&app.tls, role) {
+            (Some(tls), ListenerRole::Main) => {
+                let acceptor = tls.acceptor();
+                app.tracker.spawn(async move {
+                    let handshake =
+                        tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+                    match handshake.await {
+                        Ok(Ok(tls_stream)) => serve_connection(app2, tls_stream, peer, role).await,
+                        Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => debug!(%peer, "TLS handshake timed out"),
+                    }
+                });
+            }
+            _ => {
+                app.tracker
+                    .spawn(async move { serve_connection(app2, stream, peer, role).await });
+            }
+        }
     }
 }
 
@@ -181,6 +203,11 @@ fn upgrade(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Response<
     if app.shutdown.is_cancelled() {
         return refuse(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
     }
+    let header = |name: header::HeaderName| req.headers().get(name).and_then(|v| v.to_str().ok());
+    // Before anything else: a browser page from a foreign site must not ride a user's access.
+    if !app.gate.origin_allowed(header(header::ORIGIN)) {
+        return refuse(StatusCode::FORBIDDEN, "origin not allowed");
+    }
     let is_upgrade = header_has_token(&req, header::CONNECTION, "upgrade")
         && header_has_token(&req, header::UPGRADE, "websocket");
     let version_ok = req
@@ -193,10 +220,37 @@ fn upgrade(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Response<
     if !is_upgrade || !version_ok {
         return refuse(StatusCode::BAD_REQUEST, "not a websocket upgrade");
     }
+    let presented = presented_token(
+        header(header::AUTHORIZATION),
+        req.uri().query(),
+        header(header::COOKIE),
+    );
+    let identity = match app.gate.identify(presented.as_deref()) {
+        Ok(identity) => identity,
+        Err(_) => return refuse(StatusCode::UNAUTHORIZED, "invalid token"),
+    };
+    let admission = match app
+        .gate
+        .admit(peer.ip(), app.clients.load(Ordering::Relaxed))
+    {
+        Ok(admission) => admission,
+        Err(Refusal::Busy {
+            retry_after,
+            reason,
+        }) => {
+            let mut resp = refuse(StatusCode::SERVICE_UNAVAILABLE, reason);
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+            return resp;
+        }
+        Err(_) => return refuse(StatusCode::SERVICE_UNAVAILABLE, "refused"),
+    };
     let options = SessionOptions {
         relay_events: matches!(query_param(&req, "relay_events"), Some("1" | "true")),
         peer,
         limits: app.config.downstream.limits(),
+        identity,
+        admission,
     };
     let accept = derive_accept_key(key.as_bytes());
     let ws_config = app.ws_config();

@@ -29,7 +29,9 @@ pub mod feed;
 pub mod heartbeat;
 pub mod http;
 pub mod metrics;
+pub mod security;
 pub mod session;
+pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -85,6 +87,21 @@ impl RelayHandle {
         format!("ws://{}{}", self.addr, protocol::sign::WS_PATH)
     }
 
+    /// `wss://ADDR/trade-api/ws/v2` when TLS is on, else [`RelayHandle::ws_url`].
+    pub fn url(&self) -> String {
+        let scheme = if self.app.tls.is_some() { "wss" } else { "ws" };
+        format!("{scheme}://{}{}", self.addr, protocol::sign::WS_PATH)
+    }
+
+    /// Re-reads the TLS certificate and key (SIGHUP). Connections are not dropped; on error the
+    /// old pair stays in use.
+    pub fn reload_tls(&self) -> anyhow::Result<()> {
+        match &self.app.tls {
+            Some(tls) => tls.reload(),
+            None => Ok(()),
+        }
+    }
+
     /// The shared state (status, readiness), for tests and embedding.
     pub fn app(&self) -> &Arc<App> {
         &self.app
@@ -124,13 +141,25 @@ impl RelayHandle {
 
 /// Starts the relay on bound listeners and returns at once.
 pub async fn spawn(config: RelayConfig, listeners: Listeners) -> anyhow::Result<RelayHandle> {
+    let tls = config
+        .security
+        .tls
+        .as_ref()
+        .map(tls::Tls::load)
+        .transpose()?;
     let metrics = metrics::handle();
     let upstream_shutdown = CancellationToken::new();
     let (upstream, events) = upstream::spawn(config.upstream.clone(), upstream_shutdown.clone())
         .map_err(|e| anyhow::anyhow!("invalid upstream configuration: {e}"))?;
     let (publisher, fanout, registry) = fanout::new(config.fanout.clone());
     let warm = config.warm_markets.clone();
-    let app = Arc::new(App::new(config, fanout, upstream.clone(), metrics.clone()));
+    let app = Arc::new(App::new(
+        config,
+        fanout,
+        upstream.clone(),
+        metrics.clone(),
+        tls,
+    ));
 
     let addr = listeners.main.local_addr()?;
     let admin_addr = listeners
@@ -161,11 +190,13 @@ pub async fn spawn(config: RelayConfig, listeners: Listeners) -> anyhow::Result<
     })
 }
 
-/// The binary's whole run: the demo simulator if asked, bind, serve, and stop on `signal`.
+/// The binary's whole run: the demo simulator if asked, bind, serve, reload TLS on each message
+/// of `reload` (SIGHUP), and stop on `signal`.
 pub async fn start(
     mut config: RelayConfig,
     demo: bool,
     signal: impl Future<Output = ()>,
+    mut reload: tokio::sync::mpsc::UnboundedReceiver<()>,
 ) -> anyhow::Result<()> {
     let sim = if demo {
         Some(demo::start(&mut config).await?)
@@ -176,13 +207,22 @@ pub async fn start(
     let handle = spawn(config, listeners).await?;
     println!(
         "relay ready ws={} http=http://{}",
-        handle.ws_url(),
+        handle.url(),
         handle.addr
     );
     if let Some(sim) = &sim {
-        demo::print_hint(&handle.ws_url(), sim);
+        demo::print_hint(&handle.url(), sim);
     }
-    signal.await;
+    tokio::pin!(signal);
+    loop {
+        tokio::select! {
+            _ = &mut signal => break,
+            Some(()) = reload.recv() => match handle.reload_tls() {
+                Ok(()) => info!("TLS certificate reloaded"),
+                Err(e) => warn!(error = %format!("{e:#}"), "TLS reload failed; keeping the old certificate"),
+            },
+        }
+    }
     handle.shutdown().await;
     if let Some(sim) = sim {
         sim.shutdown().await;

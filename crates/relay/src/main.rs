@@ -38,6 +38,9 @@ struct Cli {
     /// Log format on stderr
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Read a client token on stdin, print its SHA-256 for `[[security.tokens]]`, and exit
+    #[arg(long)]
+    hash_token: bool,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -48,6 +51,9 @@ enum LogFormat {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.hash_token {
+        return hash_token();
+    }
     init_tracing(cli.log_format);
 
     let env: BTreeMap<String, String> = std::env::vars().collect();
@@ -79,13 +85,48 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_UNAVAILABLE);
         }
     };
-    match runtime.block_on(relay::start(config, cli.demo, shutdown_signal())) {
+    let run = async {
+        let (reload_tx, reload_rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(reload_on_sighup(reload_tx));
+        relay::start(config, cli.demo, shutdown_signal(), reload_rx).await
+    };
+    match runtime.block_on(run) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("relay: {e:#}");
             ExitCode::from(EXIT_UNAVAILABLE)
         }
     }
+}
+
+/// `relay --hash-token`: the token comes on stdin so it never sits in a process list or history.
+fn hash_token() -> ExitCode {
+    let mut token = String::new();
+    if std::io::stdin().read_line(&mut token).is_err() || token.trim().is_empty() {
+        eprintln!(
+            "relay: --hash-token reads the token from stdin (echo -n TOKEN | relay --hash-token)"
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    println!(
+        "{}",
+        relay::security::hash_token(token.trim_end_matches(['\n', '\r']))
+    );
+    ExitCode::SUCCESS
+}
+
+/// Each SIGHUP asks for the TLS certificate to be re-read.
+async fn reload_on_sighup(tx: tokio::sync::mpsc::UnboundedSender<()>) {
+    #[cfg(unix)]
+    if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        while hup.recv().await.is_some() {
+            if tx.send(()).is_err() {
+                return;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    drop(tx);
 }
 
 fn init_tracing(format: LogFormat) {

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use fanout::{Delivery, Subscriber, Topic, Verdict};
 use futures_util::{SinkExt, StreamExt};
-use protocol::{reply, Command};
+use protocol::{reply, Action, Command, ErrorCode};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
@@ -27,19 +27,26 @@ use tracing::{debug, Instrument};
 use crate::app::App;
 use crate::client::{ClientState, Effect, Limits};
 use crate::metrics as m;
+use crate::security::{Admission, Identity, Permission, TokenBucket};
 
 /// Per-connection choices made at the handshake.
-#[derive(Clone, Debug)]
 pub struct SessionOptions {
     /// `?relay_events=1`: also send `relay_status` and `relay_lagged` events.
     pub relay_events: bool,
     pub peer: SocketAddr,
     /// What this client may do (private channels, limits).
     pub limits: Limits,
+    /// Who the handshake said the client is.
+    pub identity: Identity,
+    /// The client's slot under the connection caps, released when the session ends.
+    pub admission: Admission,
 }
 
 /// How a session ends: a close frame to send (code, reason), or nothing (the client is gone).
 type Close = Option<(u16, &'static str)>;
+
+const UPSTREAM_UNAVAILABLE: Close = Some((1013, "upstream unavailable, reconnect later"));
+const UNAUTHORIZED: Close = Some((4001, "unauthorized"));
 
 /// Most deliveries written before a flush, so one busy client cannot starve its own reads.
 const MAX_BATCH: usize = 256;
@@ -99,6 +106,10 @@ struct Session<'a, S> {
     /// A server ping is outstanding and nothing has arrived since it was sent.
     awaiting_pong: bool,
     frames_written: u64,
+    /// Commands per second (token bucket); excess commands get error 27.
+    commands: TokenBucket,
+    /// Commands refused by the rate limit since the last accepted one.
+    refused_in_a_row: u32,
 }
 
 impl<'a, S> Session<'a, S>
@@ -106,10 +117,15 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     fn new(app: &'a App, ws: WebSocketStream<S>, options: SessionOptions) -> Self {
+        let security = &app.config.security;
+        let mut limits = options.limits.clone();
+        limits.private_allowed = options.identity.permission() == Some(Permission::Private);
         Session {
             app,
             ws,
-            state: ClientState::new(options.limits.clone()),
+            commands: TokenBucket::new(security.commands_per_second, security.command_burst),
+            refused_in_a_row: 0,
+            state: ClientState::new(limits),
             options,
             sub: app.fanout.subscriber(),
             buf: Vec::with_capacity(512),
@@ -120,6 +136,11 @@ where
 
     async fn run_loop(&mut self) -> Close {
         let app = self.app;
+        if self.options.identity == Identity::Pending {
+            if let Err(close) = self.authenticate_first().await {
+                return close;
+            }
+        }
         let mut slot = app.heartbeat.slot();
         let mut status = app.status.subscribe();
         if self.options.relay_events {
@@ -127,6 +148,11 @@ where
             if let Err(close) = self.send_event("relay_status", msg).await {
                 return close;
             }
+        } else if matches!(
+            status.borrow_and_update().state,
+            upstream::State::GaveUp { .. }
+        ) {
+            return UPSTREAM_UNAVAILABLE;
         }
         loop {
             let result = tokio::select! {
@@ -137,9 +163,16 @@ where
                 Ok(()) = slot.check.changed() => {
                     if self.awaiting_pong { Err(Some((1008, "pong timeout"))) } else { Ok(()) }
                 }
-                Ok(()) = status.changed(), if self.options.relay_events => {
-                    let msg = status.borrow_and_update().to_json();
-                    self.send_event("relay_status", msg).await
+                Ok(()) = status.changed() => {
+                    let now = status.borrow_and_update().clone();
+                    if self.options.relay_events {
+                        self.send_event("relay_status", now.to_json()).await
+                    } else if matches!(now.state, upstream::State::GaveUp { .. }) {
+                        // Those who did not ask for events are not left hanging on a dead feed.
+                        Err(UPSTREAM_UNAVAILABLE)
+                    } else {
+                        Ok(())
+                    }
                 }
             };
             if let Err(close) = result {
@@ -158,8 +191,8 @@ where
         match message {
             Message::Text(text) => self.on_command(text.as_bytes()).await,
             Message::Binary(_) => {
-                let frame = reply::error(0, protocol::ErrorCode::UnableToProcess, None);
-                self.send_now(frame).await
+                // Counted against the rate limit like any command.
+                self.on_command(b"").await
             }
             // tungstenite answers pings itself while we keep reading; pongs only prove liveness.
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Ok(()),
@@ -168,7 +201,27 @@ where
     }
 
     async fn on_command(&mut self, frame: &[u8]) -> Result<(), Close> {
-        let command = match Command::parse(frame) {
+        let parsed = Command::parse(frame);
+        if !self.commands.try_take(std::time::Instant::now()) {
+            self.refused_in_a_row += 1;
+            metrics::counter!(m::COMMANDS_TOTAL, "command" => "any", "result" => "rate_limited")
+                .increment(1);
+            if self.refused_in_a_row >= self.app.config.security.refused_commands_before_close {
+                return Err(Some((4029, "rate limited: too many commands")));
+            }
+            let id = parsed.as_ref().map_or_else(|e| e.id, |c| c.id);
+            return self
+                .send_now(reply::error(id, ErrorCode::TooManyRequests, None))
+                .await;
+        }
+        self.refused_in_a_row = 0;
+        let command = match parsed {
+            Ok(Command {
+                id,
+                action: Action::Auth { token },
+            }) => {
+                return self.reauthenticate(id, &token).await;
+            }
             Ok(command) => command,
             Err(e) => {
                 metrics::counter!(m::COMMANDS_TOTAL, "command" => "invalid", "result" => "error")
@@ -216,6 +269,49 @@ where
             }
         }
         self.flush().await
+    }
+
+    /// A client with no handshake token must send `{"cmd":"auth"}` first, within the timeout.
+    async fn authenticate_first(&mut self) -> Result<(), Close> {
+        let deadline = self.app.config.security.auth_timeout();
+        let first = match tokio::time::timeout(deadline, self.ws.next()).await {
+            Err(_) => return Err(Some((4001, "unauthorized: no auth within the timeout"))),
+            Ok(frame) => frame,
+        };
+        let text = match first {
+            None => return Err(None),
+            Some(Err(e)) => return Err(classify_read_error(&e)),
+            Some(Ok(Message::Text(text))) => text,
+            Some(Ok(_)) => return Err(UNAUTHORIZED),
+        };
+        match Command::parse(text.as_bytes()) {
+            Ok(Command {
+                id,
+                action: Action::Auth { token },
+            }) => self.reauthenticate(id, &token).await,
+            _ => Err(UNAUTHORIZED),
+        }
+    }
+
+    /// `{"cmd":"auth"}`: a valid token sets the client's permission; a bad one closes with 4001.
+    async fn reauthenticate(&mut self, id: u64, token: &str) -> Result<(), Close> {
+        let Some(identity) = self.app.gate.check_token(token) else {
+            metrics::counter!(m::COMMANDS_TOTAL, "command" => "auth", "result" => "error")
+                .increment(1);
+            return Err(UNAUTHORIZED);
+        };
+        if let Identity::Token { name, .. } = &identity {
+            debug!(token = %name, "authenticated");
+        }
+        self.state
+            .set_private_allowed(identity.permission() == Some(Permission::Private));
+        self.options.identity = identity;
+        metrics::counter!(m::COMMANDS_TOTAL, "command" => "auth", "result" => "ok").increment(1);
+        self.send_now(reply::ok(
+            id,
+            Some(serde_json::json!({ "authenticated": true })),
+        ))
+        .await
     }
 
     async fn on_delivery(&mut self, delivery: Option<Delivery>) -> Result<(), Close> {
