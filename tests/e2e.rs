@@ -422,3 +422,38 @@ async fn the_demo_serves_data_within_two_seconds_of_start() {
         .status();
     assert!(child.wait().unwrap().success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_coalescing_keeps_every_message_in_order() {
+    let sim = sim(SimConfig {
+        markets: 4,
+        rate: 1500.0,
+        seed: 21,
+        ..SimConfig::default()
+    })
+    .await;
+    let relay = relay(&sim, |c| c.downstream.coalesce_window_ms = 5).await;
+    let m = markets(&sim);
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let mut c = Client::connect(&relay.ws_url()).await;
+        c.send(subscribe(1, &["orderbook_delta", "trade", "ticker"], &m))
+            .await;
+        c.until("snapshots", |c| c.books.len() == m.len()).await;
+        clients.push(c);
+    }
+    let start = sim.stats().events_generated;
+    while sim.stats().events_generated < start + 1500 {
+        for c in clients.iter_mut() {
+            while c.step(Duration::from_millis(1)).await.is_some() {}
+        }
+    }
+    sim.pause();
+    for c in clients.iter_mut() {
+        // Seq is checked contiguous on every frame; the books must end exact.
+        c.converge(&sim, &m).await;
+        assert!(c.counts["orderbook_delta"] > 100, "{:?}", c.counts);
+    }
+    relay.shutdown().await;
+    sim.shutdown().await;
+}

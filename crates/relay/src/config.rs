@@ -83,6 +83,9 @@ pub struct DownstreamConfig {
     /// `net.ipv4.tcp_wmem`'s maximum, 4 MiB here, per slow client). A cap bounds kernel memory
     /// per client and makes a stalled client show as lagged sooner. Default: unset.
     pub socket_send_buffer_bytes: Option<usize>,
+    /// Write coalescing: after a client's first ready frame, wait up to this many milliseconds for
+    /// more before writing, so a burst costs one socket write. 0 turns it off. Default 0.
+    pub coalesce_window_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -105,6 +108,7 @@ impl Default for DownstreamConfig {
             duplicate_subscribe: DuplicateSubscribe::Merge,
             max_markets_per_connection: DEFAULT_MAX_MARKETS_PER_CONNECTION,
             socket_send_buffer_bytes: None,
+            coalesce_window_ms: 0,
         }
     }
 }
@@ -118,6 +122,9 @@ impl DownstreamConfig {
     }
     pub fn write_timeout(&self) -> Duration {
         Duration::from_secs(self.write_timeout_seconds)
+    }
+    pub fn coalesce_window(&self) -> Option<Duration> {
+        (self.coalesce_window_ms > 0).then(|| Duration::from_millis(self.coalesce_window_ms))
     }
     pub fn shutdown_drain(&self) -> Duration {
         Duration::from_secs(self.shutdown_drain_seconds)
@@ -314,6 +321,12 @@ impl RelayConfig {
             errors.push(format!(
                 "downstream.max_message_bytes = {}: must be at least 256",
                 d.max_message_bytes
+            ));
+        }
+        if d.coalesce_window_ms > 1_000 {
+            errors.push(format!(
+                "downstream.coalesce_window_ms = {}: must be at most 1000",
+                d.coalesce_window_ms
             ));
         }
         if d.read_buffer_bytes < 256 {

@@ -320,10 +320,23 @@ where
             return Err(Some((1012, "service restart")));
         };
         self.write_delivery(first).await?;
-        for _ in 1..MAX_BATCH {
+        let mut written = 1;
+        while written < MAX_BATCH {
             match self.sub.try_recv() {
                 Some(next) => self.write_delivery(next).await?,
                 None => break,
+            }
+            written += 1;
+        }
+        if let Some(window) = self.app.config.downstream.coalesce_window() {
+            // Gather what arrives within the window into the same write.
+            let deadline = tokio::time::Instant::now() + window;
+            while written < MAX_BATCH {
+                match tokio::time::timeout_at(deadline, self.sub.recv()).await {
+                    Ok(Some(next)) => self.write_delivery(next).await?,
+                    Ok(None) | Err(_) => break,
+                }
+                written += 1;
             }
         }
         self.flush().await
