@@ -457,3 +457,64 @@ async fn write_coalescing_keeps_every_message_in_order() {
     relay.shutdown().await;
     sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_book_released_upstream_is_never_served_frozen_to_its_next_subscriber() {
+    let sim = sim(SimConfig {
+        markets: 2,
+        rate: 400.0,
+        seed: 17,
+        ..SimConfig::default()
+    })
+    .await;
+    let relay = relay(&sim, |_| {}).await; // linger 0: released as soon as unwanted
+    let m = markets(&sim)[0].clone();
+    let held_upstream = |sim: &exchange_sim::Sim| {
+        sim.stats()
+            .per_connection
+            .iter()
+            .flat_map(|c| c.sids.clone())
+            .any(|s| {
+                s.channel == protocol::Channel::OrderbookDelta
+                    && s.markets.as_ref().is_some_and(|ms| ms.contains(&m))
+            })
+    };
+
+    let mut first = Client::connect(&relay.ws_url()).await;
+    first
+        .send(subscribe(1, &["orderbook_delta"], std::slice::from_ref(&m)))
+        .await;
+    first
+        .until("the snapshot", |c| c.books.contains_key(&m))
+        .await;
+    first
+        .send(json!({"id": 2, "cmd": "unsubscribe", "params": {"sids": [1]}}))
+        .await;
+    let deadline = Instant::now() + DEADLINE;
+    while held_upstream(&sim) {
+        assert!(
+            Instant::now() < deadline,
+            "the book was never released upstream"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The market moves on while nobody holds it.
+    let start = sim.stats().events_generated;
+    while sim.stats().events_generated < start + 400 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    sim.pause();
+    let now = truth(&sim, &m);
+
+    let mut second = Client::connect(&relay.ws_url()).await;
+    second
+        .send(subscribe(1, &["orderbook_delta"], std::slice::from_ref(&m)))
+        .await;
+    second.until("the snapshot", |c| c.snapshots >= 1).await;
+    assert_eq!(
+        second.books[&m], now,
+        "the first snapshot must be the current book"
+    );
+    relay.shutdown().await;
+    sim.shutdown().await;
+}

@@ -11,7 +11,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use fanout::{Publisher, RegistryEvents, Topic, TopicChange};
+use fanout::{PublishError, Publisher, RegistryEvents, Topic, TopicChange};
 use protocol::Channel;
 use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
@@ -20,8 +20,30 @@ use upstream::{BookUpdate, Event, State, SubId, Upstream};
 use crate::app::{now_ms, App, UpstreamStatus};
 
 /// Feeds the fanout until the upstream's event stream ends (after its shutdown).
-pub async fn publish(app: Arc<App>, mut events: mpsc::Receiver<Event>, mut publisher: Publisher) {
-    while let Some(event) = events.recv().await {
+///
+/// `released` carries books no longer subscribed upstream ([`follow_registry`]): their cached
+/// state is marked stale at once, so a client that subscribes again waits for the fresh snapshot
+/// instead of getting a frozen one. The `select!` is biased toward releases: a release is sent
+/// before the `add_markets` that could bring that book's next snapshot, so it is always applied
+/// first.
+pub async fn publish(
+    app: Arc<App>,
+    mut events: mpsc::Receiver<Event>,
+    mut released: mpsc::UnboundedReceiver<String>,
+    mut publisher: Publisher,
+) {
+    loop {
+        let event = tokio::select! {
+            biased;
+            Some(market) = released.recv() => {
+                publisher.mark_stale([market]);
+                continue;
+            }
+            event = events.recv() => match event {
+                Some(event) => event,
+                None => return,
+            },
+        };
         match event {
             Event::Data(data) => {
                 app.upstream_messages.fetch_add(1, Ordering::Relaxed);
@@ -29,17 +51,28 @@ pub async fn publish(app: Arc<App>, mut events: mpsc::Receiver<Event>, mut publi
                 let market = data.market.as_deref();
                 match (data.book, market) {
                     (Some(BookUpdate::Snapshot(snap)), Some(m)) => {
-                        if let Err(e) = publisher.snapshot(m, snap, data.body) {
-                            warn!(market = m, error = %e, "snapshot not published");
+                        match publisher.snapshot(m, snap, data.body) {
+                            // Whatever made the book stale (a gap, a reconnect, a delta that did
+                            // not fit), its snapshot ends it.
+                            Ok(_) => {
+                                app.stale.lock().remove(m);
+                            }
+                            Err(e) => warn!(market = m, error = %e, "snapshot not published"),
                         }
                     }
                     (Some(BookUpdate::Delta(delta)), Some(m)) => {
-                        if let Err(e) = publisher.delta(m, delta, data.body) {
-                            // The cached book and the exchange disagree: never serve it as is.
-                            warn!(market = m, error = %e, "delta refused; re-syncing the book");
-                            publisher.mark_stale([m]);
-                            app.stale.lock().insert(m.to_owned());
-                            app.upstream.request_snapshot(vec![m.to_owned()]);
+                        match publisher.delta(m, delta, data.body) {
+                            Ok(_) => {}
+                            // The book awaits its snapshot: this delta is covered by it.
+                            Err(PublishError::NotSynced { .. }) => {}
+                            Err(e @ PublishError::Inconsistent { .. }) => {
+                                // The fanout marked the book stale and told its subscribers; a
+                                // fresh snapshot from the exchange makes it valid again.
+                                warn!(market = m, error = %e, "delta did not fit; re-syncing the book");
+                                app.stale.lock().insert(m.to_owned());
+                                app.upstream.request_snapshot(vec![m.to_owned()]);
+                            }
+                            Err(e) => warn!(market = m, error = %e, "delta not published"),
                         }
                     }
                     _ => {
@@ -85,21 +118,32 @@ struct ChannelSubs {
     wide: Option<SubId>,
 }
 
-/// Keeps the upstream subscriptions equal to the registry's wanted topics plus `warm` books.
-pub async fn follow_registry(upstream: Upstream, mut registry: RegistryEvents, warm: Vec<String>) {
+/// Keeps the upstream subscriptions equal to the registry's wanted topics plus `warm` books, and
+/// reports books no longer subscribed (not warm) on `released`.
+pub async fn follow_registry(
+    upstream: Upstream,
+    mut registry: RegistryEvents,
+    warm: Vec<String>,
+    released: mpsc::UnboundedSender<String>,
+) {
     let mut channels: HashMap<Channel, ChannelSubs> = HashMap::new();
     if !warm.is_empty() {
         // A subscription of its own, never released: the warm books stay synced for readiness
         // and for the first client's instant snapshot.
-        let _warm = upstream.subscribe(Channel::OrderbookDelta, Some(warm));
+        let _warm = upstream.subscribe(Channel::OrderbookDelta, Some(warm.clone()));
     }
+    // Runs for the relay's life (the registry never closes); aborted at shutdown.
     loop {
-        let changes = registry.next().await;
-        if changes.is_empty() {
-            // The registry has closed (the fanout is gone).
-            return;
-        }
-        for change in changes {
+        for change in registry.next().await {
+            if let TopicChange::Unwanted(Topic {
+                channel: Channel::OrderbookDelta,
+                market: Some(m),
+            }) = &change
+            {
+                if !warm.iter().any(|w| w.as_str() == m.as_ref()) {
+                    let _ = released.send(m.to_string());
+                }
+            }
             apply(&upstream, &mut channels, change);
         }
     }

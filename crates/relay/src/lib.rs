@@ -167,9 +167,12 @@ pub async fn spawn(config: RelayConfig, listeners: Listeners) -> anyhow::Result<
         .as_ref()
         .map(|l| l.local_addr())
         .transpose()?;
+    // Books released upstream, from the registry follower to the publisher (unbounded: one
+    // message per market that loses its last subscriber, after the linger).
+    let (released_tx, released_rx) = tokio::sync::mpsc::unbounded_channel();
     let mut tasks = vec![
-        tokio::spawn(feed::publish(app.clone(), events, publisher)),
-        tokio::spawn(feed::follow_registry(upstream, registry, warm)),
+        tokio::spawn(feed::publish(app.clone(), events, released_rx, publisher)),
+        tokio::spawn(feed::follow_registry(upstream, registry, warm, released_tx)),
         tokio::spawn(app.heartbeat.clone().run(app.shutdown.clone())),
         tokio::spawn(metrics::upkeep(metrics, app.shutdown.clone())),
         tokio::spawn(http::serve(app.clone(), listeners.main, ListenerRole::Main)),
