@@ -18,6 +18,9 @@ impl fmt::Display for SubId {
 }
 
 /// One item of the session's output stream, in the order things happened.
+// `Data` dominates the stream; boxing it would add an allocation per message to save slots in
+// the bounded channel for the rare small variants.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 pub enum Event {
     /// The session's state changed (also visible through [`crate::Upstream::state`]).

@@ -76,13 +76,14 @@ impl Desired {
                     out.insert(want.channel, None);
                 }
                 Some(set) if set.is_empty() => {}
-                Some(set) => match out
-                    .entry(want.channel)
-                    .or_insert_with(|| Some(BTreeSet::new()))
-                {
-                    Some(all) => all.extend(set.iter().cloned()),
-                    None => {}
-                },
+                Some(set) => {
+                    if let Some(all) = out
+                        .entry(want.channel)
+                        .or_insert_with(|| Some(BTreeSet::new()))
+                    {
+                        all.extend(set.iter().cloned());
+                    }
+                }
             }
         }
         out

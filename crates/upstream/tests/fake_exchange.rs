@@ -4,6 +4,9 @@
 //! paused clock auto-advances whenever the runtime idles, even while loopback bytes are in
 //! flight, which would fire the liveness timer spuriously.
 
+// tungstenite's handshake callback signature returns its large `ErrorResponse` by value.
+#![allow(clippy::result_large_err)]
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
