@@ -483,11 +483,19 @@ impl Actual {
                         for m in &markets {
                             set.remove(m);
                         }
-                        if code == Some(ErrorCode::MarketLimitExceeded) {
-                            self.limits.insert(sub.channel, set.len().max(1));
-                        } else {
-                            self.refused
-                                .extend(markets.iter().map(|m| (sub.channel, Some(m.clone()))));
+                        match (code, &market) {
+                            (Some(ErrorCode::MarketLimitExceeded), _) => {
+                                self.limits.insert(sub.channel, set.len().max(1));
+                            }
+                            // The exchange named the one market it does not know: only that one
+                            // is refused; the others of the batch are added again by the next
+                            // reconcile (a client's bogus ticker must not poison its neighbours).
+                            (Some(ErrorCode::MarketNotFound), Some(m)) if markets.contains(m) => {
+                                self.refused.insert((sub.channel, Some(m.clone())));
+                            }
+                            _ => self
+                                .refused
+                                .extend(markets.iter().map(|m| (sub.channel, Some(m.clone())))),
                         }
                     }
                     if let Some(sid) = sub.sid {
@@ -697,6 +705,36 @@ mod tests {
             [
                 r#"{"id":3,"cmd":"subscribe","params":{"channels":["orderbook_delta"],"market_tickers":["A"],"use_yes_price":false}}"#
             ]
+        );
+    }
+
+    #[test]
+    fn an_unknown_market_in_a_batch_does_not_refuse_its_neighbours() {
+        let mut d = Desired::default();
+        let id = d.subscribe(Channel::OrderbookDelta, Some(names(&["A"])));
+        let mut act = Actual::new(false);
+        act.reconcile(&d.wanted());
+        act.on_reply(&env(
+            r#"{"id":1,"type":"subscribed","msg":{"channel":"orderbook_delta","sid":5}}"#,
+        ));
+        d.add_markets(id, names(&["B", "NOPE", "C"]));
+        let cmds = act.reconcile(&d.wanted());
+        assert_eq!(cmds.len(), 1, "one update for the batch");
+        let cmd = cmds[0].id;
+        act.on_reply(&env(&format!(
+            r#"{{"id":{cmd},"type":"error","msg":{{"code":16,"msg":"Market not found","market_ticker":"NOPE"}}}}"#
+        )));
+        let cmds: Vec<String> = act
+            .reconcile(&d.wanted())
+            .iter()
+            .map(Command::to_json)
+            .collect();
+        assert_eq!(
+            cmds,
+            [
+                r#"{"id":3,"cmd":"update_subscription","params":{"sid":5,"market_tickers":["B","C"],"action":"add_markets"}}"#
+            ],
+            "the good markets are added again, the unknown one is not"
         );
     }
 
