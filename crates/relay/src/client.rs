@@ -384,7 +384,7 @@ impl ClientState {
                     .markets
                     .as_mut()
                     .expect("a market-filtered subscription");
-                let fresh: Vec<&String> = u.markets.iter().filter(|m| !held.contains(*m)).collect();
+                let fresh: Vec<&String> = u.markets.iter().filter(|m| !held.contains(m)).collect();
                 if market_count + fresh.len() > max_markets {
                     return Err(err(ErrorCode::MarketLimitExceeded));
                 }

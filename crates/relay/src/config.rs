@@ -26,7 +26,7 @@ const DEFAULT_PONG_TIMEOUT_SECONDS: u64 = 10;
 const DEFAULT_WRITE_TIMEOUT_SECONDS: u64 = 10;
 const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024;
 const DEFAULT_WRITE_BUFFER_BYTES: usize = 16 * 1024;
-const DEFAULT_READ_BUFFER_BYTES: usize = 4 * 1024;
+const DEFAULT_READ_BUFFER_BYTES: usize = 1024;
 const DEFAULT_SHUTDOWN_DRAIN_SECONDS: u64 = 10;
 const DEFAULT_MAX_MARKETS_PER_CONNECTION: usize = 1_000;
 
@@ -69,7 +69,7 @@ pub struct DownstreamConfig {
     pub max_message_bytes: usize,
     /// Outgoing frames are gathered up to this many bytes before a write. Default 16384.
     pub write_buffer_bytes: usize,
-    /// Initial read buffer per connection. Default 4096.
+    /// Initial read buffer per connection (it grows for a larger message). Default 1024.
     pub read_buffer_bytes: usize,
     /// Seconds to wait for clients to take their close frames on shutdown. Default 10.
     pub shutdown_drain_seconds: u64,
