@@ -518,3 +518,82 @@ async fn a_book_released_upstream_is_never_served_frozen_to_its_next_subscriber(
     relay.shutdown().await;
     sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_answers_pings_is_closed_and_one_that_reads_stays() {
+    let sim = sim(SimConfig {
+        markets: 2,
+        rate: 20.0,
+        ..SimConfig::default()
+    })
+    .await;
+    let relay = relay(&sim, |c| {
+        c.downstream.ping_interval_seconds = 2;
+        c.downstream.pong_timeout_seconds = 1;
+    })
+    .await;
+    // tungstenite answers pings while it reads: this one reads, the other never does.
+    let mut reader = Client::connect(&relay.ws_url()).await;
+    let mut deaf = Client::connect(&relay.ws_url()).await;
+    let started = Instant::now();
+    // Within two ping intervals plus the timeout, the deaf client must be closed.
+    while started.elapsed() < Duration::from_secs(5) {
+        reader.step(Duration::from_millis(100)).await;
+        assert_eq!(
+            reader.ended, None,
+            "a client that reads answers pings and stays"
+        );
+    }
+    let mut pings = 0;
+    loop {
+        match tokio::time::timeout(
+            Duration::from_secs(5),
+            futures_util::StreamExt::next(&mut deaf.ws),
+        )
+        .await
+        {
+            Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Ping(_)))) => pings += 1,
+            Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Close(Some(close))))) => {
+                assert_eq!(u16::from(close.code), 1008);
+                assert_eq!(close.reason.as_str(), "pong timeout");
+                break;
+            }
+            other => panic!("expected pings then a 1008 close, got {other:?}"),
+        }
+    }
+    assert!(pings >= 1, "the relay pinged before giving up");
+    relay.shutdown().await;
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_and_metrics_move_to_the_admin_listener_when_configured() {
+    let sim = sim(SimConfig {
+        markets: 2,
+        rate: 20.0,
+        ..SimConfig::default()
+    })
+    .await;
+    let mut config = relay::config::RelayConfig::with_upstream(&sim.ws_url());
+    config.admin_listen = Some("127.0.0.1:0".parse().unwrap());
+    let listeners = relay::Listeners::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        Some("127.0.0.1:0".parse().unwrap()),
+    )
+    .await
+    .unwrap();
+    let relay = relay::spawn(config, listeners).await.unwrap();
+    let admin = relay.admin_addr.unwrap();
+    assert_eq!(http_get(relay.addr, "/metrics").await.0, 404);
+    assert_eq!(http_get(relay.addr, "/status").await.0, 404);
+    assert_eq!(http_get(relay.addr, "/healthz").await.0, 200);
+    let (status, metrics) = http_get(admin, "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(metrics.contains("relay_upstream_up"), "{metrics}");
+    let (status, body) = http_get(admin, "/status").await;
+    assert_eq!(status, 200);
+    let status: Value = serde_json::from_str(&body).unwrap();
+    assert!(status["upstream"]["upstream"].is_string(), "{status}");
+    relay.shutdown().await;
+    sim.shutdown().await;
+}

@@ -376,6 +376,35 @@ async fn ten_thousand_random_strings_and_json_values_leave_the_relay_and_others_
     let (status, _) = http_get(relay.addr, "/healthz").await;
     assert_eq!(status, 200);
 
+    // Once the hostile client is gone, the relay's state is back to what the normal client
+    // alone needs: one client, its topics only, and upstream subscriptions for its markets only.
+    drop(hostile);
+    let topics_of_normal = 2 * m.len();
+    let expected: std::collections::BTreeSet<String> = m.iter().cloned().collect();
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let (_, body) = http_get(relay.addr, "/status").await;
+        let status: Value = serde_json::from_str(&body).unwrap();
+        let upstream_markets: std::collections::BTreeSet<String> = sim
+            .stats()
+            .per_connection
+            .iter()
+            .flat_map(|c| c.sids.iter())
+            .flat_map(|s| s.markets.clone().unwrap_or_default())
+            .collect();
+        if status["clients"] == 1
+            && status["topics"] == topics_of_normal
+            && upstream_markets == expected
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "state never returned to baseline: {status} upstream {upstream_markets:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
     sim.pause();
     normal.converge(&sim, &m).await;
     assert_eq!(normal.ended, None);
