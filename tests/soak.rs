@@ -1,0 +1,773 @@
+//! Chaos soak: the simulator (in-process), the relay (a child process, restarted now and then)
+//! and a population of clients (normal, slow, stalled, reconnecting, private-channel and hostile)
+//! under a seeded random schedule of faults, with the relay's promises checked all along.
+//!
+//! ```sh
+//! cargo test -p relay --test soak -- --nocapture                                   # 60 s
+//! SOAK_SECONDS=3600 SOAK_SEED=7 cargo test --release -p relay --test soak -- --nocapture
+//! ```
+//!
+//! Invariants, and where each is checked:
+//! - every frame (`clients.rs`, `Conn::on_text`): seq contiguous per sid per connection, no delta
+//!   before its book's snapshot, every snapshot and delta applies, no unexpected reply or error;
+//!   well-behaved clients are only ever closed with 1012 or 4008 (1008 for those that stopped
+//!   reading), never without a close frame;
+//! - every fill (`fills.rs`): the account's position chain per market is unbroken within a
+//!   connection, unless the connection is then closed with 4008 or 1012;
+//! - every quiet point (simulator paused, relay caught up, awaited with a deadline): every
+//!   connected client's rebuilt book equals `Sim::book`; every fill a direct reference subscriber
+//!   saw in the epoch reached, in order, each private subscriber connected through the epoch; the
+//!   relay's client count and topic count equal what the clients hold (no leaked sessions or
+//!   subscriptions); its RSS is within the baseline band and its descriptors minus clients within
+//!   a few of the baseline;
+//! - every 50 ms (`watch_upstream`): the simulator sees at most one live (not blackholed)
+//!   session from the relay;
+//! - every restart: the relay exits 0 within its drain time after SIGTERM.
+
+#[path = "soak/clients.rs"]
+mod clients;
+#[path = "soak/fills.rs"]
+mod fills;
+#[path = "soak/hostile.rs"]
+mod hostile;
+#[path = "soak/relay_proc.rs"]
+mod relay_proc;
+#[path = "soak/tally.rs"]
+mod tally;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use exchange_sim::{Fault, Sim, SimConfig};
+use parking_lot::Mutex;
+use protocol::OrderBook;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use tokio::sync::{mpsc, watch};
+use tokio::time::{sleep, sleep_until, timeout, Instant};
+use tokio_util::sync::CancellationToken;
+
+use clients::{Ctl, Env, Kind, Spec};
+use fills::RefLog;
+use relay_proc::{ProcSample, RelayProc};
+use tally::Tally;
+
+/// Default seed: a run is replayed by its seed (and duration).
+const DEFAULT_SEED: u64 = 20261127;
+const DEFAULT_SECONDS: u64 = 60;
+/// Chaos between two quiet points.
+const EPOCH: Duration = Duration::from_secs(8);
+/// Faults dealt per epoch.
+const FAULTS_PER_EPOCH: usize = 3;
+/// RSS may exceed the process's first quiet-point RSS by this fraction or this much, whichever
+/// is larger, at any later quiet point.
+const RSS_BAND_FRACTION: f64 = 0.5;
+const RSS_BAND_MIN_KIB: u64 = 16 * 1024;
+/// Descriptors beyond one per client may exceed the baseline by this many (transient sockets).
+const FD_SLACK: i64 = 8;
+
+/// The deck of faults: shuffled, dealt in order, reshuffled when empty, so every kind comes up
+/// once per round whatever the seed.
+const FAULT_KINDS: &[&str] = &[
+    "drop",
+    "blackhole",
+    "stall_handshake",
+    "reject_auth",
+    "gap",
+    "duplicate",
+    "error_25",
+    "burst",
+    "client_disconnect",
+    "relay_restart",
+];
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+struct Client {
+    spec: Spec,
+    ctl: mpsc::Sender<Ctl>,
+}
+
+/// One relay process and its baselines.
+struct Relay {
+    proc: RelayProc,
+    baseline: Option<(u64, i64)>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_soak() {
+    let seconds = env_u64("SOAK_SECONDS", DEFAULT_SECONDS);
+    let seed = env_u64("SOAK_SEED", DEFAULT_SEED);
+    let wall = Instant::now();
+    let date = std::process::Command::new("date")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    eprintln!("soak: seed {seed}, {seconds} s, started {date}");
+    let mut rng = StdRng::seed_from_u64(seed);
+
+    let sim = Arc::new(
+        exchange_sim::start(
+            SimConfig {
+                markets: 8,
+                rate: 250.0,
+                seed,
+                ping_interval: Duration::from_millis(300),
+                ..SimConfig::default()
+            },
+            tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        )
+        .await
+        .unwrap(),
+    );
+    let markets = sim.markets();
+    let addr = relay_proc::free_addr();
+    let log = relay_proc::log_path(seed);
+    let _ = std::fs::remove_file(&log);
+    let mut relay = Some(spawn_relay(addr, &sim.ws_url(), &log).await);
+    let url = format!("ws://{addr}/trade-api/ws/v2");
+
+    let tally = Tally::new();
+    let stop = CancellationToken::new();
+    let (quiet_tx, quiet_rx) = watch::channel(false);
+    let epoch = Arc::new(AtomicU64::new(0));
+    let env = Env {
+        url: url.clone(),
+        tally: tally.clone(),
+        quiet: quiet_rx,
+        epoch: epoch.clone(),
+        stop: stop.clone(),
+    };
+
+    // The direct reference subscriber and the upstream-session watch.
+    let reflog = Arc::new(Mutex::new(RefLog::default()));
+    let mut tasks = vec![tokio::spawn(fills::reference(
+        sim.ws_url(),
+        epoch.clone(),
+        reflog.clone(),
+        tally.clone(),
+        stop.clone(),
+    ))];
+    let max_sessions = Arc::new(AtomicU64::new(0));
+    tasks.push(tokio::spawn(watch_upstream(
+        sim.clone(),
+        reflog.clone(),
+        tally.clone(),
+        max_sessions.clone(),
+        stop.clone(),
+    )));
+
+    // The population.
+    let some = |rng: &mut StdRng, lo: usize, hi: usize| -> Vec<String> {
+        let n = rng.gen_range(lo..=hi);
+        markets.choose_multiple(rng, n).cloned().collect()
+    };
+    let mut specs = Vec::new();
+    let mut add = |name: &str, kind: Kind, books: Vec<String>, private: Option<Vec<String>>| {
+        specs.push(Spec {
+            name: name.to_owned(),
+            kind,
+            books,
+            private_markets: private,
+        })
+    };
+    for i in 0..4 {
+        add(
+            &format!("normal{i}"),
+            Kind::Normal,
+            some(&mut rng, 3, 8),
+            None,
+        );
+    }
+    add("slow0", Kind::Slow { ms: 10 }, some(&mut rng, 2, 4), None);
+    add("slow1", Kind::Slow { ms: 40 }, some(&mut rng, 4, 8), None);
+    for i in 0..2 {
+        add(
+            &format!("stalled{i}"),
+            Kind::Stalled,
+            some(&mut rng, 2, 6),
+            None,
+        );
+    }
+    for i in 0..3 {
+        add(
+            &format!("reconnecting{i}"),
+            Kind::Reconnecting,
+            some(&mut rng, 1, 5),
+            None,
+        );
+    }
+    add("private0", Kind::Private { events: false }, vec![], None);
+    add(
+        "private1",
+        Kind::Private { events: true },
+        some(&mut rng, 1, 3),
+        None,
+    );
+    let filtered = some(&mut rng, 2, 4);
+    add(
+        "private2",
+        Kind::Private { events: false },
+        vec![],
+        Some(filtered),
+    );
+    add(
+        "stalled-private0",
+        Kind::StalledPrivate,
+        some(&mut rng, 4, 8),
+        None,
+    );
+    let mut clients = Vec::new();
+    for spec in specs {
+        let (ctl, handle) = clients::spawn(spec.clone(), env.clone(), rng.gen());
+        tasks.push(handle);
+        clients.push(Client { spec, ctl });
+    }
+    for attack in [
+        hostile::Attack::Garbage,
+        hostile::Attack::InvalidUtf8,
+        hostile::Attack::Oversized,
+        hostile::Attack::Flood,
+        hostile::Attack::RawTcp,
+    ] {
+        tasks.push(hostile::spawn(attack, env.clone(), rng.gen()));
+    }
+
+    // Warm up, then epochs of chaos, each closed by a quiet point.
+    sleep(Duration::from_secs(2)).await;
+    let mut samples: Vec<ProcSample> = Vec::new();
+    let mut deck: Vec<&str> = Vec::new();
+    let mut restarts = 0u64;
+    let q = QuietPoint {
+        sim: &sim,
+        clients: &clients,
+        reflog: &reflog,
+        tally: &tally,
+        quiet: &quiet_tx,
+        epoch: &epoch,
+    };
+    q.run(relay.as_mut().unwrap(), &mut samples).await;
+    let deadline = wall + Duration::from_secs(seconds);
+    while Instant::now() + EPOCH / 2 < deadline {
+        let start = Instant::now();
+        let mut offsets: Vec<Duration> = (0..FAULTS_PER_EPOCH)
+            .map(|_| Duration::from_millis(rng.gen_range(300..EPOCH.as_millis() as u64 - 2500)))
+            .collect();
+        offsets.sort();
+        for at in offsets {
+            sleep_until(start + at).await;
+            if deck.is_empty() {
+                deck = FAULT_KINDS.to_vec();
+                deck.shuffle(&mut rng);
+            }
+            let kind = deck.pop().unwrap();
+            tally.fault(kind);
+            tally.log(&format!("fault {kind}"));
+            match kind {
+                "drop" => sim.fault(Fault::Drop),
+                "blackhole" => sim.fault(Fault::Blackhole { seconds: Some(3) }),
+                "stall_handshake" => {
+                    let count = rng.gen_range(1..=2);
+                    sim.fault(Fault::StallHandshake { count });
+                    sim.fault(Fault::Drop);
+                }
+                "reject_auth" => {
+                    let count = rng.gen_range(1..=3);
+                    sim.fault(Fault::RejectAuth { count });
+                    sim.fault(Fault::Drop);
+                }
+                "gap" => {
+                    let market = rng
+                        .gen_bool(0.7)
+                        .then(|| markets.choose(&mut rng).unwrap().clone());
+                    sim.fault(Fault::Gap { sid: None, market });
+                }
+                "duplicate" => sim.fault(Fault::Duplicate { sid: None }),
+                "error_25" => sim.fault(Fault::Error {
+                    code: 25,
+                    sid: None,
+                }),
+                "burst" => sim.fault(Fault::Burst {
+                    count: rng.gen_range(500..3000),
+                }),
+                "client_disconnect" => {
+                    for c in clients.choose_multiple(&mut rng, 3) {
+                        let _ = c.ctl.try_send(Ctl::Disconnect);
+                    }
+                }
+                "relay_restart" => {
+                    restarts += 1;
+                    let old = relay.take().unwrap();
+                    let (status, took) = old.proc.terminate(Duration::from_secs(15)).await;
+                    match status {
+                        Some(s) if s.success() => {}
+                        other => tally.violation(format!(
+                            "relay restart {restarts}: SIGTERM gave {other:?} after {took:?}"
+                        )),
+                    }
+                    relay = Some(spawn_relay(addr, &sim.ws_url(), &log).await);
+                }
+                _ => unreachable!(),
+            }
+            check_alive(relay.as_mut().unwrap(), &tally);
+        }
+        sleep_until(start + EPOCH).await;
+        q.run(relay.as_mut().unwrap(), &mut samples).await;
+        check_alive(relay.as_mut().unwrap(), &tally);
+    }
+
+    // Stop: clients first (so a live relay closes nothing under them), then the relay.
+    stop.cancel();
+    for t in tasks {
+        let _ = timeout(Duration::from_secs(10), t).await;
+    }
+    let last = relay.take().unwrap();
+    let (status, took) = last.proc.terminate(Duration::from_secs(15)).await;
+    if !status.is_some_and(|s| s.success()) {
+        tally.violation(format!("final SIGTERM gave {status:?} after {took:?}"));
+    }
+
+    // Summary.
+    let c = tally.snapshot();
+    let stats = sim.stats();
+    let peak = samples.iter().map(|s| s.rss_kib).max().unwrap_or(0);
+    let last = samples.last().copied().unwrap_or_default();
+    let refl = reflog.lock();
+    let silent = c.fill_gaps_silent + c.fills_missing_silent;
+    let mut out = String::new();
+    let line = |out: &mut String, s: String| {
+        out.push_str(&s);
+        out.push('\n');
+    };
+    line(&mut out, "==== chaos soak summary ====".into());
+    line(
+        &mut out,
+        format!("seed: {seed}   (replay: SOAK_SEED={seed} SOAK_SECONDS={seconds})"),
+    );
+    line(&mut out, format!("started: {date}"));
+    line(
+        &mut out,
+        format!("duration: {:.1} s", wall.elapsed().as_secs_f64()),
+    );
+    line(
+        &mut out,
+        format!(
+            "faults injected: {} {:?}",
+            c.faults.values().sum::<u64>(),
+            c.faults
+        ),
+    );
+    line(
+        &mut out,
+        format!("simulator fault requests: {:?}", stats.faults),
+    );
+    line(&mut out, format!("relay restarts: {restarts}"));
+    line(&mut out, format!("client connections: {}", c.connections));
+    line(&mut out, format!("connection ends: {:?}", c.ends));
+    line(&mut out, format!("hostile outcomes: {:?}", c.hostile));
+    line(
+        &mut out,
+        format!(
+            "messages delivered: {} (snapshots {}, relay_lagged events {})",
+            c.messages, c.snapshots, c.relay_lagged_events
+        ),
+    );
+    line(&mut out, format!("quiet points: {}", c.quiet_points));
+    line(&mut out, format!("books checked: {}", c.books_checked));
+    line(&mut out, format!("books wrong: {}", c.books_wrong));
+    line(
+        &mut out,
+        format!(
+            "fills received by relayed private subscribers: {}",
+            c.fills_received
+        ),
+    );
+    line(
+        &mut out,
+        format!(
+            "fills seen by the direct reference: {} over {} sessions",
+            refl.fills.len(),
+            refl.sessions
+        ),
+    );
+    line(
+        &mut out,
+        format!(
+            "reference fills checked against whole-epoch subscribers: {}",
+            c.fills_checked
+        ),
+    );
+    line(
+        &mut out,
+        format!(
+            "fill chain gaps announced by 4008/1012: {}",
+            c.fill_gaps_announced
+        ),
+    );
+    line(
+        &mut out,
+        format!(
+            "fills lost silently: {silent} (chain gaps {}, reference fills missing {})",
+            c.fill_gaps_silent, c.fills_missing_silent
+        ),
+    );
+    line(
+        &mut out,
+        format!(
+            "max live upstream sessions seen: {}",
+            max_sessions.load(Ordering::SeqCst)
+        ),
+    );
+    line(&mut out, format!("relay RSS: peak {} KiB, final {} KiB; fds final {}; threads final {} (quiet-point samples: {})", peak, last.rss_kib, last.fds, last.threads, samples.len()));
+    line(&mut out, format!("relay log: {}", log.display()));
+    line(&mut out, format!("violations: {}", c.violations.len()));
+    for v in c.violations.iter().take(40) {
+        line(&mut out, format!("  - {v}"));
+    }
+    eprint!("{out}");
+    println!("{out}");
+    drop(refl);
+    match Arc::try_unwrap(sim) {
+        Ok(sim) => sim.shutdown().await,
+        Err(_) => {}
+    }
+    assert!(
+        c.violations.is_empty() && c.books_wrong == 0 && silent == 0,
+        "the soak found {} violation(s); replay with SOAK_SEED={seed} SOAK_SECONDS={seconds}",
+        c.violations.len()
+    );
+}
+
+async fn spawn_relay(addr: SocketAddr, upstream: &str, log: &std::path::Path) -> Relay {
+    let (upstream, log) = (upstream.to_owned(), log.to_owned());
+    let proc = tokio::task::spawn_blocking(move || RelayProc::spawn(addr, &upstream, &log))
+        .await
+        .unwrap();
+    Relay {
+        proc,
+        baseline: None,
+    }
+}
+
+fn check_alive(relay: &mut Relay, tally: &Tally) {
+    if let Some(status) = relay.proc.exited() {
+        tally.violation(format!("the relay exited on its own: {status:?}"));
+        panic!("the relay process died ({status:?}); see the relay log");
+    }
+}
+
+/// Every 50 ms: how many live sessions the simulator holds that are not the reference's.
+async fn watch_upstream(
+    sim: Arc<Sim>,
+    reflog: Arc<Mutex<RefLog>>,
+    tally: Arc<Tally>,
+    max: Arc<AtomicU64>,
+    stop: CancellationToken,
+) {
+    let mut reported = HashSet::new();
+    while !stop.is_cancelled() {
+        let stats = sim.stats();
+        let ours: HashSet<String> = reflog.lock().local_addrs.clone();
+        let live: Vec<_> = stats
+            .per_connection
+            .iter()
+            .filter(|c| !c.blackholed && !ours.contains(&c.peer))
+            .collect();
+        max.fetch_max(live.len() as u64, Ordering::SeqCst);
+        tally.session_samples.fetch_add(1, Ordering::Relaxed);
+        if live.len() > 1 {
+            let ids: Vec<u64> = live.iter().map(|c| c.id).collect();
+            if reported.insert(ids.clone()) {
+                tally.violation(format!(
+                    "the simulator holds {} live sessions from the relay at once: {:?}",
+                    live.len(),
+                    live.iter().map(|c| (c.id, &c.peer)).collect::<Vec<_>>()
+                ));
+            }
+        }
+        sleep(Duration::from_millis(50)).await;
+    }
+}
+
+struct QuietPoint<'a> {
+    sim: &'a Sim,
+    clients: &'a [Client],
+    reflog: &'a Mutex<RefLog>,
+    tally: &'a Tally,
+    quiet: &'a watch::Sender<bool>,
+    epoch: &'a AtomicU64,
+}
+
+impl QuietPoint<'_> {
+    /// Pauses the simulator, waits for the relay to catch up, checks everything, resumes.
+    async fn run(&self, relay: &mut Relay, samples: &mut Vec<ProcSample>) {
+        let tally = self.tally;
+        tally.log("quiet point: pausing");
+        let _ = self.quiet.send(true);
+        self.sim.pause();
+        let closing = self.epoch.load(Ordering::SeqCst);
+        if !await_ready(relay.proc.addr, Duration::from_secs(30)).await {
+            tally.violation(format!(
+                "quiet point {closing}: /readyz not 200 within 30 s"
+            ));
+        }
+        let truths: Arc<HashMap<String, OrderBook>> = Arc::new(
+            self.sim
+                .markets()
+                .into_iter()
+                .map(|m| {
+                    let mut b = OrderBook::new(m.clone());
+                    b.apply_snapshot(&self.sim.book(&m).unwrap()).unwrap();
+                    (m, b)
+                })
+                .collect(),
+        );
+        let ref_fills: Arc<Vec<fills::FillSeen>> = Arc::new(
+            self.reflog
+                .lock()
+                .fills
+                .iter()
+                .filter(|(e, _)| *e == closing)
+                .map(|(_, f)| f.clone())
+                .collect(),
+        );
+        let mut pending = Vec::new();
+        for c in self.clients {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let ctl = Ctl::Check {
+                truths: truths.clone(),
+                ref_fills: ref_fills.clone(),
+                epoch: closing,
+                reply: tx,
+            };
+            if c.ctl.send(ctl).await.is_ok() {
+                pending.push((c, rx));
+            }
+        }
+        let mut topics = BTreeSet::new();
+        for (c, rx) in pending {
+            let Ok(Ok(r)) = timeout(clients::CATCH_UP + Duration::from_secs(10), rx).await else {
+                tally.violation(format!(
+                    "quiet point {closing}: {} never answered its check",
+                    c.spec.name
+                ));
+                continue;
+            };
+            if !r.checked {
+                continue;
+            }
+            topics.extend(r.topics);
+            tally.with(|t| {
+                t.books_checked += r.books_checked;
+                t.books_wrong += r.books_wrong.len() as u64;
+                t.fills_checked += r.fills_checked;
+                t.fills_missing_silent += r.fills_missing.len() as u64;
+            });
+            if !r.books_wrong.is_empty() {
+                tally.violation(format!(
+                    "quiet point {closing}: {} has wrong books {:?} after {:?}",
+                    c.spec.name,
+                    r.books_wrong,
+                    clients::CATCH_UP
+                ));
+            }
+            if !r.fills_missing.is_empty() {
+                tally.violation(format!(
+                    "quiet point {closing}: {} (connected the whole epoch) never got {} of {} fills the simulator sent the reference, e.g. trade {}",
+                    c.spec.name,
+                    r.fills_missing.len(),
+                    r.fills_checked,
+                    r.fills_missing[0]
+                ));
+            }
+            if r.fills_out_of_order > 0 {
+                tally.violation(format!(
+                    "quiet point {closing}: {} got {} fills out of order",
+                    c.spec.name, r.fills_out_of_order
+                ));
+            }
+        }
+        // No leaked sessions or subscriptions: the relay's counts settle to ours.
+        let mut settled = None;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let live = self.tally.live.load(Ordering::SeqCst);
+            if let Some(s) = status(relay.proc.addr).await {
+                let clients = s["clients"].as_u64().unwrap_or(u64::MAX);
+                let held = s["topics"].as_u64().unwrap_or(u64::MAX);
+                settled = Some((clients, live, held, topics.len() as u64));
+                if clients == live && held == topics.len() as u64 {
+                    break;
+                }
+            }
+            sleep(Duration::from_millis(50)).await;
+        }
+        match settled {
+            Some((c, l, h, t)) if c == l && h == t => {}
+            other => tally.violation(format!(
+                "quiet point {closing}: relay (clients, topics) never settled to ours: (relay clients, ours, relay topics, ours) = {other:?}"
+            )),
+        }
+        let s = relay_proc::sample(relay.proc.pid);
+        let clients_now = self.tally.live.load(Ordering::SeqCst) as i64;
+        let free_fds = s.fds as i64 - clients_now;
+        match relay.baseline {
+            None => relay.baseline = Some((s.rss_kib, free_fds)),
+            Some((rss0, fds0)) => {
+                let band = rss0 + ((rss0 as f64 * RSS_BAND_FRACTION) as u64).max(RSS_BAND_MIN_KIB);
+                if s.rss_kib > band {
+                    tally.violation(format!(
+                        "quiet point {closing}: relay RSS {} KiB above its band {band} KiB (baseline {rss0})",
+                        s.rss_kib
+                    ));
+                }
+                if free_fds > fds0 + FD_SLACK {
+                    tally.violation(format!(
+                        "quiet point {closing}: relay holds {} descriptors beyond its {} clients (baseline {fds0})",
+                        free_fds, clients_now
+                    ));
+                }
+            }
+        }
+        samples.push(s);
+        tally.with(|t| t.quiet_points += 1);
+        tally.log(&format!(
+            "quiet point {closing} done (events {}): rss {} KiB, fds {}, threads {}, clients {}, topics {}, ref fills {}",
+            self.sim.stats().events_generated,
+            s.rss_kib,
+            s.fds,
+            s.threads,
+            clients_now,
+            topics.len(),
+            ref_fills.len()
+        ));
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        let _ = self.quiet.send(false);
+        self.sim.resume();
+    }
+}
+
+async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fut = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let req = format!("GET {path} HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.ok()?;
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).await.ok()?;
+        let text = String::from_utf8_lossy(&raw).to_string();
+        let code = text.split(' ').nth(1)?.parse().ok()?;
+        let body = text.split_once("\r\n\r\n")?.1.to_owned();
+        Some((code, body))
+    };
+    timeout(Duration::from_secs(3), fut).await.ok().flatten()
+}
+
+async fn await_ready(addr: SocketAddr, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if let Some((200, _)) = http_get(addr, "/readyz").await {
+            return true;
+        }
+        sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+async fn status(addr: SocketAddr) -> Option<serde_json::Value> {
+    let (code, body) = http_get(addr, "/status").await?;
+    (code == 200)
+        .then(|| serde_json::from_str(&body).ok())
+        .flatten()
+}
+
+#[allow(dead_code)]
+fn unused(_: BTreeMap<(), ()>) {}
+
+/// The smallest reproduction of what the soak found: a client subscribed to `fill` through the
+/// relay, the upstream connection drops (and two handshakes are refused, so the outage lasts a
+/// few backoff steps), the simulator keeps trading meanwhile. The client must end with either an
+/// unbroken position chain (nothing lost) or a 4008/1012 close (loss announced). Today it stays
+/// connected with a gap: see RELIABILITY.md, "Violations".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "relay bug: private fills lost silently across an upstream reconnect (RELIABILITY.md)"]
+async fn an_upstream_drop_never_leaves_a_private_subscriber_with_a_silent_fill_gap() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+    let sim = exchange_sim::start(
+        SimConfig {
+            markets: 2,
+            rate: 2000.0,
+            seed: 3,
+            ping_interval: Duration::from_millis(300),
+            ..SimConfig::default()
+        },
+        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+    )
+    .await
+    .unwrap();
+    let mut config = relay::config::RelayConfig::with_upstream(&sim.ws_url());
+    config.fanout.linger_seconds = 0;
+    config.upstream.backoff_base_seconds = 0.2;
+    config.upstream.backoff_cap_seconds = 0.5;
+    config.upstream.liveness_window_seconds = 2.0;
+    let listeners = relay::Listeners::bind("127.0.0.1:0".parse().unwrap(), None)
+        .await
+        .unwrap();
+    let relay = relay::spawn(config, listeners).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::connect_async(relay.ws_url())
+        .await
+        .unwrap();
+    let sub = r#"{"id":1,"cmd":"subscribe","params":{"channels":["fill"]}}"#;
+    ws.send(WsMessage::text(sub)).await.unwrap();
+
+    let mut track = fills::FillTrack::default();
+    let mut ended = None;
+    let mut faulted = false;
+    let deadline = Instant::now() + Duration::from_secs(8);
+    while Instant::now() < deadline && ended.is_none() {
+        if !faulted && track.seen.len() >= 10 {
+            sim.fault(Fault::RejectAuth { count: 2 });
+            sim.fault(Fault::Drop);
+            faulted = true;
+        }
+        match timeout(Duration::from_millis(200), ws.next()).await {
+            Err(_) => {}
+            Ok(Some(Ok(WsMessage::Text(text)))) => {
+                let env = protocol::Envelope::parse(text.as_bytes()).unwrap();
+                if let Some(f) = fills::decode(&env) {
+                    track.apply(f);
+                }
+            }
+            Ok(Some(Ok(WsMessage::Close(c)))) => ended = c.map(|c| u16::from(c.code)),
+            Ok(Some(Ok(_))) => {}
+            Ok(_) => ended = Some(0),
+        }
+    }
+    assert!(faulted, "the simulator produced too few fills");
+    assert!(
+        track.breaks.is_empty() || matches!(ended, Some(4008 | 1012)),
+        "fills lost and the client was not told: {} gap(s), first {:?}, connection {}",
+        track.breaks.len(),
+        track.breaks.first(),
+        match ended {
+            None => "still open".to_owned(),
+            Some(code) => format!("closed {code}"),
+        }
+    );
+    relay.shutdown().await;
+    sim.shutdown().await;
+}
