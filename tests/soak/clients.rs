@@ -157,8 +157,8 @@ async fn run(spec: Spec, mut env: Env, seed: u64, mut ctl: mpsc::Receiver<Ctl>) 
         };
         let ws = tokio::select! {
             _ = env.stop.cancelled() => return,
-            r = timeout(Duration::from_secs(3), tokio_tungstenite::connect_async(url)) => match r {
-                Ok(Ok((ws, _))) => ws,
+            r = timeout(Duration::from_secs(3), connect(url, spec.kind)) => match r {
+                Ok(Some(ws)) => ws,
                 _ => {
                     // The relay is restarting (refused) or busy: try again shortly, answering
                     // checks meanwhile as "not connected".
@@ -184,6 +184,31 @@ async fn run(spec: Spec, mut env: Env, seed: u64, mut ctl: mpsc::Receiver<Ctl>) 
             answer_unconnected(c);
         }
     }
+}
+
+/// Connects; clients that read slowly or stall get a small kernel receive buffer (as a client on
+/// a congested link would), so the relay, not the kernel, absorbs what they do not read.
+async fn connect(url: String, kind: Kind) -> Option<Ws> {
+    let small = kind.stalls() || matches!(kind, Kind::Slow { .. });
+    if !small {
+        return tokio_tungstenite::connect_async(url)
+            .await
+            .ok()
+            .map(|(ws, _)| ws);
+    }
+    let addr: std::net::SocketAddr = url
+        .trim_start_matches("ws://")
+        .split('/')
+        .next()?
+        .parse()
+        .ok()?;
+    let socket = tokio::net::TcpSocket::new_v4().ok()?;
+    socket.set_recv_buffer_size(4096).ok()?;
+    let stream = socket.connect(addr).await.ok()?;
+    let (ws, _) = tokio_tungstenite::client_async(url.as_str(), MaybeTlsStream::Plain(stream))
+        .await
+        .ok()?;
+    Some(ws)
 }
 
 fn answer_unconnected(c: Ctl) {
