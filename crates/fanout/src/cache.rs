@@ -132,7 +132,17 @@ impl Cache {
                 }
             }
             Some(name) => {
-                let m = self.market_mut(name);
+                // A market nothing was ever published for is answered without an entry: a
+                // client naming made-up tickers must not grow the cache. Its count is 0 (every
+                // item the publisher will number is new) and its book awaits its first snapshot.
+                let Some(m) = self.markets.get_mut(&**name) else {
+                    return Cut {
+                        seen: 0,
+                        book: with_book.then_some(BookCut::Stale),
+                        tickers: Vec::new(),
+                        market: Some(name.clone()),
+                    };
+                };
                 let book = with_book.then(|| {
                     if !m.book.is_synced() {
                         BookCut::Stale

@@ -164,6 +164,20 @@ impl Fanout {
             .map(|m| m.book.clone())
     }
 
+    /// Whether the cached book of `market` is synced (cheaper than [`Fanout::book`]: no copy).
+    pub fn is_synced(&self, market: &str) -> bool {
+        let cache = self.shared.cache.lock();
+        cache
+            .markets
+            .get(market)
+            .is_some_and(|m| m.book.is_synced())
+    }
+
+    /// How many markets the cache holds (each one something was published for).
+    pub fn cached_markets(&self) -> usize {
+        self.shared.cache.lock().markets.len()
+    }
+
     pub fn config(&self) -> &FanoutConfig {
         &self.shared.config
     }

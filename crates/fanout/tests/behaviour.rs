@@ -495,3 +495,29 @@ async fn registry_wants_and_unwants_after_the_linger() {
     d.add(topic.clone(), false).unwrap();
     assert_eq!(events.next().await, vec![TopicChange::Wanted(topic)]);
 }
+
+#[test]
+fn made_up_markets_do_not_grow_the_cache_and_real_ones_still_sync() {
+    let (mut p, f, _r) = fanout::new(FanoutConfig::default());
+    publish_snapshot(&mut p, "M", &[(Side::Yes, 800, 100)]);
+    let mut sub = f.subscriber();
+    for i in 0..1000 {
+        let name = format!("BOGUS-{i}");
+        sub.add(book_topic(&name), false).unwrap();
+        sub.add(Topic::market(Channel::Trade, &name), false)
+            .unwrap();
+        let _ = sub.request_snapshot(&name);
+        sub.remove(&book_topic(&name));
+    }
+    assert_eq!(f.cached_markets(), 1, "only what was published is cached");
+
+    // A market unknown at subscription time is served from its first snapshot on.
+    sub.add(book_topic("LATER"), false).unwrap();
+    assert!(sub.try_recv().is_none(), "nothing to send yet: no book");
+    publish_snapshot(&mut p, "LATER", &[(Side::No, 4000, 500)]);
+    publish_delta(&mut p, "LATER", Side::No, 4000, 100);
+    let mut view = ClientView::default();
+    drain(&mut sub, &mut view);
+    assert_eq!(view.books["LATER"].as_ref(), Some(&truth(&f, "LATER")));
+    assert!(f.is_synced("LATER") && !f.is_synced("BOGUS-1"));
+}
