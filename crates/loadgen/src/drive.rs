@@ -125,6 +125,9 @@ impl Driver<'_> {
         if let Some(p) = m.processes.iter().find(|p| p.name == "loadgen") {
             self.set("loadgen_cpu_cores", p.cpu_cores);
         }
+        if let Some(o) = m.other_cores {
+            self.set("other_cpu_cores", o);
+        }
         let closes: u64 = m.connections.closes.values().sum();
         let errors: u64 = m.connections.errors.values().sum();
         self.set("closes", closes as f64);
@@ -175,6 +178,7 @@ impl Driver<'_> {
         load.ramped(ramp_limit(s.clients, s.connect_rate)).await;
         sleep(s.warmup_secs).await;
         let mut last_good = 0.0;
+        let mut good_metrics = BTreeMap::new();
         for &rate in &s.ramp_rates {
             let body = format!(r#"{{"msgs_per_sec":{rate}}}"#);
             admin::sim_fault(self.admin_url, "rate", Some(&body)).await?;
@@ -200,7 +204,10 @@ impl Driver<'_> {
             last_good = rate;
             self.steady_metrics(&m);
             self.set("delivered_ratio", delivered);
+            good_metrics = self.metrics.clone();
         }
+        // The headline figures are those of the last good step, not of the failed one.
+        self.metrics = good_metrics;
         self.set("last_good_rate", last_good);
         Ok(())
     }

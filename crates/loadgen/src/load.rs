@@ -188,19 +188,24 @@ pub struct Measurement {
     pub processes: Vec<ProcDelta>,
     /// Server CPU per delivered frame, µs, for the first watched process.
     pub cpu_per_frame_us: Option<f64>,
+    /// Cores busy on the whole machine during the window, and the part not used by the
+    /// watched processes: other work competing for the CPU (the machine is shared).
+    pub host_busy_cores: Option<f64>,
+    pub other_cores: Option<f64>,
 }
 
 /// An open measurement window: started samples of the watched processes.
 pub struct Window {
     started: Instant,
     procs: Vec<(String, u32, ProcSample)>,
+    host_busy: Option<f64>,
 }
 
 impl Load {
     /// Starts the ramp; returns at once.
     pub async fn start(config: LoadConfig) -> Result<Load> {
         let classes = config.classes()?;
-        raise_nofile(config.clients as u64 * 2)?;
+        raise_nofile(config.clients as u64)?;
         let target = resolve(&config.url).await?;
         let plan = Arc::new(Plan {
             url: config.url.clone(),
@@ -310,6 +315,7 @@ impl Load {
         Window {
             started: Instant::now(),
             procs,
+            host_busy: procstat::host_busy_secs(),
         }
     }
 
@@ -329,6 +335,12 @@ impl Load {
             // Below 10 clock ticks the figure is mostly rounding: leave it out.
             .filter(|p| total.frames > 0 && p.cpu_secs >= MIN_CPU_SECS)
             .map(|p| p.cpu_secs * 1e6 / total.frames as f64);
+        let host_busy_cores = window
+            .host_busy
+            .zip(procstat::host_busy_secs())
+            .map(|(a, b)| (b - a).max(0.0) / secs.max(1e-9));
+        let watched: f64 = processes.iter().map(|p| p.cpu_cores).sum();
+        let other_cores = host_busy_cores.map(|h| (h - watched).max(0.0));
         let connections = self.stats.connections();
         let all_receiving_secs = (connections.receiving >= self.clients as u64).then(|| {
             let last = self.stats.last_first_data_ns();
@@ -345,6 +357,8 @@ impl Load {
             all_receiving_secs,
             processes,
             cpu_per_frame_us,
+            host_busy_cores,
+            other_cores,
         }
     }
 

@@ -36,6 +36,19 @@ pub fn sample(pid: u32) -> Option<ProcSample> {
     })
 }
 
+/// CPU seconds the whole machine spent busy (all but idle and iowait), from `/proc/stat`.
+pub fn host_busy_secs() -> Option<f64> {
+    let stat = fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal [guest guest_nice, included in user/nice]
+    let busy = v.first()? + v.get(1)? + v.get(2)? + v.get(5)? + v.get(6)? + v.get(7)?;
+    Some(busy as f64 / CLK_TCK)
+}
+
 fn status_kib(status: &str, key: &str) -> Option<u64> {
     status
         .lines()

@@ -60,6 +60,12 @@ pub fn measurement_table(m: &Measurement) -> String {
             p.name, p.pid, p.cpu_secs, p.cpu_cores, p.rss_start_kib, p.rss_end_kib, p.peak_rss_kib
         );
     }
+    if let (Some(h), Some(o)) = (m.host_busy_cores, m.other_cores) {
+        let _ = writeln!(
+            out,
+            "machine: {h:.2} cores busy, {o:.2} of them outside the watched processes"
+        );
+    }
     if let Some(c) = m.cpu_per_frame_us {
         let _ = writeln!(out, "server CPU per delivered frame: {c:.3} us");
     }
@@ -156,7 +162,7 @@ pub fn scenario_markdown(s: &ScenarioResult) -> String {
             }
             if has_ratio {
                 let ratio = match (med["relay"].get(k), med["baseline"].get(k)) {
-                    (Some((r, _)), Some((b, _))) if *b != 0.0 => format!("{:.2}x", r / b),
+                    (Some((r, _)), Some((b, _))) if b.abs() >= 1e-3 => format!("{:.2}x", r / b),
                     _ => "-".into(),
                 };
                 let _ = write!(out, " {ratio} |");

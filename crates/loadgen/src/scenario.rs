@@ -141,7 +141,7 @@ impl Scenario {
                 problems.push(format!("channels: unknown channel {c:?}"));
             }
         }
-        if !(self.duration_secs > 0.0) {
+        if self.duration_secs.is_nan() || self.duration_secs <= 0.0 {
             problems.push(format!(
                 "duration_secs = {}: must be > 0",
                 self.duration_secs
