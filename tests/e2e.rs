@@ -597,3 +597,64 @@ async fn status_and_metrics_move_to_the_admin_listener_when_configured() {
     relay.shutdown().await;
     sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_close_is_echoed() {
+    let sim = sim(SimConfig {
+        markets: 2,
+        rate: 20.0,
+        ..SimConfig::default()
+    })
+    .await;
+    let relay = relay(&sim, |_| {}).await;
+    let mut c = Client::connect(&relay.ws_url()).await;
+    c.ws.close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
+        code: 1000u16.into(),
+        reason: "bye".into(),
+    }))
+    .await
+    .unwrap();
+    // The relay answers the close handshake: the client sees the echo, not a reset.
+    assert_eq!(c.ended().await, Ended::Close(1000, "bye".into()));
+    relay.shutdown().await;
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_subscribers_are_told_when_the_upstream_connection_is_lost() {
+    let sim = sim(SimConfig {
+        markets: 2,
+        rate: 200.0,
+        ..SimConfig::default()
+    })
+    .await;
+    let relay = relay(&sim, |c| c.upstream.backoff_base_seconds = 0.1).await;
+    await_ready(relay.addr, 200).await;
+    let mut private = Client::connect(&relay.ws_url()).await;
+    private
+        .send(json!({"id": 1, "cmd": "subscribe", "params": {"channels": ["fill", "user_orders"]}}))
+        .await;
+    private.replies_until(2).await;
+    let mut public = Client::connect(&relay.ws_url()).await;
+    public
+        .send(subscribe(1, &["orderbook_delta"], &markets(&sim)))
+        .await;
+    public.until("snapshots", |c| c.books.len() == 2).await;
+
+    sim.fault(Fault::Drop);
+    // Fills during the outage are gone for good: never a silent gap.
+    match private.ended().await {
+        Ended::Close(4008, reason) => assert!(reason.contains("reconcile"), "{reason}"),
+        other => panic!("expected 4008, got {other:?}"),
+    }
+    let before = public.snapshots;
+    public
+        .until("fresh snapshots", |c| c.snapshots >= before + 2)
+        .await;
+    assert_eq!(
+        public.ended, None,
+        "public books are repaired, the client stays"
+    );
+    relay.shutdown().await;
+    sim.shutdown().await;
+}

@@ -478,7 +478,7 @@ async fn tls_clients_connect_with_the_generated_ca_and_a_reload_keeps_them() {
         });
     })
     .await;
-    let url = relay.url();
+    let url = relay.ws_url();
     assert!(url.starts_with("wss://"));
 
     let mut first = wss_client(&url, &ca_pem).await;

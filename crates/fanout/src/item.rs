@@ -4,7 +4,7 @@
 use std::fmt;
 use std::sync::{Arc, OnceLock};
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes};
 use protocol::{Channel, MessageType, OrderbookDelta, OrderbookSnapshot};
 
 /// What a subscriber asks for: one channel of one market, or a whole channel (`market: None`, a
@@ -152,7 +152,7 @@ impl Item {
     }
 
     /// Appends `{"type":..,"sid":..,"seq":..,"msg":<body>}` to `buf` (`seq` left out when `None`).
-    pub fn write_envelope(&self, buf: &mut Vec<u8>, sid: u64, seq: Option<u64>, yes: bool) {
+    pub fn write_envelope<B: BufMut>(&self, buf: &mut B, sid: u64, seq: Option<u64>, yes: bool) {
         write_envelope(buf, self.kind.as_str(), sid, seq, self.body_for(yes));
     }
 }
@@ -176,22 +176,21 @@ fn encode<T: serde::Serialize>(value: &T) -> Bytes {
 
 /// Appends one server envelope around an already-encoded body. `kind` must not need JSON
 /// escaping (every message type name is plain ASCII).
-pub fn write_envelope(buf: &mut Vec<u8>, kind: &str, sid: u64, seq: Option<u64>, body: &[u8]) {
-    buf.reserve(40 + kind.len() + body.len());
-    buf.extend_from_slice(b"{\"type\":\"");
-    buf.extend_from_slice(kind.as_bytes());
-    buf.extend_from_slice(b"\",\"sid\":");
+pub fn write_envelope<B: BufMut>(buf: &mut B, kind: &str, sid: u64, seq: Option<u64>, body: &[u8]) {
+    buf.put_slice(b"{\"type\":\"");
+    buf.put_slice(kind.as_bytes());
+    buf.put_slice(b"\",\"sid\":");
     push_u64(buf, sid);
     if let Some(seq) = seq {
-        buf.extend_from_slice(b",\"seq\":");
+        buf.put_slice(b",\"seq\":");
         push_u64(buf, seq);
     }
-    buf.extend_from_slice(b",\"msg\":");
-    buf.extend_from_slice(body);
-    buf.push(b'}');
+    buf.put_slice(b",\"msg\":");
+    buf.put_slice(body);
+    buf.put_u8(b'}');
 }
 
-fn push_u64(buf: &mut Vec<u8>, mut n: u64) {
+fn push_u64<B: BufMut>(buf: &mut B, mut n: u64) {
     let mut digits = [0u8; 20];
     let mut i = digits.len();
     loop {
@@ -202,7 +201,7 @@ fn push_u64(buf: &mut Vec<u8>, mut n: u64) {
             break;
         }
     }
-    buf.extend_from_slice(&digits[i..]);
+    buf.put_slice(&digits[i..]);
 }
 
 #[cfg(test)]

@@ -15,7 +15,12 @@ pub enum BookError {
     #[error("delta for {0} carries no price or no size change")]
     Incomplete(String),
     #[error("delta for {market} would leave {side:?} {price} at {size}")]
-    NegativeLevel { market: String, side: Side, price: Price, size: Count },
+    NegativeLevel {
+        market: String,
+        side: Side,
+        price: Price,
+        size: Count,
+    },
 }
 
 /// One market's book. Levels with size zero do not exist.
@@ -30,7 +35,12 @@ pub struct OrderBook {
 impl OrderBook {
     /// An empty book, not yet synced: deltas are refused until a snapshot arrives.
     pub fn new(market: impl Into<String>) -> OrderBook {
-        OrderBook { market: market.into(), yes: BTreeMap::new(), no: BTreeMap::new(), synced: false }
+        OrderBook {
+            market: market.into(),
+            yes: BTreeMap::new(),
+            no: BTreeMap::new(),
+            synced: false,
+        }
     }
 
     pub fn market(&self) -> &str {
@@ -53,7 +63,10 @@ impl OrderBook {
         if got == self.market {
             Ok(())
         } else {
-            Err(BookError::WrongMarket { want: self.market.clone(), got: got.to_owned() })
+            Err(BookError::WrongMarket {
+                want: self.market.clone(),
+                got: got.to_owned(),
+            })
         }
     }
 
@@ -61,7 +74,11 @@ impl OrderBook {
     pub fn apply_snapshot(&mut self, snap: &OrderbookSnapshot) -> Result<(), BookError> {
         self.check_market(&snap.market_ticker)?;
         let collect = |levels: Vec<Level>| {
-            levels.into_iter().filter(|l| l.1.units() > 0).map(|Level(p, c)| (p, c)).collect()
+            levels
+                .into_iter()
+                .filter(|l| l.1.units() > 0)
+                .map(|Level(p, c)| (p, c))
+                .collect()
         };
         self.yes = collect(snap.levels(Side::Yes));
         self.no = collect(snap.levels(Side::No));
@@ -173,16 +190,23 @@ mod tests {
     fn snapshot_then_deltas_matches_the_hand_computed_book() {
         let mut book = OrderBook::new("M");
         book.apply_snapshot(&snapshot()).unwrap();
-        book.apply_delta(&delta("M", Side::Yes, "0.2200", "-33.00")).unwrap();
-        book.apply_delta(&delta("M", Side::Yes, "0.0800", "-300.00")).unwrap();
-        book.apply_delta(&delta("M", Side::No, "0.5500", "12.50")).unwrap();
-        book.apply_delta(&delta("M", Side::Yes, "0.3000", "1.00")).unwrap();
+        book.apply_delta(&delta("M", Side::Yes, "0.2200", "-33.00"))
+            .unwrap();
+        book.apply_delta(&delta("M", Side::Yes, "0.0800", "-300.00"))
+            .unwrap();
+        book.apply_delta(&delta("M", Side::No, "0.5500", "12.50"))
+            .unwrap();
+        book.apply_delta(&delta("M", Side::Yes, "0.3000", "1.00"))
+            .unwrap();
         let want: OrderbookSnapshot = serde_json::from_str(
             r#"{"market_ticker":"M","yes_dollars_fp":[["0.2200","300.00"],["0.3000","1.00"]],"no_dollars_fp":[["0.5400","20.00"],["0.5500","12.50"]]}"#,
         )
         .unwrap();
         assert_eq!(book.to_snapshot(), want);
-        assert_eq!(book.best_bid(Side::Yes), Some(("0.3000".parse().unwrap(), "1.00".parse().unwrap())));
+        assert_eq!(
+            book.best_bid(Side::Yes),
+            Some(("0.3000".parse().unwrap(), "1.00".parse().unwrap()))
+        );
         assert_eq!(book.best_yes_ask().unwrap().0.to_string(), "0.4500");
         assert_eq!(book.best_no_ask().unwrap().0.to_string(), "0.7000");
     }
@@ -207,18 +231,25 @@ mod tests {
         assert_eq!(book, before, "a refused delta changes nothing");
         book.desync();
         assert!(!book.is_synced());
-        assert!(book.apply_delta(&delta("M", Side::Yes, "0.0800", "1.00")).is_err());
+        assert!(book
+            .apply_delta(&delta("M", Side::Yes, "0.0800", "1.00"))
+            .is_err());
     }
 
     #[test]
     fn legacy_integer_fields_apply() {
         let mut book = OrderBook::new("M");
         let snap: OrderbookSnapshot =
-            serde_json::from_str(r#"{"market_ticker":"M","yes":[[8,300]],"no":[[54,20]]}"#).unwrap();
+            serde_json::from_str(r#"{"market_ticker":"M","yes":[[8,300]],"no":[[54,20]]}"#)
+                .unwrap();
         book.apply_snapshot(&snap).unwrap();
         let d: OrderbookDelta =
-            serde_json::from_str(r#"{"market_ticker":"M","price":8,"delta":-100,"side":"yes"}"#).unwrap();
+            serde_json::from_str(r#"{"market_ticker":"M","price":8,"delta":-100,"side":"yes"}"#)
+                .unwrap();
         book.apply_delta(&d).unwrap();
-        assert_eq!(book.size_at(Side::Yes, Price::from_cents(8)), Count::from_whole(200));
+        assert_eq!(
+            book.size_at(Side::Yes, Price::from_cents(8)),
+            Count::from_whole(200)
+        );
     }
 }

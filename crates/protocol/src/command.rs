@@ -100,7 +100,9 @@ impl ErrorCode {
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
-            ErrorCode::ChannelError | ErrorCode::SubscriptionBufferOverflow | ErrorCode::InternalError
+            ErrorCode::ChannelError
+                | ErrorCode::SubscriptionBufferOverflow
+                | ErrorCode::InternalError
         )
     }
 }
@@ -116,7 +118,11 @@ pub struct CommandError {
 
 impl CommandError {
     pub fn new(id: u64, code: ErrorCode) -> CommandError {
-        CommandError { id, code, market_ticker: None }
+        CommandError {
+            id,
+            code,
+            market_ticker: None,
+        }
     }
 
     /// The error reply frame.
@@ -135,13 +141,17 @@ pub struct Command {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
     Subscribe(Subscribe),
-    Unsubscribe { sids: Vec<u64> },
+    Unsubscribe {
+        sids: Vec<u64>,
+    },
     UpdateSubscription(UpdateSubscription),
     ListSubscriptions,
     /// Relay extension: `{"id":N,"cmd":"ping"}`, answered `{"id":N,"type":"pong"}`.
     Ping,
     /// Relay extension: first-message authentication.
-    Auth { token: String },
+    Auth {
+        token: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -189,7 +199,9 @@ impl Command {
         };
         let id = match obj.get("id") {
             None | Some(Value::Null) => 0,
-            Some(v) => v.as_u64().ok_or(CommandError::new(0, ErrorCode::InvalidParameter))?,
+            Some(v) => v
+                .as_u64()
+                .ok_or(CommandError::new(0, ErrorCode::InvalidParameter))?,
         };
         let err = |code| CommandError::new(id, code);
         let cmd = match obj.get("cmd") {
@@ -208,7 +220,9 @@ impl Command {
                 let params = params.ok_or(err(ErrorCode::ParamsRequired))?;
                 let sids = match params.get("sids") {
                     None | Some(Value::Null) => return Err(err(ErrorCode::SidsRequired)),
-                    Some(v) => u64_list(v).ok_or(err(ErrorCode::InvalidParameter))?,
+                    Some(v) => {
+                        u64_list(v, MAX_SIDS_PER_COMMAND).ok_or(err(ErrorCode::InvalidParameter))?
+                    }
                 };
                 if sids.is_empty() {
                     return Err(err(ErrorCode::SidsRequired));
@@ -223,7 +237,9 @@ impl Command {
                     .and_then(|p| p.get("token"))
                     .and_then(Value::as_str)
                     .ok_or(err(ErrorCode::ParamsRequired))?;
-                Action::Auth { token: token.to_owned() }
+                Action::Auth {
+                    token: token.to_owned(),
+                }
             }
             _ => return Err(err(ErrorCode::UnknownCommand)),
         };
@@ -253,7 +269,9 @@ impl Command {
             Action::Unsubscribe { sids } => ("unsubscribe", Some(json!({ "sids": sids }))),
             Action::UpdateSubscription(u) => (
                 "update_subscription",
-                Some(json!({ "sid": u.sid, "market_tickers": u.markets, "action": u.action.as_str() })),
+                Some(
+                    json!({ "sid": u.sid, "market_tickers": u.markets, "action": u.action.as_str() }),
+                ),
             ),
             Action::ListSubscriptions => ("list_subscriptions", None),
             Action::Ping => ("ping", None),
@@ -269,12 +287,49 @@ impl Command {
     }
 }
 
-fn u64_list(v: &Value) -> Option<Vec<u64>> {
-    v.as_array()?.iter().map(Value::as_u64).collect()
+/// Most markets one command may name (more is error 11): a command must not fan out without
+/// bound into topics, replies or upstream work.
+pub const MAX_MARKETS_PER_COMMAND: usize = 1_000;
+/// Most sids one `unsubscribe` may name (more is error 11).
+pub const MAX_SIDS_PER_COMMAND: usize = 100;
+/// Longest market ticker accepted (longer is error 11).
+pub const MAX_TICKER_LEN: usize = 128;
+
+/// A list of integers, duplicates dropped (first occurrence kept), at most `max` long.
+fn u64_list(v: &Value, max: usize) -> Option<Vec<u64>> {
+    let list = v.as_array()?;
+    if list.len() > max {
+        return None;
+    }
+    let mut out: Vec<u64> = Vec::with_capacity(list.len());
+    for item in list {
+        let n = item.as_u64()?;
+        if !out.contains(&n) {
+            out.push(n);
+        }
+    }
+    Some(out)
 }
 
-fn string_list(v: &Value) -> Option<Vec<String>> {
-    v.as_array()?.iter().map(|s| s.as_str().map(str::to_owned)).collect()
+/// A list of strings, duplicates dropped (first occurrence kept), at most `max` long.
+fn string_list(v: &Value, max: usize) -> Option<Vec<String>> {
+    let list = v.as_array()?;
+    if list.len() > max {
+        return None;
+    }
+    let mut seen = std::collections::HashSet::with_capacity(list.len());
+    let mut out = Vec::with_capacity(list.len());
+    for item in list {
+        let s = item.as_str()?;
+        if seen.insert(s) {
+            out.push(s.to_owned());
+        }
+    }
+    Some(out)
+}
+
+fn valid_ticker(t: &str) -> bool {
+    !t.is_empty() && t.len() <= MAX_TICKER_LEN
 }
 
 fn opt_bool(
@@ -297,12 +352,12 @@ fn markets(id: u64, params: &Map<String, Value>) -> Result<Option<Vec<String>>, 
     match (one, many) {
         (Some(_), Some(_)) => Err(invalid),
         (Some(v), None) => {
-            let t = v.as_str().ok_or(invalid)?;
+            let t = v.as_str().filter(|t| valid_ticker(t)).ok_or(invalid)?;
             Ok(Some(vec![t.to_owned()]))
         }
         (None, Some(v)) => {
-            let list = string_list(v).ok_or(invalid.clone())?;
-            if list.iter().any(String::is_empty) {
+            let list = string_list(v, MAX_MARKETS_PER_COMMAND).ok_or(invalid.clone())?;
+            if !list.iter().all(|t| valid_ticker(t)) {
                 return Err(invalid);
             }
             Ok(Some(list))
@@ -319,7 +374,9 @@ fn parse_subscribe(
     let params = params.ok_or(err(ErrorCode::ParamsRequired))?;
     let names = match params.get("channels") {
         None | Some(Value::Null) => return Err(err(ErrorCode::ChannelsRequired)),
-        Some(v) => string_list(v).ok_or(err(ErrorCode::InvalidParameter))?,
+        Some(v) => {
+            string_list(v, Channel::ALL.len() * 4).ok_or(err(ErrorCode::InvalidParameter))?
+        }
     };
     if names.is_empty() {
         return Err(err(ErrorCode::ChannelsRequired));
@@ -359,7 +416,7 @@ fn parse_update(
         params.get("sids").filter(|v| !v.is_null()),
     ) {
         (Some(sid), None) => sid.as_u64().ok_or(err(ErrorCode::InvalidParameter))?,
-        (None, Some(sids)) => match u64_list(sids).as_deref() {
+        (None, Some(sids)) => match u64_list(sids, MAX_SIDS_PER_COMMAND).as_deref() {
             Some([sid]) => *sid,
             Some(_) => return Err(err(ErrorCode::ExactlyOneSid)),
             None => return Err(err(ErrorCode::InvalidParameter)),
@@ -379,7 +436,11 @@ fn parse_update(
     let markets = markets(id, params)?
         .filter(|m| !m.is_empty())
         .ok_or(err(ErrorCode::MarketTickerRequired))?;
-    Ok(UpdateSubscription { sid, markets, action })
+    Ok(UpdateSubscription {
+        sid,
+        markets,
+        action,
+    })
 }
 
 /// Reply frames, as the reference shows them. An `id` of 0 is left out.
@@ -387,7 +448,13 @@ pub mod reply {
     use super::ErrorCode;
     use serde_json::{json, Map, Value};
 
-    fn frame(id: u64, kind: &str, sid: Option<u64>, seq: Option<u64>, msg: Option<Value>) -> String {
+    fn frame(
+        id: u64,
+        kind: &str,
+        sid: Option<u64>,
+        seq: Option<u64>,
+        msg: Option<Value>,
+    ) -> String {
         let mut obj = Map::new();
         if id != 0 {
             obj.insert("id".into(), json!(id));
@@ -407,7 +474,13 @@ pub mod reply {
 
     /// `{"id":1,"type":"subscribed","msg":{"channel":"orderbook_delta","sid":1}}`
     pub fn subscribed(id: u64, channel: &str, sid: u64) -> String {
-        frame(id, "subscribed", None, None, Some(json!({ "channel": channel, "sid": sid })))
+        frame(
+            id,
+            "subscribed",
+            None,
+            None,
+            Some(json!({ "channel": channel, "sid": sid })),
+        )
     }
 
     /// `{"id":3,"type":"unsubscribed","sid":2,"seq":7}`; `seq` is the sid's last seq, if it has one.
@@ -417,13 +490,21 @@ pub mod reply {
 
     /// `{"id":4,"type":"ok","sid":1,"seq":222,"msg":{"market_tickers":[...]}}` after an update.
     pub fn ok_markets(id: u64, sid: u64, seq: Option<u64>, markets: &[String]) -> String {
-        frame(id, "ok", Some(sid), seq, Some(json!({ "market_tickers": markets })))
+        frame(
+            id,
+            "ok",
+            Some(sid),
+            seq,
+            Some(json!({ "market_tickers": markets })),
+        )
     }
 
     /// `{"id":7,"type":"ok","msg":[{"channel":"orderbook_delta","sid":1},...]}`
     pub fn ok_list(id: u64, subscriptions: &[(String, u64)]) -> String {
-        let list: Vec<Value> =
-            subscriptions.iter().map(|(c, sid)| json!({ "channel": c, "sid": sid })).collect();
+        let list: Vec<Value> = subscriptions
+            .iter()
+            .map(|(c, sid)| json!({ "channel": c, "sid": sid }))
+            .collect();
         frame(id, "ok", None, None, Some(Value::Array(list)))
     }
 
@@ -472,23 +553,41 @@ mod tests {
             }
         );
         let c = Command::parse(br#"{"id":2,"cmd":"subscribe","params":{"channels":["ticker"],"market_ticker":"A-1","send_initial_snapshot":true}}"#).unwrap();
-        let Action::Subscribe(s) = c.action else { panic!() };
+        let Action::Subscribe(s) = c.action else {
+            panic!()
+        };
         assert_eq!(s.markets, Some(vec!["A-1".to_owned()]));
         assert!(s.send_initial_snapshot);
         assert_eq!(
-            Command::parse(br#"{"id":3,"cmd":"unsubscribe","params":{"sids":[1,2]}}"#).unwrap().action,
+            Command::parse(br#"{"id":3,"cmd":"unsubscribe","params":{"sids":[1,2]}}"#)
+                .unwrap()
+                .action,
             Action::Unsubscribe { sids: vec![1, 2] }
         );
         for (frame, action) in [
-            (r#"{"id":4,"cmd":"update_subscription","params":{"sid":1,"market_tickers":["C-3"],"action":"add_markets"}}"#, UpdateAction::AddMarkets),
-            (r#"{"id":5,"cmd":"update_subscription","params":{"sid":1,"market_tickers":["A-1"],"action":"delete_markets"}}"#, UpdateAction::DeleteMarkets),
-            (r#"{"id":6,"cmd":"update_subscription","params":{"sids":[1],"market_tickers":["A-1"],"action":"get_snapshot"}}"#, UpdateAction::GetSnapshot),
+            (
+                r#"{"id":4,"cmd":"update_subscription","params":{"sid":1,"market_tickers":["C-3"],"action":"add_markets"}}"#,
+                UpdateAction::AddMarkets,
+            ),
+            (
+                r#"{"id":5,"cmd":"update_subscription","params":{"sid":1,"market_tickers":["A-1"],"action":"delete_markets"}}"#,
+                UpdateAction::DeleteMarkets,
+            ),
+            (
+                r#"{"id":6,"cmd":"update_subscription","params":{"sids":[1],"market_tickers":["A-1"],"action":"get_snapshot"}}"#,
+                UpdateAction::GetSnapshot,
+            ),
         ] {
-            let Action::UpdateSubscription(u) = Command::parse(frame.as_bytes()).unwrap().action else { panic!() };
+            let Action::UpdateSubscription(u) = Command::parse(frame.as_bytes()).unwrap().action
+            else {
+                panic!()
+            };
             assert_eq!((u.sid, u.action), (1, action));
         }
         assert_eq!(
-            Command::parse(br#"{"id":7,"cmd":"list_subscriptions"}"#).unwrap().action,
+            Command::parse(br#"{"id":7,"cmd":"list_subscriptions"}"#)
+                .unwrap()
+                .action,
             Action::ListSubscriptions
         );
     }
@@ -497,19 +596,86 @@ mod tests {
     fn bad_commands_get_the_reference_codes() {
         assert_eq!(code_of("not json"), ErrorCode::UnableToProcess);
         assert_eq!(code_of("[1,2]"), ErrorCode::UnableToProcess);
-        assert_eq!(code_of(r#"{"id":1,"cmd":"subscribe"}"#), ErrorCode::ParamsRequired);
-        assert_eq!(code_of(r#"{"id":1,"cmd":"subscribe","params":{}}"#), ErrorCode::ChannelsRequired);
-        assert_eq!(code_of(r#"{"id":1,"cmd":"subscribe","params":{"channels":[]}}"#), ErrorCode::ChannelsRequired);
-        assert_eq!(code_of(r#"{"id":1,"cmd":"unsubscribe","params":{}}"#), ErrorCode::SidsRequired);
-        assert_eq!(code_of(r#"{"id":1,"cmd":"dance"}"#), ErrorCode::UnknownCommand);
-        assert_eq!(code_of(r#"{"id":1,"cmd":"subscribe","params":{"channels":["nope"]}}"#), ErrorCode::UnknownChannel);
-        assert_eq!(code_of(r#"{"id":1,"cmd":"subscribe","params":{"channels":["ticker"],"market_ticker":"A","market_tickers":["B"]}}"#), ErrorCode::InvalidParameter);
-        assert_eq!(code_of(r#"{"id":1,"cmd":"update_subscription","params":{"sids":[1,2],"market_tickers":["A"],"action":"add_markets"}}"#), ErrorCode::ExactlyOneSid);
-        assert_eq!(code_of(r#"{"id":1,"cmd":"update_subscription","params":{"sid":1,"market_tickers":["A"],"action":"dance"}}"#), ErrorCode::UnsupportedAction);
-        assert_eq!(code_of(r#"{"id":1,"cmd":"subscribe","params":{"channels":["orderbook_delta"]}}"#), ErrorCode::MarketTickerRequired);
-        assert_eq!(code_of(r#"{"id":1,"cmd":"update_subscription","params":{"sid":1,"market_tickers":["A"]}}"#), ErrorCode::ActionRequired);
+        assert_eq!(
+            code_of(r#"{"id":1,"cmd":"subscribe"}"#),
+            ErrorCode::ParamsRequired
+        );
+        assert_eq!(
+            code_of(r#"{"id":1,"cmd":"subscribe","params":{}}"#),
+            ErrorCode::ChannelsRequired
+        );
+        assert_eq!(
+            code_of(r#"{"id":1,"cmd":"subscribe","params":{"channels":[]}}"#),
+            ErrorCode::ChannelsRequired
+        );
+        assert_eq!(
+            code_of(r#"{"id":1,"cmd":"unsubscribe","params":{}}"#),
+            ErrorCode::SidsRequired
+        );
+        assert_eq!(
+            code_of(r#"{"id":1,"cmd":"dance"}"#),
+            ErrorCode::UnknownCommand
+        );
+        assert_eq!(
+            code_of(r#"{"id":1,"cmd":"subscribe","params":{"channels":["nope"]}}"#),
+            ErrorCode::UnknownChannel
+        );
+        assert_eq!(
+            code_of(
+                r#"{"id":1,"cmd":"subscribe","params":{"channels":["ticker"],"market_ticker":"A","market_tickers":["B"]}}"#
+            ),
+            ErrorCode::InvalidParameter
+        );
+        assert_eq!(
+            code_of(
+                r#"{"id":1,"cmd":"update_subscription","params":{"sids":[1,2],"market_tickers":["A"],"action":"add_markets"}}"#
+            ),
+            ErrorCode::ExactlyOneSid
+        );
+        assert_eq!(
+            code_of(
+                r#"{"id":1,"cmd":"update_subscription","params":{"sid":1,"market_tickers":["A"],"action":"dance"}}"#
+            ),
+            ErrorCode::UnsupportedAction
+        );
+        assert_eq!(
+            code_of(r#"{"id":1,"cmd":"subscribe","params":{"channels":["orderbook_delta"]}}"#),
+            ErrorCode::MarketTickerRequired
+        );
+        assert_eq!(
+            code_of(
+                r#"{"id":1,"cmd":"update_subscription","params":{"sid":1,"market_tickers":["A"]}}"#
+            ),
+            ErrorCode::ActionRequired
+        );
+        let many: Vec<String> = (0..=MAX_MARKETS_PER_COMMAND)
+            .map(|i| format!("M{i}"))
+            .collect();
+        let frame = serde_json::json!({"id":1,"cmd":"subscribe","params":{"channels":["trade"],"market_tickers":many}});
+        assert_eq!(code_of(&frame.to_string()), ErrorCode::InvalidParameter);
+        let sids: Vec<u64> = (0..=MAX_SIDS_PER_COMMAND as u64).collect();
+        let frame = serde_json::json!({"id":1,"cmd":"unsubscribe","params":{"sids":sids}});
+        assert_eq!(code_of(&frame.to_string()), ErrorCode::InvalidParameter);
         let e = Command::parse(br#"{"id":9,"cmd":"dance"}"#).unwrap_err();
-        assert_eq!(e.reply(), r#"{"id":9,"type":"error","msg":{"code":5,"msg":"Unknown command"}}"#);
+        assert_eq!(
+            e.reply(),
+            r#"{"id":9,"type":"error","msg":{"code":5,"msg":"Unknown command"}}"#
+        );
+    }
+
+    #[test]
+    fn repeated_markets_and_sids_count_once() {
+        let c = Command::parse(br#"{"id":1,"cmd":"subscribe","params":{"channels":["trade","trade"],"market_tickers":["A","B","A","A"]}}"#).unwrap();
+        let Action::Subscribe(s) = c.action else {
+            panic!()
+        };
+        assert_eq!(
+            (s.channels, s.markets),
+            (vec![Channel::Trade], Some(vec!["A".into(), "B".into()]))
+        );
+        let c =
+            Command::parse(br#"{"id":2,"cmd":"unsubscribe","params":{"sids":[3,3,1,3]}}"#).unwrap();
+        assert_eq!(c.action, Action::Unsubscribe { sids: vec![3, 1] });
     }
 
     #[test]

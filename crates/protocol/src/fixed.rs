@@ -78,7 +78,10 @@ impl<const DIGITS: u32> FromStr for Fixed<DIGITS> {
     type Err = ParseFixedError;
 
     fn from_str(input: &str) -> Result<Self, Self::Err> {
-        let err = |reason| ParseFixedError { input: input.to_owned(), reason };
+        let err = |reason| ParseFixedError {
+            input: input.to_owned(),
+            reason,
+        };
         let (negative, body) = match input.as_bytes().first() {
             Some(b'-') => (true, &input[1..]),
             Some(b'+') => (false, &input[1..]),
@@ -91,8 +94,7 @@ impl<const DIGITS: u32> FromStr for Fixed<DIGITS> {
         if whole.is_empty() {
             return Err(err("no digits before the decimal point"));
         }
-        if !whole.bytes().all(|b| b.is_ascii_digit()) || !frac.bytes().all(|b| b.is_ascii_digit())
-        {
+        if !whole.bytes().all(|b| b.is_ascii_digit()) || !frac.bytes().all(|b| b.is_ascii_digit()) {
             return Err(err("not a decimal number"));
         }
         if body.contains('.') && frac.is_empty() {
@@ -111,7 +113,9 @@ impl<const DIGITS: u32> FromStr for Fixed<DIGITS> {
         for (i, digit) in significant.bytes().enumerate() {
             frac_units += i64::from(digit - b'0') * 10i64.pow(DIGITS - 1 - i as u32);
         }
-        units = units.checked_add(frac_units).ok_or_else(|| err("out of range"))?;
+        units = units
+            .checked_add(frac_units)
+            .ok_or_else(|| err("out of range"))?;
         Ok(Fixed(if negative { -units } else { units }))
     }
 }
@@ -178,11 +182,26 @@ mod tests {
 
     #[test]
     fn refuses_what_it_cannot_hold_exactly() {
-        for bad in ["", "-", ".5", "1.", "0.00001", "abc", "1e3", "0,5", "--1", "99999999999999999999"] {
+        for bad in [
+            "",
+            "-",
+            ".5",
+            "1.",
+            "0.00001",
+            "abc",
+            "1e3",
+            "0,5",
+            "--1",
+            "99999999999999999999",
+        ] {
             assert!(bad.parse::<Price>().is_err(), "{bad:?} must be refused");
         }
         assert!("0.001".parse::<Count>().is_err());
-        assert_eq!("0.10000".parse::<Price>().unwrap().units(), 1000, "trailing zeros are exact");
+        assert_eq!(
+            "0.10000".parse::<Price>().unwrap().units(),
+            1000,
+            "trailing zeros are exact"
+        );
     }
 
     proptest! {

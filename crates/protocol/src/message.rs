@@ -56,7 +56,10 @@ impl Channel {
 
     /// The account's own data: needs an authenticated connection.
     pub fn is_private(self) -> bool {
-        matches!(self, Channel::Fill | Channel::UserOrders | Channel::MarketPositions)
+        matches!(
+            self,
+            Channel::Fill | Channel::UserOrders | Channel::MarketPositions
+        )
     }
 
     /// Whether a subscription must name markets (`orderbook_delta` does).

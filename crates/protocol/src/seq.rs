@@ -12,7 +12,12 @@ pub enum SeqCheck {
     /// Messages were lost between `expected` and `got`. The message itself must be dropped and
     /// `stale_markets` (every market of the sid: the lost message could have been for any of them)
     /// re-synced from a snapshot. The tracker continues from `got`.
-    Gap { sid: u64, expected: u64, got: u64, stale_markets: Vec<String> },
+    Gap {
+        sid: u64,
+        expected: u64,
+        got: u64,
+        stale_markets: Vec<String>,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -73,7 +78,10 @@ impl SeqTracker {
 
     /// The markets recorded for `sid`.
     pub fn markets(&self, sid: u64) -> impl Iterator<Item = &String> {
-        self.sids.get(&sid).into_iter().flat_map(|s| s.markets.iter())
+        self.sids
+            .get(&sid)
+            .into_iter()
+            .flat_map(|s| s.markets.iter())
     }
 
     /// Forgets one sid (unsubscribed or dead).
@@ -101,10 +109,23 @@ mod tests {
         assert_eq!(t.observe(2, 1), SeqCheck::Duplicate);
         assert_eq!(
             t.observe(2, 5),
-            SeqCheck::Gap { sid: 2, expected: 3, got: 5, stale_markets: vec!["A".into(), "B".into()] }
+            SeqCheck::Gap {
+                sid: 2,
+                expected: 3,
+                got: 5,
+                stale_markets: vec!["A".into(), "B".into()]
+            }
         );
-        assert_eq!(t.observe(2, 6), SeqCheck::InOrder, "the tracker continues after a gap");
-        assert_eq!(t.observe(7, 40), SeqCheck::InOrder, "other sids are independent");
+        assert_eq!(
+            t.observe(2, 6),
+            SeqCheck::InOrder,
+            "the tracker continues after a gap"
+        );
+        assert_eq!(
+            t.observe(7, 40),
+            SeqCheck::InOrder,
+            "other sids are independent"
+        );
         t.clear();
         assert_eq!(t.last(2), None);
     }

@@ -71,7 +71,9 @@ pub struct Signer {
 
 impl std::fmt::Debug for Signer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Signer").field("key_id", &self.key_id).finish_non_exhaustive()
+        f.debug_struct("Signer")
+            .field("key_id", &self.key_id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -81,7 +83,10 @@ impl Signer {
         let key = RsaPrivateKey::from_pkcs8_pem(pem)
             .or_else(|_| RsaPrivateKey::from_pkcs1_pem(pem))
             .map_err(|_| KeyError::BadPrivateKey)?;
-        Ok(Signer { key_id: key_id.into(), key: BlindedSigningKey::new(key) })
+        Ok(Signer {
+            key_id: key_id.into(),
+            key: BlindedSigningKey::new(key),
+        })
     }
 
     pub fn key_id(&self) -> &str {
@@ -92,7 +97,9 @@ impl Signer {
     pub fn sign(&self, timestamp_ms: u64, path: &str) -> AuthHeaders {
         let ts = timestamp_ms.to_string();
         let message = format!("{ts}GET{path}");
-        let signature = self.key.sign_with_rng(&mut rand::thread_rng(), message.as_bytes());
+        let signature = self
+            .key
+            .sign_with_rng(&mut rand::thread_rng(), message.as_bytes());
         AuthHeaders {
             key_id: self.key_id.clone(),
             timestamp_ms: ts,
@@ -123,7 +130,10 @@ pub struct Verifier {
 
 impl Verifier {
     pub fn new(window_ms: u64) -> Verifier {
-        Verifier { keys: Vec::new(), window_ms }
+        Verifier {
+            keys: Vec::new(),
+            window_ms,
+        }
     }
 
     /// Adds a PEM public key (SPKI `PUBLIC KEY` or PKCS#1 `RSA PUBLIC KEY`).
@@ -153,7 +163,9 @@ impl Verifier {
         path: &str,
         now_ms: u64,
     ) -> Result<(), VerifyError> {
-        key_id.filter(|k| !k.is_empty()).ok_or(VerifyError::MissingHeader(HEADER_KEY))?;
+        key_id
+            .filter(|k| !k.is_empty())
+            .ok_or(VerifyError::MissingHeader(HEADER_KEY))?;
         let ts = timestamp_ms.ok_or(VerifyError::MissingHeader(HEADER_TIMESTAMP))?;
         let sig = signature.ok_or(VerifyError::MissingHeader(HEADER_SIGNATURE))?;
         if ts.is_empty() || !ts.bytes().all(|b| b.is_ascii_digit()) {
@@ -165,9 +177,14 @@ impl Verifier {
             return Err(VerifyError::Expired { skew_ms });
         }
         let bytes = STANDARD.decode(sig).map_err(|_| VerifyError::Malformed)?;
-        let signature = Signature::try_from(bytes.as_slice()).map_err(|_| VerifyError::Malformed)?;
+        let signature =
+            Signature::try_from(bytes.as_slice()).map_err(|_| VerifyError::Malformed)?;
         let message = format!("{ts}GET{path}");
-        if self.keys.iter().any(|k| k.verify(message.as_bytes(), &signature).is_ok()) {
+        if self
+            .keys
+            .iter()
+            .any(|k| k.verify(message.as_bytes(), &signature).is_ok())
+        {
             Ok(())
         } else {
             Err(VerifyError::BadSignature)
@@ -180,9 +197,14 @@ impl Verifier {
 pub fn generate_key_pair(bits: usize) -> (String, String) {
     use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
     let private = RsaPrivateKey::new(&mut rand::thread_rng(), bits).expect("key generation");
-    let private_pem = private.to_pkcs8_pem(LineEnding::LF).expect("encode private key").to_string();
-    let public_pem =
-        private.to_public_key().to_public_key_pem(LineEnding::LF).expect("encode public key");
+    let private_pem = private
+        .to_pkcs8_pem(LineEnding::LF)
+        .expect("encode private key")
+        .to_string();
+    let public_pem = private
+        .to_public_key()
+        .to_public_key_pem(LineEnding::LF)
+        .expect("encode public key");
     (private_pem, public_pem)
 }
 
@@ -205,22 +227,45 @@ mod tests {
         };
         assert_eq!(check(&h.timestamp_ms, &h.signature, WS_PATH), Ok(()));
         let tampered_ts = (now + 1).to_string();
-        assert_eq!(check(&tampered_ts, &h.signature, WS_PATH), Err(VerifyError::BadSignature));
-        assert_eq!(check(&h.timestamp_ms, &h.signature, "/other"), Err(VerifyError::BadSignature));
         assert_eq!(
-            verifier.verify(Some("key-1"), Some(&h.timestamp_ms), Some(&h.signature), WS_PATH, now + 60_000),
+            check(&tampered_ts, &h.signature, WS_PATH),
+            Err(VerifyError::BadSignature)
+        );
+        assert_eq!(
+            check(&h.timestamp_ms, &h.signature, "/other"),
+            Err(VerifyError::BadSignature)
+        );
+        assert_eq!(
+            verifier.verify(
+                Some("key-1"),
+                Some(&h.timestamp_ms),
+                Some(&h.signature),
+                WS_PATH,
+                now + 60_000
+            ),
             Err(VerifyError::Expired { skew_ms: 60_000 })
         );
-        assert_eq!(check(&h.timestamp_ms, "!!", WS_PATH), Err(VerifyError::Malformed));
         assert_eq!(
-            verifier.verify(None, Some(&h.timestamp_ms), Some(&h.signature), WS_PATH, now),
+            check(&h.timestamp_ms, "!!", WS_PATH),
+            Err(VerifyError::Malformed)
+        );
+        assert_eq!(
+            verifier.verify(
+                None,
+                Some(&h.timestamp_ms),
+                Some(&h.signature),
+                WS_PATH,
+                now
+            ),
             Err(VerifyError::MissingHeader(HEADER_KEY))
         );
 
         // The same key in PKCS#1 form signs verifiably too.
         let key = RsaPrivateKey::from_pkcs8_pem(&private_pem).unwrap();
         let pkcs1 = key.to_pkcs1_pem(LineEnding::LF).unwrap();
-        let h = Signer::from_pem("key-1", &pkcs1).unwrap().sign(now, WS_PATH);
+        let h = Signer::from_pem("key-1", &pkcs1)
+            .unwrap()
+            .sign(now, WS_PATH);
         assert_eq!(check(&h.timestamp_ms, &h.signature, WS_PATH), Ok(()));
         assert!(Signer::from_pem("k", "not a key").is_err());
     }

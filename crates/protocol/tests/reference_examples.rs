@@ -25,8 +25,15 @@ fn json(s: &str) -> Value {
 fn every_reference_example_round_trips() {
     for example in SERVER_EXAMPLES {
         let env = Envelope::parse(example.as_bytes()).unwrap();
-        assert!(!matches!(env.message_type(), MessageType::Other(_)), "{example}");
-        assert_eq!(json(&env.to_json()), json(example), "envelope round trip of {example}");
+        assert!(
+            !matches!(env.message_type(), MessageType::Other(_)),
+            "{example}"
+        );
+        assert_eq!(
+            json(&env.to_json()),
+            json(example),
+            "envelope round trip of {example}"
+        );
 
         let typed = Message::decode(&env).unwrap();
         let body = typed.body_json();
@@ -41,7 +48,9 @@ fn every_reference_example_round_trips() {
 #[test]
 fn typed_fields_hold_exact_values() {
     let env = Envelope::parse(SERVER_EXAMPLES[6].as_bytes()).unwrap();
-    let Message::OrderbookDelta(d) = Message::decode(&env).unwrap() else { panic!() };
+    let Message::OrderbookDelta(d) = Message::decode(&env).unwrap() else {
+        panic!()
+    };
     assert_eq!(d.level_price().unwrap().units(), 9600);
     assert_eq!(d.level_delta().unwrap().units(), -5400);
     assert_eq!((env.sid, env.seq), (Some(2), Some(2)));
@@ -50,7 +59,8 @@ fn typed_fields_hold_exact_values() {
 
 #[test]
 fn unknown_types_and_fields_are_kept() {
-    let frame = r#"{"type":"brand_new","sid":5,"seq":3,"msg":{"a":[1,{"b":null}]},"sending_ts_ms":17}"#;
+    let frame =
+        r#"{"type":"brand_new","sid":5,"seq":3,"msg":{"a":[1,{"b":null}]},"sending_ts_ms":17}"#;
     let env = Envelope::parse(frame.as_bytes()).unwrap();
     assert_eq!(env.message_type(), MessageType::Other("brand_new".into()));
     assert_eq!(json(&env.to_json()), json(frame));
@@ -63,7 +73,15 @@ fn unknown_types_and_fields_are_kept() {
 
 #[test]
 fn non_messages_are_errors_not_panics() {
-    for bad in ["", "null", "[]", "{}", r#"{"type":5}"#, "{\"type\":\"x\"", "\u{0}"] {
+    for bad in [
+        "",
+        "null",
+        "[]",
+        "{}",
+        r#"{"type":5}"#,
+        "{\"type\":\"x\"",
+        "\u{0}",
+    ] {
         assert!(Envelope::parse(bad.as_bytes()).is_err(), "{bad:?}");
     }
 }

@@ -67,6 +67,9 @@ pub struct App {
     pub gate: Arc<Gate>,
     /// TLS on the client listener, when configured.
     pub tls: Option<crate::tls::Tls>,
+    /// One permit per accepted socket until it upgrades or closes (`max_pending_handshakes`);
+    /// when none is left, new sockets are closed at once.
+    pub handshakes: Arc<tokio::sync::Semaphore>,
     /// Cancelled when the relay stops: listeners stop accepting, sessions close with 1012.
     pub shutdown: CancellationToken,
     /// Every connection task; shutdown waits on it (bounded by the drain time).
@@ -108,6 +111,9 @@ impl App {
         App {
             gate,
             tls,
+            handshakes: Arc::new(tokio::sync::Semaphore::new(
+                config.security.max_pending_handshakes,
+            )),
             config,
             fanout,
             upstream,
@@ -144,35 +150,36 @@ impl App {
             .max_frame_size(Some(d.max_message_bytes))
     }
 
-    /// Ready: serving, upstream open, and every warm book synced and fresh.
+    /// Ready: serving, upstream subscribed (not just connected: every wanted subscription
+    /// re-established), and every warm book synced and fresh.
     pub fn readiness(&self) -> (bool, String) {
         if self.stopping.load(Ordering::Relaxed) {
             return (false, "shutting down".into());
         }
         let status = self.status.borrow().clone();
-        if !status.state.is_up() {
-            let reason = match &status.state {
-                State::GaveUp { failures } => {
-                    format!("upstream gave up after {failures} consecutive failures")
-                }
-                State::AuthFailed => "upstream refused the credentials".into(),
-                State::Disconnected { reason } => format!("upstream disconnected: {reason}"),
-                _ => "upstream connecting".into(),
-            };
+        let reason = match &status.state {
+            State::Subscribed => None,
+            State::GaveUp { failures } => Some(format!(
+                "upstream gave up after {failures} consecutive failures"
+            )),
+            State::AuthFailed => Some("upstream refused the credentials".into()),
+            State::Disconnected { reason } => Some(format!("upstream disconnected: {reason}")),
+            State::Connected => Some("upstream subscribing".into()),
+            State::Connecting => Some("upstream connecting".into()),
+        };
+        if let Some(reason) = reason {
             return (false, reason);
         }
-        let stale = self.stale.lock();
-        let missing: Vec<&String> = self
-            .config
-            .warm_markets
-            .iter()
-            .filter(|m| stale.contains(*m) || self.fanout.book(m).is_none())
-            .collect();
-        if !missing.is_empty() {
-            return (
-                false,
-                format!("{} configured books not synced", missing.len()),
-            );
+        let missing = {
+            let stale = self.stale.lock();
+            self.config
+                .warm_markets
+                .iter()
+                .filter(|m| stale.contains(*m) || !self.fanout.is_synced(m))
+                .count()
+        };
+        if missing > 0 {
+            return (false, format!("{missing} configured books not synced"));
         }
         (true, "ok".into())
     }
@@ -210,6 +217,7 @@ impl App {
                 by_channel.iter().map(|(c, n)| (c.to_string(), (*n).into()))
             ),
             "stale_books": self.stale.lock().len(),
+            "cached_markets": self.fanout.cached_markets(),
             "upstream_messages_total": self.upstream_messages.load(Ordering::Relaxed),
             "upstream_messages_per_second": (self.messages_per_second() * 10.0).round() / 10.0,
             "uptime_seconds": self.started.elapsed().as_secs(),

@@ -132,19 +132,34 @@ pub async fn follow_registry(
         // and for the first client's instant snapshot.
         let _warm = upstream.subscribe(Channel::OrderbookDelta, Some(warm.clone()));
     }
+    // Books released (marked stale) and not yet wanted again.
+    let mut stale_released: std::collections::HashSet<String> = std::collections::HashSet::new();
     // Runs for the relay's life (the registry never closes); aborted at shutdown.
     loop {
         for change in registry.next().await {
-            if let TopicChange::Unwanted(Topic {
-                channel: Channel::OrderbookDelta,
-                market: Some(m),
-            }) = &change
-            {
-                if !warm.iter().any(|w| w.as_str() == m.as_ref()) {
-                    let _ = released.send(m.to_string());
-                }
-            }
+            let (wanted, topic) = match &change {
+                TopicChange::Wanted(t) => (true, t),
+                TopicChange::Unwanted(t) => (false, t),
+            };
+            let book = match topic {
+                Topic {
+                    channel: Channel::OrderbookDelta,
+                    market: Some(m),
+                } => Some(m.to_string()),
+                _ => None,
+            };
             apply(&upstream, &mut channels, change);
+            let Some(m) = book else { continue };
+            if wanted {
+                // Wanted again after its release: the upstream may still hold the market (no
+                // change for it to act on), so ask for the fresh snapshot explicitly.
+                if stale_released.remove(&m) {
+                    upstream.request_snapshot(vec![m]);
+                }
+            } else if !warm.contains(&m) {
+                stale_released.insert(m.clone());
+                let _ = released.send(m);
+            }
         }
     }
 }

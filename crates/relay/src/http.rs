@@ -23,8 +23,6 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, warn};
 
-use std::sync::atomic::Ordering;
-
 use crate::app::App;
 use crate::security::{presented_token, Refusal};
 use crate::session::{self, SessionOptions};
@@ -45,7 +43,9 @@ pub enum ListenerRole {
 type Body = Full<Bytes>;
 
 /// A client that connects and never finishes TLS must not hold a task forever.
-const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// A client must send its request head within this (slowloris).
+const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Accepts until shutdown. Each connection is a tracked task.
 pub async fn serve(app: Arc<App>, listener: TcpListener, role: ListenerRole) {
@@ -62,6 +62,11 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, role: ListenerRole) {
                 }
             },
         };
+        let Ok(permit) = app.handshakes.clone().try_acquire_owned() else {
+            metrics::counter!(crate::metrics::HANDSHAKES_REJECTED_TOTAL, "reason" => "pending handshakes")
+                .increment(1);
+            continue; // dropped: closed at once
+        };
         let _ = stream.set_nodelay(true);
         if let Some(bytes) = app.config.downstream.socket_send_buffer_bytes {
             if let Err(e) = socket2::SockRef::from(&stream).set_send_buffer_size(bytes) {
@@ -73,6 +78,7 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, role: ListenerRole) {
             (Some(tls), ListenerRole::Main) => {
                 let acceptor = tls.acceptor();
                 app.tracker.spawn(async move {
+                    let _permit = permit;
                     let handshake =
                         tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream));
                     match handshake.await {
@@ -83,8 +89,10 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, role: ListenerRole) {
                 });
             }
             _ => {
-                app.tracker
-                    .spawn(async move { serve_connection(app2, stream, peer, role).await });
+                app.tracker.spawn(async move {
+                    let _permit = permit;
+                    serve_connection(app2, stream, peer, role).await
+                });
             }
         }
     }
@@ -102,7 +110,7 @@ where
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(std::time::Duration::from_secs(10))
+        .header_read_timeout(HEADER_READ_TIMEOUT)
         .serve_connection(TokioIo::new(stream), svc)
         .with_upgrades();
     tokio::pin!(conn);
@@ -175,10 +183,14 @@ fn json(status: StatusCode, body: String) -> Response<Body> {
     resp
 }
 
-/// A plain HTTP refusal of an upgrade, counted by reason.
+/// A plain HTTP refusal of an upgrade, counted by reason. The connection is closed after it, so
+/// a refused client cannot keep retrying (a token, say) on one kept-alive socket.
 pub fn refuse(status: StatusCode, reason: &'static str) -> Response<Body> {
     metrics::counter!(crate::metrics::HANDSHAKES_REJECTED_TOTAL, "reason" => reason).increment(1);
-    text(status, format!("{reason}\n"))
+    let mut resp = text(status, format!("{reason}\n"));
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
 }
 
 fn header_has_token(req: &Request<Incoming>, name: header::HeaderName, token: &str) -> bool {
@@ -205,7 +217,15 @@ fn upgrade(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Response<
     }
     let header = |name: header::HeaderName| req.headers().get(name).and_then(|v| v.to_str().ok());
     // Before anything else: a browser page from a foreign site must not ride a user's access.
-    if !app.gate.origin_allowed(header(header::ORIGIN)) {
+    let origin = req.headers().get(header::ORIGIN);
+    let origin_ok = match origin {
+        None => app.gate.origin_allowed(None),
+        // Present but not text: never on the list.
+        Some(value) => value
+            .to_str()
+            .is_ok_and(|o| app.gate.origin_allowed(Some(o))),
+    };
+    if !origin_ok {
         return refuse(StatusCode::FORBIDDEN, "origin not allowed");
     }
     let is_upgrade = header_has_token(&req, header::CONNECTION, "upgrade")
@@ -229,10 +249,7 @@ fn upgrade(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Response<
         Ok(identity) => identity,
         Err(_) => return refuse(StatusCode::UNAUTHORIZED, "invalid token"),
     };
-    let admission = match app
-        .gate
-        .admit(peer.ip(), app.clients.load(Ordering::Relaxed))
-    {
+    let admission = match app.gate.admit(peer.ip()) {
         Ok(admission) => admission,
         Err(Refusal::Busy {
             retry_after,

@@ -82,13 +82,8 @@ pub struct RelayHandle {
 }
 
 impl RelayHandle {
-    /// `ws://ADDR/trade-api/ws/v2`.
+    /// `ws://ADDR/trade-api/ws/v2`, or `wss://` when TLS is on.
     pub fn ws_url(&self) -> String {
-        format!("ws://{}{}", self.addr, protocol::sign::WS_PATH)
-    }
-
-    /// `wss://ADDR/trade-api/ws/v2` when TLS is on, else [`RelayHandle::ws_url`].
-    pub fn url(&self) -> String {
         let scheme = if self.app.tls.is_some() { "wss" } else { "ws" };
         format!("{scheme}://{}{}", self.addr, protocol::sign::WS_PATH)
     }
@@ -108,14 +103,18 @@ impl RelayHandle {
     }
 
     /// Graceful shutdown: `/readyz` turns 503, no new connections, every client gets 1012, the
-    /// upstream unsubscribes and closes with 1000; bounded by `downstream.shutdown_drain_seconds`.
+    /// upstream unsubscribes and closes with 1000. The whole of it fits in
+    /// `downstream.shutdown_drain_seconds`: clients get the time less what the upstream close
+    /// needs, and whatever is still running after that is aborted.
     pub async fn shutdown(self) {
         let app = self.app;
         app.stopping.store(true, Ordering::Relaxed);
         app.shutdown.cancel();
         app.tracker.close();
-        let drain = app.config.downstream.shutdown_drain();
-        if tokio::time::timeout(drain, app.tracker.wait())
+        let budget = app.config.downstream.shutdown_drain();
+        let upstream_reserve = UPSTREAM_CLOSE_RESERVE.min(budget / 2);
+        let clients_deadline = budget.saturating_sub(upstream_reserve);
+        if tokio::time::timeout(clients_deadline, app.tracker.wait())
             .await
             .is_err()
         {
@@ -125,8 +124,7 @@ impl RelayHandle {
             );
         }
         self.upstream_shutdown.cancel();
-        let upstream_grace = std::time::Duration::from_secs(5);
-        if tokio::time::timeout(upstream_grace, app.upstream.closed())
+        if tokio::time::timeout(upstream_reserve, app.upstream.closed())
             .await
             .is_err()
         {
@@ -138,6 +136,9 @@ impl RelayHandle {
         info!("relay stopped");
     }
 }
+
+/// The part of the shutdown budget kept for the upstream's unsubscribe and close handshake.
+const UPSTREAM_CLOSE_RESERVE: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Starts the relay on bound listeners and returns at once.
 pub async fn spawn(config: RelayConfig, listeners: Listeners) -> anyhow::Result<RelayHandle> {
@@ -162,6 +163,15 @@ pub async fn spawn(config: RelayConfig, listeners: Listeners) -> anyhow::Result<
     ));
 
     let addr = listeners.main.local_addr()?;
+    if app.config.admin_listen.is_none()
+        && !addr.ip().is_loopback()
+        && !app.config.security.tokens.is_empty()
+    {
+        warn!(
+            "/metrics and /status are served without authentication on the client port; \
+             set admin_listen to keep them on a private address"
+        );
+    }
     let admin_addr = listeners
         .admin
         .as_ref()
@@ -210,11 +220,11 @@ pub async fn start(
     let handle = spawn(config, listeners).await?;
     println!(
         "relay ready ws={} http=http://{}",
-        handle.url(),
+        handle.ws_url(),
         handle.addr
     );
     if let Some(sim) = &sim {
-        demo::print_hint(&handle.url(), sim);
+        demo::print_hint(&handle.ws_url(), sim);
     }
     tokio::pin!(signal);
     loop {

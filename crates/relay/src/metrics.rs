@@ -34,9 +34,11 @@ pub fn handle() -> PrometheusHandle {
                 .expect("buckets are not empty")
                 .build_recorder();
             let handle = recorder.handle();
-            // Another recorder may already be installed (an embedding application's): then ours
-            // still renders what this crate records through it.
-            let _ = metrics::set_global_recorder(recorder);
+            // If an embedding application installed its own recorder first, everything is
+            // recorded there and this handle renders nothing: say so once.
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!("another metrics recorder is installed; /metrics will be empty");
+            }
             handle
         })
         .clone()

@@ -14,6 +14,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,6 +31,7 @@ const DEFAULT_MAX_CONNECTIONS: usize = 15_000;
 const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 1_000;
 const DEFAULT_NEW_CONNECTIONS_PER_SECOND: f64 = 500.0;
 const DEFAULT_NEW_CONNECTION_BURST: f64 = 2_000.0;
+const DEFAULT_MAX_PENDING_HANDSHAKES: usize = 1_024;
 
 /// What a client may subscribe to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -96,6 +98,10 @@ pub struct SecurityConfig {
     pub new_connections_per_second: f64,
     /// Token bucket size for new connections. Default: 2000.
     pub new_connection_burst: f64,
+    /// Accepted sockets still in TLS or HTTP (not yet upgraded, or plain HTTP requests) at most;
+    /// more are closed at once, so slow handshakes cannot exhaust file descriptors.
+    /// Default: 1024.
+    pub max_pending_handshakes: usize,
     /// TLS for the client listener. Default: none (plain `ws://`).
     pub tls: Option<TlsConfig>,
 }
@@ -116,6 +122,7 @@ impl Default for SecurityConfig {
             max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
             new_connections_per_second: DEFAULT_NEW_CONNECTIONS_PER_SECOND,
             new_connection_burst: DEFAULT_NEW_CONNECTION_BURST,
+            max_pending_handshakes: DEFAULT_MAX_PENDING_HANDSHAKES,
             tls: None,
         }
     }
@@ -172,6 +179,7 @@ impl SecurityConfig {
         positive("auth_timeout_seconds", self.auth_timeout_seconds as f64);
         positive("max_connections", self.max_connections as f64);
         positive("max_connections_per_ip", self.max_connections_per_ip as f64);
+        positive("max_pending_handshakes", self.max_pending_handshakes as f64);
         if let Some(tls) = &self.tls {
             for (key, path) in [("cert_path", &tls.cert_path), ("key_path", &tls.key_path)] {
                 if !path.is_file() {
@@ -316,7 +324,10 @@ pub struct Gate {
     allow_missing_origin: bool,
     max_connections: usize,
     max_per_ip: usize,
-    /// Open connections per source IP; an [`Admission`] decrements its entry when dropped.
+    /// Admitted connections open now (counted here, at admission, so a storm of upgrades not yet
+    /// running cannot slip past the cap); an [`Admission`] decrements it when dropped.
+    open: AtomicUsize,
+    /// Open connections per source address (IPv6 by /64); an [`Admission`] decrements its entry.
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     /// New connections, all clients together.
     new_connections: Mutex<TokenBucket>,
@@ -371,6 +382,7 @@ impl Gate {
             allow_missing_origin: config.allow_missing_origin,
             max_connections: config.max_connections,
             max_per_ip: config.max_connections_per_ip,
+            open: AtomicUsize::new(0),
             per_ip: Mutex::new(HashMap::new()),
             new_connections: Mutex::new(TokenBucket::new(
                 config.new_connections_per_second,
@@ -416,12 +428,21 @@ impl Gate {
     }
 
     /// Admits one more connection from `ip`, or says why not. The admission must be held for
-    /// the connection's life.
-    pub fn admit(self: &Arc<Self>, ip: IpAddr, open_now: usize) -> Result<Admission, Refusal> {
-        if open_now >= self.max_connections {
+    /// the connection's life. The per-address cap is checked before the shared new-connection
+    /// bucket is spent, so one address at its cap cannot drain the bucket for everyone.
+    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Admission, Refusal> {
+        let key = address_key(ip);
+        let mut per_ip = self.per_ip.lock();
+        if self.open.load(Ordering::Relaxed) >= self.max_connections {
             return Err(Refusal::Busy {
                 retry_after: 5,
                 reason: "connection limit",
+            });
+        }
+        if per_ip.get(&key).copied().unwrap_or(0) >= self.max_per_ip {
+            return Err(Refusal::Busy {
+                retry_after: 5,
+                reason: "per-IP connection limit",
             });
         }
         {
@@ -433,19 +454,32 @@ impl Gate {
                 });
             }
         }
-        let mut per_ip = self.per_ip.lock();
-        let count = per_ip.entry(ip).or_insert(0);
-        if *count >= self.max_per_ip {
-            return Err(Refusal::Busy {
-                retry_after: 5,
-                reason: "per-IP connection limit",
-            });
-        }
-        *count += 1;
+        *per_ip.entry(key).or_insert(0) += 1;
+        self.open.fetch_add(1, Ordering::Relaxed);
         Ok(Admission {
             gate: self.clone(),
-            ip,
+            ip: key,
         })
+    }
+
+    /// Admitted connections open now.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+}
+
+/// The key an address is capped under: IPv4 as is, IPv6 by its /64 (one host's usual share).
+fn address_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let mut segments = v6.segments();
+                segments[4..].fill(0);
+                IpAddr::V6(std::net::Ipv6Addr::from(segments))
+            }
+        },
     }
 }
 
@@ -457,6 +491,7 @@ pub struct Admission {
 
 impl Drop for Admission {
     fn drop(&mut self) {
+        self.gate.open.fetch_sub(1, Ordering::Relaxed);
         let mut per_ip = self.gate.per_ip.lock();
         if let Some(count) = per_ip.get_mut(&self.ip) {
             *count -= 1;
@@ -662,39 +697,58 @@ mod tests {
     }
 
     #[test]
-    fn admission_caps_per_ip_and_rate() {
+    fn admission_caps_per_ip_globally_and_by_rate() {
         let g = gate(SecurityConfig {
             max_connections_per_ip: 2,
-            new_connection_burst: 3.0,
+            max_connections: 3,
+            new_connection_burst: 4.0,
             new_connections_per_second: 0.001,
             ..with_tokens()
         });
         let ip: IpAddr = "127.0.0.2".parse().unwrap();
-        let a = g.admit(ip, 0).unwrap();
-        let _b = g.admit(ip, 1).unwrap();
+        let a = g.admit(ip).unwrap();
+        let _b = g.admit(ip).unwrap();
+        // At its cap, the address is refused without spending the shared bucket.
+        for _ in 0..10 {
+            assert!(matches!(
+                g.admit(ip),
+                Err(Refusal::Busy {
+                    reason: "per-IP connection limit",
+                    ..
+                })
+            ));
+        }
+        let _c = g.admit("127.0.0.3".parse().unwrap()).unwrap();
+        assert_eq!(g.open(), 3);
         assert!(matches!(
-            g.admit(ip, 2),
-            Err(Refusal::Busy {
-                reason: "per-IP connection limit",
-                ..
-            })
-        ));
-        drop(a);
-        // The slot is free again, but the bucket (3) is spent by now: 3 takes so far.
-        assert!(matches!(
-            g.admit(ip, 1),
-            Err(Refusal::Busy {
-                reason: "new connection rate",
-                ..
-            })
-        ));
-        assert!(matches!(
-            g.admit(ip, 15_000),
+            g.admit("127.0.0.4".parse().unwrap()),
             Err(Refusal::Busy {
                 reason: "connection limit",
                 ..
             })
         ));
+        drop(a);
+        assert_eq!(g.open(), 2);
+        let _d = g.admit(ip).unwrap(); // the 4th token
+        drop(_d);
+        assert!(matches!(
+            g.admit(ip),
+            Err(Refusal::Busy {
+                reason: "new connection rate",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn ipv6_addresses_share_a_cap_per_64() {
+        let g = gate(SecurityConfig {
+            max_connections_per_ip: 1,
+            ..with_tokens()
+        });
+        let _a = g.admit("2001:db8:1:2::1".parse().unwrap()).unwrap();
+        assert!(g.admit("2001:db8:1:2:ffff::9".parse().unwrap()).is_err());
+        assert!(g.admit("2001:db8:1:3::1".parse().unwrap()).is_ok());
     }
 
     #[test]

@@ -1,28 +1,34 @@
 //! One client connection: commands in, deliveries out, pings, limits and the close.
 //!
-//! One task per client owns both halves of its WebSocket. It waits on four things at once: the
+//! One task per client owns both halves of its WebSocket. It waits on five things at once: the
 //! client's frames (commands; reading also answers the client's pings), the client's fanout
-//! subscriber (data to write), its heartbeat bucket (server ping and pong deadline), and the
-//! relay's shutdown. Deliveries are written as they come: every ready one is fed, then one flush,
-//! so a burst costs one write. A client that cannot keep up is the fanout's business (lag, repair,
-//! or a 4008 verdict): nothing queues here without bound, and a write that blocks longer than
-//! `write_timeout_seconds` ends the connection.
+//! subscriber (data to write), its heartbeat bucket (server ping and pong deadline), the
+//! upstream's status, and the relay's shutdown. Deliveries are written as they come: every ready
+//! one is fed, then one flush, so a burst costs one write. A client that cannot keep up is the
+//! fanout's business (lag, repair, or a 4008 verdict): nothing queues here without bound, and a
+//! write that blocks longer than `write_timeout_seconds` ends the connection.
+//!
+//! Per frame the hot path is: find the client's sid for the item's channel, write the small
+//! envelope around the shared body into one reused buffer, hand it to tungstenite. Counters are
+//! kept locally and flushed to the metrics once per batch.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::BytesMut;
 use fanout::{Delivery, Subscriber, Topic, Verdict};
 use futures_util::{SinkExt, StreamExt};
-use protocol::{reply, Action, Command, ErrorCode};
+use protocol::{reply, Action, Command, ErrorCode, MessageType};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+use tokio_tungstenite::tungstenite::error::Error as WsError;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::{CloseFrame, Frame};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, Instrument};
+use upstream::State;
 
 use crate::app::App;
 use crate::client::{ClientState, Effect, Limits};
@@ -45,14 +51,54 @@ pub struct SessionOptions {
 /// How a session ends: a close frame to send (code, reason), or nothing (the client is gone).
 type Close = Option<(u16, &'static str)>;
 
+const RESTART: Close = Some((1012, "service restart"));
 const UPSTREAM_UNAVAILABLE: Close = Some((1013, "upstream unavailable, reconnect later"));
 const UNAUTHORIZED: Close = Some((4001, "unauthorized"));
+const PRIVATE_GAP: Close = Some((
+    4008,
+    "upstream connection lost: private channel messages may be missing, reconcile and reconnect",
+));
 
 /// Most deliveries written before a flush, so one busy client cannot starve its own reads.
 const MAX_BATCH: usize = 256;
 /// Record the relay latency of one frame in this many (the histogram is a distribution; every
 /// frame would cost an atomic append each).
 const LATENCY_SAMPLE: u64 = 8;
+/// The window over which rate-limited commands are counted toward the 4029 close.
+const REFUSAL_WINDOW: Duration = Duration::from_secs(10);
+/// How long a close handshake may take before the socket is simply dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// Frame kinds counted per batch (`relay_downstream_messages_sent_total{type}` and bytes).
+const KINDS: [&str; 10] = [
+    "orderbook_snapshot",
+    "orderbook_delta",
+    "ticker",
+    "trade",
+    "fill",
+    "user_order",
+    "market_position",
+    "lifecycle",
+    "other",
+    "reply",
+];
+const REPLY: usize = 9;
+
+fn kind_index(kind: &MessageType) -> usize {
+    match kind {
+        MessageType::OrderbookSnapshot => 0,
+        MessageType::OrderbookDelta => 1,
+        MessageType::Ticker => 2,
+        MessageType::Trade => 3,
+        MessageType::Fill => 4,
+        MessageType::UserOrder => 5,
+        MessageType::MarketPosition => 6,
+        MessageType::MarketLifecycleV2
+        | MessageType::EventLifecycle
+        | MessageType::EventFeeUpdate => 7,
+        _ => 8,
+    }
+}
 
 /// Runs one client session to its end.
 pub async fn run<S>(app: Arc<App>, ws: WebSocketStream<S>, options: SessionOptions)
@@ -67,8 +113,13 @@ where
         debug!("connected");
         let mut session = Session::new(&app, ws, options);
         let close = session.run_loop().await;
-        let code = close.map_or(1006, |(code, _)| code);
+        let code = match (close, session.client_close) {
+            (Some((code, _)), _) => code,
+            (None, Some(code)) => code,
+            (None, None) => 1006,
+        };
         session.close(close).await;
+        session.flush_counters();
         metrics::counter!(m::DISCONNECTS_TOTAL, "code" => code_label(code)).increment(1);
         metrics::gauge!(m::CONNECTIONS).decrement(1.0);
         app.clients.fetch_sub(1, Ordering::Relaxed);
@@ -81,6 +132,8 @@ where
 fn code_label(code: u16) -> &'static str {
     match code {
         1000 => "1000",
+        1001 => "1001",
+        1002 => "1002",
         1006 => "1006",
         1007 => "1007",
         1008 => "1008",
@@ -101,15 +154,27 @@ struct Session<'a, S> {
     options: SessionOptions,
     state: ClientState,
     sub: Subscriber,
-    /// Reused for every outgoing frame's envelope.
-    buf: Vec<u8>,
+    /// Every outgoing frame is written here and split off; tungstenite copies it into its own
+    /// buffer and drops it, so the space is reused without an allocation per frame.
+    out: BytesMut,
     /// A server ping is outstanding and nothing has arrived since it was sent.
     awaiting_pong: bool,
     frames_written: u64,
+    /// The upstream arrival time of the sampled frame of the current batch, recorded once the
+    /// batch is flushed to the socket.
+    latency_sample: Option<Instant>,
+    /// Frames and bytes written per kind since the last flush of the counters.
+    sent: [(u64, u64); KINDS.len()],
     /// Commands per second (token bucket); excess commands get error 27.
     commands: TokenBucket,
-    /// Commands refused by the rate limit since the last accepted one.
-    refused_in_a_row: u32,
+    /// Rate-limited commands in the current refusal window, and when it began.
+    refused: u32,
+    refused_since: Instant,
+    /// The client holds a private channel and the upstream was up since it subscribed: if the
+    /// upstream connection is lost, fills may be missed and the client must be told (4008).
+    private_exposed: bool,
+    /// The code of the client's own close frame, if it closed.
+    client_close: Option<u16>,
 }
 
 impl<'a, S> Session<'a, S>
@@ -124,39 +189,42 @@ where
             app,
             ws,
             commands: TokenBucket::new(security.commands_per_second, security.command_burst),
-            refused_in_a_row: 0,
+            refused: 0,
+            refused_since: Instant::now(),
             state: ClientState::new(limits),
             options,
             sub: app.fanout.subscriber(),
-            buf: Vec::with_capacity(512),
+            out: BytesMut::with_capacity(512),
             awaiting_pong: false,
             frames_written: 0,
+            latency_sample: None,
+            sent: [(0, 0); KINDS.len()],
+            private_exposed: false,
+            client_close: None,
         }
     }
 
     async fn run_loop(&mut self) -> Close {
         let app = self.app;
         if self.options.identity == Identity::Pending {
-            if let Err(close) = self.authenticate_first().await {
-                return close;
+            tokio::select! {
+                _ = app.shutdown.cancelled() => return RESTART,
+                result = self.authenticate_first() => if let Err(close) = result { return close },
             }
         }
         let mut slot = app.heartbeat.slot();
         let mut status = app.status.subscribe();
+        let initial = status.borrow_and_update().clone();
         if self.options.relay_events {
-            let msg = status.borrow_and_update().to_json();
-            if let Err(close) = self.send_event("relay_status", msg).await {
+            if let Err(close) = self.send_event("relay_status", initial.to_json()).await {
                 return close;
             }
-        } else if matches!(
-            status.borrow_and_update().state,
-            upstream::State::GaveUp { .. }
-        ) {
+        } else if matches!(initial.state, State::GaveUp { .. }) {
             return UPSTREAM_UNAVAILABLE;
         }
         loop {
             let result = tokio::select! {
-                _ = app.shutdown.cancelled() => return Some((1012, "service restart")),
+                _ = app.shutdown.cancelled() => return RESTART,
                 frame = self.ws.next() => self.on_frame(frame).await,
                 delivery = self.sub.recv() => self.on_delivery(delivery).await,
                 Ok(()) = slot.ping.changed() => self.ping().await,
@@ -165,9 +233,11 @@ where
                 }
                 Ok(()) = status.changed() => {
                     let now = status.borrow_and_update().clone();
-                    if self.options.relay_events {
+                    if let Err(close) = self.on_status(&now.state) {
+                        Err(close)
+                    } else if self.options.relay_events {
                         self.send_event("relay_status", now.to_json()).await
-                    } else if matches!(now.state, upstream::State::GaveUp { .. }) {
+                    } else if matches!(now.state, State::GaveUp { .. }) {
                         // Those who did not ask for events are not left hanging on a dead feed.
                         Err(UPSTREAM_UNAVAILABLE)
                     } else {
@@ -181,6 +251,28 @@ where
         }
     }
 
+    /// Private channels carry no seq and the exchange does not replay them: a client holding
+    /// one while the upstream connection is lost may have missed fills, and is told so.
+    fn on_status(&mut self, state: &State) -> Result<(), Close> {
+        if state.is_up() {
+            self.private_exposed |= self.holds_private();
+            Ok(())
+        } else if self.private_exposed
+            && matches!(
+                state,
+                State::Disconnected { .. } | State::AuthFailed | State::GaveUp { .. }
+            )
+        {
+            Err(PRIVATE_GAP)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn holds_private(&self) -> bool {
+        self.state.subscriptions().any(|s| s.channel.is_private())
+    }
+
     async fn on_frame(&mut self, frame: Option<Result<Message, WsError>>) -> Result<(), Close> {
         self.awaiting_pong = false;
         let message = match frame {
@@ -190,23 +282,31 @@ where
         };
         match message {
             Message::Text(text) => self.on_command(text.as_bytes()).await,
-            Message::Binary(_) => {
-                // Counted against the rate limit like any command.
-                self.on_command(b"").await
-            }
+            // Counted against the rate limit like any command; answered with error 1.
+            Message::Binary(_) => self.on_command(b"").await,
             // tungstenite answers pings itself while we keep reading; pongs only prove liveness.
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Ok(()),
-            Message::Close(_) => Err(None),
+            Message::Close(frame) => {
+                // tungstenite queued the echo: send it, so the client's close completes cleanly.
+                self.client_close = Some(frame.map_or(1005, |f| u16::from(f.code)));
+                let _ = tokio::time::timeout(CLOSE_GRACE, self.ws.flush()).await;
+                Err(None)
+            }
         }
     }
 
     async fn on_command(&mut self, frame: &[u8]) -> Result<(), Close> {
         let parsed = Command::parse(frame);
-        if !self.commands.try_take(std::time::Instant::now()) {
-            self.refused_in_a_row += 1;
+        let now = Instant::now();
+        if !self.commands.try_take(now) {
+            if now.duration_since(self.refused_since) > REFUSAL_WINDOW {
+                self.refused = 0;
+                self.refused_since = now;
+            }
+            self.refused += 1;
             metrics::counter!(m::COMMANDS_TOTAL, "command" => "any", "result" => "rate_limited")
                 .increment(1);
-            if self.refused_in_a_row >= self.app.config.security.refused_commands_before_close {
+            if self.refused >= self.app.config.security.refused_commands_before_close {
                 return Err(Some((4029, "rate limited: too many commands")));
             }
             let id = parsed.as_ref().map_or_else(|e| e.id, |c| c.id);
@@ -214,7 +314,6 @@ where
                 .send_now(reply::error(id, ErrorCode::TooManyRequests, None))
                 .await;
         }
-        self.refused_in_a_row = 0;
         let command = match parsed {
             Ok(Command {
                 id,
@@ -232,14 +331,12 @@ where
         let name = command_name(&command);
         let effects = self.state.handle(command);
         let ok = !effects.iter().any(|e| matches!(e, Effect::Error(_)));
-        metrics::counter!(m::COMMANDS_TOTAL, "command" => name, "result" => if ok { "ok" } else { "error" })
-            .increment(1);
+        let result = if ok { "ok" } else { "error" };
+        metrics::counter!(m::COMMANDS_TOTAL, "command" => name, "result" => result).increment(1);
         for effect in effects {
             match effect {
-                Effect::Reply(frame) | Effect::Error(frame) => {
-                    self.feed_text(frame.into_bytes()).await?
-                }
-                Effect::Pong(id) => self.feed_text(reply::pong(id).into_bytes()).await?,
+                Effect::Reply(frame) | Effect::Error(frame) => self.feed_reply(frame).await?,
+                Effect::Pong(id) => self.feed_reply(reply::pong(id)).await?,
                 Effect::Add {
                     channel,
                     market,
@@ -267,6 +364,9 @@ where
                     }
                 }
             }
+        }
+        if self.app.status.borrow().state.is_up() {
+            self.private_exposed |= self.holds_private();
         }
         self.flush().await
     }
@@ -317,7 +417,7 @@ where
     async fn on_delivery(&mut self, delivery: Option<Delivery>) -> Result<(), Close> {
         let Some(first) = delivery else {
             // The fanout's stream ended: the relay is stopping.
-            return Err(Some((1012, "service restart")));
+            return Err(RESTART);
         };
         self.write_delivery(first).await?;
         let mut written = 1;
@@ -349,18 +449,22 @@ where
                     return Ok(()); // unsubscribed while the item was in flight
                 };
                 let (sid, seq, yes) = (sub.sid, sub.next_seq(), sub.use_yes_price);
-                self.buf.clear();
-                item.write_envelope(&mut self.buf, sid, seq, yes);
+                self.out.reserve(48 + item.body().len());
+                item.write_envelope(&mut self.out, sid, seq, yes);
                 self.frames_written += 1;
-                if self.frames_written % LATENCY_SAMPLE == 0 {
-                    if let Some(at) = item.received_at() {
-                        metrics::histogram!(m::LATENCY_SECONDS).record(at.elapsed().as_secs_f64());
-                    }
+                if self.frames_written % LATENCY_SAMPLE == 0 && self.latency_sample.is_none() {
+                    self.latency_sample = item.received_at();
                 }
-                metrics::counter!(m::MESSAGES_SENT_TOTAL, "type" => type_label(item.kind()))
-                    .increment(1);
-                let frame = Bytes::copy_from_slice(&self.buf);
-                self.feed_text(frame).await
+                let frame = self.out.split().freeze();
+                let counter = &mut self.sent[kind_index(item.kind())];
+                counter.0 += 1;
+                counter.1 += frame.len() as u64;
+                self.feed(Message::Frame(Frame::message(
+                    frame,
+                    OpCode::Data(Data::Text),
+                    true,
+                )))
+                .await
             }
             Delivery::Stale { .. } => Ok(()),
             Delivery::Lagged(report) => {
@@ -393,44 +497,64 @@ where
 
     async fn ping(&mut self) -> Result<(), Close> {
         self.awaiting_pong = true;
-        self.timed(Message::Ping(Bytes::from_static(b"relay")))
+        self.feed(Message::Ping(bytes::Bytes::from_static(b"relay")))
             .await?;
         self.flush().await
     }
 
-    /// Queues a text frame (no UTF-8 re-validation: every piece is already valid text).
-    async fn feed_text(&mut self, payload: impl Into<Bytes>) -> Result<(), Close> {
-        let payload = payload.into();
-        metrics::counter!(m::BYTES_SENT_TOTAL).increment(payload.len() as u64);
-        let frame = Frame::message(payload, OpCode::Data(Data::Text), true);
-        self.timed(Message::Frame(frame)).await
+    /// Queues a reply (every piece is valid text already: no UTF-8 re-validation).
+    async fn feed_reply(&mut self, frame: String) -> Result<(), Close> {
+        let counter = &mut self.sent[REPLY];
+        counter.0 += 1;
+        counter.1 += frame.len() as u64;
+        let frame = Frame::message(frame.into_bytes(), OpCode::Data(Data::Text), true);
+        self.feed(Message::Frame(frame)).await
     }
 
     async fn send_now(&mut self, frame: String) -> Result<(), Close> {
-        self.feed_text(frame.into_bytes()).await?;
+        self.feed_reply(frame).await?;
         self.flush().await
     }
 
-    async fn timed(&mut self, message: Message) -> Result<(), Close> {
-        match tokio::time::timeout(
-            self.app.config.downstream.write_timeout(),
-            self.ws.feed(message),
-        )
-        .await
-        {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(classify_write_error(&e)),
-            Err(_) => Err(Some((1008, "write timeout"))),
+    /// One socket operation, bounded by the write timeout and abandoned at shutdown.
+    async fn io<T>(
+        app: &App,
+        op: impl std::future::Future<Output = Result<T, WsError>>,
+    ) -> Result<T, Close> {
+        let timeout = tokio::time::timeout(app.config.downstream.write_timeout(), op);
+        tokio::select! {
+            biased;
+            result = timeout => match result {
+                Ok(Ok(value)) => Ok(value),
+                // A failed write means the peer is gone or the socket is broken.
+                Ok(Err(_)) => Err(None),
+                Err(_) => Err(Some((1008, "write timeout"))),
+            },
+            _ = app.shutdown.cancelled() => Err(RESTART),
         }
     }
 
+    async fn feed(&mut self, message: Message) -> Result<(), Close> {
+        Self::io(self.app, self.ws.feed(message)).await
+    }
+
     async fn flush(&mut self) -> Result<(), Close> {
-        match tokio::time::timeout(self.app.config.downstream.write_timeout(), self.ws.flush())
-            .await
-        {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(classify_write_error(&e)),
-            Err(_) => Err(Some((1008, "write timeout"))),
+        Self::io(self.app, self.ws.flush()).await?;
+        if let Some(at) = self.latency_sample.take() {
+            metrics::histogram!(m::LATENCY_SECONDS).record(at.elapsed().as_secs_f64());
+        }
+        self.flush_counters();
+        Ok(())
+    }
+
+    /// Adds the frames and bytes written since the last call to the shared counters.
+    fn flush_counters(&mut self) {
+        for (kind, (frames, bytes)) in KINDS.iter().zip(self.sent.iter_mut()) {
+            if *frames > 0 {
+                metrics::counter!(m::MESSAGES_SENT_TOTAL, "type" => *kind).increment(*frames);
+                metrics::counter!(m::BYTES_SENT_TOTAL, "type" => *kind).increment(*bytes);
+                (*frames, *bytes) = (0, 0);
+            }
         }
     }
 
@@ -441,8 +565,7 @@ where
             code: CloseCode::from(code),
             reason: reason.into(),
         };
-        let grace = std::time::Duration::from_secs(2);
-        let _ = tokio::time::timeout(grace, async {
+        let _ = tokio::time::timeout(CLOSE_GRACE, async {
             if self.ws.close(Some(frame)).await.is_ok() {
                 // Read until the client's close arrives or the stream ends.
                 while let Some(Ok(_)) = self.ws.next().await {}
@@ -454,43 +577,22 @@ where
 
 fn command_name(command: &Command) -> &'static str {
     match command.action {
-        protocol::Action::Subscribe(_) => "subscribe",
-        protocol::Action::Unsubscribe { .. } => "unsubscribe",
-        protocol::Action::UpdateSubscription(_) => "update_subscription",
-        protocol::Action::ListSubscriptions => "list_subscriptions",
-        protocol::Action::Ping => "ping",
-        protocol::Action::Auth { .. } => "auth",
-    }
-}
-
-fn type_label(kind: &protocol::MessageType) -> &'static str {
-    use protocol::MessageType as T;
-    match kind {
-        T::OrderbookSnapshot => "orderbook_snapshot",
-        T::OrderbookDelta => "orderbook_delta",
-        T::Ticker => "ticker",
-        T::Trade => "trade",
-        T::Fill => "fill",
-        T::UserOrder => "user_order",
-        T::MarketPosition => "market_position",
-        T::MarketLifecycleV2 | T::EventLifecycle | T::EventFeeUpdate => "lifecycle",
-        _ => "other",
+        Action::Subscribe(_) => "subscribe",
+        Action::Unsubscribe { .. } => "unsubscribe",
+        Action::UpdateSubscription(_) => "update_subscription",
+        Action::ListSubscriptions => "list_subscriptions",
+        Action::Ping => "ping",
+        Action::Auth { .. } => "auth",
     }
 }
 
 /// A read error: what to tell the client, if it is still there to hear it.
 fn classify_read_error(e: &WsError) -> Close {
     match e {
-        WsError::Capacity(CapacityError::MessageTooLong { .. }) => Some((1009, "message too big")),
         WsError::Capacity(_) => Some((1009, "message too big")),
         WsError::Utf8(_) => Some((1007, "invalid UTF-8 in a text frame")),
         WsError::Protocol(_) => Some((1002, "protocol error")),
         // The peer went away: nothing to tell it.
         _ => None,
     }
-}
-
-fn classify_write_error(_e: &WsError) -> Close {
-    // A failed write means the peer is gone or the socket is broken: a close frame cannot help.
-    None
 }
