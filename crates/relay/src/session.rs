@@ -194,7 +194,7 @@ where
             state: ClientState::new(limits),
             options,
             sub: app.fanout.subscriber(),
-            out: BytesMut::with_capacity(512),
+            out: BytesMut::new(),
             awaiting_pong: false,
             frames_written: 0,
             latency_sample: None,
