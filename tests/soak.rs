@@ -343,7 +343,10 @@ async fn chaos_soak() {
     let stats = sim.stats();
     let peak = samples.iter().map(|s| s.rss_kib).max().unwrap_or(0);
     let last = samples.last().copied().unwrap_or_default();
-    let refl = reflog.lock();
+    let (ref_fills, ref_sessions) = {
+        let r = reflog.lock();
+        (r.fills.len(), r.sessions)
+    };
     let silent = c.fill_gaps_silent + c.fills_missing_silent;
     let mut out = String::new();
     let line = |out: &mut String, s: String| {
@@ -397,8 +400,7 @@ async fn chaos_soak() {
         &mut out,
         format!(
             "fills seen by the direct reference: {} over {} sessions",
-            refl.fills.len(),
-            refl.sessions
+            ref_fills, ref_sessions
         ),
     );
     line(
@@ -437,10 +439,8 @@ async fn chaos_soak() {
     }
     eprint!("{out}");
     println!("{out}");
-    drop(refl);
-    match Arc::try_unwrap(sim) {
-        Ok(sim) => sim.shutdown().await,
-        Err(_) => {}
+    if let Ok(sim) = Arc::try_unwrap(sim) {
+        sim.shutdown().await;
     }
     assert!(
         c.violations.is_empty() && c.books_wrong == 0 && silent == 0,
