@@ -658,3 +658,60 @@ async fn private_subscribers_are_told_when_the_upstream_connection_is_lost() {
     relay.shutdown().await;
     sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fills_lost_to_a_dead_upstream_sid_are_announced_with_4008() {
+    let sim = sim(SimConfig {
+        markets: 2,
+        rate: 200.0,
+        ..SimConfig::default()
+    })
+    .await;
+    let relay = relay(&sim, |_| {}).await;
+    let mut private = Client::connect(&relay.ws_url()).await;
+    private
+        .send(json!({"id": 1, "cmd": "subscribe", "params": {"channels": ["fill"]}}))
+        .await;
+    private.replies_until(1).await;
+    let mut public = Client::connect(&relay.ws_url()).await;
+    public.send(subscribe(1, &["trade"], &markets(&sim))).await;
+    public.replies_until(1).await;
+
+    let fill_sid = || {
+        sim.stats()
+            .per_connection
+            .iter()
+            .flat_map(|c| c.sids.clone())
+            .find(|s| s.channel == protocol::Channel::Fill)
+            .map(|s| s.sid)
+    };
+    let deadline = Instant::now() + DEADLINE;
+    let sid = loop {
+        if let Some(sid) = fill_sid() {
+            break sid;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the relay never subscribed fills upstream"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    sim.fault(Fault::Error {
+        code: 25,
+        sid: Some(sid),
+    });
+    match private.ended().await {
+        Ended::Close(4008, reason) => assert!(reason.contains("reconcile"), "{reason}"),
+        other => panic!("expected 4008, got {other:?}"),
+    }
+    // The public client is not affected: trades keep flowing.
+    let before = public.counts.get("trade").copied().unwrap_or(0);
+    public
+        .until("more trades", |c| {
+            c.counts.get("trade").copied().unwrap_or(0) > before + 3
+        })
+        .await;
+    assert_eq!(public.ended, None);
+    relay.shutdown().await;
+    sim.shutdown().await;
+}

@@ -76,6 +76,9 @@ pub struct App {
     pub tracker: TaskTracker,
     /// The upstream's status; sessions that asked for `relay_events` watch it. Written by the feed.
     pub status: watch::Sender<UpstreamStatus>,
+    /// Per channel (index in `Channel::ALL`), how many times its messages were lost upstream (a
+    /// dead sid). Sessions holding a private channel watch it: a loss there is told with 4008.
+    pub lost: watch::Sender<[u64; 7]>,
     /// Books currently stale upstream (gap or reconnect), for readiness. Written by the feed.
     pub stale: Mutex<BTreeSet<String>>,
     /// Set at the start of shutdown: `/readyz` answers 503 from then on.
@@ -127,6 +130,7 @@ impl App {
             })
             .0,
             stale: Mutex::new(BTreeSet::new()),
+            lost: watch::channel([0; 7]).0,
             stopping: AtomicBool::new(false),
             clients: AtomicUsize::new(0),
             upstream_messages: AtomicU64::new(0),

@@ -88,6 +88,12 @@ pub async fn publish(
             Event::BookReset { market } => {
                 app.stale.lock().remove(&market);
             }
+            Event::MessagesLost { channel } => {
+                warn!(%channel, "messages lost upstream (a subscription died at the exchange)");
+                if let Some(i) = Channel::ALL.iter().position(|c| *c == channel) {
+                    app.lost.send_modify(|counts| counts[i] += 1);
+                }
+            }
             Event::State(state) => {
                 match &state {
                     State::GaveUp { failures } => {

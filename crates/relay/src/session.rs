@@ -56,7 +56,7 @@ const UPSTREAM_UNAVAILABLE: Close = Some((1013, "upstream unavailable, reconnect
 const UNAUTHORIZED: Close = Some((4001, "unauthorized"));
 const PRIVATE_GAP: Close = Some((
     4008,
-    "upstream connection lost: private channel messages may be missing, reconcile and reconnect",
+    "upstream lost private channel messages: reconcile over REST and reconnect",
 ));
 
 /// Most deliveries written before a flush, so one busy client cannot starve its own reads.
@@ -175,6 +175,8 @@ struct Session<'a, S> {
     private_exposed: bool,
     /// The code of the client's own close frame, if it closed.
     client_close: Option<u16>,
+    /// The per-channel loss counts already accounted for (see `App::lost`).
+    lost_seen: [u64; 7],
 }
 
 impl<'a, S> Session<'a, S>
@@ -201,6 +203,7 @@ where
             sent: [(0, 0); KINDS.len()],
             private_exposed: false,
             client_close: None,
+            lost_seen: *app.lost.borrow(),
         }
     }
 
@@ -214,6 +217,8 @@ where
         }
         let mut slot = app.heartbeat.slot();
         let mut status = app.status.subscribe();
+        let mut lost = app.lost.subscribe();
+        lost.borrow_and_update();
         let initial = status.borrow_and_update().clone();
         if self.options.relay_events {
             if let Err(close) = self.send_event("relay_status", initial.to_json()).await {
@@ -230,6 +235,10 @@ where
                 Ok(()) = slot.ping.changed() => self.ping().await,
                 Ok(()) = slot.check.changed() => {
                     if self.awaiting_pong { Err(Some((1008, "pong timeout"))) } else { Ok(()) }
+                }
+                Ok(()) = lost.changed() => {
+                    let counts = *lost.borrow_and_update();
+                    self.on_lost(counts)
                 }
                 Ok(()) = status.changed() => {
                     let now = status.borrow_and_update().clone();
@@ -263,6 +272,25 @@ where
                 State::Disconnected { .. } | State::AuthFailed | State::GaveUp { .. }
             )
         {
+            Err(PRIVATE_GAP)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Messages of a channel were lost upstream: a private one this client holds cannot be
+    /// repaired, so it is told (4008); counts of channels it does not hold are just noted.
+    fn on_lost(&mut self, counts: [u64; 7]) -> Result<(), Close> {
+        let hit = protocol::Channel::ALL
+            .iter()
+            .zip(counts.iter().zip(self.lost_seen.iter()))
+            .any(|(channel, (now, seen))| {
+                now > seen
+                    && channel.is_private()
+                    && self.state.subscriptions().any(|s| s.channel == *channel)
+            });
+        self.lost_seen = counts;
+        if hit {
             Err(PRIVATE_GAP)
         } else {
             Ok(())

@@ -206,6 +206,9 @@ impl Conn<'_> {
                     if !stale.is_empty() {
                         self.emit(Event::BookStale { markets: stale }).await;
                     }
+                    if channel != Channel::OrderbookDelta {
+                        self.emit(Event::MessagesLost { channel }).await;
+                    }
                 }
                 self.reconcile().await
             }

@@ -139,6 +139,7 @@ async fn drop_reconnects_resubscribes_and_keeps_sub_ids() {
                 assert_eq!(d.sub, books);
                 resets.insert(market, ());
             }
+            Event::MessagesLost { channel } => panic!("a drop is not a dead sid: {channel}"),
             Event::Data(d) => {
                 if d.channel == Channel::Trade {
                     assert_eq!(d.sub, trades);
@@ -275,6 +276,7 @@ async fn a_gap_resnapshots_the_sids_markets_and_the_books_match_the_truth() {
         match &e {
             Event::BookReset { market } => reset.push(market.clone()),
             Event::BookStale { .. } => panic!("a second gap"),
+            Event::MessagesLost { .. } => panic!("a gap is not a dead sid"),
             Event::Data(d) => assert!(
                 matches!(d.book, Some(BookUpdate::Snapshot(_)))
                     || reset.contains(d.market.as_ref().unwrap()),
@@ -293,6 +295,56 @@ async fn a_gap_resnapshots_the_sids_markets_and_the_books_match_the_truth() {
         let mut expected = OrderBook::new(m.clone());
         expected.apply_snapshot(&sim.book(m).unwrap()).unwrap();
         assert_eq!(books[m], expected, "{m}");
+    }
+    shutdown.cancel();
+    up.closed().await;
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_private_sid_is_reported_as_lost_messages_and_resubscribed() {
+    let sim = sim(SimConfig {
+        markets: 2,
+        rate: 100.0,
+        ..SimConfig::default()
+    })
+    .await;
+    let shutdown = CancellationToken::new();
+    let (up, mut events) = upstream::spawn(config(&sim), shutdown.clone()).unwrap();
+    let fills = up.subscribe(Channel::Fill, None);
+    until_state(&mut events, |s| *s == State::Subscribed).await;
+    let fill_sid = |sim: &Sim| {
+        sim.stats()
+            .per_connection
+            .iter()
+            .flat_map(|c| c.sids.clone())
+            .find(|s| s.channel == Channel::Fill)
+            .map(|s| s.sid)
+    };
+    let sid = fill_sid(&sim).expect("the fill channel is subscribed");
+    sim.fault(Fault::Error {
+        code: 25,
+        sid: Some(sid),
+    });
+    // Fills in between are gone for good: the owner is told, in order with the data.
+    loop {
+        match next(&mut events).await {
+            Event::MessagesLost { channel } => {
+                assert_eq!(channel, Channel::Fill);
+                break;
+            }
+            Event::Data(d) => assert_eq!(d.sub, fills),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    // And the channel is subscribed again under a new sid.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fill_sid(&sim).is_none_or(|s| s == sid) {
+        assert!(
+            Instant::now() < deadline,
+            "the fill channel was never resubscribed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     shutdown.cancel();
     up.closed().await;
