@@ -178,6 +178,7 @@ async fn next_book_event(events: &mut mpsc::Receiver<Event>) -> String {
             }
             Event::BookStale { markets } => return format!("stale {}", markets.join(",")),
             Event::BookReset { market } => return format!("reset {market}"),
+            Event::MessagesLost { channel } => return format!("lost {channel}"),
             Event::State(_) => continue,
         }
     }
@@ -528,6 +529,7 @@ async fn subscriptions_gaps_reconnect_and_clean_close() {
             Event::State(s) => order.push(format!("{s:?}")),
             Event::BookStale { markets } => order.push(format!("stale {}", markets.join(","))),
             Event::BookReset { market } => order.push(format!("reset {market}")),
+            Event::MessagesLost { channel } => order.push(format!("lost {channel}")),
             Event::Data(d) => order.push(format!("data {} {}", d.market.unwrap(), d.sub)),
         }
     }
