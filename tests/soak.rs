@@ -698,10 +698,10 @@ fn unused(_: BTreeMap<(), ()>) {}
 /// The smallest reproduction of what the soak found: a client subscribed to `fill` through the
 /// relay, the upstream connection drops (and two handshakes are refused, so the outage lasts a
 /// few backoff steps), the simulator keeps trading meanwhile. The client must end with either an
-/// unbroken position chain (nothing lost) or a 4008/1012 close (loss announced). Today it stays
-/// connected with a gap: see RELIABILITY.md, "Violations".
+/// unbroken position chain (nothing lost) or a 4008/1012 close (loss announced). Regression test
+/// for the silent gap the soak found (fixed: the relay closes private subscribers with 4008 when
+/// the upstream connection is lost).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "relay bug: private fills lost silently across an upstream reconnect (RELIABILITY.md)"]
 async fn an_upstream_drop_never_leaves_a_private_subscriber_with_a_silent_fill_gap() {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message as WsMessage;
