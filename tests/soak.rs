@@ -85,6 +85,10 @@ const FAULT_KINDS: &[&str] = &[
     "relay_restart",
 ];
 
+/// Faults that leave the upstream connection and its subscriptions up.
+const CALM_KINDS: &[&str] = &["gap", "duplicate", "burst", "client_disconnect"];
+const CALM_EVERY: u64 = 3;
+
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
@@ -248,6 +252,8 @@ async fn chaos_soak() {
     sleep(Duration::from_secs(2)).await;
     let mut samples: Vec<ProcSample> = Vec::new();
     let mut deck: Vec<&str> = Vec::new();
+    let mut calm_deck: Vec<&str> = Vec::new();
+    let mut epoch_no = 0u64;
     let mut restarts = 0u64;
     let q = QuietPoint {
         sim: &sim,
@@ -260,6 +266,10 @@ async fn chaos_soak() {
     q.run(relay.as_mut().unwrap(), &mut samples).await;
     let deadline = wall + Duration::from_secs(seconds);
     while Instant::now() + EPOCH / 2 < deadline {
+        epoch_no += 1;
+        // Every CALM_EVERY-th epoch the upstream stays up, so private subscribers span whole
+        // epochs and the reference comparison has something to compare.
+        let calm = epoch_no % CALM_EVERY == 0;
         let start = Instant::now();
         let mut offsets: Vec<Duration> = (0..FAULTS_PER_EPOCH)
             .map(|_| Duration::from_millis(rng.gen_range(300..EPOCH.as_millis() as u64 - 2500)))
@@ -267,11 +277,19 @@ async fn chaos_soak() {
         offsets.sort();
         for at in offsets {
             sleep_until(start + at).await;
-            if deck.is_empty() {
-                deck = FAULT_KINDS.to_vec();
-                deck.shuffle(&mut rng);
-            }
-            let kind = deck.pop().unwrap();
+            let kind = if calm {
+                if calm_deck.is_empty() {
+                    calm_deck = CALM_KINDS.to_vec();
+                    calm_deck.shuffle(&mut rng);
+                }
+                calm_deck.pop().unwrap()
+            } else {
+                if deck.is_empty() {
+                    deck = FAULT_KINDS.to_vec();
+                    deck.shuffle(&mut rng);
+                }
+                deck.pop().unwrap()
+            };
             tally.fault(kind);
             tally.log(&format!("fault {kind}"));
             match kind {
@@ -427,8 +445,16 @@ async fn chaos_soak() {
     line(
         &mut out,
         format!(
-            "max live upstream sessions seen: {}",
-            max_sessions.load(Ordering::SeqCst)
+            "max live upstream sessions seen: {} (over {} samples)",
+            max_sessions.load(Ordering::SeqCst),
+            tally.session_samples.load(Ordering::Relaxed)
+        ),
+    );
+    line(
+        &mut out,
+        format!(
+            "fills checked against the position chain: {}",
+            tally.chain_links.load(Ordering::Relaxed)
         ),
     );
     line(&mut out, format!("relay RSS: peak {} KiB, final {} KiB; fds final {}; threads final {} (quiet-point samples: {})", peak, last.rss_kib, last.fds, last.threads, samples.len()));
