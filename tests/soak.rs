@@ -23,6 +23,12 @@
 //! - every 50 ms (`watch_upstream`): the simulator sees at most one live (not blackholed)
 //!   session from the relay;
 //! - every restart: the relay exits 0 within its drain time after SIGTERM.
+//!
+//! Faults are dealt from a shuffled deck (every kind once per round, order from the seed), three
+//! per 8-second epoch; every third epoch draws only faults that leave the upstream up (gap,
+//! duplicate, burst, client disconnects), so private subscribers span whole epochs and can be
+//! compared with the direct reference. The timeline (faults, quiet points, fill chain breaks,
+//! one events client's `relay_status`) goes to stderr with Unix times that match the relay's log.
 
 #[path = "soak/clients.rs"]
 mod clients;
@@ -35,7 +41,7 @@ mod relay_proc;
 #[path = "soak/tally.rs"]
 mod tally;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -717,9 +723,6 @@ async fn status(addr: SocketAddr) -> Option<serde_json::Value> {
         .then(|| serde_json::from_str(&body).ok())
         .flatten()
 }
-
-#[allow(dead_code)]
-fn unused(_: BTreeMap<(), ()>) {}
 
 /// The smallest reproduction of what the soak found: a client subscribed to `fill` through the
 /// relay, the upstream connection drops (and two handshakes are refused, so the outage lasts a

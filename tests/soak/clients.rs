@@ -242,8 +242,6 @@ struct Conn {
     /// Epoch in which the private subscription was acknowledged.
     private_epoch: Option<u64>,
     fills: FillTrack,
-    fill_order: Vec<String>,
-    messages: u64,
     epoch: Arc<AtomicU64>,
     /// Set when a check saw the connection end.
     ended: Option<End>,
@@ -268,8 +266,6 @@ impl Conn {
             expected_replies: expected,
             private_epoch: None,
             fills: FillTrack::default(),
-            fill_order: Vec::new(),
-            messages: 0,
             epoch,
             ended: None,
         }
@@ -420,10 +416,10 @@ impl Conn {
                 }
             }
         }
-        self.messages += 1;
         match env.kind.as_str() {
             "relay_status" => {
-                if spec.name == "private1" {
+                // One events client's view of the upstream is enough for the timeline.
+                if spec.kind == (Kind::Private { events: true }) {
                     self.tally.log(&format!(
                         "{}: {}",
                         self.who(spec),
@@ -466,7 +462,6 @@ impl Conn {
             Ok(Message::Fill(_)) => {
                 if let Some(f) = fills::decode(&env) {
                     self.tally.with(|c| c.fills_received += 1);
-                    self.fill_order.push(f.trade_id.clone());
                     let what = format!("{} {} pre {} post {}", f.trade_id, f.market, f.pre, f.post);
                     self.fills.apply(f);
                     if self.fills.just_broke {
