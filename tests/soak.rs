@@ -430,7 +430,7 @@ async fn chaos_soak() {
     line(
         &mut out,
         format!(
-            "reference fills checked against whole-epoch subscribers: {}",
+            "reference fills checked against relayed private subscribers: {}",
             c.fills_checked
         ),
     );
@@ -616,7 +616,7 @@ impl QuietPoint<'_> {
             }
             if !r.fills_missing.is_empty() {
                 tally.violation(format!(
-                    "quiet point {closing}: {} (connected the whole epoch) never got {} of {} fills the simulator sent the reference, e.g. trade {}",
+                    "quiet point {closing}: {} (subscribed before they were produced, still connected) never got {} of {} fills the simulator sent the reference, e.g. trade {}",
                     c.spec.name,
                     r.fills_missing.len(),
                     r.fills_checked,

@@ -241,6 +241,8 @@ struct Conn {
     expected_replies: usize,
     /// Epoch in which the private subscription was acknowledged.
     private_epoch: Option<u64>,
+    /// Wall clock (ms) when that ack was read.
+    private_ack_ms: Option<i64>,
     fills: FillTrack,
     epoch: Arc<AtomicU64>,
     /// Set when a check saw the connection end.
@@ -265,6 +267,7 @@ impl Conn {
             subscribed_replies: 0,
             expected_replies: expected,
             private_epoch: None,
+            private_ack_ms: None,
             fills: FillTrack::default(),
             epoch,
             ended: None,
@@ -396,6 +399,7 @@ impl Conn {
                         // The first of the three private acks: the subscription is live from
                         // this epoch on.
                         self.private_epoch = Some(self.epoch.load(Ordering::SeqCst));
+                        self.private_ack_ms = Some(fills::now_ms());
                     }
                 }
                 _ => {
@@ -486,8 +490,8 @@ impl Conn {
         self.tally.violation(format!("{}: {what}", self.who(spec)));
     }
 
-    /// Quiet point: read until every book equals the truth and (for a private connection that
-    /// spans the whole epoch) every reference fill of the epoch has arrived, or the deadline.
+    /// Quiet point: read until every book equals the truth and (for a private connection) every
+    /// reference fill of the epoch it owes has arrived, or the deadline (see `fills.rs`).
     async fn check(
         &mut self,
         spec: &Spec,
@@ -498,18 +502,25 @@ impl Conn {
         let mut report = CheckReport::default();
         // A connection spans the epoch only if its private subscription was acknowledged before
         // the epoch began (epochs are numbered when the simulator resumes).
+        // Younger connections owe the fills produced after their ack (plus a margin).
         let whole_epoch = self.private_epoch.is_some_and(|e| e < epoch);
-        let wanted_fills: Vec<&FillSeen> = if whole_epoch {
-            ref_fills
+        let from_ms = match self.private_ack_ms {
+            _ if whole_epoch => Some(i64::MIN),
+            Some(ack) => Some(ack + fills::START_MARGIN_MS),
+            None => None,
+        };
+        let wanted_fills: Vec<&FillSeen> = match from_ms {
+            None => Vec::new(),
+            Some(from) => ref_fills
                 .iter()
                 .filter(|f| {
-                    spec.private_markets
-                        .as_ref()
-                        .is_none_or(|ms| ms.contains(&f.market))
+                    f.ts_ms > from
+                        && spec
+                            .private_markets
+                            .as_ref()
+                            .is_none_or(|ms| ms.contains(&f.market))
                 })
-                .collect()
-        } else {
-            Vec::new()
+                .collect(),
         };
         let deadline = Instant::now() + CATCH_UP;
         let mut last_text = Instant::now();

@@ -12,8 +12,11 @@
 //!   whenever the reference was connected.)
 //! - **A direct reference subscriber.** One connection straight to the simulator, subscribed to
 //!   `fill` for every market, logs each fill with the epoch (the span between two quiet points) it
-//!   arrived in. At a quiet point every relayed private subscriber whose connection spans the whole
-//!   epoch must hold every reference fill of that epoch for its markets, in the same order.
+//!   arrived in. At a quiet point every relayed private subscriber still connected must hold, in
+//!   the same order, every reference fill of that epoch for its markets that the simulator
+//!   produced (its `ts_ms`, same machine clock) more than `START_MARGIN_MS` after the subscriber
+//!   received its `subscribed` reply: all of them for a connection older than the epoch. This also
+//!   covers a connection's first fills, which the chain cannot.
 //!
 //! A loss is announced, not silent, only when the connection is then closed with 4008 or 1012.
 
@@ -29,6 +32,18 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_util::sync::CancellationToken;
 
+/// A fill produced this long after a client read its `subscribed` reply must reach it (the
+/// simulator stamps whole milliseconds; the relay registered the client before replying).
+pub const START_MARGIN_MS: i64 = 20;
+
+/// Wall clock in ms, as the simulator stamps `ts_ms`.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
 /// One fill as the soak needs it.
 #[derive(Clone, Debug)]
 pub struct FillSeen {
@@ -37,6 +52,8 @@ pub struct FillSeen {
     /// Position before and after, in hundredths of a contract.
     pub pre: i64,
     pub post: i64,
+    /// When the simulator produced it (its wall clock, ms).
+    pub ts_ms: i64,
 }
 
 /// Decodes a `fill` frame.
@@ -54,6 +71,7 @@ pub fn decode(env: &Envelope) -> Option<FillSeen> {
                 market: f.market_ticker?,
                 pre: post - signed,
                 post,
+                ts_ms: f.ts_ms?,
             })
         }
         _ => None,

@@ -26,7 +26,7 @@ pub struct Counts {
     /// Breaks in a private subscriber's position chain, by what happened to the connection after.
     pub fill_gaps_silent: u64,
     pub fill_gaps_announced: u64,
-    /// Fills the reference saw that a private subscriber connected through the whole epoch never
+    /// Fills the reference saw, produced after a private subscriber's ack, that it never
     /// received while it stayed connected.
     pub fills_missing_silent: u64,
     pub quiet_points: u64,
