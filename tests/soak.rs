@@ -800,3 +800,129 @@ async fn an_upstream_drop_never_leaves_a_private_subscriber_with_a_silent_fill_g
     relay.shutdown().await;
     sim.shutdown().await;
 }
+
+/// The smallest reproduction of the second silent loss the soak found: a client subscribes to
+/// `fill` through the relay while the relay's upstream is down (here its reconnect is held by a
+/// stalled handshake; in the soak, the client had just been closed 4008 and reconnected at once,
+/// as clients do). The relay answers `subscribed` at once, but nothing reaches it until the
+/// upstream is back, and the client is never told. Every fill the simulator produced after the
+/// client's `subscribed` reply (by its `ts_ms`) and that a direct reference subscriber saw must
+/// reach the client, or the client must be closed with 4008/1012.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "relay bug: a private subscription acknowledged while the upstream is down loses fills silently (RELIABILITY.md)"]
+async fn a_private_subscription_made_during_an_upstream_outage_never_misses_fills_silently() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+    let sim = exchange_sim::start(
+        SimConfig {
+            markets: 2,
+            rate: 2000.0,
+            seed: 4,
+            ping_interval: Duration::from_millis(300),
+            ..SimConfig::default()
+        },
+        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+    )
+    .await
+    .unwrap();
+    let mut config = relay::config::RelayConfig::with_upstream(&sim.ws_url());
+    config.fanout.linger_seconds = 0;
+    config.upstream.backoff_base_seconds = 0.1;
+    config.upstream.backoff_cap_seconds = 0.2;
+    config.upstream.handshake_timeout_seconds = 2.0;
+    let listeners = relay::Listeners::bind("127.0.0.1:0".parse().unwrap(), None)
+        .await
+        .unwrap();
+    let relay = relay::spawn(config, listeners).await.unwrap();
+    assert!(await_ready(relay.addr, Duration::from_secs(10)).await);
+
+    // The upstream goes, and its first reconnect is held unanswered for the handshake timeout.
+    let stalled_before = sim.stats().handshakes_stalled;
+    sim.fault(Fault::StallHandshake { count: 1 });
+    sim.fault(Fault::Drop);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while sim.stats().handshakes_stalled == stalled_before {
+        assert!(Instant::now() < deadline, "the relay never reconnected");
+        sleep(Duration::from_millis(10)).await;
+    }
+
+    // Now: a direct reference subscriber, and a client of the relay, both on `fill`.
+    let sub = r#"{"id":1,"cmd":"subscribe","params":{"channels":["fill"]}}"#;
+    let (mut reference, _) = tokio_tungstenite::connect_async(sim.ws_url())
+        .await
+        .unwrap();
+    reference.send(WsMessage::text(sub)).await.unwrap();
+    let (mut client, _) = tokio_tungstenite::connect_async(relay.ws_url())
+        .await
+        .unwrap();
+    client.send(WsMessage::text(sub)).await.unwrap();
+
+    let mut ack_ms = None;
+    let mut got = HashSet::new();
+    let mut seen = Vec::new();
+    let mut ended = None;
+    let until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < until && ended.is_none() {
+        tokio::select! {
+            f = client.next() => match f {
+                Some(Ok(WsMessage::Text(t))) => {
+                    let env = protocol::Envelope::parse(t.as_bytes()).unwrap();
+                    if env.kind == "subscribed" && ack_ms.is_none() {
+                        ack_ms = Some(fills::now_ms());
+                    }
+                    if let Some(f) = fills::decode(&env) {
+                        got.insert(f.trade_id);
+                    }
+                }
+                Some(Ok(WsMessage::Close(c))) => ended = Some(c.map(|c| u16::from(c.code)).unwrap_or(1005)),
+                Some(Ok(_)) => {}
+                _ => ended = Some(0),
+            },
+            f = reference.next() => if let Some(Ok(WsMessage::Text(t))) = f {
+                let env = protocol::Envelope::parse(t.as_bytes()).unwrap();
+                if let Some(f) = fills::decode(&env) {
+                    seen.push(f);
+                }
+            },
+        }
+    }
+    // Let the relay deliver what it has, with the market still.
+    sim.pause();
+    let drain = Instant::now() + Duration::from_secs(1);
+    while ended.is_none() {
+        match timeout(
+            drain.saturating_duration_since(Instant::now()),
+            client.next(),
+        )
+        .await
+        {
+            Ok(Some(Ok(WsMessage::Text(t)))) => {
+                let env = protocol::Envelope::parse(t.as_bytes()).unwrap();
+                if let Some(f) = fills::decode(&env) {
+                    got.insert(f.trade_id);
+                }
+            }
+            Ok(Some(Ok(WsMessage::Close(c)))) => {
+                ended = Some(c.map(|c| u16::from(c.code)).unwrap_or(1005))
+            }
+            Ok(Some(Ok(_))) => {}
+            _ => break,
+        }
+    }
+    let ack = ack_ms.expect("the relay acknowledged the subscription");
+    let owed: Vec<&fills::FillSeen> = seen
+        .iter()
+        .filter(|f| f.ts_ms > ack + fills::START_MARGIN_MS)
+        .collect();
+    let missing = owed.iter().filter(|f| !got.contains(&f.trade_id)).count();
+    assert!(!owed.is_empty(), "the simulator produced no fill to check");
+    assert!(
+        missing == 0 || matches!(ended, Some(4008 | 1012)),
+        "{missing} of {} fills produced after the client's subscribed reply never reached it, and it was not told (ended: {ended:?})",
+        owed.len()
+    );
+    relay.shutdown().await;
+    sim.shutdown().await;
+}
