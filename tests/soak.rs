@@ -804,12 +804,12 @@ async fn an_upstream_drop_never_leaves_a_private_subscriber_with_a_silent_fill_g
 /// The smallest reproduction of the second silent loss the soak found: a client subscribes to
 /// `fill` through the relay while the relay's upstream is down (here its reconnect is held by a
 /// stalled handshake; in the soak, the client had just been closed 4008 and reconnected at once,
-/// as clients do). The relay answers `subscribed` at once, but nothing reaches it until the
-/// upstream is back, and the client is never told. Every fill the simulator produced after the
+/// as clients do). The relay used to answer `subscribed` at once although nothing could reach it
+/// until the upstream was back, and the client was never told. Fixed: a private subscription is
+/// answered once the upstream is subscribed (the relay keeps the private channels live upstream). Every fill the simulator produced after the
 /// client's `subscribed` reply (by its `ts_ms`) and that a direct reference subscriber saw must
 /// reach the client, or the client must be closed with 4008/1012.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "relay bug: a private subscription acknowledged while the upstream is down loses fills silently (RELIABILITY.md)"]
 async fn a_private_subscription_made_during_an_upstream_outage_never_misses_fills_silently() {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message as WsMessage;

@@ -45,6 +45,11 @@ pub struct RelayConfig {
     /// its snapshot at once and `/readyz` waits for them. Default: none.
     #[serde(default)]
     pub warm_markets: Vec<String>,
+    /// Keep the account's private channels (fill, user_orders, market_positions) subscribed
+    /// upstream at all times, so a client's subscription is live the moment it is answered.
+    /// Default true.
+    #[serde(default = "yes")]
+    pub warm_private_channels: bool,
     #[serde(default)]
     pub downstream: DownstreamConfig,
     #[serde(default)]
@@ -148,6 +153,7 @@ impl RelayConfig {
             listen: default_listen(),
             admin_listen: None,
             warm_markets: Vec::new(),
+            warm_private_channels: true,
             downstream: DownstreamConfig::default(),
             upstream: upstream::UpstreamConfig {
                 url: upstream_url.to_owned(),
@@ -157,6 +163,10 @@ impl RelayConfig {
             security: crate::security::SecurityConfig::default(),
         }
     }
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_listen() -> SocketAddr {

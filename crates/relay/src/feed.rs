@@ -130,9 +130,16 @@ pub async fn follow_registry(
     upstream: Upstream,
     mut registry: RegistryEvents,
     warm: Vec<String>,
+    warm_private: bool,
     released: mpsc::UnboundedSender<String>,
 ) {
     let mut channels: HashMap<Channel, ChannelSubs> = HashMap::new();
+    if warm_private {
+        // Held for the relay's life: a client's private subscription is live when answered.
+        for channel in Channel::ALL.into_iter().filter(|c| c.is_private()) {
+            let _private = upstream.subscribe(channel, None);
+        }
+    }
     if !warm.is_empty() {
         // A subscription of its own, never released: the warm books stay synced for readiness
         // and for the first client's instant snapshot.

@@ -154,6 +154,7 @@ pub async fn spawn(config: RelayConfig, listeners: Listeners) -> anyhow::Result<
         .map_err(|e| anyhow::anyhow!("invalid upstream configuration: {e}"))?;
     let (publisher, fanout, registry) = fanout::new(config.fanout.clone());
     let warm = config.warm_markets.clone();
+    let warm_private = config.warm_private_channels;
     let app = Arc::new(App::new(
         config,
         fanout,
@@ -182,7 +183,13 @@ pub async fn spawn(config: RelayConfig, listeners: Listeners) -> anyhow::Result<
     let (released_tx, released_rx) = tokio::sync::mpsc::unbounded_channel();
     let mut tasks = vec![
         tokio::spawn(feed::publish(app.clone(), events, released_rx, publisher)),
-        tokio::spawn(feed::follow_registry(upstream, registry, warm, released_tx)),
+        tokio::spawn(feed::follow_registry(
+            upstream,
+            registry,
+            warm,
+            warm_private,
+            released_tx,
+        )),
         tokio::spawn(app.heartbeat.clone().run(app.shutdown.clone())),
         tokio::spawn(metrics::upkeep(metrics, app.shutdown.clone())),
         tokio::spawn(http::serve(app.clone(), listeners.main, ListenerRole::Main)),

@@ -64,6 +64,8 @@ const MAX_BATCH: usize = 256;
 /// Record the relay latency of one frame in this many (the histogram is a distribution; every
 /// frame would cost an atomic append each).
 const LATENCY_SAMPLE: u64 = 8;
+/// Most commands held for a live upstream; more get error 27.
+const MAX_DEFERRED: usize = 64;
 /// The window over which rate-limited commands are counted toward the 4029 close.
 const REFUSAL_WINDOW: Duration = Duration::from_secs(10);
 /// How long a close handshake may take before the socket is simply dropped.
@@ -118,7 +120,9 @@ where
             (None, Some(code)) => code,
             (None, None) => 1006,
         };
-        session.close(close).await;
+        // Cold paths are boxed: a task's allocation is sized for its largest state, and every
+        // idle client would otherwise pay for the close handshake's.
+        Box::pin(session.close(close)).await;
         session.flush_counters();
         metrics::counter!(m::DISCONNECTS_TOTAL, "code" => code_label(code)).increment(1);
         metrics::gauge!(m::CONNECTIONS).decrement(1.0);
@@ -177,6 +181,9 @@ struct Session<'a, S> {
     client_close: Option<u16>,
     /// The per-channel loss counts already accounted for (see `App::lost`).
     lost_seen: [u64; 7],
+    /// Commands held until the upstream is subscribed (a private subscription, and whatever
+    /// the client sent after it), at most `MAX_DEFERRED`.
+    deferred: Vec<Command>,
 }
 
 impl<'a, S> Session<'a, S>
@@ -204,6 +211,7 @@ where
             private_exposed: false,
             client_close: None,
             lost_seen: *app.lost.borrow(),
+            deferred: Vec::new(),
         }
     }
 
@@ -212,7 +220,7 @@ where
         if self.options.identity == Identity::Pending {
             tokio::select! {
                 _ = app.shutdown.cancelled() => return RESTART,
-                result = self.authenticate_first() => if let Err(close) = result { return close },
+                result = Box::pin(self.authenticate_first()) => if let Err(close) = result { return close },
             }
         }
         let mut slot = app.heartbeat.slot();
@@ -244,6 +252,14 @@ where
                     let now = status.borrow_and_update().clone();
                     if let Err(close) = self.on_status(&now.state) {
                         Err(close)
+                    } else if now.state == State::Subscribed && !self.deferred.is_empty() {
+                        match Box::pin(self.release_deferred()).await {
+                            Err(close) => Err(close),
+                            Ok(()) if self.options.relay_events => {
+                                self.send_event("relay_status", now.to_json()).await
+                            }
+                            Ok(()) => Ok(()),
+                        }
                     } else if self.options.relay_events {
                         self.send_event("relay_status", now.to_json()).await
                     } else if matches!(now.state, State::GaveUp { .. }) {
@@ -356,6 +372,37 @@ where
                 return self.send_now(e.reply()).await;
             }
         };
+        // A subscription to the account's fills, orders or positions is answered only once the
+        // upstream has them live, as the exchange would: acknowledging it earlier would promise
+        // messages nobody is receiving. Later commands wait behind it, so replies keep their order.
+        if !self.deferred.is_empty()
+            || (needs_live_upstream(&command) && !self.upstream_subscribed())
+        {
+            if self.deferred.len() >= MAX_DEFERRED {
+                return self
+                    .send_now(reply::error(command.id, ErrorCode::TooManyRequests, None))
+                    .await;
+            }
+            self.deferred.push(command);
+            return Ok(());
+        }
+        self.apply_command(command).await
+    }
+
+    fn upstream_subscribed(&self) -> bool {
+        self.app.status.borrow().state == State::Subscribed
+    }
+
+    /// Answers the commands held while the upstream was not subscribed.
+    async fn release_deferred(&mut self) -> Result<(), Close> {
+        for command in std::mem::take(&mut self.deferred) {
+            self.apply_command(command).await?;
+        }
+        Ok(())
+    }
+
+    /// Applies one validated command: replies, topic changes, one flush.
+    async fn apply_command(&mut self, command: Command) -> Result<(), Close> {
         let name = command_name(&command);
         let effects = self.state.handle(command);
         let ok = !effects.iter().any(|e| matches!(e, Effect::Error(_)));
@@ -601,6 +648,11 @@ where
         })
         .await;
     }
+}
+
+/// Whether a command subscribes to a private channel (answered only with the upstream live).
+fn needs_live_upstream(command: &Command) -> bool {
+    matches!(&command.action, Action::Subscribe(s) if s.channels.iter().any(|c| c.is_private()))
 }
 
 fn command_name(command: &Command) -> &'static str {
