@@ -735,28 +735,12 @@ async fn an_upstream_drop_never_leaves_a_private_subscriber_with_a_silent_fill_g
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message as WsMessage;
 
-    let sim = exchange_sim::start(
-        SimConfig {
-            markets: 2,
-            rate: 2000.0,
-            seed: 3,
-            ping_interval: Duration::from_millis(300),
-            ..SimConfig::default()
-        },
-        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
-    )
-    .await
-    .unwrap();
-    let mut config = relay::config::RelayConfig::with_upstream(&sim.ws_url());
-    config.fanout.linger_seconds = 0;
-    config.upstream.backoff_base_seconds = 0.2;
-    config.upstream.backoff_cap_seconds = 0.5;
-    config.upstream.liveness_window_seconds = 2.0;
-    let listeners = relay::Listeners::bind("127.0.0.1:0".parse().unwrap(), None)
-        .await
-        .unwrap();
-    let relay = relay::spawn(config, listeners).await.unwrap();
+    let (sim, relay) = busy_private_pair(3, |c| {
+        c.upstream.backoff_base_seconds = 0.2;
+        c.upstream.backoff_cap_seconds = 0.5;
+        c.upstream.liveness_window_seconds = 2.0;
+    })
+    .await;
     let (mut ws, _) = tokio_tungstenite::connect_async(relay.ws_url())
         .await
         .unwrap();
@@ -814,28 +798,12 @@ async fn a_private_subscription_made_during_an_upstream_outage_never_misses_fill
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message as WsMessage;
 
-    let sim = exchange_sim::start(
-        SimConfig {
-            markets: 2,
-            rate: 2000.0,
-            seed: 4,
-            ping_interval: Duration::from_millis(300),
-            ..SimConfig::default()
-        },
-        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
-    )
-    .await
-    .unwrap();
-    let mut config = relay::config::RelayConfig::with_upstream(&sim.ws_url());
-    config.fanout.linger_seconds = 0;
-    config.upstream.backoff_base_seconds = 0.1;
-    config.upstream.backoff_cap_seconds = 0.2;
-    config.upstream.handshake_timeout_seconds = 2.0;
-    let listeners = relay::Listeners::bind("127.0.0.1:0".parse().unwrap(), None)
-        .await
-        .unwrap();
-    let relay = relay::spawn(config, listeners).await.unwrap();
+    let (sim, relay) = busy_private_pair(4, |c| {
+        c.upstream.backoff_base_seconds = 0.1;
+        c.upstream.backoff_cap_seconds = 0.2;
+        c.upstream.handshake_timeout_seconds = 2.0;
+    })
+    .await;
     assert!(await_ready(relay.addr, Duration::from_secs(10)).await);
 
     // The upstream goes, and its first reconnect is held unanswered for the handshake timeout.
@@ -925,4 +893,33 @@ async fn a_private_subscription_made_during_an_upstream_outage_never_misses_fill
     );
     relay.shutdown().await;
     sim.shutdown().await;
+}
+
+/// The regression tests' setup: a busy two-market simulator (many fills) and an in-process relay
+/// in front of it, linger 0, with `tweak` applied to the relay's configuration.
+async fn busy_private_pair(
+    seed: u64,
+    tweak: impl FnOnce(&mut relay::config::RelayConfig),
+) -> (exchange_sim::Sim, relay::RelayHandle) {
+    let sim = exchange_sim::start(
+        SimConfig {
+            markets: 2,
+            rate: 2000.0,
+            seed,
+            ping_interval: Duration::from_millis(300),
+            ..SimConfig::default()
+        },
+        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+    )
+    .await
+    .unwrap();
+    let mut config = relay::config::RelayConfig::with_upstream(&sim.ws_url());
+    config.fanout.linger_seconds = 0;
+    tweak(&mut config);
+    let listeners = relay::Listeners::bind("127.0.0.1:0".parse().unwrap(), None)
+        .await
+        .unwrap();
+    let relay = relay::spawn(config, listeners).await.unwrap();
+    (sim, relay)
 }
