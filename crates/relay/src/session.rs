@@ -30,7 +30,7 @@ use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, Instrument};
 use upstream::State;
 
-use crate::app::App;
+use crate::app::{App, UpstreamStatus};
 use crate::client::{ClientState, Effect, Limits};
 use crate::metrics as m;
 use crate::security::{Admission, Identity, Permission, TokenBucket};
@@ -152,6 +152,16 @@ fn code_label(code: u16) -> &'static str {
     }
 }
 
+/// What woke a session.
+enum Wake {
+    Frame(Option<Result<Message, WsError>>),
+    Delivery(Option<Delivery>),
+    Ping,
+    Check,
+    Lost([u64; 7]),
+    Status(UpstreamStatus),
+}
+
 struct Session<'a, S> {
     app: &'a App,
     ws: WebSocketStream<S>,
@@ -229,49 +239,51 @@ where
         lost.borrow_and_update();
         let initial = status.borrow_and_update().clone();
         if self.options.relay_events {
-            if let Err(close) = self.send_event("relay_status", initial.to_json()).await {
+            if let Err(close) = Box::pin(self.send_event("relay_status", initial.to_json())).await {
                 return close;
             }
         } else if matches!(initial.state, State::GaveUp { .. }) {
             return UPSTREAM_UNAVAILABLE;
         }
         loop {
-            let result = tokio::select! {
+            // The select only says what woke the session; the work happens in one boxed handler,
+            // so the task's resting allocation holds just these waits (an idle client's cost).
+            let wake = tokio::select! {
                 _ = app.shutdown.cancelled() => return RESTART,
-                frame = self.ws.next() => self.on_frame(frame).await,
-                delivery = self.sub.recv() => self.on_delivery(delivery).await,
-                Ok(()) = slot.ping.changed() => self.ping().await,
-                Ok(()) = slot.check.changed() => {
-                    if self.awaiting_pong { Err(Some((1008, "pong timeout"))) } else { Ok(()) }
-                }
-                Ok(()) = lost.changed() => {
-                    let counts = *lost.borrow_and_update();
-                    self.on_lost(counts)
-                }
-                Ok(()) = status.changed() => {
-                    let now = status.borrow_and_update().clone();
-                    if let Err(close) = self.on_status(&now.state) {
-                        Err(close)
-                    } else if now.state == State::Subscribed && !self.deferred.is_empty() {
-                        match Box::pin(self.release_deferred()).await {
-                            Err(close) => Err(close),
-                            Ok(()) if self.options.relay_events => {
-                                self.send_event("relay_status", now.to_json()).await
-                            }
-                            Ok(()) => Ok(()),
-                        }
-                    } else if self.options.relay_events {
-                        self.send_event("relay_status", now.to_json()).await
-                    } else if matches!(now.state, State::GaveUp { .. }) {
-                        // Those who did not ask for events are not left hanging on a dead feed.
-                        Err(UPSTREAM_UNAVAILABLE)
-                    } else {
-                        Ok(())
-                    }
-                }
+                frame = self.ws.next() => Wake::Frame(frame),
+                delivery = self.sub.recv() => Wake::Delivery(delivery),
+                Ok(()) = slot.ping.changed() => Wake::Ping,
+                Ok(()) = slot.check.changed() => Wake::Check,
+                Ok(()) = lost.changed() => Wake::Lost(*lost.borrow_and_update()),
+                Ok(()) = status.changed() => Wake::Status(status.borrow_and_update().clone()),
             };
-            if let Err(close) = result {
+            if let Err(close) = Box::pin(self.on_wake(wake)).await {
                 return close;
+            }
+        }
+    }
+
+    async fn on_wake(&mut self, wake: Wake) -> Result<(), Close> {
+        match wake {
+            Wake::Frame(frame) => self.on_frame(frame).await,
+            Wake::Delivery(delivery) => self.on_delivery(delivery).await,
+            Wake::Ping => self.ping().await,
+            Wake::Check if self.awaiting_pong => Err(Some((1008, "pong timeout"))),
+            Wake::Check => Ok(()),
+            Wake::Lost(counts) => self.on_lost(counts),
+            Wake::Status(now) => {
+                self.on_status(&now.state)?;
+                if now.state == State::Subscribed && !self.deferred.is_empty() {
+                    self.release_deferred().await?;
+                }
+                if self.options.relay_events {
+                    self.send_event("relay_status", now.to_json()).await
+                } else if matches!(now.state, State::GaveUp { .. }) {
+                    // Those who did not ask for events are not left hanging on a dead feed.
+                    Err(UPSTREAM_UNAVAILABLE)
+                } else {
+                    Ok(())
+                }
             }
         }
     }
