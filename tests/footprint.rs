@@ -1,8 +1,13 @@
 //! Per-connection memory: an idle client costs its socket buffers, its subscriber, and one task
-//! whose allocation is the size of the session future. That size is guarded here, so a change that
-//! inlines a large state into every idle connection fails a test (measured in the test profile).
+//! whose allocation is the size of the session future. Both the future's size and the whole heap
+//! an idle client holds are guarded here (in the test profile), so a change that keeps a large
+//! state or buffer per idle connection fails a test.
 
 mod common;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicIsize, Ordering};
+use std::time::Duration;
 
 use common::*;
 use relay::security::{Identity, Permission};
@@ -38,6 +43,149 @@ async fn an_idle_session_task_stays_small() {
         "a session task is {size} bytes, over {MAX_SESSION_FUTURE_BYTES}: box the new state"
     );
     drop(session);
+    relay.shutdown().await;
+    sim.shutdown().await;
+}
+
+/// Counts the bytes the process holds on the heap, for the test below.
+struct Counting;
+
+static LIVE_BYTES: AtomicIsize = AtomicIsize::new(0);
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let p = System.alloc(layout);
+        if !p.is_null() {
+            LIVE_BYTES.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        }
+        p
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        let p = System.alloc_zeroed(layout);
+        if !p.is_null() {
+            LIVE_BYTES.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, p: *mut u8, layout: Layout) {
+        System.dealloc(p, layout);
+        LIVE_BYTES.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+    }
+
+    unsafe fn realloc(&self, p: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let q = System.realloc(p, layout, new_size);
+        if !q.is_null() {
+            LIVE_BYTES.fetch_add(
+                new_size as isize - layout.size() as isize,
+                Ordering::Relaxed,
+            );
+        }
+        q
+    }
+}
+
+/// What an idle client subscribed to one book costs the relay's heap, in bytes. It was about
+/// 8,900 before the session task was split from the upgrade, the subscription table became a
+/// vector and the write buffers were released between batches (heaptrack, release build).
+const MAX_HEAP_PER_IDLE_CLIENT: isize = 7 * 1024;
+
+/// A client that holds no heap of its own once connected: a blocking socket that upgrades,
+/// subscribes to one book and reads until its snapshot has arrived, then only sits there.
+fn idle_client(addr: std::net::SocketAddr, market: &str) -> std::net::TcpStream {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    s.write_all(
+        b"GET /trade-api/ws/v2 HTTP/1.1\r\nHost: relay\r\nConnection: Upgrade\r\n\
+          Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .unwrap();
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = s.read(&mut chunk).unwrap();
+        assert!(n > 0, "the relay closed during the upgrade");
+        got.extend_from_slice(&chunk[..n]);
+    }
+    assert!(
+        got.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    // One masked text frame, as a client must send.
+    let command = format!(
+        r#"{{"id":1,"cmd":"subscribe","params":{{"channels":["orderbook_delta"],"market_tickers":["{market}"]}}}}"#
+    );
+    let mask = [7u8, 1, 9, 3];
+    let mut frame = vec![0x81u8];
+    if command.len() < 126 {
+        frame.push(0x80 | command.len() as u8);
+    } else {
+        frame.push(0x80 | 126);
+        frame.extend_from_slice(&(command.len() as u16).to_be_bytes());
+    }
+    frame.extend_from_slice(&mask);
+    frame.extend(command.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    s.write_all(&frame).unwrap();
+    got.clear();
+    while !got.windows(18).any(|w| w == b"orderbook_snapshot") {
+        let n = s.read(&mut chunk).unwrap();
+        assert!(n > 0, "the relay closed before the snapshot");
+        got.extend_from_slice(&chunk[..n]);
+    }
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_client_costs_the_relay_under_seven_kib_of_heap() {
+    const CLIENTS: usize = 200;
+    let sim = sim(exchange_sim::SimConfig {
+        markets: 2,
+        rate: 1.0,
+        ..exchange_sim::SimConfig::default()
+    })
+    .await;
+    let relay = relay(&sim, |_| {}).await;
+    let addr = relay.addr;
+    let market = sim.markets()[0].clone();
+    // The first client makes the relay subscribe upstream and cache the book: not per client.
+    let warm = {
+        let market = market.clone();
+        tokio::task::spawn_blocking(move || idle_client(addr, &market))
+            .await
+            .unwrap()
+    };
+    let before = LIVE_BYTES.load(Ordering::Relaxed);
+    let clients = tokio::task::spawn_blocking(move || {
+        (0..CLIENTS)
+            .map(|_| idle_client(addr, &market))
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    // Each client has its snapshot; its session finishes the flush and releases its buffers
+    // right after. Poll until the figure settles under the bound, or report the last one.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let per_client = loop {
+        let per_client = (LIVE_BYTES.load(Ordering::Relaxed) - before) / CLIENTS as isize;
+        if per_client <= MAX_HEAP_PER_IDLE_CLIENT || tokio::time::Instant::now() > deadline {
+            break per_client;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    println!("heap per idle client: {per_client} bytes");
+    assert!(
+        per_client <= MAX_HEAP_PER_IDLE_CLIENT,
+        "an idle client holds {per_client} bytes of the relay's heap, over {MAX_HEAP_PER_IDLE_CLIENT}"
+    );
+    drop(clients);
+    drop(warm);
     relay.shutdown().await;
     sim.shutdown().await;
 }

@@ -152,6 +152,11 @@ impl Item {
     }
 
     /// Appends `{"type":..,"sid":..,"seq":..,"msg":<body>}` to `buf` (`seq` left out when `None`).
+    /// The most bytes [`Item::write_envelope`] writes for this item (any sid and seq).
+    pub fn envelope_max_len(&self, yes: bool) -> usize {
+        envelope_max_len(self.kind.as_str(), self.body_for(yes).len())
+    }
+
     pub fn write_envelope<B: BufMut>(&self, buf: &mut B, sid: u64, seq: Option<u64>, yes: bool) {
         write_envelope(buf, self.kind.as_str(), sid, seq, self.body_for(yes));
     }
@@ -172,6 +177,13 @@ impl fmt::Debug for Item {
 
 fn encode<T: serde::Serialize>(value: &T) -> Bytes {
     Bytes::from(serde_json::to_vec(value).expect("book messages encode"))
+}
+
+/// The most bytes [`write_envelope`] writes for a body of `body_len` bytes: the fixed keys, the
+/// type name, two 20-digit numbers and the closing brace.
+pub fn envelope_max_len(kind: &str, body_len: usize) -> usize {
+    const FIXED: usize = r#"{"type":"","sid":,"seq":,"msg":}"#.len();
+    FIXED + kind.len() + 2 * 20 + body_len
 }
 
 /// Appends one server envelope around an already-encoded body. `kind` must not need JSON
@@ -222,6 +234,16 @@ mod tests {
             std::str::from_utf8(&buf).unwrap(),
             r#"{"type":"orderbook_delta","sid":2,"seq":18446744073709551615,"msg":{"a":1}}"#
         );
+        // The bound holds for the longest numbers, so a buffer reserved with it never grows.
+        let mut longest = Vec::new();
+        write_envelope(
+            &mut longest,
+            "orderbook_delta",
+            u64::MAX,
+            Some(u64::MAX),
+            b"{}",
+        );
+        assert_eq!(longest.len(), envelope_max_len("orderbook_delta", 2));
         buf.clear();
         write_envelope(&mut buf, "ticker", 0, None, b"{}");
         assert_eq!(buf, br#"{"type":"ticker","sid":0,"msg":{}}"#);

@@ -5,7 +5,7 @@
 //! code is tested here without sockets. Sids and seqs belong to the client's connection and never
 //! change when the upstream reconnects underneath.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 /// A subscription's markets in the order the client gave them (replies list them so, as the
 /// exchange does), with constant-time lookups (a command may name up to 1,000).
@@ -145,7 +145,9 @@ impl Default for Limits {
 pub struct ClientState {
     limits: Limits,
     next_sid: u64,
-    subs: BTreeMap<u64, ClientSub>,
+    /// In sid order (sids only grow, so a push keeps it). A connection holds a few subscriptions
+    /// at most (one per channel): a vector is smaller than a map and as fast to search.
+    subs: Vec<ClientSub>,
 }
 
 impl ClientState {
@@ -153,7 +155,7 @@ impl ClientState {
         ClientState {
             limits,
             next_sid: 1,
-            subs: BTreeMap::new(),
+            subs: Vec::new(),
         }
     }
 
@@ -164,17 +166,17 @@ impl ClientState {
 
     /// The subscription carrying `channel`, if any (one sid per channel per connection).
     pub fn by_channel(&mut self, channel: Channel) -> Option<&mut ClientSub> {
-        self.subs.values_mut().find(|s| s.channel == channel)
+        self.subs.iter_mut().find(|s| s.channel == channel)
     }
 
     pub fn subscriptions(&self) -> impl Iterator<Item = &ClientSub> {
-        self.subs.values()
+        self.subs.iter()
     }
 
     /// Every topic the client holds (to release them when it goes).
     pub fn topics(&self) -> Vec<(Channel, Option<String>)> {
         let mut out = Vec::new();
-        for sub in self.subs.values() {
+        for sub in &self.subs {
             match &sub.markets {
                 None => out.push((sub.channel, None)),
                 Some(ms) => out.extend(ms.iter().map(|m| (sub.channel, Some(m.clone())))),
@@ -185,7 +187,7 @@ impl ClientState {
 
     fn market_count(&self) -> usize {
         self.subs
-            .values()
+            .iter()
             .map(|s| s.markets.as_ref().map_or(0, Markets::len))
             .sum()
     }
@@ -200,7 +202,7 @@ impl ClientState {
             Action::ListSubscriptions => {
                 let list: Vec<(String, u64)> = self
                     .subs
-                    .values()
+                    .iter()
                     .map(|s| (s.channel.as_str().to_owned(), s.sid))
                     .collect();
                 Ok(vec![Effect::Reply(reply::ok_list(id, &list))])
@@ -270,30 +272,34 @@ impl ClientState {
                     initial,
                 })),
             }
-            self.subs.insert(
+            // Exactly one more slot: most connections hold one or two subscriptions, and a
+            // vector's first growth would reserve four.
+            self.subs.reserve_exact(1);
+            self.subs.push(ClientSub {
                 sid,
-                ClientSub {
-                    sid,
-                    channel,
-                    markets,
-                    seq: 0,
-                    use_yes_price: s.use_yes_price.unwrap_or(false),
-                },
-            );
+                channel,
+                markets,
+                seq: 0,
+                use_yes_price: s.use_yes_price.unwrap_or(false),
+            });
         }
         Ok(effects)
     }
 
+    fn sub_mut(&mut self, sid: u64) -> Option<&mut ClientSub> {
+        self.subs.iter_mut().find(|s| s.sid == sid)
+    }
+
     fn channel_sid(&self, channel: Channel) -> Option<u64> {
         self.subs
-            .values()
+            .iter()
             .find(|s| s.channel == channel)
             .map(|s| s.sid)
     }
 
     /// A second `subscribe` on a held channel, in merge mode: the markets are added, `ok`.
     fn merge(&mut self, id: u64, sid: u64, markets: Option<&[String]>) -> Vec<Effect> {
-        let sub = self.subs.get_mut(&sid).expect("sid exists");
+        let sub = self.sub_mut(sid).expect("sid exists");
         let mut effects = Vec::new();
         match (&mut sub.markets, markets) {
             // Already every market, or widening to every market: nothing to add per market.
@@ -335,10 +341,11 @@ impl ClientState {
     fn unsubscribe(&mut self, id: u64, sids: &[u64]) -> Vec<Effect> {
         let mut effects = Vec::new();
         for sid in sids {
-            let Some(sub) = self.subs.remove(sid) else {
+            let Some(at) = self.subs.iter().position(|s| s.sid == *sid) else {
                 effects.push(Effect::Error(reply::error(id, ErrorCode::UnknownSid, None)));
                 continue;
             };
+            let sub = self.subs.remove(at);
             match &sub.markets {
                 None => effects.push(Effect::Remove {
                     channel: sub.channel,
@@ -362,10 +369,7 @@ impl ClientState {
         let err = |code| CommandError::new(id, code);
         let market_count = self.market_count();
         let max_markets = self.limits.max_markets;
-        let sub = self
-            .subs
-            .get_mut(&u.sid)
-            .ok_or(err(ErrorCode::UnknownSid))?;
+        let sub = self.sub_mut(u.sid).ok_or(err(ErrorCode::UnknownSid))?;
         let channel = sub.channel;
         let mut effects = Vec::new();
         match u.action {

@@ -6,8 +6,9 @@
 //! bucket "check now": a connection that has received nothing since its ping is dead.
 //!
 //! Each bucket signal is a `watch` channel: a connection that was busy writing when its bucket
-//! ticked still sees the change on its next loop (a `watch` never misses the latest value), and an
-//! idle connection wakes only twice per interval.
+//! ticked still sees the change on its next loop (a `watch` never misses the latest value). An
+//! idle connection wakes once per interval to ping; only one whose pong has not arrived listens
+//! for the check, so a live one is not woken for it.
 
 use std::sync::Arc;
 use std::time::Duration;

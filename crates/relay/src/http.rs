@@ -211,7 +211,7 @@ pub fn query_param<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str
         .map(|(_, v)| v)
 }
 
-fn upgrade(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+fn upgrade(app: Arc<App>, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     if app.shutdown.is_cancelled() {
         return refuse(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
     }
@@ -271,9 +271,10 @@ fn upgrade(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Response<
     };
     let accept = derive_accept_key(key.as_bytes());
     let ws_config = app.ws_config();
+    let on_upgrade = hyper::upgrade::on(&mut req);
     let task_app = app.clone();
     app.tracker.spawn(async move {
-        match hyper::upgrade::on(req).await {
+        match on_upgrade.await {
             Ok(upgraded) => {
                 let ws = WebSocketStream::from_raw_socket(
                     TokioIo::new(upgraded),
@@ -281,7 +282,11 @@ fn upgrade(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Response<
                     Some(ws_config),
                 )
                 .await;
-                session::run(task_app, ws, options).await;
+                // The session runs in a task of its own, sized for the session alone: this
+                // one, with what it captured for the upgrade, is freed now (an idle client
+                // pays for one task allocation, not for both states in one).
+                let tracker = task_app.tracker.clone();
+                tracker.spawn(session::run(task_app, ws, options));
             }
             Err(e) => debug!(%peer, error = %e, "upgrade failed"),
         }

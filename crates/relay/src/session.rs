@@ -169,7 +169,8 @@ struct Session<'a, S> {
     state: ClientState,
     sub: Subscriber,
     /// Every outgoing frame is written here and split off; tungstenite copies it into its own
-    /// buffer and drops it, so the space is reused without an allocation per frame.
+    /// buffer and drops it, so within a batch the space is reused without an allocation per
+    /// frame. It is released after each flush: an idle client keeps no buffer.
     out: BytesMut,
     /// A server ping is outstanding and nothing has arrived since it was sent.
     awaiting_pong: bool,
@@ -246,14 +247,20 @@ where
             return UPSTREAM_UNAVAILABLE;
         }
         loop {
+            // Only a connection still waiting for its pong listens for its bucket's check: a
+            // live one is not woken for it. The check is marked seen when the ping goes out.
+            let awaiting_pong = self.awaiting_pong;
             // The select only says what woke the session; the work happens in one boxed handler,
             // so the task's resting allocation holds just these waits (an idle client's cost).
             let wake = tokio::select! {
                 _ = app.shutdown.cancelled() => return RESTART,
                 frame = self.ws.next() => Wake::Frame(frame),
                 delivery = self.sub.recv() => Wake::Delivery(delivery),
-                Ok(()) = slot.ping.changed() => Wake::Ping,
-                Ok(()) = slot.check.changed() => Wake::Check,
+                Ok(()) = slot.ping.changed() => {
+                    slot.check.borrow_and_update();
+                    Wake::Ping
+                }
+                Ok(()) = slot.check.changed(), if awaiting_pong => Wake::Check,
                 Ok(()) = lost.changed() => Wake::Lost(*lost.borrow_and_update()),
                 Ok(()) = status.changed() => Wake::Status(status.borrow_and_update().clone()),
             };
@@ -269,6 +276,7 @@ where
             Wake::Delivery(delivery) => self.on_delivery(delivery).await,
             Wake::Ping => self.ping().await,
             Wake::Check if self.awaiting_pong => Err(Some((1008, "pong timeout"))),
+            // A frame arrived between the check and this handler.
             Wake::Check => Ok(()),
             Wake::Lost(counts) => self.on_lost(counts),
             Wake::Status(now) => {
@@ -536,7 +544,7 @@ where
                     return Ok(()); // unsubscribed while the item was in flight
                 };
                 let (sid, seq, yes) = (sub.sid, sub.next_seq(), sub.use_yes_price);
-                self.out.reserve(48 + item.body().len());
+                self.out.reserve(item.envelope_max_len(yes));
                 item.write_envelope(&mut self.out, sid, seq, yes);
                 self.frames_written += 1;
                 if self.frames_written % LATENCY_SAMPLE == 0 && self.latency_sample.is_none() {
@@ -627,6 +635,7 @@ where
 
     async fn flush(&mut self) -> Result<(), Close> {
         Self::io(self.app, self.ws.flush()).await?;
+        self.out = BytesMut::new();
         if let Some(at) = self.latency_sample.take() {
             metrics::histogram!(m::LATENCY_SECONDS).record(at.elapsed().as_secs_f64());
         }
