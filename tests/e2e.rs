@@ -458,6 +458,60 @@ async fn write_coalescing_keeps_every_message_in_order() {
     sim.shutdown().await;
 }
 
+/// The share of a client's data frames that arrive within 2 ms of the frame before them, over
+/// `frames` frames: frames written together arrive together.
+async fn share_arriving_together(relay: &relay::RelayHandle, m: &[String], frames: usize) -> f64 {
+    let mut c = Client::connect(&relay.ws_url()).await;
+    c.send(subscribe(1, &["orderbook_delta", "trade", "ticker"], m))
+        .await;
+    c.until("snapshots", |c| c.books.len() == m.len()).await;
+    let mut arrivals = Vec::with_capacity(frames);
+    let deadline = Instant::now() + DEADLINE;
+    while arrivals.len() < frames && Instant::now() < deadline {
+        if let Some(frame) = c.step(Duration::from_millis(500)).await {
+            if frame.get("id").is_none() {
+                arrivals.push(Instant::now());
+            }
+        }
+    }
+    assert_eq!(arrivals.len(), frames, "frames kept flowing");
+    let together = arrivals
+        .windows(2)
+        .filter(|w| w[1] - w[0] < Duration::from_millis(2))
+        .count();
+    together as f64 / (frames - 1) as f64
+}
+
+/// With a 100 ms window at 200 messages/s, each window's ~20 frames reach a client in one write;
+/// without it, frames leave as the simulator's 5 ms ticks produce them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coalescing_window_delivers_each_windows_frames_together() {
+    let sim = sim(SimConfig {
+        markets: 4,
+        rate: 200.0,
+        seed: 23,
+        ..SimConfig::default()
+    })
+    .await;
+    let m = markets(&sim);
+    let plain = relay(&sim, |_| {}).await;
+    let without = share_arriving_together(&plain, &m, 300).await;
+    plain.shutdown().await;
+    let coalescing = relay(&sim, |c| c.downstream.coalesce_window_ms = 100).await;
+    let with = share_arriving_together(&coalescing, &m, 300).await;
+    coalescing.shutdown().await;
+    println!("frames arriving within 2 ms of the previous one: {without:.2} without a window, {with:.2} with");
+    assert!(
+        with >= 0.85,
+        "with a 100 ms window only {with:.2} arrived together"
+    );
+    assert!(
+        without <= 0.7,
+        "without a window {without:.2} arrived together"
+    );
+    sim.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_book_released_upstream_is_never_served_frozen_to_its_next_subscriber() {
     let sim = sim(SimConfig {

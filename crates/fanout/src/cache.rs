@@ -22,6 +22,10 @@ pub(crate) struct Shared {
     /// [`broadcast::Sender`] is the [`Publisher`](crate::Publisher)'s: when it is dropped, every
     /// subscriber drains what is left and then sees the end of the stream.
     pub tx: broadcast::WeakSender<Arc<Item>>,
+    /// Parked subscribers wait here, not on the ring: the publisher wakes them when it releases
+    /// what it sent ([`Publisher::release`](crate::Publisher::release)), so a batch of items
+    /// costs each subscriber one wake-up.
+    pub wake: tokio::sync::Notify,
     /// The cache. Held only for short, non-blocking critical sections (never across `.await`, never
     /// while sending or encoding): the publisher updates it once per item, subscribers read a
     /// consistent cut of it when they add a topic, ask for a snapshot or repair after a lag.

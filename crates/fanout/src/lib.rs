@@ -124,6 +124,7 @@ pub fn new(config: FanoutConfig) -> (Publisher, Fanout, RegistryEvents) {
     let shared = Arc::new(Shared {
         config,
         tx: tx.downgrade(),
+        wake: tokio::sync::Notify::new(),
         cache: Mutex::new(Cache::default()),
         head: AtomicU64::new(0),
         bytes_published: AtomicU64::new(0),

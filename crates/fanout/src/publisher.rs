@@ -37,9 +37,13 @@ pub enum PublishError {
 /// so items enter the stream in the order of the calls: the upstream's order.
 ///
 /// Every call is non-blocking and O(1) in the number of subscribers: it updates the cache under
-/// its lock, releases it, then appends one `Arc<Item>` to the shared ring (waking the subscribers
-/// parked on it). It never waits for a subscriber. Dropping the publisher ends the stream: every
-/// subscriber drains what it has and then sees the end.
+/// its lock, releases it, then appends one `Arc<Item>` to the shared ring and wakes the
+/// subscribers parked on it. It never waits for a subscriber. Dropping the publisher ends the
+/// stream: every subscriber drains what it has and then sees the end.
+///
+/// After [`Publisher::hold`], items are appended without waking anyone until
+/// [`Publisher::release`]: a batch of items then costs each parked subscriber one wake-up, and
+/// it finds the whole batch ready. A subscriber that is awake reads held items as usual.
 pub struct Publisher {
     shared: Arc<Shared>,
     /// The only strong sender of the ring (the ring itself is sized by
@@ -52,6 +56,10 @@ pub struct Publisher {
     bytes: u64,
     /// Stamped on the items published next (see [`Publisher::set_received_at`]).
     received_at: Option<std::time::Instant>,
+    /// Items wake parked subscribers only on [`Publisher::release`].
+    holding: bool,
+    /// Items sent since the last release.
+    unreleased: usize,
 }
 
 impl Publisher {
@@ -62,7 +70,29 @@ impl Publisher {
             position: 0,
             bytes: 0,
             received_at: None,
+            holding: false,
+            unreleased: 0,
         }
+    }
+
+    /// From now on, items wake parked subscribers only when [`Publisher::release`] is called.
+    /// The caller must release before the held items approach the ring's capacity
+    /// (`FanoutConfig::queue_messages`), or subscribers parked meanwhile lag.
+    pub fn hold(&mut self) {
+        self.holding = true;
+    }
+
+    /// Wakes the subscribers parked since the last release: they find every item sent since.
+    pub fn release(&mut self) {
+        if self.unreleased > 0 {
+            self.unreleased = 0;
+            self.shared.wake.notify_waiters();
+        }
+    }
+
+    /// Items sent since the last release (always 0 unless holding).
+    pub fn unreleased(&self) -> usize {
+        self.unreleased
     }
 
     /// Position of the last item published (0 before the first).
@@ -296,9 +326,24 @@ impl Publisher {
             .store(self.bytes, Ordering::Release);
         // Err only when no subscriber exists: nobody to deliver to, and the cache is up to date.
         let _ = self.tx.send(item);
+        if self.holding {
+            self.unreleased += 1;
+        } else {
+            self.shared.wake.notify_waiters();
+        }
         let m = &self.shared.metrics;
         m.published[channel_index(channel)].increment(1);
         m.publish_duration.record(start.elapsed().as_secs_f64());
         self.position
+    }
+}
+
+impl Drop for Publisher {
+    /// Ends the stream: the ring is closed first, then the parked subscribers are woken, so they
+    /// drain what is left and see the end.
+    fn drop(&mut self) {
+        let (closed, _) = broadcast::channel(1);
+        drop(std::mem::replace(&mut self.tx, closed));
+        self.shared.wake.notify_waiters();
     }
 }

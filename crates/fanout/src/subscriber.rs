@@ -327,10 +327,16 @@ impl Subscriber {
                 return d;
             }
             self.flush_metrics();
-            let result = self.rx.recv().await;
-            if let Some(d) = self.on_result(result) {
-                return Some(d);
+            // Park on the publisher's wake-up, registered before looking again: an item sent
+            // and released in between is seen by the second look, a later one wakes us.
+            let shared = Arc::clone(&self.shared);
+            let woken = shared.wake.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            if let Poll::Ready(d) = self.poll_ready() {
+                return d;
             }
+            woken.await;
         }
     }
 

@@ -521,3 +521,67 @@ fn made_up_markets_do_not_grow_the_cache_and_real_ones_still_sync() {
     assert_eq!(view.books["LATER"].as_ref(), Some(&truth(&f, "LATER")));
     assert!(f.is_synced("LATER") && !f.is_synced("BOGUS-1"));
 }
+
+/// Counts the wake-ups of the task that polls with it.
+struct CountingWaker(std::sync::atomic::AtomicUsize);
+
+impl std::task::Wake for CountingWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn held_items_wake_a_parked_subscriber_once_on_release_and_it_finds_them_all() {
+    use std::future::Future;
+    use std::sync::atomic::Ordering::SeqCst;
+    use std::task::{Context, Poll, Waker};
+
+    let (mut p, f, _r) = fanout::new(FanoutConfig::default());
+    publish_snapshot(&mut p, "M", &[(Side::Yes, 800, 30000)]);
+    let mut sub = f.subscriber();
+    sub.add(book_topic("M"), false).unwrap();
+    assert!(matches!(sub.try_recv(), Some(Delivery::Cached { .. })));
+    assert!(sub.try_recv().is_none());
+
+    p.hold();
+    let wakes = Arc::new(CountingWaker(Default::default()));
+    let waker = Waker::from(wakes.clone());
+    let mut cx = Context::from_waker(&waker);
+    let mut positions = Vec::new();
+    {
+        let mut recv = std::pin::pin!(sub.recv());
+        assert!(recv.as_mut().poll(&mut cx).is_pending(), "caught up: parks");
+        for price in [900, 1000, 1100] {
+            positions.push(publish_delta(&mut p, "M", Side::Yes, price, 100));
+        }
+        assert_eq!(wakes.0.load(SeqCst), 0, "held items wake nobody");
+        assert_eq!(p.unreleased(), 3);
+        p.release();
+        assert_eq!(wakes.0.load(SeqCst), 1, "one wake-up for the whole batch");
+        assert_eq!(p.unreleased(), 0);
+        match recv.as_mut().poll(&mut cx) {
+            Poll::Ready(Some(Delivery::Data(item))) => assert_eq!(item.position(), positions[0]),
+            other => panic!("expected the first held delta, got {other:?}"),
+        }
+    }
+    // The rest of the batch is ready without waiting.
+    for want in &positions[1..] {
+        match sub.try_recv() {
+            Some(Delivery::Data(item)) => assert_eq!(item.position(), *want),
+            other => panic!("expected a held delta, got {other:?}"),
+        }
+    }
+    assert!(sub.try_recv().is_none());
+
+    // Dropping the publisher wakes a parked subscriber, which then sees the end of the stream.
+    let mut recv = std::pin::pin!(sub.recv());
+    assert!(recv.as_mut().poll(&mut cx).is_pending());
+    drop(p);
+    assert_eq!(wakes.0.load(SeqCst), 2);
+    assert!(matches!(recv.as_mut().poll(&mut cx), Poll::Ready(None)));
+}

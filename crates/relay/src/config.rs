@@ -88,8 +88,9 @@ pub struct DownstreamConfig {
     /// `net.ipv4.tcp_wmem`'s maximum, 4 MiB here, per slow client). A cap bounds kernel memory
     /// per client and makes a stalled client show as lagged sooner. Default: unset.
     pub socket_send_buffer_bytes: Option<usize>,
-    /// Write coalescing: after a client's first ready frame, wait up to this many milliseconds for
-    /// more before writing, so a burst costs one socket write. 0 turns it off. Default 0.
+    /// Write coalescing: market data is held for up to this many milliseconds from its first
+    /// message, then published together, so every client writes the window's frames in one
+    /// socket write (latency grows by up to the window). 0 turns it off. Default 0.
     pub coalesce_window_ms: u64,
 }
 

@@ -10,6 +10,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use fanout::{PublishError, Publisher, RegistryEvents, Topic, TopicChange};
 use protocol::Channel;
@@ -26,91 +27,143 @@ use crate::app::{now_ms, App, UpstreamStatus};
 /// instead of getting a frozen one. The `select!` is biased toward releases: a release is sent
 /// before the `add_markets` that could bring that book's next snapshot, so it is always applied
 /// first.
+///
+/// Subscribers are woken once per batch, not once per message: the publisher holds what it
+/// sends and releases it when no further upstream event is ready (or every [`RELEASE_EVERY`]
+/// items in a continuous stream), so a client woken by a batch finds all of it and writes it in
+/// one socket write.
+///
+/// With a write-coalescing window (`downstream.coalesce_window_ms`), the release waits until the
+/// window, opened by the first market-data message after a release, closes: every client then
+/// writes the whole window's frames at once, and one timer serves them all. Everything else (a
+/// state change, a lost-messages notice, a released book) is released at once. The cache is
+/// updated as messages arrive either way, so a client that subscribes meanwhile starts from the
+/// latest book.
 pub async fn publish(
     app: Arc<App>,
     mut events: mpsc::Receiver<Event>,
     mut released: mpsc::UnboundedReceiver<String>,
     mut publisher: Publisher,
 ) {
+    let window = app.config.downstream.coalesce_window();
+    let max_held = app.config.fanout.queue_messages / 4;
+    publisher.hold();
+    let window_end = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(window_end);
+    let mut window_open = false;
     loop {
-        let event = tokio::select! {
+        let is_data = tokio::select! {
             biased;
             Some(market) = released.recv() => {
                 publisher.mark_stale([market]);
+                false
+            }
+            () = &mut window_end, if window_open => {
+                window_open = false;
+                publisher.release();
                 continue;
             }
             event = events.recv() => match event {
-                Some(event) => event,
-                None => return,
+                Some(event) => {
+                    let is_data = matches!(event, Event::Data(_));
+                    apply_event(&app, &mut publisher, event);
+                    is_data
+                }
+                None => break,
             },
         };
-        match event {
-            Event::Data(data) => {
-                app.upstream_messages.fetch_add(1, Ordering::Relaxed);
-                publisher.set_received_at(Some(data.received_at));
-                let market = data.market.as_deref();
-                match (data.book, market) {
-                    (Some(BookUpdate::Snapshot(snap)), Some(m)) => {
-                        match publisher.snapshot(m, snap, data.body) {
-                            // Whatever made the book stale (a gap, a reconnect, a delta that did
-                            // not fit), its snapshot ends it.
-                            Ok(_) => {
-                                app.stale.lock().remove(m);
-                            }
-                            Err(e) => warn!(market = m, error = %e, "snapshot not published"),
+        let release = match window {
+            Some(window) if is_data => {
+                if !window_open {
+                    window_open = true;
+                    window_end
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + window);
+                }
+                publisher.unreleased() >= max_held
+            }
+            Some(_) => true,
+            None => events.is_empty() || publisher.unreleased() >= RELEASE_EVERY,
+        };
+        if release {
+            window_open = false;
+            publisher.release();
+        }
+    }
+    publisher.release();
+}
+
+/// Without a coalescing window, a continuous stream is released at least this often.
+const RELEASE_EVERY: usize = 64;
+
+/// Publishes one upstream event, or applies it to the relay's state.
+fn apply_event(app: &App, publisher: &mut Publisher, event: Event) {
+    match event {
+        Event::Data(data) => {
+            app.upstream_messages.fetch_add(1, Ordering::Relaxed);
+            publisher.set_received_at(Some(data.received_at));
+            let market = data.market.as_deref();
+            match (data.book, market) {
+                (Some(BookUpdate::Snapshot(snap)), Some(m)) => {
+                    match publisher.snapshot(m, snap, data.body) {
+                        // Whatever made the book stale (a gap, a reconnect, a delta that did
+                        // not fit), its snapshot ends it.
+                        Ok(_) => {
+                            app.stale.lock().remove(m);
                         }
+                        Err(e) => warn!(market = m, error = %e, "snapshot not published"),
                     }
-                    (Some(BookUpdate::Delta(delta)), Some(m)) => {
-                        match publisher.delta(m, delta, data.body) {
-                            Ok(_) => {}
-                            // The book awaits its snapshot: this delta is covered by it.
-                            Err(PublishError::NotSynced { .. }) => {}
-                            Err(e @ PublishError::Inconsistent { .. }) => {
-                                // The fanout marked the book stale and told its subscribers; a
-                                // fresh snapshot from the exchange makes it valid again.
-                                warn!(market = m, error = %e, "delta did not fit; re-syncing the book");
-                                app.stale.lock().insert(m.to_owned());
-                                app.upstream.request_snapshot(vec![m.to_owned()]);
-                            }
-                            Err(e) => warn!(market = m, error = %e, "delta not published"),
+                }
+                (Some(BookUpdate::Delta(delta)), Some(m)) => {
+                    match publisher.delta(m, delta, data.body) {
+                        Ok(_) => {}
+                        // The book awaits its snapshot: this delta is covered by it.
+                        Err(PublishError::NotSynced { .. }) => {}
+                        Err(e @ PublishError::Inconsistent { .. }) => {
+                            // The fanout marked the book stale and told its subscribers; a
+                            // fresh snapshot from the exchange makes it valid again.
+                            warn!(market = m, error = %e, "delta did not fit; re-syncing the book");
+                            app.stale.lock().insert(m.to_owned());
+                            app.upstream.request_snapshot(vec![m.to_owned()]);
                         }
-                    }
-                    _ => {
-                        publisher.message(data.channel, market, data.kind, data.body);
+                        Err(e) => warn!(market = m, error = %e, "delta not published"),
                     }
                 }
-            }
-            Event::BookStale { markets } => {
-                debug!(count = markets.len(), "books stale");
-                app.stale.lock().extend(markets.iter().cloned());
-                publisher.mark_stale(markets);
-            }
-            Event::BookReset { market } => {
-                app.stale.lock().remove(&market);
-            }
-            Event::MessagesLost { channel } => {
-                warn!(%channel, "messages lost upstream (a subscription died at the exchange)");
-                if let Some(i) = Channel::ALL.iter().position(|c| *c == channel) {
-                    app.lost.send_modify(|counts| counts[i] += 1);
+                _ => {
+                    publisher.message(data.channel, market, data.kind, data.body);
                 }
             }
-            Event::State(state) => {
-                match &state {
-                    State::GaveUp { failures } => {
-                        error!(
-                            failures,
-                            "upstream gave up; still probing at the capped delay"
-                        )
-                    }
-                    State::AuthFailed => error!("upstream refused the credentials"),
-                    State::Disconnected { reason } => warn!(%reason, "upstream disconnected"),
-                    other => info!(state = ?other, "upstream state"),
-                }
-                app.status.send_replace(UpstreamStatus {
-                    state,
-                    since_ms: now_ms(),
-                });
+        }
+        Event::BookStale { markets } => {
+            debug!(count = markets.len(), "books stale");
+            app.stale.lock().extend(markets.iter().cloned());
+            publisher.mark_stale(markets);
+        }
+        Event::BookReset { market } => {
+            app.stale.lock().remove(&market);
+        }
+        Event::MessagesLost { channel } => {
+            warn!(%channel, "messages lost upstream (a subscription died at the exchange)");
+            if let Some(i) = Channel::ALL.iter().position(|c| *c == channel) {
+                app.lost.send_modify(|counts| counts[i] += 1);
             }
+        }
+        Event::State(state) => {
+            match &state {
+                State::GaveUp { failures } => {
+                    error!(
+                        failures,
+                        "upstream gave up; still probing at the capped delay"
+                    )
+                }
+                State::AuthFailed => error!("upstream refused the credentials"),
+                State::Disconnected { reason } => warn!(%reason, "upstream disconnected"),
+                other => info!(state = ?other, "upstream state"),
+            }
+            app.status.send_replace(UpstreamStatus {
+                state,
+                since_ms: now_ms(),
+            });
         }
     }
 }

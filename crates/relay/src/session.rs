@@ -523,17 +523,8 @@ where
             }
             written += 1;
         }
-        if let Some(window) = self.app.config.downstream.coalesce_window() {
-            // Gather what arrives within the window into the same write.
-            let deadline = tokio::time::Instant::now() + window;
-            while written < MAX_BATCH {
-                match tokio::time::timeout_at(deadline, self.sub.recv()).await {
-                    Ok(Some(next)) => self.write_delivery(next).await?,
-                    Ok(None) | Err(_) => break,
-                }
-                written += 1;
-            }
-        }
+        // With a coalescing window, the feed publishes a window's messages together, so this
+        // batch already holds them all: no timer per client.
         self.flush().await
     }
 
