@@ -232,7 +232,14 @@ async fn start_server(
             let bin = children::sibling(&config.bin_dir, "relay")?;
             let mut args = strings(&["--listen", &listen.to_string(), "--upstream-url", ws_url]);
             args.extend(config.relay_args.iter().cloned());
-            let mut env = config.relay_env.clone();
+            // The relay holds the account's private channels upstream by default; no client
+            // here asks for them, and the baseline does not carry them. Off, the relay's upstream
+            // carries exactly the baseline's traffic, and delivered/sent compares like with like.
+            let mut env = vec![(
+                "RELAY__WARM_PRIVATE_CHANNELS".to_owned(),
+                "false".to_owned(),
+            )];
+            env.extend(config.relay_env.iter().cloned());
             if target == Target::RelayCoalesce {
                 env.extend(config.coalesce_env.iter().cloned());
             }

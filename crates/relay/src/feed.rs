@@ -76,9 +76,13 @@ pub async fn publish(
             Some(window) if is_data => {
                 if !window_open {
                     window_open = true;
+                    // tokio's timer fires on the first millisecond tick at or after the
+                    // deadline, up to a tick late: aiming a tick early keeps the hold within
+                    // the window.
+                    let hold = window.saturating_sub(TIMER_TICK);
                     window_end
                         .as_mut()
-                        .reset(tokio::time::Instant::now() + window);
+                        .reset(tokio::time::Instant::now() + hold);
                 }
                 publisher.unreleased() >= max_held
             }
@@ -92,6 +96,9 @@ pub async fn publish(
     }
     publisher.release();
 }
+
+/// The resolution of tokio's timer.
+const TIMER_TICK: Duration = Duration::from_millis(1);
 
 /// Without a coalescing window, a continuous stream is released at least this often.
 const RELEASE_EVERY: usize = 64;
