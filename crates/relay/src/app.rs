@@ -87,7 +87,16 @@ pub struct App {
     /// Upstream data messages received; the feed counts, `/status` derives a rate.
     pub upstream_messages: AtomicU64,
     pub started: Instant,
+    /// Per frame kind (`session::KINDS`), registered once: a session's flush adds to them
+    /// without a registry lookup per batch.
+    pub sent_counters: Vec<SentCounters>,
     rate: Mutex<RateSample>,
+}
+
+/// `relay_downstream_messages_sent_total` and `relay_downstream_bytes_sent_total` of one kind.
+pub struct SentCounters {
+    pub frames: ::metrics::Counter,
+    pub bytes: ::metrics::Counter,
 }
 
 #[derive(Clone, Copy)]
@@ -135,6 +144,13 @@ impl App {
             clients: AtomicUsize::new(0),
             upstream_messages: AtomicU64::new(0),
             started: now,
+            sent_counters: crate::session::KINDS
+                .iter()
+                .map(|kind| SentCounters {
+                    frames: ::metrics::counter!(crate::metrics::MESSAGES_SENT_TOTAL, "type" => *kind),
+                    bytes: ::metrics::counter!(crate::metrics::BYTES_SENT_TOTAL, "type" => *kind),
+                })
+                .collect(),
             rate: Mutex::new(RateSample {
                 at: now,
                 count: 0,

@@ -153,6 +153,7 @@ fn apply_event(app: &App, publisher: &mut Publisher, event: Event) {
             warn!(%channel, "messages lost upstream (a subscription died at the exchange)");
             if let Some(i) = Channel::ALL.iter().position(|c| *c == channel) {
                 app.lost.send_modify(|counts| counts[i] += 1);
+                app.heartbeat.poke_all();
             }
         }
         Event::State(state) => {
@@ -171,6 +172,7 @@ fn apply_event(app: &App, publisher: &mut Publisher, event: Event) {
                 state,
                 since_ms: now_ms(),
             });
+            app.heartbeat.poke_all();
         }
     }
 }

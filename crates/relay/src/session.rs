@@ -72,7 +72,7 @@ const REFUSAL_WINDOW: Duration = Duration::from_secs(10);
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// Frame kinds counted per batch (`relay_downstream_messages_sent_total{type}` and bytes).
-const KINDS: [&str; 10] = [
+pub(crate) const KINDS: [&str; 10] = [
     "orderbook_snapshot",
     "orderbook_delta",
     "ticker",
@@ -156,10 +156,14 @@ fn code_label(code: u16) -> &'static str {
 enum Wake {
     Frame(Option<Result<Message, WsError>>),
     Delivery(Option<Delivery>),
-    Ping,
+    /// The connection's heartbeat bucket signalled: a ping is due, the upstream status changed,
+    /// or lost-message counts changed (any of them, handled in that order: lost, status, ping).
+    Control {
+        ping: bool,
+        lost: Option<[u64; 7]>,
+        status: Option<UpstreamStatus>,
+    },
     Check,
-    Lost([u64; 7]),
-    Status(UpstreamStatus),
 }
 
 struct Session<'a, S> {
@@ -234,7 +238,9 @@ where
                 result = Box::pin(self.authenticate_first()) => if let Err(close) = result { return close },
             }
         }
+        // The slot first: a status or loss change after the receivers below are taken pokes it.
         let mut slot = app.heartbeat.slot();
+        let mut pings_seen = *slot.ping.borrow_and_update();
         let mut status = app.status.subscribe();
         let mut lost = app.lost.subscribe();
         lost.borrow_and_update();
@@ -246,6 +252,9 @@ where
         } else if matches!(initial.state, State::GaveUp { .. }) {
             return UPSTREAM_UNAVAILABLE;
         }
+        // Pinned once: a wake-up does not register with the shutdown token again.
+        let stopping = app.shutdown.cancelled();
+        tokio::pin!(stopping);
         loop {
             // Only a connection still waiting for its pong listens for its bucket's check: a
             // live one is not woken for it. The check is marked seen when the ping goes out.
@@ -253,16 +262,29 @@ where
             // The select only says what woke the session; the work happens in one boxed handler,
             // so the task's resting allocation holds just these waits (an idle client's cost).
             let wake = tokio::select! {
-                _ = app.shutdown.cancelled() => return RESTART,
+                () = &mut stopping => return RESTART,
                 frame = self.ws.next() => Wake::Frame(frame),
                 delivery = self.sub.recv() => Wake::Delivery(delivery),
                 Ok(()) = slot.ping.changed() => {
-                    slot.check.borrow_and_update();
-                    Wake::Ping
+                    let pings = *slot.ping.borrow_and_update();
+                    let ping = pings != pings_seen;
+                    pings_seen = pings;
+                    if ping {
+                        slot.check.borrow_and_update();
+                    }
+                    Wake::Control {
+                        ping,
+                        lost: lost
+                            .has_changed()
+                            .unwrap_or(false)
+                            .then(|| *lost.borrow_and_update()),
+                        status: status
+                            .has_changed()
+                            .unwrap_or(false)
+                            .then(|| status.borrow_and_update().clone()),
+                    }
                 }
                 Ok(()) = slot.check.changed(), if awaiting_pong => Wake::Check,
-                Ok(()) = lost.changed() => Wake::Lost(*lost.borrow_and_update()),
-                Ok(()) = status.changed() => Wake::Status(status.borrow_and_update().clone()),
             };
             if let Err(close) = Box::pin(self.on_wake(wake)).await {
                 return close;
@@ -274,25 +296,36 @@ where
         match wake {
             Wake::Frame(frame) => self.on_frame(frame).await,
             Wake::Delivery(delivery) => self.on_delivery(delivery).await,
-            Wake::Ping => self.ping().await,
+            Wake::Control { ping, lost, status } => {
+                if let Some(counts) = lost {
+                    self.on_lost(counts)?;
+                }
+                if let Some(now) = status {
+                    self.on_status_change(now).await?;
+                }
+                if ping {
+                    self.ping().await?;
+                }
+                Ok(())
+            }
             Wake::Check if self.awaiting_pong => Err(Some((1008, "pong timeout"))),
             // A frame arrived between the check and this handler.
             Wake::Check => Ok(()),
-            Wake::Lost(counts) => self.on_lost(counts),
-            Wake::Status(now) => {
-                self.on_status(&now.state)?;
-                if now.state == State::Subscribed && !self.deferred.is_empty() {
-                    self.release_deferred().await?;
-                }
-                if self.options.relay_events {
-                    self.send_event("relay_status", now.to_json()).await
-                } else if matches!(now.state, State::GaveUp { .. }) {
-                    // Those who did not ask for events are not left hanging on a dead feed.
-                    Err(UPSTREAM_UNAVAILABLE)
-                } else {
-                    Ok(())
-                }
-            }
+        }
+    }
+
+    async fn on_status_change(&mut self, now: UpstreamStatus) -> Result<(), Close> {
+        self.on_status(&now.state)?;
+        if now.state == State::Subscribed && !self.deferred.is_empty() {
+            self.release_deferred().await?;
+        }
+        if self.options.relay_events {
+            self.send_event("relay_status", now.to_json()).await
+        } else if matches!(now.state, State::GaveUp { .. }) {
+            // Those who did not ask for events are not left hanging on a dead feed.
+            Err(UPSTREAM_UNAVAILABLE)
+        } else {
+            Ok(())
         }
     }
 
@@ -636,10 +669,10 @@ where
 
     /// Adds the frames and bytes written since the last call to the shared counters.
     fn flush_counters(&mut self) {
-        for (kind, (frames, bytes)) in KINDS.iter().zip(self.sent.iter_mut()) {
+        for ((frames, bytes), counters) in self.sent.iter_mut().zip(&self.app.sent_counters) {
             if *frames > 0 {
-                metrics::counter!(m::MESSAGES_SENT_TOTAL, "type" => *kind).increment(*frames);
-                metrics::counter!(m::BYTES_SENT_TOTAL, "type" => *kind).increment(*bytes);
+                counters.frames.increment(*frames);
+                counters.bytes.increment(*bytes);
                 (*frames, *bytes) = (0, 0);
             }
         }
