@@ -769,3 +769,78 @@ async fn fills_lost_to_a_dead_upstream_sid_are_announced_with_4008() {
     relay.shutdown().await;
     sim.shutdown().await;
 }
+
+/// What the upstream sent before it was lost reaches a `relay_events` client before the
+/// `relay_status` that reports the loss, even when a coalescing window was holding it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_from_before_an_upstream_loss_arrives_before_the_status_that_reports_it() {
+    let sim = sim(SimConfig {
+        markets: 4,
+        rate: 2000.0,
+        seed: 5,
+        ..SimConfig::default()
+    })
+    .await;
+    let relay = relay(&sim, |c| {
+        c.downstream.coalesce_window_ms = 200;
+        c.upstream.backoff_base_seconds = 0.2;
+        c.upstream.backoff_cap_seconds = 1.0;
+    })
+    .await;
+    let m = markets(&sim);
+    let url = format!("{}?relay_events=1", relay.ws_url());
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let mut c = Client::connect(&url).await;
+        c.send(subscribe(1, &["trade"], &m)).await;
+        c.replies_until(1).await;
+        clients.push(c);
+    }
+    for round in 0..3 {
+        await_ready(relay.addr, 200).await;
+        // Trades are flowing to everyone (and a window's worth is held) when the upstream drops.
+        for c in clients.iter_mut() {
+            let seen = c.counts.get("trade").copied().unwrap_or(0);
+            c.until("trades", |c| {
+                c.counts.get("trade").copied().unwrap_or(0) > seen + 50
+            })
+            .await;
+        }
+        sim.fault(Fault::Drop);
+        for (i, c) in clients.iter_mut().enumerate() {
+            // Trades between "disconnected" and the next status would be data from before the
+            // loss delivered after its report.
+            let mut after_disconnect: Option<u64> = None;
+            let deadline = Instant::now() + DEADLINE;
+            loop {
+                assert!(
+                    Instant::now() < deadline,
+                    "round {round}: no status after the drop"
+                );
+                let Some(frame) = c.step(Duration::from_millis(100)).await else {
+                    continue;
+                };
+                if frame["type"] == "relay_status" {
+                    let state = frame["msg"]["upstream"].as_str().unwrap_or("").to_owned();
+                    match after_disconnect {
+                        None if state == "disconnected" => after_disconnect = Some(0),
+                        Some(n) if state != "disconnected" => {
+                            assert_eq!(
+                                n, 0,
+                                "round {round}, client {i}: {n} trades after relay_status disconnected"
+                            );
+                            break;
+                        }
+                        _ => {}
+                    }
+                } else if frame["type"] == "trade" {
+                    if let Some(n) = after_disconnect.as_mut() {
+                        *n += 1;
+                    }
+                }
+            }
+        }
+    }
+    relay.shutdown().await;
+    sim.shutdown().await;
+}

@@ -89,10 +89,11 @@ unsafe impl GlobalAlloc for Counting {
     }
 }
 
-/// What an idle client subscribed to one book costs the relay's heap, in bytes. It was about
-/// 8,900 before the session task was split from the upgrade, the subscription table became a
-/// vector and the write buffers were released between batches (heaptrack, release build).
-const MAX_HEAP_PER_IDLE_CLIENT: isize = 7 * 1024;
+/// What an idle client subscribed to one book may cost the relay's heap, in bytes: it is about
+/// 5,700 here (test profile). It was 8,577 before the session task was split from the upgrade,
+/// the subscription table became a vector and the write buffers were released between batches;
+/// keeping the write buffer alone would make it about 6,130.
+const MAX_HEAP_PER_IDLE_CLIENT: isize = 6_000;
 
 /// A client that holds no heap of its own once connected: a blocking socket that upgrades,
 /// subscribes to one book and reads until its snapshot has arrived, then only sits there.
@@ -143,7 +144,7 @@ fn idle_client(addr: std::net::SocketAddr, market: &str) -> std::net::TcpStream 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_idle_client_costs_the_relay_under_seven_kib_of_heap() {
+async fn an_idle_client_costs_the_relay_under_6000_bytes_of_heap() {
     const CLIENTS: usize = 200;
     let sim = sim(exchange_sim::SimConfig {
         markets: 2,
@@ -170,14 +171,17 @@ async fn an_idle_client_costs_the_relay_under_seven_kib_of_heap() {
     .await
     .unwrap();
     // Each client has its snapshot; its session finishes the flush and releases its buffers
-    // right after. Poll until the figure settles under the bound, or report the last one.
+    // right after. Poll until the figure has settled (the same in two readings 50 ms apart),
+    // or report the last one.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut last = isize::MAX;
     let per_client = loop {
         let per_client = (LIVE_BYTES.load(Ordering::Relaxed) - before) / CLIENTS as isize;
-        if per_client <= MAX_HEAP_PER_IDLE_CLIENT || tokio::time::Instant::now() > deadline {
+        if per_client == last || tokio::time::Instant::now() > deadline {
             break per_client;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        last = per_client;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     };
     println!("heap per idle client: {per_client} bytes");
     assert!(

@@ -26,6 +26,9 @@ pub(crate) struct Shared {
     /// what it sent ([`Publisher::release`](crate::Publisher::release)), so a batch of items
     /// costs each subscriber one wake-up.
     pub wake: tokio::sync::Notify,
+    /// Set when the publisher is dropped, before it wakes the parked subscribers: one that finds
+    /// the ring empty then ends, even if a subscriber being created still holds a sender.
+    pub closed: std::sync::atomic::AtomicBool,
     /// The cache. Held only for short, non-blocking critical sections (never across `.await`, never
     /// while sending or encoding): the publisher updates it once per item, subscribers read a
     /// consistent cut of it when they add a topic, ask for a snapshot or repair after a lag.

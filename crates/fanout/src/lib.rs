@@ -125,6 +125,7 @@ pub fn new(config: FanoutConfig) -> (Publisher, Fanout, RegistryEvents) {
         config,
         tx: tx.downgrade(),
         wake: tokio::sync::Notify::new(),
+        closed: std::sync::atomic::AtomicBool::new(false),
         cache: Mutex::new(Cache::default()),
         head: AtomicU64::new(0),
         bytes_published: AtomicU64::new(0),

@@ -60,6 +60,8 @@ pub struct Publisher {
     holding: bool,
     /// Items sent since the last release.
     unreleased: usize,
+    /// Body bytes of those items: what a parked subscriber finds unread when woken.
+    unreleased_bytes: u64,
 }
 
 impl Publisher {
@@ -72,12 +74,14 @@ impl Publisher {
             received_at: None,
             holding: false,
             unreleased: 0,
+            unreleased_bytes: 0,
         }
     }
 
     /// From now on, items wake parked subscribers only when [`Publisher::release`] is called.
-    /// The caller must release before the held items approach the ring's capacity
-    /// (`FanoutConfig::queue_messages`), or subscribers parked meanwhile lag.
+    /// The caller must release well before the held items approach either bound of the ring
+    /// (`FanoutConfig::queue_messages`, `queue_bytes`: see [`Publisher::unreleased`] and
+    /// [`Publisher::unreleased_bytes`]), or subscribers parked meanwhile wake up lagged.
     pub fn hold(&mut self) {
         self.holding = true;
     }
@@ -86,6 +90,7 @@ impl Publisher {
     pub fn release(&mut self) {
         if self.unreleased > 0 {
             self.unreleased = 0;
+            self.unreleased_bytes = 0;
             self.shared.wake.notify_waiters();
         }
     }
@@ -93,6 +98,11 @@ impl Publisher {
     /// Items sent since the last release (always 0 unless holding).
     pub fn unreleased(&self) -> usize {
         self.unreleased
+    }
+
+    /// Body bytes of the items sent since the last release (always 0 unless holding).
+    pub fn unreleased_bytes(&self) -> u64 {
+        self.unreleased_bytes
     }
 
     /// Position of the last item published (0 before the first).
@@ -318,7 +328,8 @@ impl Publisher {
     /// Appends to the ring (outside the cache lock: the wake-ups happen here).
     fn send(&mut self, item: Arc<Item>, start: Instant) -> u64 {
         self.position = item.position;
-        self.bytes += item.body.len() as u64;
+        let len = item.body.len() as u64;
+        self.bytes += len;
         let channel = item.channel;
         self.shared.head.store(self.position, Ordering::Release);
         self.shared
@@ -328,6 +339,7 @@ impl Publisher {
         let _ = self.tx.send(item);
         if self.holding {
             self.unreleased += 1;
+            self.unreleased_bytes += len;
         } else {
             self.shared.wake.notify_waiters();
         }
@@ -344,6 +356,7 @@ impl Drop for Publisher {
     fn drop(&mut self) {
         let (closed, _) = broadcast::channel(1);
         drop(std::mem::replace(&mut self.tx, closed));
+        self.shared.closed.store(true, Ordering::Release);
         self.shared.wake.notify_waiters();
     }
 }

@@ -372,6 +372,9 @@ impl Subscriber {
             }
             let result = match self.rx.try_recv() {
                 Ok(item) => Ok(item),
+                Err(TryRecvError::Empty) if self.shared.closed.load(Ordering::Acquire) => {
+                    Err(RecvError::Closed)
+                }
                 Err(TryRecvError::Empty) => return Poll::Pending,
                 Err(TryRecvError::Lagged(n)) => Err(RecvError::Lagged(n)),
                 Err(TryRecvError::Closed) => Err(RecvError::Closed),

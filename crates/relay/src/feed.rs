@@ -46,7 +46,10 @@ pub async fn publish(
     mut publisher: Publisher,
 ) {
     let window = app.config.downstream.coalesce_window();
+    // Held items must stay well inside both bounds of the ring, or the clients parked while
+    // they were held wake up lagged.
     let max_held = app.config.fanout.queue_messages / 4;
+    let max_held_bytes = app.config.fanout.queue_bytes / 4;
     publisher.hold();
     let window_end = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(window_end);
@@ -84,10 +87,14 @@ pub async fn publish(
                         .as_mut()
                         .reset(tokio::time::Instant::now() + hold);
                 }
-                publisher.unreleased() >= max_held
+                publisher.unreleased() >= max_held || publisher.unreleased_bytes() >= max_held_bytes
             }
             Some(_) => true,
-            None => events.is_empty() || publisher.unreleased() >= RELEASE_EVERY,
+            None => {
+                events.is_empty()
+                    || publisher.unreleased() >= RELEASE_EVERY.min(max_held)
+                    || publisher.unreleased_bytes() >= max_held_bytes
+            }
         };
         if release {
             window_open = false;
@@ -279,5 +286,73 @@ fn apply(upstream: &Upstream, channels: &mut HashMap<Channel, ChannelSubs>, chan
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use fanout::{Delivery, LagCause};
+    use protocol::MessageType;
+    use tokio_util::sync::CancellationToken;
+
+    /// A caught-up client parked through a coalescing window that holds four times the ring's
+    /// byte bound must not wake up lagged: the feed releases before the held bytes get there.
+    #[tokio::test(start_paused = true)]
+    async fn a_window_holding_more_than_the_byte_bound_does_not_lag_a_parked_client() {
+        const TRADES: usize = 100;
+        let mut config = crate::config::RelayConfig::with_upstream("ws://127.0.0.1:9/");
+        config.fanout.queue_bytes = 4096;
+        config.downstream.coalesce_window_ms = 100;
+        let (publisher, fanout, _registry) = fanout::new(config.fanout.clone());
+        let (upstream, _upstream_events) =
+            upstream::spawn(config.upstream.clone(), CancellationToken::new()).unwrap();
+        let app = Arc::new(App::new(
+            config,
+            fanout,
+            upstream,
+            crate::metrics::handle(),
+            None,
+        ));
+        let mut sub = app.fanout.subscriber();
+        sub.add(Topic::channel(Channel::Trade), false).unwrap();
+        let reader = tokio::spawn(async move {
+            let mut data = 0;
+            let mut lags = Vec::new();
+            while data < TRADES {
+                match tokio::time::timeout(Duration::from_secs(5), sub.recv()).await {
+                    Ok(Some(Delivery::Data(_))) => data += 1,
+                    Ok(Some(Delivery::Lagged(report))) => lags.push(report.cause),
+                    Ok(Some(_)) => {}
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            (data, lags)
+        });
+        let (events, events_rx) = mpsc::channel(1024);
+        let (_released, released_rx) = mpsc::unbounded_channel();
+        let feed = tokio::spawn(publish(app.clone(), events_rx, released_rx, publisher));
+        // 100 trades of about 210 bytes, 1 ms apart: 21 KB within one 100 ms window.
+        let body = Bytes::from(format!("{{\"p\":\"{}\"}}", "x".repeat(200)));
+        for _ in 0..TRADES {
+            let trade = Event::Data(upstream::Data {
+                sub: SubId(1),
+                channel: Channel::Trade,
+                kind: MessageType::Trade,
+                market: Some("M".into()),
+                seq: None,
+                body: body.clone(),
+                book: None,
+                received_at: std::time::Instant::now(),
+            });
+            events.send(trade).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let (data, lags) = reader.await.unwrap();
+        assert_eq!(lags, Vec::<LagCause>::new(), "the parked client lagged");
+        assert_eq!(data, TRADES);
+        drop(events);
+        feed.await.unwrap();
     }
 }

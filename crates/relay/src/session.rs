@@ -297,6 +297,13 @@ where
             Wake::Frame(frame) => self.on_frame(frame).await,
             Wake::Delivery(delivery) => self.on_delivery(delivery).await,
             Wake::Control { ping, lost, status } => {
+                if lost.is_some() || status.is_some() {
+                    // What the upstream sent before the change is in the ring (perhaps held for a
+                    // coalescing window): it goes out before the change is acted on, so a client
+                    // never sees data after the status that says it stopped, nor is closed
+                    // before fills that arrived in time.
+                    self.drain().await?;
+                }
                 if let Some(counts) = lost {
                     self.on_lost(counts)?;
                 }
@@ -558,6 +565,22 @@ where
         }
         // With a coalescing window, the feed publishes a window's messages together, so this
         // batch already holds them all: no timer per client.
+        self.flush().await
+    }
+
+    /// Writes every delivery ready now (bounded by the ring's size), then flushes.
+    async fn drain(&mut self) -> Result<(), Close> {
+        let mut written = 0;
+        while written < self.app.config.fanout.queue_messages {
+            match self.sub.try_recv() {
+                Some(next) => self.write_delivery(next).await?,
+                None => break,
+            }
+            written += 1;
+            if written % MAX_BATCH == 0 {
+                self.flush().await?;
+            }
+        }
         self.flush().await
     }
 
