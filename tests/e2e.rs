@@ -844,3 +844,46 @@ async fn data_from_before_an_upstream_loss_arrives_before_the_status_that_report
     relay.shutdown().await;
     sim.shutdown().await;
 }
+
+/// A session that sees only the latest upstream status (a busy session, or a loss and recovery
+/// faster than it looks) still learns that an outage happened, and closes a private holder
+/// with 4008: its fills from the outage are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_seen_only_through_its_recovery_still_closes_private_holders() {
+    let sim = sim(SimConfig {
+        markets: 2,
+        rate: 50.0,
+        ..SimConfig::default()
+    })
+    .await;
+    let relay = relay(&sim, |_| {}).await;
+    let mut private = Client::connect(&relay.ws_url()).await;
+    private
+        .send(json!({"id": 1, "cmd": "subscribe", "params": {"channels": ["fill"]}}))
+        .await;
+    private.replies_until(1).await;
+    let mut public = Client::connect(&relay.ws_url()).await;
+    public.send(subscribe(1, &["trade"], &markets(&sim))).await;
+    public.replies_until(1).await;
+    // The outage collapsed into its outcome: the status is "subscribed" again, one loss later.
+    let app = relay.app().clone();
+    let mut now = app.status.borrow().clone();
+    assert_eq!(now.state, upstream::State::Subscribed);
+    now.losses += 1;
+    app.status.send_replace(now);
+    app.heartbeat.poke_all();
+    match private.ended().await {
+        Ended::Close(4008, _) => {}
+        other => panic!("expected 4008, got {other:?}"),
+    }
+    // A public client has nothing to reconcile: it stays.
+    let before = public.counts.get("trade").copied().unwrap_or(0);
+    public
+        .until("more trades", |c| {
+            c.counts.get("trade").copied().unwrap_or(0) > before + 3
+        })
+        .await;
+    assert_eq!(public.ended, None);
+    relay.shutdown().await;
+    sim.shutdown().await;
+}

@@ -24,6 +24,10 @@ pub struct UpstreamStatus {
     pub state: State,
     /// Unix milliseconds when `state` was entered.
     pub since_ms: u64,
+    /// How many times the upstream went down (disconnected, refused or gave up) so far. A
+    /// session that sees only the latest status (a `watch` keeps one value) still knows that
+    /// an outage happened since it last looked.
+    pub losses: u64,
 }
 
 impl UpstreamStatus {
@@ -136,6 +140,7 @@ impl App {
             status: watch::channel(UpstreamStatus {
                 state: State::Connecting,
                 since_ms: now_ms(),
+                losses: 0,
             })
             .0,
             stale: Mutex::new(BTreeSet::new()),

@@ -192,6 +192,8 @@ struct Session<'a, S> {
     /// The client holds a private channel and the upstream was up since it subscribed: if the
     /// upstream connection is lost, fills may be missed and the client must be told (4008).
     private_exposed: bool,
+    /// `UpstreamStatus::losses` as of the last status this session acted on.
+    losses_seen: u64,
     /// The code of the client's own close frame, if it closed.
     client_close: Option<u16>,
     /// The per-channel loss counts already accounted for (see `App::lost`).
@@ -224,6 +226,7 @@ where
             latency_sample: None,
             sent: [(0, 0); KINDS.len()],
             private_exposed: false,
+            losses_seen: app.status.borrow().losses,
             client_close: None,
             lost_seen: *app.lost.borrow(),
             deferred: Vec::new(),
@@ -245,6 +248,7 @@ where
         let mut lost = app.lost.subscribe();
         lost.borrow_and_update();
         let initial = status.borrow_and_update().clone();
+        self.losses_seen = initial.losses;
         if self.options.relay_events {
             if let Err(close) = Box::pin(self.send_event("relay_status", initial.to_json())).await {
                 return close;
@@ -322,7 +326,7 @@ where
     }
 
     async fn on_status_change(&mut self, now: UpstreamStatus) -> Result<(), Close> {
-        self.on_status(&now.state)?;
+        self.on_status(&now)?;
         if now.state == State::Subscribed && !self.deferred.is_empty() {
             self.release_deferred().await?;
         }
@@ -338,20 +342,22 @@ where
 
     /// Private channels carry no seq and the exchange does not replay them: a client holding
     /// one while the upstream connection is lost may have missed fills, and is told so.
-    fn on_status(&mut self, state: &State) -> Result<(), Close> {
-        if state.is_up() {
-            self.private_exposed |= self.holds_private();
-            Ok(())
-        } else if self.private_exposed
-            && matches!(
-                state,
-                State::Disconnected { .. } | State::AuthFailed | State::GaveUp { .. }
-            )
-        {
-            Err(PRIVATE_GAP)
-        } else {
-            Ok(())
+    /// Statuses can be collapsed (a busy session sees only the latest), so an outage is known
+    /// by the loss count having moved, not only by a down state.
+    fn on_status(&mut self, now: &UpstreamStatus) -> Result<(), Close> {
+        let outage_since = now.losses != self.losses_seen;
+        self.losses_seen = now.losses;
+        let down = matches!(
+            now.state,
+            State::Disconnected { .. } | State::AuthFailed | State::GaveUp { .. }
+        );
+        if self.private_exposed && (outage_since || down) {
+            return Err(PRIVATE_GAP);
         }
+        if now.state.is_up() {
+            self.private_exposed |= self.holds_private();
+        }
+        Ok(())
     }
 
     /// Messages of a channel were lost upstream: a private one this client holds cannot be
@@ -500,7 +506,13 @@ where
                 }
             }
         }
-        if self.app.status.borrow().state.is_up() {
+        // Exposed from now on if the upstream is up, unless an outage this session has not
+        // acted on yet came first (that status change will set it).
+        let live = {
+            let status = self.app.status.borrow();
+            status.state.is_up() && status.losses == self.losses_seen
+        };
+        if live {
             self.private_exposed |= self.holds_private();
         }
         self.flush().await
