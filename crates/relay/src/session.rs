@@ -265,10 +265,12 @@ where
             let awaiting_pong = self.awaiting_pong;
             // The select only says what woke the session; the work happens in one boxed handler,
             // so the task's resting allocation holds just these waits (an idle client's cost).
+            // Biased, in this order: a status change is acted on before data published after
+            // it (a client is told the upstream came back before it gets the new data), and
+            // the client's own frames (pongs, commands) are never starved by a busy stream.
             let wake = tokio::select! {
+                biased;
                 () = &mut stopping => return RESTART,
-                frame = self.ws.next() => Wake::Frame(frame),
-                delivery = self.sub.recv() => Wake::Delivery(delivery),
                 Ok(()) = slot.ping.changed() => {
                     let pings = *slot.ping.borrow_and_update();
                     let ping = pings != pings_seen;
@@ -289,6 +291,8 @@ where
                     }
                 }
                 Ok(()) = slot.check.changed(), if awaiting_pong => Wake::Check,
+                frame = self.ws.next() => Wake::Frame(frame),
+                delivery = self.sub.recv() => Wake::Delivery(delivery),
             };
             if let Err(close) = Box::pin(self.on_wake(wake)).await {
                 return close;
