@@ -713,6 +713,22 @@ async fn private_subscribers_are_told_when_the_upstream_connection_is_lost() {
     sim.shutdown().await;
 }
 
+/// One client subscribed to the account's fills and one to every market's trades, both answered.
+async fn fill_and_trade_clients(
+    relay: &relay::RelayHandle,
+    sim: &exchange_sim::Sim,
+) -> (Client, Client) {
+    let mut private = Client::connect(&relay.ws_url()).await;
+    private
+        .send(json!({"id": 1, "cmd": "subscribe", "params": {"channels": ["fill"]}}))
+        .await;
+    private.replies_until(1).await;
+    let mut public = Client::connect(&relay.ws_url()).await;
+    public.send(subscribe(1, &["trade"], &markets(sim))).await;
+    public.replies_until(1).await;
+    (private, public)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fills_lost_to_a_dead_upstream_sid_are_announced_with_4008() {
     let sim = sim(SimConfig {
@@ -722,14 +738,7 @@ async fn fills_lost_to_a_dead_upstream_sid_are_announced_with_4008() {
     })
     .await;
     let relay = relay(&sim, |_| {}).await;
-    let mut private = Client::connect(&relay.ws_url()).await;
-    private
-        .send(json!({"id": 1, "cmd": "subscribe", "params": {"channels": ["fill"]}}))
-        .await;
-    private.replies_until(1).await;
-    let mut public = Client::connect(&relay.ws_url()).await;
-    public.send(subscribe(1, &["trade"], &markets(&sim))).await;
-    public.replies_until(1).await;
+    let (mut private, mut public) = fill_and_trade_clients(&relay, &sim).await;
 
     let fill_sid = || {
         sim.stats()
@@ -857,14 +866,7 @@ async fn an_outage_seen_only_through_its_recovery_still_closes_private_holders()
     })
     .await;
     let relay = relay(&sim, |_| {}).await;
-    let mut private = Client::connect(&relay.ws_url()).await;
-    private
-        .send(json!({"id": 1, "cmd": "subscribe", "params": {"channels": ["fill"]}}))
-        .await;
-    private.replies_until(1).await;
-    let mut public = Client::connect(&relay.ws_url()).await;
-    public.send(subscribe(1, &["trade"], &markets(&sim))).await;
-    public.replies_until(1).await;
+    let (mut private, mut public) = fill_and_trade_clients(&relay, &sim).await;
     // The outage collapsed into its outcome: the status is "subscribed" again, one loss later.
     let app = relay.app().clone();
     let mut now = app.status.borrow().clone();
