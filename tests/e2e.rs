@@ -713,6 +713,17 @@ async fn private_subscribers_are_told_when_the_upstream_connection_is_lost() {
     sim.shutdown().await;
 }
 
+/// The client keeps receiving trades and stays connected.
+async fn trades_keep_flowing(public: &mut Client) {
+    let before = public.counts.get("trade").copied().unwrap_or(0);
+    public
+        .until("more trades", |c| {
+            c.counts.get("trade").copied().unwrap_or(0) > before + 3
+        })
+        .await;
+    assert_eq!(public.ended, None);
+}
+
 /// One client subscribed to the account's fills and one to every market's trades, both answered.
 async fn fill_and_trade_clients(
     relay: &relay::RelayHandle,
@@ -768,13 +779,7 @@ async fn fills_lost_to_a_dead_upstream_sid_are_announced_with_4008() {
         other => panic!("expected 4008, got {other:?}"),
     }
     // The public client is not affected: trades keep flowing.
-    let before = public.counts.get("trade").copied().unwrap_or(0);
-    public
-        .until("more trades", |c| {
-            c.counts.get("trade").copied().unwrap_or(0) > before + 3
-        })
-        .await;
-    assert_eq!(public.ended, None);
+    trades_keep_flowing(&mut public).await;
     relay.shutdown().await;
     sim.shutdown().await;
 }
@@ -879,13 +884,7 @@ async fn an_outage_seen_only_through_its_recovery_still_closes_private_holders()
         other => panic!("expected 4008, got {other:?}"),
     }
     // A public client has nothing to reconcile: it stays.
-    let before = public.counts.get("trade").copied().unwrap_or(0);
-    public
-        .until("more trades", |c| {
-            c.counts.get("trade").copied().unwrap_or(0) > before + 3
-        })
-        .await;
-    assert_eq!(public.ended, None);
+    trades_keep_flowing(&mut public).await;
     relay.shutdown().await;
     sim.shutdown().await;
 }

@@ -351,11 +351,9 @@ impl Publisher {
 }
 
 impl Drop for Publisher {
-    /// Ends the stream: the ring is closed first, then the parked subscribers are woken, so they
-    /// drain what is left and see the end.
+    /// Ends the stream: the parked subscribers are woken and, once they find the ring empty,
+    /// see the end (the sender itself is dropped right after).
     fn drop(&mut self) {
-        let (closed, _) = broadcast::channel(1);
-        drop(std::mem::replace(&mut self.tx, closed));
         self.shared.closed.store(true, Ordering::Release);
         self.shared.wake.notify_waiters();
     }

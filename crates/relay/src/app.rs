@@ -54,6 +54,14 @@ impl UpstreamStatus {
     }
 }
 
+/// Whether the upstream is down in this state (an outage: `UpstreamStatus::losses` counts them).
+pub fn is_outage(state: &State) -> bool {
+    matches!(
+        state,
+        State::Disconnected { .. } | State::AuthFailed | State::GaveUp { .. }
+    )
+}
+
 pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -175,11 +175,7 @@ fn apply_event(app: &App, publisher: &mut Publisher, event: Event) {
                 State::Disconnected { reason } => warn!(%reason, "upstream disconnected"),
                 other => info!(state = ?other, "upstream state"),
             }
-            let down = matches!(
-                state,
-                State::Disconnected { .. } | State::AuthFailed | State::GaveUp { .. }
-            );
-            let losses = app.status.borrow().losses + u64::from(down);
+            let losses = app.status.borrow().losses + u64::from(crate::app::is_outage(&state));
             app.status.send_replace(UpstreamStatus {
                 state,
                 since_ms: now_ms(),

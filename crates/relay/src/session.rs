@@ -310,7 +310,8 @@ where
                     // coalescing window): it goes out before the change is acted on, so a client
                     // never sees data after the status that says it stopped, nor is closed
                     // before fills that arrived in time.
-                    self.drain().await?;
+                    self.write_ready(self.app.config.fanout.queue_messages)
+                        .await?;
                 }
                 if let Some(counts) = lost {
                     self.on_lost(counts)?;
@@ -351,11 +352,7 @@ where
     fn on_status(&mut self, now: &UpstreamStatus) -> Result<(), Close> {
         let outage_since = now.losses != self.losses_seen;
         self.losses_seen = now.losses;
-        let down = matches!(
-            now.state,
-            State::Disconnected { .. } | State::AuthFailed | State::GaveUp { .. }
-        );
-        if self.private_exposed && (outage_since || down) {
+        if self.private_exposed && (outage_since || crate::app::is_outage(&now.state)) {
             return Err(PRIVATE_GAP);
         }
         if now.state.is_up() {
@@ -571,23 +568,16 @@ where
             return Err(RESTART);
         };
         self.write_delivery(first).await?;
-        let mut written = 1;
-        while written < MAX_BATCH {
-            match self.sub.try_recv() {
-                Some(next) => self.write_delivery(next).await?,
-                None => break,
-            }
-            written += 1;
-        }
         // With a coalescing window, the feed publishes a window's messages together, so this
         // batch already holds them all: no timer per client.
-        self.flush().await
+        self.write_ready(MAX_BATCH - 1).await
     }
 
-    /// Writes every delivery ready now (bounded by the ring's size), then flushes.
-    async fn drain(&mut self) -> Result<(), Close> {
+    /// Writes up to `limit` deliveries that are ready now, flushing every [`MAX_BATCH`] and at
+    /// the end.
+    async fn write_ready(&mut self, limit: usize) -> Result<(), Close> {
         let mut written = 0;
-        while written < self.app.config.fanout.queue_messages {
+        while written < limit {
             match self.sub.try_recv() {
                 Some(next) => self.write_delivery(next).await?,
                 None => break,
