@@ -202,6 +202,7 @@ impl Driver {
             Command::new(python)
                 .arg(scripts().join(script))
                 .args(["--url", url, "--markets", &markets.join(",")])
+                .env("PYTHONDONTWRITEBYTECODE", "1")
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .stderr(std::fs::File::create(&log).unwrap())
