@@ -93,17 +93,18 @@ struct Relay {
 
 impl Relay {
     fn start(port: u16) -> Relay {
-        let log = std::fs::File::create(tmp().join(format!("relay-{port}.log"))).unwrap();
+        let log = tmp().join(format!("relay-{port}.log"));
         let mut child = Killed(
             Command::new(env!("CARGO_BIN_EXE_relay"))
                 .args(["--demo", "--listen", &format!("127.0.0.1:{port}")])
                 .stdout(Stdio::piped())
-                .stderr(log)
+                .stderr(std::fs::File::create(&log).unwrap())
                 .spawn()
                 .expect("the relay binary starts"),
         );
         let lines = lines_of(child.0.stdout.take().unwrap());
-        let ready = next_line(&lines, Duration::from_secs(20), "the relay's ready line");
+        let what = format!("relay ready line (log: {})", log.display());
+        let ready = next_line(&lines, Duration::from_secs(20), &what);
         assert!(ready.starts_with("relay ready ws="), "{ready}");
         // demo: embedded exchange simulator, 20 markets, fault injection at http://ADDR/admin/stats
         let hint = next_line(&lines, Duration::from_secs(5), "the demo's admin line");
