@@ -7,12 +7,15 @@
 //! - `pykalshi==2.0.0`: `tests/pyclients/requirements-pykalshi.txt`, driver `pykalshi_driver.py`
 //! - `pykalshi-client==1.3.0`: `tests/pyclients/requirements-pykalshi-client.txt`, driver
 //!   `pykalshi_client_driver.py`
+//! - `kalshi-sdk==22.4.0` (Python >= 3.12): `tests/pyclients/requirements-kalshi-sdk.txt`, driver
+//!   `kalshi_sdk_driver.py`
 //!
-//! The two install the same top-level package name (`pykalshi`), so each gets its own virtual
-//! environment under the target directory, rebuilt only when its requirements file (or python3)
+//! Each library gets its own virtual environment under the target directory (two of them install
+//! the same top-level package, `pykalshi`), rebuilt only when its requirements file or interpreter
 //! changes. The drivers only point the libraries at the relay's URL and report what the libraries
 //! deliver; they never reconnect by hand. Needs `python3` with `venv` and `pip` (`.ci/run`
-//! installs `python3-venv` where it is missing) and PyPI the first time.
+//! installs `python3-venv` where it is missing), a Python >= 3.12 for kalshi-sdk (`python3.12`
+//! or newer on PATH, or one of pyenv's versions), and PyPI the first time.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -35,16 +38,25 @@ const INSTALL_DEADLINE: Duration = Duration::from_secs(600);
 
 #[test]
 fn pykalshi_keeps_right_books_and_reconnects_after_a_relay_restart() {
-    scenario("pykalshi", "pykalshi_driver.py");
+    scenario("pykalshi", "pykalshi_driver.py", &python_at_least(11));
 }
 
 #[test]
 fn pykalshi_client_keeps_right_books_and_reconnects_after_a_relay_restart() {
-    scenario("pykalshi-client", "pykalshi_client_driver.py");
+    scenario(
+        "pykalshi-client",
+        "pykalshi_client_driver.py",
+        &python_at_least(11),
+    );
 }
 
-fn scenario(library: &str, driver: &str) {
-    let python = venv(library);
+#[test]
+fn kalshi_sdk_keeps_right_books_and_reconnects_after_a_relay_restart() {
+    scenario("kalshi-sdk", "kalshi_sdk_driver.py", &python_at_least(12));
+}
+
+fn scenario(library: &str, driver: &str, base_python: &Path) {
+    let python = venv(library, base_python);
     let port = free_port();
     let relay = Relay::start(port);
     let markets: Vec<String> =
@@ -379,19 +391,52 @@ fn tmp() -> PathBuf {
     dir
 }
 
-/// The library's virtual environment, created and filled from its pinned requirements unless
-/// one built from the same requirements and interpreter is already there. Returns its python.
-fn venv(library: &str) -> PathBuf {
+/// A Python 3.`minor` or newer: `python3` if it is new enough, else `python3.N` on PATH, else one
+/// of pyenv's versions.
+fn python_at_least(minor: u32) -> PathBuf {
+    let mut candidates: Vec<PathBuf> = vec!["python3".into()];
+    candidates.extend((minor..=14).map(|m| PathBuf::from(format!("python3.{m}"))));
+    if let Ok(root) = run(Command::new("pyenv").arg("root"), "pyenv root") {
+        let mut found: Vec<PathBuf> = std::fs::read_dir(Path::new(&root).join("versions"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path().join("bin/python3"))
+            .collect();
+        found.sort();
+        candidates.extend(found);
+    }
+    for python in &candidates {
+        let Ok(version) = run(Command::new(python).arg("--version"), "python --version") else {
+            continue;
+        };
+        // "Python 3.12.1"
+        let found = version
+            .strip_prefix("Python 3.")
+            .and_then(|v| v.split('.').next())
+            .and_then(|m| m.parse::<u32>().ok());
+        if found.is_some_and(|m| m >= minor) {
+            return python.clone();
+        }
+    }
+    panic!(
+        "these tests need Python >= 3.{minor} with venv and pip; tried {candidates:?} \
+         (.ci/run installs python3-venv; kalshi-sdk needs 3.12 or newer, e.g. pyenv's)"
+    );
+}
+
+/// The library's virtual environment, created from `base_python` and filled from its pinned
+/// requirements unless one built from the same requirements and interpreter is already there.
+/// Returns its python.
+fn venv(library: &str, base_python: &Path) -> PathBuf {
     let requirements = scripts().join(format!("requirements-{library}.txt"));
     let pins = std::fs::read_to_string(&requirements).expect("the requirements file");
     let version = run(
-        Command::new("python3").arg("--version"),
-        "python3 --version",
+        Command::new(base_python).arg("--version"),
+        "python --version",
     )
-    .unwrap_or_else(|e| {
-        panic!("{e}\nthese tests need python3 with venv and pip (.ci/run installs python3-venv)")
-    });
-    let stamp = format!("{version}\n{pins}");
+    .unwrap_or_else(|e| panic!("{e}"));
+    let stamp = format!("{} {version}\n{pins}", base_python.display());
     let dir = tmp().join(format!("venv-{library}"));
     let python = dir.join("bin/python");
     if std::fs::read_to_string(dir.join("stamp")).ok().as_deref() == Some(stamp.as_str()) {
@@ -400,8 +445,13 @@ fn venv(library: &str) -> PathBuf {
     // Built beside, then renamed: a half-built environment is never taken for a finished one.
     let building = tmp().join(format!("venv-{library}.building-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&building);
-    run(Command::new("python3").args(["-m", "venv"]).arg(&building), "python3 -m venv")
-        .unwrap_or_else(|e| panic!("{e}\ncannot create a virtual environment: on Debian `apt-get install -y python3-venv` (.ci/run does)"));
+    run(
+        Command::new(base_python).args(["-m", "venv"]).arg(&building),
+        "python -m venv",
+    )
+    .unwrap_or_else(|e| {
+        panic!("{e}\ncannot create a virtual environment: on Debian `apt-get install -y python3-venv` (.ci/run does)")
+    });
     run(
         Command::new(building.join("bin/python"))
             .args([
@@ -410,9 +460,8 @@ fn venv(library: &str) -> PathBuf {
                 "install",
                 "--quiet",
                 "--disable-pip-version-check",
-                "--no-input",
             ])
-            .args(["--only-binary", ":all:", "-r"])
+            .args(["--no-input", "--only-binary", ":all:", "-r"])
             .arg(&requirements),
         "pip install",
     )

@@ -119,3 +119,27 @@ def serve(record, books, stop):
         else:
             reply({"unknown": cmd})
     stop()
+
+
+async def serve_async(record, books, stop):
+    """`serve` for drivers whose library state lives on the event loop: commands are read on a
+    thread and answered on the loop, so `books()` never races the library's own updates."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    reply({"ready": True})
+    while True:
+        line = await loop.run_in_executor(None, sys.stdin.readline)
+        cmd = line.strip()
+        if not line or cmd == "quit":
+            break
+        if cmd == "stats":
+            reply(record.stats())
+        elif cmd == "books":
+            reply({"books": books()})
+        elif cmd == "mark":
+            record.mark()
+            reply({"marked": True})
+        else:
+            reply({"unknown": cmd})
+    await stop()
