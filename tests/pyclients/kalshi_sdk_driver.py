@@ -36,11 +36,15 @@ logging.getLogger("kalshi").addHandler(Rejected())
 
 
 async def consume(stream, name):
-    async for msg in stream:
-        kind = getattr(msg, "type", name)
-        record.count(kind)
-        if kind == "orderbook_snapshot":
-            live_books[msg.msg.market_ticker] = msg.msg
+    try:
+        async for msg in stream:
+            kind = getattr(msg, "type", name)
+            record.count(kind)
+            if kind == "orderbook_snapshot":
+                live_books[msg.msg.market_ticker] = msg.msg
+        record.error(f"the {name} stream ended")
+    except Exception as e:  # the library ends a stream with an error it could not recover from
+        record.error(f"the {name} stream failed: {e!r}")
 
 
 def current_books():
