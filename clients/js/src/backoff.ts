@@ -19,5 +19,5 @@ export function backoffDelay(
   random: () => number = Math.random,
 ): number {
   const exp = Math.min(o.capMs, o.baseMs * Math.pow(o.factor, Math.max(0, attempt - 1)));
-  return Math.round(exp * (1 - o.jitter + 2 * o.jitter * random()));
+  return Math.floor(exp * (1 - o.jitter + 2 * o.jitter * random()));
 }
