@@ -100,6 +100,15 @@ export interface RelayClientEvents {
   max_reconnects: { attempts: number; error: Error };
   error: Error;
   message: ServerMessage;
+  /** What the server confirmed changed (`subscriptions()` after it). */
+  subscriptions: SubscriptionInfo[];
+}
+
+/** One channel's server subscription on the current connection. */
+export interface SubscriptionInfo {
+  channel: string;
+  sid: number | undefined;
+  markets: string[] | "all" | undefined;
 }
 
 /** What `subscribe` returns: stable for the client's life while sids change underneath. */
@@ -302,7 +311,7 @@ export class RelayClient extends Emitter<RelayClientEvents> {
   }
 
   /** What the server has confirmed on this connection: channel, sid, markets. */
-  subscriptions(): { channel: string; sid: number | undefined; markets: string[] | "all" | undefined }[] {
+  subscriptions(): SubscriptionInfo[] {
     return [...this.#channels.values()].map((ch) => ({
       channel: ch.channel,
       sid: ch.sid,
@@ -501,6 +510,7 @@ export class RelayClient extends Emitter<RelayClientEvents> {
   /** Sids, seqs, pending replies and book trust belong to one connection. */
   #resetConnectionState(): void {
     for (const ch of this.#channels.values()) ch.reset();
+    this.emit("subscriptions", this.subscriptions());
     this.#pending.clear();
     this.#snapshotRequests.clear();
     this.#control = [];
@@ -627,6 +637,7 @@ export class RelayClient extends Emitter<RelayClientEvents> {
     this.#pending.delete(m.id!);
     const sid = m.type === "subscribed" ? m.msg?.sid : m.sid;
     ch.confirm(typeof sid === "number" ? sid : undefined);
+    this.emit("subscriptions", this.subscriptions());
     this.#reconcile();
   }
 

@@ -19,6 +19,7 @@ export type {
   RelayStatus,
   ServerMessage,
   SubscriptionHandle,
+  SubscriptionInfo,
   MessageCallback,
   ConnectionState,
   TokenSource,
@@ -26,6 +27,10 @@ export type {
   WebSocketConstructor,
 } from "./client.js";
 export type { SubscribeSpec } from "./subscriptions.js";
+export { SharedRelayClient } from "./tabs.js";
+export type { SharedRelayClientOptions } from "./tabs.js";
+export { Hub } from "./hub.js";
+export type { HubMessage, TabMessage, PortableOptions } from "./hub.js";
 export type { BookView, Level } from "./book.js";
 export { OrderBook, parseFixed, formatFixed } from "./book.js";
 export { backoffDelay, DEFAULT_BACKOFF } from "./backoff.js";
