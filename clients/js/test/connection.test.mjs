@@ -39,13 +39,16 @@ test("relay restart: 1012, reconnect with a fresh token, subscriptions replayed,
   let relay = await startRelay({ config });
   cleanup.push(() => relay.stop());
   const markets = (await relay.admin("markets")).slice(0, 2);
+  // Two valid tokens, handed out in turn: each connect attempt calls the function again.
   let calls = 0;
   const c = client({
     url: relay.ws,
-    token: async () => `tok-${++calls}`,
+    token: async () => `tok-${(calls++ % 2) + 1}`,
     maxReconnects: 50,
   });
   const closes = record(c, "close");
+  const callsAtOpen = [];
+  c.on("open", () => callsAtOpen.push(calls));
   const seen = new Set();
   const handle = c.subscribe({ channels: ["orderbook_delta", "ticker"], marketTickers: markets }, (m) =>
     seen.add(m.type),
@@ -66,7 +69,12 @@ test("relay restart: 1012, reconnect with a fresh token, subscriptions replayed,
   cleanup.push(() => relay.stop());
   seen.clear();
   await waitFor(() => markets.every((t) => c.book(t)), "every book after the restart", 15_000);
-  assert.equal(calls >= 2, true, "the token function was called again");
+  assert.equal(callsAtOpen.length, 2);
+  assert.ok(callsAtOpen[1] > callsAtOpen[0], "the token function was called again for the new connection");
+  assert.ok(
+    closes.slice(1).every((e) => !/401/.test(e.error)),
+    `no token was refused: ${JSON.stringify(closes)}`,
+  );
   assert.equal(c.state, "open");
   const sids = handle.sids();
   assert.equal(typeof sids.orderbook_delta, "number");
