@@ -139,6 +139,16 @@ export class RelayClient extends Emitter<RelayClientEvents> {
     this.#flush();
   }
 
+  /** Commands waiting to be handed to the socket (not connected yet, or backpressure). */
+  get queued(): number {
+    return this.#queue.length + this.#control.length;
+  }
+
+  /** Bytes the socket holds unsent (0 while not connected). */
+  get bufferedAmount(): number {
+    return this.#ws?.bufferedAmount ?? 0;
+  }
+
   /** A fresh command id, unique on this client (for commands sent with `send`). */
   nextId(): number {
     return this.#nextId++;

@@ -171,3 +171,37 @@ test("commands are queued while connecting, up to the bound, and sent once open"
   c.on("message", (m) => m.type === "ok" && ids.includes(m.id) && replies.add(m.id));
   await waitFor(() => replies.size === 5, "a reply to every queued command");
 });
+
+test("backpressure: while the relay reads nothing, sending pauses at the high-water mark and the queue holds", async () => {
+  const relay = await startRelay({
+    config: FAST_UPSTREAM + "\n[security]\ncommands_per_second = 1000000.0\ncommand_burst = 1000000.0\n",
+  });
+  cleanup.push(() => relay.stop("SIGKILL"));
+  const highWaterMark = 256 * 1024;
+  const c = client({ url: relay.ws, highWaterMark, maxQueue: 1000 });
+  await nextEvent(c, "open");
+  const replies = new Set();
+  c.on("message", (m) => m.id !== undefined && replies.add(m.id));
+  relay.proc.kill("SIGSTOP");
+  // 300 commands of 60 KB (18 MB): more than the kernel's socket buffers take.
+  const pad = "x".repeat(60_000);
+  const ids = [];
+  for (let i = 0; i < 300; i++) {
+    const id = c.nextId();
+    ids.push(id);
+    c.send({ id, cmd: "list_subscriptions", params: { pad } });
+  }
+  // The socket only gains bytes through a send made at or below the mark, so it never holds more
+  // than the mark plus one command; sampled on every poll while it backs up and drains.
+  const bound = highWaterMark + 61_000;
+  let worst = 0;
+  const sample = () => (worst = Math.max(worst, c.bufferedAmount));
+  // While open, the queue holds only because the socket is above the mark.
+  await waitFor(() => sample() && c.queued > 0, "the socket to back up");
+  assert.ok(c.queued > 100, `only ${c.queued} commands held back`);
+  relay.proc.kill("SIGCONT");
+  await waitFor(() => sample() >= 0 && c.queued === 0, "the queue to drain", 20_000);
+  assert.ok(worst > highWaterMark && worst <= bound, `at most ${worst} bytes buffered (bound ${bound})`);
+  await waitFor(() => ids.every((id) => replies.has(id)), "a reply to every command", 20_000);
+  assert.equal(c.state, "open");
+});
