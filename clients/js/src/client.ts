@@ -213,7 +213,11 @@ export class RelayClient extends Emitter<RelayClientEvents> {
     const ws = this.#ws;
     if (ws && ws.readyState <= OPEN) {
       this.#setState("closing");
-      const force = setTimeout(() => this.#onClose(ws, 1000, "client closed"), CLOSE_GRACE_MS);
+      // A peer that never answers the close frame is dropped after the grace period.
+      const force = setTimeout(() => {
+        ws.terminate?.();
+        this.#onClose(ws, 1000, "client closed");
+      }, CLOSE_GRACE_MS);
       const done = () => clearTimeout(force);
       this.on("state", ({ state }) => state === "closed" && done());
       try {
