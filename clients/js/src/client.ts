@@ -10,7 +10,7 @@
 
 import { backoffDelay } from "./backoff.js";
 import { BookView, Books } from "./book.js";
-import { describeClose, isPermanentClose } from "./close-codes.js";
+import { classifyClose, describeClose } from "./close-codes.js";
 import { Emitter } from "./emitter.js";
 import { ResolvedOptions, resolveOptions } from "./options.js";
 import { ALL, ChannelState, Markets, SubscribeSpec } from "./subscriptions.js";
@@ -30,6 +30,13 @@ import {
 } from "./types.js";
 
 export * from "./types.js";
+
+/** A caller's subscription: what it asked for, where its messages go, and its handle. */
+interface HandleEntry {
+  spec: SubscribeSpec;
+  onMessage: MessageCallback;
+  handle: SubscriptionHandle;
+}
 
 const CONNECTING = 0;
 const OPEN = 1;
@@ -77,7 +84,7 @@ export class RelayClient extends Emitter<RelayClientEvents> {
   /** Subscription commands for the current connection; sent before the caller's queue. */
   #control: string[] = [];
   readonly #channels = new Map<string, ChannelState>();
-  readonly #handles = new Map<number, { spec: SubscribeSpec; onMessage: MessageCallback; handle: SubscriptionHandle }>();
+  readonly #handles = new Map<number, HandleEntry>();
   #nextHandle = 1;
   /** Command id to the channel whose in-flight command it is. */
   readonly #pending = new Map<number, ChannelState>();
@@ -299,13 +306,13 @@ export class RelayClient extends Emitter<RelayClientEvents> {
     this.#clearConnectionTimers();
     this.#resetConnectionState();
     if (this.#stopped) return this.#finish();
-    const httpStatus = /Unexpected server response: (\d+)/.exec(this.#lastError?.message ?? "")?.[1];
-    const refused = code === 4001 || httpStatus === "401";
-    if (refused && typeof this.#token === "function") {
+    const verdict = classifyClose(code, this.#lastError?.message);
+    if (verdict.kind === "refused" && typeof this.#token === "function") {
       // A token function may hand out a new token: try it, but never the refused one again.
       this.#refusedToken = this.#currentToken;
-    } else if (isPermanentClose(code) || refused || httpStatus === "403") {
-      const err = new PermanentCloseError(refused ? 4001 : httpStatus === "403" ? 1008 : code, reason || this.#lastError?.message || "");
+    } else if (verdict.kind !== "retry") {
+      const permanentCode = verdict.kind === "refused" ? 4001 : verdict.code;
+      const err = new PermanentCloseError(permanentCode, reason || this.#lastError?.message || "");
       this.emit("close", { code, reason, permanent: true, error: err.message });
       return this.#stop(err);
     }

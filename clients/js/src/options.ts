@@ -34,7 +34,15 @@ export function resolveOptions(options: RelayClientOptions): ResolvedOptions {
     relayEvents: options.relayEvents ?? true,
   };
   const problems: string[] = [];
-  for (const key of ["stableMs", "pingIntervalMs", "pongTimeoutMs", "connectTimeoutMs", "maxQueue", "highWaterMark"] as const) {
+  const positive = [
+    "stableMs",
+    "pingIntervalMs",
+    "pongTimeoutMs",
+    "connectTimeoutMs",
+    "maxQueue",
+    "highWaterMark",
+  ] as const;
+  for (const key of positive) {
     if (!(o[key] > 0)) problems.push(`${key} = ${o[key]}: must be > 0`);
   }
   if (!(o.maxReconnects >= 0)) problems.push(`maxReconnects = ${o.maxReconnects}: must be >= 0`);
@@ -43,7 +51,9 @@ export function resolveOptions(options: RelayClientOptions): ResolvedOptions {
   if (!(b.factor >= 1)) problems.push(`backoff.factor = ${b.factor}: must be >= 1`);
   if (!(b.capMs >= b.baseMs)) problems.push(`backoff.capMs = ${b.capMs}: must be >= backoff.baseMs`);
   if (!(b.jitter >= 0 && b.jitter < 1)) problems.push(`backoff.jitter = ${b.jitter}: must be in [0, 1)`);
-  if (!["header", "message", "query"].includes(o.authMode)) problems.push(`authMode = ${o.authMode}: must be header, message or query`);
+  if (!["header", "message", "query"].includes(o.authMode)) {
+    problems.push(`authMode = ${o.authMode}: must be header, message or query`);
+  }
   if (problems.length) throw new RangeError(`RelayClient: ${problems.join("; ")}`);
   return o;
 }

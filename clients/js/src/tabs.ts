@@ -50,7 +50,10 @@ export class SharedRelayClient extends Emitter<RelayClientEvents> {
     attempt: 0,
   };
   #subs: SubscriptionInfo[] = [];
-  readonly #handles = new Map<number, { spec: SubscribeSpec; onMessage: MessageCallback; handle: SubscriptionHandle }>();
+  readonly #handles = new Map<
+    number,
+    { spec: SubscribeSpec; onMessage: MessageCallback; handle: SubscriptionHandle }
+  >();
   #nextHid = 1;
   readonly #books = new Books();
   #closed = false;
