@@ -47,9 +47,10 @@ pub(crate) async fn serve(
         let (shared, shutdown) = (shared.clone(), shutdown.clone());
         tasks.spawn(
             async move {
+                let token = shutdown.clone();
                 let service = service_fn(move |req| {
-                    let shared = shared.clone();
-                    async move { Ok::<_, Infallible>(route(&shared, req).await) }
+                    let (shared, token) = (shared.clone(), token.clone());
+                    async move { Ok::<_, Infallible>(route(&shared, req, &token).await) }
                 });
                 let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
                 tokio::pin!(conn);
@@ -84,9 +85,16 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response<Full<Bytes>
     reply(status, json!({ "error": message.into() }))
 }
 
-async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn route(
+    shared: &Arc<Shared>,
+    req: Request<Incoming>,
+    shutdown: &CancellationToken,
+) -> Response<Full<Bytes>> {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
+    if path.starts_with(crate::rest::API_PREFIX) {
+        return crate::rest::route(shared, req, shutdown).await;
+    }
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (method, segments.as_slice()) {
         (Method::GET, ["admin", "markets"]) => reply(StatusCode::OK, &shared.engine.tickers),
@@ -95,6 +103,27 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Full<By
             None => error(StatusCode::NOT_FOUND, format!("unknown market {ticker}")),
         },
         (Method::GET, ["admin", "stats"]) => reply(StatusCode::OK, shared.stats()),
+        (Method::GET, ["admin", "fills"]) => {
+            let mut since_ms = None;
+            let query = req.uri().query().unwrap_or("");
+            for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+                if key == "since_ms" {
+                    match value.parse::<i64>() {
+                        Ok(ms) => since_ms = Some(ms),
+                        Err(_) => {
+                            return error(StatusCode::BAD_REQUEST, "since_ms: not an integer")
+                        }
+                    }
+                }
+            }
+            let body = shared.ledger.lock().admin_fills(since_ms);
+            let mut resp = Response::new(Full::new(Bytes::from(body)));
+            resp.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("application/json"),
+            );
+            resp
+        }
         (Method::POST, ["admin", "pause"]) => {
             shared.set_paused(true);
             reply(StatusCode::OK, json!({ "paused": true }))
@@ -130,7 +159,7 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Full<By
                 ),
             }
         }
-        (_, ["admin", "markets" | "stats" | "pause" | "resume"])
+        (_, ["admin", "markets" | "stats" | "fills" | "pause" | "resume"])
         | (_, ["admin", "books" | "fault", _]) => {
             error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
         }

@@ -69,6 +69,37 @@ pub enum Fault {
         #[serde(default = "default_burst")]
         count: u64,
     },
+    /// Answer the next `count` (default 1) REST requests with `status` (default 503, 500..=599).
+    RestError {
+        #[serde(default = "default_rest_status")]
+        status: u16,
+        #[serde(default = "one")]
+        count: u64,
+    },
+    /// Answer the next `count` (default 1) REST requests with 429 `{"error":"too many
+    /// requests"}`, with `Retry-After: retry_after_seconds` when given (the exchange sends none).
+    RestRateLimit {
+        #[serde(default)]
+        retry_after_seconds: Option<u64>,
+        #[serde(default = "one")]
+        count: u64,
+    },
+    /// Hold the next `count` (default 1) REST requests for `delay_ms` (default 5000) first.
+    RestSlow {
+        #[serde(default = "default_rest_delay_ms")]
+        delay_ms: u64,
+        #[serde(default = "one")]
+        count: u64,
+    },
+    /// The next `count` (default 1) REST pages hold half the items asked for (rounded up) with a
+    /// cursor that goes on after them, even on the last page; with `cut_body`, the JSON body is
+    /// cut in half instead.
+    RestTruncate {
+        #[serde(default)]
+        cut_body: bool,
+        #[serde(default = "one")]
+        count: u64,
+    },
 }
 
 fn default_close_code() -> u16 {
@@ -83,9 +114,18 @@ fn one() -> u64 {
 fn default_burst() -> u64 {
     1000
 }
+fn default_rest_status() -> u16 {
+    503
+}
+fn default_rest_delay_ms() -> u64 {
+    5000
+}
+
+/// Longest `rest_slow` delay and `Retry-After` accepted.
+pub const MAX_REST_DELAY_MS: u64 = 600_000;
 
 /// The fault kinds, as they appear in the admin path and in the stats.
-pub const FAULT_KINDS: [&str; 10] = [
+pub const FAULT_KINDS: [&str; 14] = [
     "drop",
     "blackhole",
     "close",
@@ -96,6 +136,10 @@ pub const FAULT_KINDS: [&str; 10] = [
     "stall_handshake",
     "rate",
     "burst",
+    "rest_error",
+    "rest_rate_limit",
+    "rest_slow",
+    "rest_truncate",
 ];
 
 impl Fault {
@@ -135,6 +179,10 @@ impl Fault {
             Fault::StallHandshake { .. } => "stall_handshake",
             Fault::Rate { .. } => "rate",
             Fault::Burst { .. } => "burst",
+            Fault::RestError { .. } => "rest_error",
+            Fault::RestRateLimit { .. } => "rest_rate_limit",
+            Fault::RestSlow { .. } => "rest_slow",
+            Fault::RestTruncate { .. } => "rest_truncate",
         }
     }
 
@@ -158,6 +206,23 @@ impl Fault {
             }
             Fault::Burst { count } if *count > MAX_BURST => {
                 return Err(format!("count = {count}: must be <= {MAX_BURST}"));
+            }
+            Fault::RestError { status, .. } if !(500..=599).contains(status) => {
+                return Err(format!("status = {status}: must be 500..=599"));
+            }
+            Fault::RestSlow { delay_ms, .. } if *delay_ms > MAX_REST_DELAY_MS => {
+                return Err(format!(
+                    "delay_ms = {delay_ms}: must be <= {MAX_REST_DELAY_MS}"
+                ));
+            }
+            Fault::RestRateLimit {
+                retry_after_seconds: Some(s),
+                ..
+            } if *s > MAX_REST_DELAY_MS / 1000 => {
+                return Err(format!(
+                    "retry_after_seconds = {s}: must be <= {}",
+                    MAX_REST_DELAY_MS / 1000
+                ));
             }
             _ => {}
         }
@@ -199,6 +264,14 @@ mod tests {
         assert!(Fault::from_request("close", br#"{"code":1006}"#).is_err());
         assert!(Fault::from_request("gap", br#"{"bogus":1}"#).is_err());
         assert!(Fault::from_request("gap", b"[1]").is_err());
+        assert_eq!(
+            Fault::from_request("rest_rate_limit", br#"{"retry_after_seconds":2}"#),
+            Ok(Fault::RestRateLimit {
+                retry_after_seconds: Some(2),
+                count: 1
+            })
+        );
+        assert!(Fault::from_request("rest_error", br#"{"status":404}"#).is_err());
         for kind in FAULT_KINDS {
             if let Ok(f) = Fault::from_request(kind, b"") {
                 assert_eq!(f.kind(), kind);

@@ -17,6 +17,8 @@ use tokio_util::task::TaskTracker;
 use crate::config::{SimAuth, SimConfig};
 use crate::engine::Engine;
 use crate::fault::{Fault, DEFAULT_HOLD_SECONDS};
+use crate::ledger::Ledger;
+use crate::rest::RestFaults;
 use crate::session::Session;
 use crate::stats::{ConnectionStats, Stats};
 use crate::{admin, conn};
@@ -57,6 +59,7 @@ pub(crate) struct Counters {
     pub handshakes_stalled: AtomicU64,
     pub handshakes_failed: AtomicU64,
     pub messages_sent: AtomicU64,
+    pub rest_requests: AtomicU64,
 }
 
 /// State shared by the handle, the accept loops, the connections and the admin API.
@@ -69,6 +72,10 @@ pub(crate) struct Shared {
     /// TCP connections still to hold unanswered (`stall_handshake`).
     pub stall: AtomicU64,
     faults: Mutex<BTreeMap<String, u64>>,
+    /// REST faults still to apply (see `rest`).
+    pub rest_faults: Mutex<RestFaults>,
+    /// The account's fills, orders and positions; written by the engine, read by `rest`.
+    pub ledger: Arc<Mutex<Ledger>>,
     /// Open connections by id.
     pub conns: Mutex<HashMap<u64, Arc<ConnHandle>>>,
     next_conn: AtomicU64,
@@ -147,6 +154,17 @@ impl Shared {
             Fault::StallHandshake { count } => self.stall.store(count, Ordering::Release),
             Fault::Rate { msgs_per_sec } => self.engine.state.lock().rate = msgs_per_sec,
             Fault::Burst { count } => self.engine.burst(count),
+            Fault::RestError { status, count } => self.rest_faults.lock().error = (count, status),
+            Fault::RestRateLimit {
+                retry_after_seconds,
+                count,
+            } => self.rest_faults.lock().rate_limit = (count, retry_after_seconds),
+            Fault::RestSlow { delay_ms, count } => {
+                self.rest_faults.lock().slow = (count, Duration::from_millis(delay_ms));
+            }
+            Fault::RestTruncate { cut_body, count } => {
+                self.rest_faults.lock().truncate = (count, cut_body);
+            }
         }
     }
 
@@ -177,6 +195,7 @@ impl Shared {
             handshakes_stalled: load(&self.counters.handshakes_stalled),
             handshakes_failed: load(&self.counters.handshakes_failed),
             messages_sent: load(&self.counters.messages_sent),
+            rest_requests: load(&self.counters.rest_requests),
             events_generated,
             paused,
             rate,
@@ -212,6 +231,7 @@ pub async fn start(mut config: SimConfig, ws: TcpListener, admin: TcpListener) -
     }
     let ws_addr = ws.local_addr()?;
     let admin_addr = admin.local_addr()?;
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
     let engine = Arc::new(Engine::new(config.markets, config.seed, config.rate));
     let shared = Arc::new(Shared {
         config,
@@ -220,6 +240,8 @@ pub async fn start(mut config: SimConfig, ws: TcpListener, admin: TcpListener) -
         reject_auth: AtomicU64::new(0),
         stall: AtomicU64::new(0),
         faults: Mutex::new(BTreeMap::new()),
+        rest_faults: Mutex::new(RestFaults::default()),
+        ledger,
         conns: Mutex::new(HashMap::new()),
         next_conn: AtomicU64::new(0),
     });
@@ -262,6 +284,16 @@ impl Sim {
     /// `ws://ADDR/trade-api/ws/v2`.
     pub fn ws_url(&self) -> String {
         format!("ws://{}{}", self.ws_addr, protocol::sign::WS_PATH)
+    }
+
+    /// The base of the REST API, `http://ADMIN_ADDR/trade-api/v2` (served on the admin listener).
+    pub fn rest_url(&self) -> String {
+        format!("http://{}{}", self.admin_addr, crate::rest::API_PREFIX)
+    }
+
+    /// `http://ADMIN_ADDR`, the admin API's base.
+    pub fn admin_url(&self) -> String {
+        format!("http://{}", self.admin_addr)
     }
 
     /// The tickers, in a fixed order.
