@@ -22,7 +22,9 @@
 //!
 //! Layout: [`config`](UpstreamConfig) (settings and validation), `backoff`, `connect` (TCP, TLS,
 //! signed upgrade), `session` (reconnect loop, output, book freshness), `conn` (one connection's
-//! loop), `subs` (desired vs actual subscriptions), [`metrics`] (names and helpers).
+//! loop), `subs` (desired vs actual subscriptions), [`metrics`] (names and helpers), and
+//! [`rest`]: a [`RestClient`] for the exchange's REST portfolio endpoints (fills, orders,
+//! positions) for backfills, signed with the same key (`ratelimit`: its token bucket).
 //!
 //! ```no_run
 //! use protocol::Channel;
@@ -53,6 +55,9 @@ mod conn;
 mod connect;
 mod event;
 pub mod metrics;
+mod ratelimit;
+pub mod rest;
+mod rest_types;
 mod session;
 mod subs;
 
@@ -74,6 +79,7 @@ pub use config::{
     DEFAULT_URL,
 };
 pub use event::{BookUpdate, Data, DisconnectReason, Event, State, SubId};
+pub use rest::{RestClient, RestConfig, RestError};
 
 use session::{Books, Ctx, Output, Shared};
 
