@@ -6,7 +6,8 @@
 //! list_subscriptions with the reference's error codes, per-sid `seq`, `heartbeat` pings, and
 //! the public (`orderbook_delta`, `ticker`, `trade`, `market_lifecycle_v2`) and private (`fill`,
 //! `user_orders`, `market_positions`) channels of one simulated account. An admin HTTP API
-//! shows the true books and stats and injects faults.
+//! shows the true books and stats and injects faults; on the same listener, the exchange's REST
+//! portfolio endpoints (fills, orders, positions) answer from the same account state.
 //!
 //! Layout:
 //! - [`config`]: [`SimConfig`]; `fault`: [`Fault`]; `stats`: [`Stats`].
@@ -14,6 +15,7 @@
 //!   and its broadcast; `encode`: the JSON bodies, encoded once per event.
 //! - `session`: one connection's subscriptions (commands, filtering, seq, per-sid faults);
 //!   `conn`: accept loop, handshake checks and connection tasks; `admin`: the HTTP API;
+//!   `ledger`: the account's fills, orders and positions; `rest`: the REST endpoints;
 //!   `sim`: [`start`] and the [`Sim`] handle.
 //!
 //! ```no_run
