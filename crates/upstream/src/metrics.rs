@@ -36,6 +36,11 @@ pub const OWNER_WAIT: &str = "relay_upstream_owner_wait_seconds";
 /// Events waiting in the owner's channel (sampled when the session sends).
 pub const EVENTS_PENDING: &str = "relay_upstream_events_pending";
 
+/// REST requests (each attempt), by `outcome` ([`crate::RestError::label`], or `ok`).
+pub const REST_REQUESTS: &str = "relay_upstream_rest_requests_total";
+/// Time of each REST request, answered or not.
+pub const REST_REQUEST_DURATION: &str = "relay_upstream_rest_request_duration_seconds";
+
 /// Registers descriptions and units with the installed recorder (call once, from the binary).
 pub fn describe() {
     describe_gauge!(UP, "1 while the exchange WebSocket is open");
@@ -71,6 +76,17 @@ pub fn describe() {
         "Waits for room in the owner's full event channel"
     );
     describe_gauge!(EVENTS_PENDING, "Events waiting in the owner's channel");
+    describe_counter!(REST_REQUESTS, "REST requests to the exchange, by outcome");
+    describe_histogram!(
+        REST_REQUEST_DURATION,
+        Unit::Seconds,
+        "Time of each REST request to the exchange"
+    );
+}
+
+pub(crate) fn rest_request(outcome: &'static str, took: Duration) {
+    counter!(REST_REQUESTS, "outcome" => outcome).increment(1);
+    histogram!(REST_REQUEST_DURATION).record(took.as_secs_f64());
 }
 
 pub(crate) fn state(state: &State) {

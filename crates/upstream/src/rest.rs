@@ -116,6 +116,20 @@ pub enum RestError {
 }
 
 impl RestError {
+    /// A fixed label for metrics and logs.
+    pub fn label(&self) -> &'static str {
+        match self {
+            RestError::RateLimited { .. } => "rate_limited",
+            RestError::Unavailable { .. } => "server_error",
+            RestError::Timeout => "timeout",
+            RestError::Transport(_) => "transport",
+            RestError::Decode(_) => "decode",
+            RestError::Unauthorized { .. } => "unauthorized",
+            RestError::Rejected { .. } => "rejected",
+            RestError::GaveUp { .. } => "gave_up",
+        }
+    }
+
     fn retryable(&self) -> bool {
         matches!(
             self,
@@ -455,13 +469,17 @@ impl RestClient {
             let limit = inner
                 .request_timeout
                 .min(deadline.saturating_duration_since(Instant::now()));
+            let sent = Instant::now();
             let result = match tokio::time::timeout(limit, self.attempt(path, query)).await {
                 Err(_) => Err(RestError::Timeout),
                 Ok(r) => r,
             };
-            let err = match result.and_then(|body| {
+            let result = result.and_then(|body| {
                 serde_json::from_slice::<P>(&body).map_err(|e| RestError::Decode(e.to_string()))
-            }) {
+            });
+            let outcome = result.as_ref().map_or_else(RestError::label, |_| "ok");
+            crate::metrics::rest_request(outcome, sent.elapsed());
+            let err = match result {
                 Ok(page) => return Ok(page),
                 Err(e) if !e.retryable() => return Err(e),
                 Err(e) => e,
