@@ -57,7 +57,6 @@ mod event;
 pub mod metrics;
 mod ratelimit;
 pub mod rest;
-mod rest_types;
 mod session;
 mod subs;
 

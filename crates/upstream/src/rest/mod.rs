@@ -22,7 +22,6 @@ use hyper_util::rt::TokioIo;
 use protocol::Signer;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
-use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::{Duration, Instant};
@@ -30,60 +29,19 @@ use tokio::time::{Duration, Instant};
 use crate::backoff::{parse_retry_after, Backoff};
 use crate::config::{ConfigError, Problem, UpstreamConfig};
 use crate::ratelimit::TokenBucket;
-pub use crate::rest_types::{EventPosition, Fill, MarketPosition, Order, Positions};
-use crate::rest_types::{FillsPage, OrdersPage, Page, PositionsPage};
 
-/// The production REST base (reference §8.1).
-pub const DEFAULT_REST_URL: &str = "https://external-api.kalshi.com/trade-api/v2";
-/// Half the Basic tier's 20 reads a second (S8): the rest is left to the account's other users.
-pub const DEFAULT_READS_PER_SECOND: f64 = 10.0;
-pub const DEFAULT_READ_BURST: u32 = 10;
-/// Items per page: the largest every documented version accepts.
-pub const DEFAULT_PAGE_LIMIT: u32 = 200;
-pub const DEFAULT_REQUEST_TIMEOUT_SECONDS: f64 = 10.0;
-pub const DEFAULT_MAX_TOTAL_SECONDS: f64 = 60.0;
-pub const DEFAULT_REST_BACKOFF_BASE_SECONDS: f64 = 0.5;
-pub const DEFAULT_REST_BACKOFF_CAP_SECONDS: f64 = 10.0;
-/// Largest answer read; a page of 1000 fills is about 500 KB.
-const MAX_BODY_BYTES: usize = 16 << 20;
+mod config;
+mod types;
 
-/// The REST client's configuration. Its keys are reported as `upstream.rest.*`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct RestConfig {
-    /// Base URL of the REST API, `http://` or `https://`, up to `/trade-api/v2`. Default
-    /// [`DEFAULT_REST_URL`].
-    pub base_url: String,
-    /// Requests a second, on average. Default 10.
-    pub reads_per_second: f64,
-    /// Requests that may go at once after a quiet period. Default 10.
-    pub read_burst: u32,
-    /// `limit` of each page, 1..=1000. Default 200.
-    pub page_limit: u32,
-    /// Longest wait for one answer, in seconds. Default 10.
-    pub request_timeout_seconds: f64,
-    /// Longest one call may take, every page and retry included, in seconds. Default 60.
-    pub max_total_seconds: f64,
-    /// First retry delay bound (full jitter, doubling), in seconds. Default 0.5.
-    pub backoff_base_seconds: f64,
-    /// Largest retry delay bound, in seconds. Default 10.
-    pub backoff_cap_seconds: f64,
-}
-
-impl Default for RestConfig {
-    fn default() -> Self {
-        RestConfig {
-            base_url: DEFAULT_REST_URL.to_owned(),
-            reads_per_second: DEFAULT_READS_PER_SECOND,
-            read_burst: DEFAULT_READ_BURST,
-            page_limit: DEFAULT_PAGE_LIMIT,
-            request_timeout_seconds: DEFAULT_REQUEST_TIMEOUT_SECONDS,
-            max_total_seconds: DEFAULT_MAX_TOTAL_SECONDS,
-            backoff_base_seconds: DEFAULT_REST_BACKOFF_BASE_SECONDS,
-            backoff_cap_seconds: DEFAULT_REST_BACKOFF_CAP_SECONDS,
-        }
-    }
-}
+pub use config::{
+    RestConfig, DEFAULT_MAX_TOTAL_SECONDS, DEFAULT_PAGE_LIMIT, DEFAULT_READS_PER_SECOND,
+    DEFAULT_READ_BURST, DEFAULT_REQUEST_TIMEOUT_SECONDS, DEFAULT_REST_BACKOFF_BASE_SECONDS,
+    DEFAULT_REST_BACKOFF_CAP_SECONDS, DEFAULT_REST_URL,
+};
+pub use types::{
+    EventPosition, Fill, FillQuery, MarketPosition, Order, OrderQuery, PositionQuery, Positions,
+};
+use types::{FillsPage, OrdersPage, Page, PositionsPage};
 
 /// Why a call failed. The first four are what one attempt can meet (retried, and found as
 /// [`GaveUp::last`](RestError::GaveUp)); the others end the call.
@@ -151,34 +109,8 @@ impl RestError {
     }
 }
 
-/// Filters of [`RestClient::fills`]; `min_ts`/`max_ts` in Unix seconds, inclusive.
-#[derive(Clone, Debug, Default)]
-pub struct FillQuery {
-    pub ticker: Option<String>,
-    pub order_id: Option<String>,
-    pub min_ts: Option<i64>,
-    pub max_ts: Option<i64>,
-}
-
-/// Filters of [`RestClient::orders`].
-#[derive(Clone, Debug, Default)]
-pub struct OrderQuery {
-    pub ticker: Option<String>,
-    pub event_ticker: Option<String>,
-    /// `resting`, `canceled` or `executed`.
-    pub status: Option<String>,
-    pub min_ts: Option<i64>,
-    pub max_ts: Option<i64>,
-}
-
-/// Filters of [`RestClient::positions`].
-#[derive(Clone, Debug, Default)]
-pub struct PositionQuery {
-    pub ticker: Option<String>,
-    pub event_ticker: Option<String>,
-    /// `position`, `total_traded` or both (comma-separated).
-    pub count_filter: Option<String>,
-}
+/// Largest answer read; a page of 1000 fills is about 500 KB.
+const MAX_BODY_BYTES: usize = 16 << 20;
 
 struct Inner {
     tls: Option<(

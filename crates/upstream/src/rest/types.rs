@@ -187,6 +187,35 @@ impl Page for PositionsPage {
     }
 }
 
+/// Filters of [`RestClient::fills`]; `min_ts`/`max_ts` in Unix seconds, inclusive.
+#[derive(Clone, Debug, Default)]
+pub struct FillQuery {
+    pub ticker: Option<String>,
+    pub order_id: Option<String>,
+    pub min_ts: Option<i64>,
+    pub max_ts: Option<i64>,
+}
+
+/// Filters of [`RestClient::orders`].
+#[derive(Clone, Debug, Default)]
+pub struct OrderQuery {
+    pub ticker: Option<String>,
+    pub event_ticker: Option<String>,
+    /// `resting`, `canceled` or `executed`.
+    pub status: Option<String>,
+    pub min_ts: Option<i64>,
+    pub max_ts: Option<i64>,
+}
+
+/// Filters of [`RestClient::positions`].
+#[derive(Clone, Debug, Default)]
+pub struct PositionQuery {
+    pub ticker: Option<String>,
+    pub event_ticker: Option<String>,
+    /// `position`, `total_traded` or both (comma-separated).
+    pub count_filter: Option<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
