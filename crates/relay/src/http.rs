@@ -161,7 +161,10 @@ fn route(
         (&Method::GET, "/status") if serves_admin => json(StatusCode::OK, app.status_json()),
         (&Method::GET, "/status/markets") if serves_admin => {
             let markets = app.fanout.market_names();
-            json(StatusCode::OK, serde_json::json!({ "markets": markets }).to_string())
+            json(
+                StatusCode::OK,
+                serde_json::json!({ "markets": markets }).to_string(),
+            )
         }
         (&Method::GET, p)
             if serves_admin && (p == "/dashboard" || p.starts_with("/dashboard/")) =>
