@@ -155,6 +155,19 @@ test("an upstream drop shows on the page and recovers", async () => {
   await page.screenshot({ path: SCREENSHOT, fullPage: true });
 });
 
+test("a blackholed upstream shows as disconnected within the relay's upstream liveness window", async () => {
+  const drops = () => page.locator("#events li", { hasText: "upstream disconnected" }).count();
+  const before = await drops();
+  const start = Date.now();
+  await relay.admin("fault/blackhole", { seconds: 30 });
+  await waitFor(async () => (await drops()) > before, "the blackhole's disconnect in the page's events");
+  // FAST_UPSTREAM: nothing for 2 s (liveness window) or no pong within 1 s of a ping.
+  const shownAfter = Date.now() - start;
+  assert.ok(shownAfter < 5000, `shown after ${shownAfter} ms`);
+  await waitFor(async () => (await text(page, "#upstream-state")) === "subscribed", "upstream subscribed again");
+  assert.deepEqual(errors, []);
+});
+
 test("a relay restart shows reconnecting, then OPEN with books again", async () => {
   const listen = relay.listen;
   await relay.stop();
@@ -167,6 +180,29 @@ test("a relay restart shows reconnecting, then OPEN with books again", async () 
   await waitFor(async () => (await text(page, "#conn-state")) === "OPEN", "the page OPEN again", 20_000);
   await waitFor(async () => (await text(page, "#upstream-state")) === "subscribed", "upstream subscribed");
   await depthEqualsTruth(page, await text(page, "#depth-ticker"));
+});
+
+test("a relay that stops answering shows within its pong timeout, and OPEN once it is back", async () => {
+  const PONG_TIMEOUT_MS = 2000;
+  const paused = await startRelay({
+    config: `${FAST_UPSTREAM}\n[downstream]\npong_timeout_seconds = ${PONG_TIMEOUT_MS / 1000}\n`,
+  });
+  try {
+    const p = await open(`${paused.http}/dashboard`);
+    await waitFor(async () => (await text(p, "#conn-state")) === "OPEN", "the page OPEN");
+    const start = Date.now();
+    await paused.stop("SIGSTOP");
+    await waitFor(async () => (await text(p, "#conn-state")) !== "OPEN", "the page no longer OPEN", 10_000);
+    const shownAfter = Date.now() - start;
+    assert.ok(shownAfter <= PONG_TIMEOUT_MS + 1000, `shown after ${shownAfter} ms`);
+    assert.match(await text(p, "#conn-state"), /^(reconnecting in \d+ s|CONNECTING)$/);
+    paused.proc.kill("SIGCONT");
+    await waitFor(async () => (await text(p, "#conn-state")) === "OPEN", "the page OPEN again", 20_000);
+    await p.close();
+  } finally {
+    paused.proc.kill("SIGCONT");
+    await paused.stop();
+  }
 });
 
 test("a relay that wants a token: the page asks, sends it as the first message, keeps it per tab", async () => {
