@@ -176,6 +176,7 @@ test("a relay restart shows reconnecting, then OPEN with books again", async () 
     "the page showing 'reconnecting in N s'",
   );
   await waitFor(async () => (await text(page, "#relay-reachable")) === "unreachable", "the relay shown unreachable");
+  assert.equal(await text(page, "#upstream-state"), "unknown", "no stale upstream state while the relay is away");
   relay = await startRelay({ listen });
   await waitFor(async () => (await text(page, "#conn-state")) === "OPEN", "the page OPEN again", 20_000);
   await waitFor(async () => (await text(page, "#upstream-state")) === "subscribed", "upstream subscribed");

@@ -251,7 +251,11 @@ function renderStatus() {
   setState("relay-reachable", view.reachable ? "reachable" : view.reachable === false ? "unreachable" : "…",
     view.reachable ? "ok" : "unreachable");
   const up = view.upstream;
-  if (up) {
+  if (view.reachable === false && view.conn.state !== "open") {
+    // Neither /status nor the WebSocket answers: the last state seen is no longer news.
+    setState("upstream-state", "unknown", "unreachable");
+    setText("upstream-detail", "unknown: the relay does not answer");
+  } else if (up) {
     setState("upstream-state", up.upstream, up.upstream);
     let detail = up.upstream + (up.reason ? ` (${up.reason})` : up.failures ? ` (${up.failures} failures)` : "");
     const quiet = quietSeconds(s);

@@ -234,13 +234,11 @@ pub async fn start(
     };
     let listeners = Listeners::bind(config.listen, config.admin_listen).await?;
     let handle = spawn(config, listeners).await?;
+    // One line: scripts read it, and some stop reading stdout after it.
     println!(
-        "relay ready ws={} http=http://{}",
+        "relay ready ws={} http=http://{} dashboard=http://{}/dashboard",
         handle.ws_url(),
-        handle.addr
-    );
-    println!(
-        "dashboard: http://{}/dashboard",
+        handle.addr,
         handle.admin_addr.unwrap_or(handle.addr)
     );
     if let Some(sim) = &sim {
