@@ -109,3 +109,57 @@ export class OrderBook {
     return false;
   }
 }
+
+/** Every market's book by ticker, with the trust rules the client and the tabs share. */
+export class Books {
+  readonly #books = new Map<string, OrderBook>();
+
+  /** The book of `ticker` if it is trusted. */
+  view(ticker: string): BookView | undefined {
+    const b = this.#books.get(ticker);
+    return b?.trusted ? b.view() : undefined;
+  }
+
+  get(ticker: string): OrderBook | undefined {
+    return this.#books.get(ticker);
+  }
+
+  tickers(): string[] {
+    return [...this.#books.keys()];
+  }
+
+  trustedTickers(): string[] {
+    return [...this.#books.values()].filter((b) => b.trusted).map((b) => b.ticker);
+  }
+
+  /** Marks these books (default: all) untrusted; returns the tickers that were trusted. */
+  distrust(tickers: Iterable<string> = this.#books.keys()): string[] {
+    const marked: string[] = [];
+    for (const t of [...tickers]) {
+      const b = this.#books.get(t);
+      if (b?.trusted) {
+        b.trusted = false;
+        marked.push(t);
+      }
+    }
+    return marked;
+  }
+
+  /**
+   * Applies an `orderbook_snapshot` or `orderbook_delta` body: `applied`; `skipped` (a delta for
+   * a book not trusted, never applied); or `bad` (malformed, or a level would go negative: the
+   * book is untrusted now and needs a fresh snapshot).
+   */
+  apply(type: string, msg: Record<string, unknown>, ticker: string): "applied" | "skipped" | "bad" {
+    let b = this.#books.get(ticker);
+    if (!b) this.#books.set(ticker, (b = new OrderBook(ticker)));
+    if (type === "orderbook_snapshot") return b.applySnapshot(msg) ? "applied" : "bad";
+    if (!b.trusted) return "skipped";
+    return b.applyDelta(msg) ? "applied" : "bad";
+  }
+
+  /** Drops the books `keep` says nobody wants. */
+  retain(keep: (ticker: string) => boolean): void {
+    for (const t of [...this.#books.keys()]) if (!keep(t)) this.#books.delete(t);
+  }
+}

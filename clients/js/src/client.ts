@@ -8,131 +8,34 @@
  * server gave (sids, seqs, books) is reset with it.
  */
 
-import { BackoffOptions, DEFAULT_BACKOFF, backoffDelay } from "./backoff.js";
-import { BookView, OrderBook } from "./book.js";
-import { describeClose, isPermanentClose } from "./close-codes.js";
+import { backoffDelay } from "./backoff.js";
+import { BookView, Books } from "./book.js";
+import { classifyClose, describeClose } from "./close-codes.js";
 import { Emitter } from "./emitter.js";
+import { ResolvedOptions, resolveOptions } from "./options.js";
 import { ALL, ChannelState, Markets, SubscribeSpec } from "./subscriptions.js";
+import {
+  ConnectionState,
+  MessageCallback,
+  PermanentCloseError,
+  RelayClientEvents,
+  RelayClientOptions,
+  RelayStatus,
+  ServerMessage,
+  SubscriptionHandle,
+  SubscriptionInfo,
+  TokenSource,
+  WebSocketConstructor,
+  WebSocketLike,
+} from "./types.js";
 
-/** What the client needs of a WebSocket: the browser's, Node's global one, or the `ws` package's. */
-export interface WebSocketLike {
-  readonly readyState: number;
-  readonly bufferedAmount: number;
-  send(data: string): void;
-  close(code?: number, reason?: string): void;
-  onopen: ((ev: unknown) => void) | null;
-  onmessage: ((ev: { data: unknown }) => void) | null;
-  onclose: ((ev: { code: number; reason: string }) => void) | null;
-  onerror: ((ev: unknown) => void) | null;
-  /** `ws` only: protocol ping, hard close, and its event API (for pongs). */
-  ping?: () => void;
-  terminate?: () => void;
-  on?: (event: string, fn: (...args: unknown[]) => void) => void;
-}
+export * from "./types.js";
 
-/** A WebSocket constructor; `ws` accepts options with headers as its second argument. */
-export type WebSocketConstructor = new (url: string, protocolsOrOptions?: unknown) => WebSocketLike;
-
-/** A token, or a function (possibly async) called before each connect for a fresh one. */
-export type TokenSource = string | (() => string | Promise<string>);
-
-export interface RelayClientOptions {
-  /** `ws://host:port/trade-api/ws/v2` (or the exchange's URL). */
-  url: string;
-  /** Client token for the relay. */
-  token?: TokenSource;
-  /**
-   * How the token is presented: `header` (`Authorization: Bearer`, Node only), `message` (a first
-   * `{"cmd":"auth"}`, works everywhere) or `query` (`?token=`, ends up in access logs; opt-in).
-   * Default: `header` when a `WebSocket` constructor is passed in (Node's `ws`), else `message`.
-   */
-  authMode?: "header" | "message" | "query";
-  /** WebSocket constructor; default the global `WebSocket`. In Node 20 pass `ws`'s. */
-  WebSocket?: WebSocketConstructor;
-  /** Consecutive failed reconnect attempts before giving up with `max_reconnects` (default 10). */
-  maxReconnects?: number;
-  /** Reconnect delays (default 1 s, x2, capped at 30 s, jitter 0.5 = a factor in [0.5, 1.5)). */
-  backoff?: Partial<BackoffOptions>;
-  /** A connection open this long resets the attempt count (default 10000 ms). */
-  stableMs?: number;
-  /** Application ping interval (default 30000 ms). */
-  pingIntervalMs?: number;
-  /** No pong within this after a ping means the connection is dead (default 10000 ms). */
-  pongTimeoutMs?: number;
-  /** A connection not open within this counts as failed (default 10000 ms). */
-  connectTimeoutMs?: number;
-  /** Commands held while not connected or while the socket drains, at most (default 1000). */
-  maxQueue?: number;
-  /** Sending pauses while the socket's `bufferedAmount` is above this (default 1 MiB). */
-  highWaterMark?: number;
-  /** Ask the relay for `relay_status` / `relay_lagged` events (`?relay_events=1`, default true). */
-  relayEvents?: boolean;
-}
-
-export type ConnectionState = "connecting" | "open" | "reconnecting" | "closing" | "closed";
-
-/** The relay's `relay_status` body: `upstream` is `subscribed`, `disconnected`, `gave_up`, ... */
-export interface RelayStatus {
-  upstream: string;
-  since_ms?: number;
-  reason?: string;
-  [key: string]: unknown;
-}
-
-/** A message from the server, as parsed JSON. */
-export interface ServerMessage {
-  type: string;
-  id?: number;
-  sid?: number;
-  seq?: number;
-  msg?: any;
-  [key: string]: unknown;
-}
-
-export interface RelayClientEvents {
-  state: { state: ConnectionState; readyState: number; attempt: number };
-  open: { url: string };
-  close: { code: number; reason: string; permanent: boolean; reconnectInMs?: number };
-  status: RelayStatus;
-  lagged: Record<string, unknown>;
-  gap: { channel: string; sid: number; expected: number; got: number };
-  book_stale: { tickers: string[] };
-  max_reconnects: { attempts: number; error: Error };
-  error: Error;
-  message: ServerMessage;
-  /** What the server confirmed changed (`subscriptions()` after it). */
-  subscriptions: SubscriptionInfo[];
-}
-
-/** One channel's server subscription on the current connection. */
-export interface SubscriptionInfo {
-  channel: string;
-  sid: number | undefined;
-  markets: string[] | "all" | undefined;
-}
-
-/** What `subscribe` returns: stable for the client's life while sids change underneath. */
-export interface SubscriptionHandle {
-  readonly id: number;
-  readonly channels: readonly string[];
-  readonly marketTickers: readonly string[] | undefined;
-  /** The current server sid per channel (undefined while not subscribed). */
-  sids(): Record<string, number | undefined>;
-  unsubscribe(): void;
-}
-
-export type MessageCallback = (message: ServerMessage, handle: SubscriptionHandle) => void;
-
-/** A close the client will not retry unchanged (bad token, oversized message, ...). */
-export class PermanentCloseError extends Error {
-  readonly code: number;
-  readonly reason: string;
-  constructor(code: number, reason: string) {
-    super(`connection closed permanently: ${describeClose(code, reason)}`);
-    this.name = "PermanentCloseError";
-    this.code = code;
-    this.reason = reason;
-  }
+/** A caller's subscription: what it asked for, where its messages go, and its handle. */
+interface HandleEntry {
+  spec: SubscribeSpec;
+  onMessage: MessageCallback;
+  handle: SubscriptionHandle;
 }
 
 const CONNECTING = 0;
@@ -154,9 +57,7 @@ export class RelayClient extends Emitter<RelayClientEvents> {
   static readonly CLOSING = CLOSING;
   static readonly CLOSED = CLOSED;
 
-  readonly #o: Required<Omit<RelayClientOptions, "token" | "WebSocket" | "backoff">> & {
-    backoff: BackoffOptions;
-  };
+  readonly #o: ResolvedOptions;
   readonly #token: TokenSource | undefined;
   readonly #ctor: WebSocketConstructor;
   #ws: WebSocketLike | undefined;
@@ -183,13 +84,13 @@ export class RelayClient extends Emitter<RelayClientEvents> {
   /** Subscription commands for the current connection; sent before the caller's queue. */
   #control: string[] = [];
   readonly #channels = new Map<string, ChannelState>();
-  readonly #handles = new Map<number, { spec: SubscribeSpec; onMessage: MessageCallback; handle: SubscriptionHandle }>();
+  readonly #handles = new Map<number, HandleEntry>();
   #nextHandle = 1;
   /** Command id to the channel whose in-flight command it is. */
   readonly #pending = new Map<number, ChannelState>();
   /** `get_snapshot` command ids to their channel. */
   readonly #snapshotRequests = new Map<number, ChannelState>();
-  readonly #books = new Map<string, OrderBook>();
+  readonly #books = new Books();
   #closed: Promise<void> | undefined;
   #resolveClosed: (() => void) | undefined;
 
@@ -202,25 +103,7 @@ export class RelayClient extends Emitter<RelayClientEvents> {
     }
     this.#ctor = ctor;
     this.#token = options.token;
-    this.#o = {
-      url: options.url,
-      authMode: options.authMode ?? (options.WebSocket ? "header" : "message"),
-      maxReconnects: options.maxReconnects ?? 10,
-      backoff: { ...DEFAULT_BACKOFF, ...options.backoff },
-      stableMs: options.stableMs ?? 10_000,
-      pingIntervalMs: options.pingIntervalMs ?? 30_000,
-      pongTimeoutMs: options.pongTimeoutMs ?? 10_000,
-      connectTimeoutMs: options.connectTimeoutMs ?? 10_000,
-      maxQueue: options.maxQueue ?? 1000,
-      highWaterMark: options.highWaterMark ?? 1 << 20,
-      relayEvents: options.relayEvents ?? true,
-    };
-    for (const key of ["stableMs", "pingIntervalMs", "pongTimeoutMs", "connectTimeoutMs", "maxQueue"] as const) {
-      if (!(this.#o[key] > 0)) throw new RangeError(`RelayClient: ${key} = ${this.#o[key]}: must be > 0`);
-    }
-    if (!(this.#o.maxReconnects >= 0)) {
-      throw new RangeError(`RelayClient: maxReconnects = ${this.#o.maxReconnects}: must be >= 0`);
-    }
+    this.#o = resolveOptions(options);
     queueMicrotask(() => void this.#connect());
   }
 
@@ -263,6 +146,16 @@ export class RelayClient extends Emitter<RelayClientEvents> {
     this.#flush();
   }
 
+  /** Commands waiting to be handed to the socket (not connected yet, or backpressure). */
+  get queued(): number {
+    return this.#queue.length + this.#control.length;
+  }
+
+  /** Bytes the socket holds unsent (0 while not connected). */
+  get bufferedAmount(): number {
+    return this.#ws?.bufferedAmount ?? 0;
+  }
+
   /** A fresh command id, unique on this client (for commands sent with `send`). */
   nextId(): number {
     return this.#nextId++;
@@ -301,13 +194,12 @@ export class RelayClient extends Emitter<RelayClientEvents> {
 
   /** The market's book if the client trusts it (snapshot received, every delta since applied). */
   book(ticker: string): BookView | undefined {
-    const b = this.#books.get(ticker);
-    return b?.trusted ? b.view() : undefined;
+    return this.#books.view(ticker);
   }
 
   /** Tickers whose books the client currently trusts. */
   bookTickers(): string[] {
-    return [...this.#books.values()].filter((b) => b.trusted).map((b) => b.ticker);
+    return this.#books.trustedTickers();
   }
 
   /** What the server has confirmed on this connection: channel, sid, markets. */
@@ -328,7 +220,11 @@ export class RelayClient extends Emitter<RelayClientEvents> {
     const ws = this.#ws;
     if (ws && ws.readyState <= OPEN) {
       this.#setState("closing");
-      const force = setTimeout(() => this.#onClose(ws, 1000, "client closed"), CLOSE_GRACE_MS);
+      // A peer that never answers the close frame is dropped after the grace period.
+      const force = setTimeout(() => {
+        ws.terminate?.();
+        this.#onClose(ws, 1000, "client closed");
+      }, CLOSE_GRACE_MS);
       const done = () => clearTimeout(force);
       this.on("state", ({ state }) => state === "closed" && done());
       try {
@@ -410,14 +306,14 @@ export class RelayClient extends Emitter<RelayClientEvents> {
     this.#clearConnectionTimers();
     this.#resetConnectionState();
     if (this.#stopped) return this.#finish();
-    const httpStatus = /Unexpected server response: (\d+)/.exec(this.#lastError?.message ?? "")?.[1];
-    const refused = code === 4001 || httpStatus === "401";
-    if (refused && typeof this.#token === "function") {
+    const verdict = classifyClose(code, this.#lastError?.message);
+    if (verdict.kind === "refused" && typeof this.#token === "function") {
       // A token function may hand out a new token: try it, but never the refused one again.
       this.#refusedToken = this.#currentToken;
-    } else if (isPermanentClose(code) || refused || httpStatus === "403") {
-      const err = new PermanentCloseError(refused ? 4001 : httpStatus === "403" ? 1008 : code, reason || this.#lastError?.message || "");
-      this.emit("close", { code, reason, permanent: true });
+    } else if (verdict.kind !== "retry") {
+      const permanentCode = verdict.kind === "refused" ? 4001 : verdict.code;
+      const err = new PermanentCloseError(permanentCode, reason || this.#lastError?.message || "");
+      this.emit("close", { code, reason, permanent: true, error: err.message });
       return this.#stop(err);
     }
     this.#failed(this.#lastError ?? new Error(`closed: ${describeClose(code, reason)}`), code, reason);
@@ -427,7 +323,7 @@ export class RelayClient extends Emitter<RelayClientEvents> {
   #failed(error: Error, code = 1006, reason = error.message): void {
     this.#lastError = error;
     if (this.#attempts >= this.#o.maxReconnects) {
-      this.emit("close", { code, reason, permanent: false });
+      this.emit("close", { code, reason, permanent: false, error: error.message });
       this.#setState("closed");
       this.#stopped = true;
       this.emit("max_reconnects", { attempts: this.#attempts, error });
@@ -436,7 +332,7 @@ export class RelayClient extends Emitter<RelayClientEvents> {
     }
     this.#attempts += 1;
     const delay = backoffDelay(this.#attempts, this.#o.backoff);
-    this.emit("close", { code, reason, permanent: false, reconnectInMs: delay });
+    this.emit("close", { code, reason, permanent: false, reconnectInMs: delay, error: error.message });
     this.#setState("reconnecting");
     this.#timers.reconnect = setTimeout(() => void this.#connect(), delay);
   }
@@ -514,9 +410,7 @@ export class RelayClient extends Emitter<RelayClientEvents> {
     this.#pending.clear();
     this.#snapshotRequests.clear();
     this.#control = [];
-    const stale = [...this.#books.values()].filter((b) => b.trusted);
-    for (const b of stale) b.trusted = false;
-    if (stale.length) this.emit("book_stale", { tickers: stale.map((b) => b.ticker) });
+    this.#stale(this.#books.distrust());
   }
 
   // ---- sending ----
@@ -551,9 +445,7 @@ export class RelayClient extends Emitter<RelayClientEvents> {
     for (const c of entry.spec.channels) this.#channels.get(c)?.wanted.delete(id);
     // Books nobody subscribes to any more are dropped.
     const ob = this.#channels.get("orderbook_delta")?.desired();
-    for (const t of [...this.#books.keys()]) {
-      if (ob === undefined || (ob !== ALL && !ob.has(t))) this.#books.delete(t);
-    }
+    this.#books.retain((t) => ob !== undefined && (ob === ALL || ob.has(t)));
     this.#reconcile();
   }
 
@@ -679,14 +571,8 @@ export class RelayClient extends Emitter<RelayClientEvents> {
   }
 
   #onLagged(msg: Record<string, unknown>): void {
-    const stale = Array.isArray(msg.books_stale) ? (msg.books_stale as string[]) : [];
-    const marked = stale.filter((t) => {
-      const b = this.#books.get(t);
-      if (!b?.trusted) return false;
-      b.trusted = false;
-      return true;
-    });
-    if (marked.length) this.emit("book_stale", { tickers: marked });
+    // Books the relay could not repair wait for their next snapshot.
+    this.#stale(this.#books.distrust(Array.isArray(msg.books_stale) ? (msg.books_stale as string[]) : []));
     this.emit("lagged", msg);
   }
 
@@ -709,17 +595,12 @@ export class RelayClient extends Emitter<RelayClientEvents> {
     }
     const ticker = m.msg?.market_ticker ?? m.msg?.ticker;
     if (m.type === "orderbook_snapshot" || m.type === "orderbook_delta") {
-      if (typeof ticker !== "string") return;
-      let b = this.#books.get(ticker);
-      if (!b) this.#books.set(ticker, (b = new OrderBook(ticker)));
-      if (m.type === "orderbook_snapshot") {
-        if (!b.applySnapshot(m.msg)) return this.#requestSnapshots(ch, [ticker]);
-      } else {
-        if (!b.trusted) return; // never applied to a book we cannot trust
-        if (!b.applyDelta(m.msg)) {
-          this.emit("book_stale", { tickers: [ticker] });
-          return this.#requestSnapshots(ch, [ticker]);
-        }
+      if (typeof ticker !== "string" || !m.msg) return;
+      const result = this.#books.apply(m.type, m.msg, ticker);
+      if (result === "skipped") return; // never applied to a book we cannot trust
+      if (result === "bad") {
+        this.#stale([ticker]);
+        return this.#requestSnapshots(ch, [ticker]);
       }
     }
     this.#deliver(ch, typeof ticker === "string" ? ticker : undefined, m);
@@ -743,18 +624,16 @@ export class RelayClient extends Emitter<RelayClientEvents> {
     return undefined;
   }
 
-  /** Marks every trusted book of an orderbook channel untrusted; returns their tickers. */
+  /** Marks every book of an orderbook channel untrusted; returns the channel's tickers. */
   #distrustChannel(ch: ChannelState): string[] {
     if (ch.channel !== "orderbook_delta" || ch.live === undefined) return [];
-    const tickers = ch.live === ALL ? [...this.#books.keys()] : [...ch.live];
-    const marked = tickers.filter((t) => {
-      const b = this.#books.get(t);
-      if (!b?.trusted) return false;
-      b.trusted = false;
-      return true;
-    });
-    if (marked.length) this.emit("book_stale", { tickers: marked });
+    const tickers = ch.live === ALL ? this.#books.tickers() : [...ch.live];
+    this.#stale(this.#books.distrust(tickers));
     return tickers;
+  }
+
+  #stale(tickers: string[]): void {
+    if (tickers.length) this.emit("book_stale", { tickers });
   }
 }
 

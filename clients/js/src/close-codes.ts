@@ -24,3 +24,20 @@ export function describeClose(code: number, reason: string): string {
   const text = reason || known || (code === 1006 ? "connection lost" : "closed");
   return `${code} ${text}`;
 }
+
+/**
+ * What to do after a connection ended: `retry`, or `refused` (the token was refused: retry only
+ * with a different one), or `permanent` with the close code to report. A refused handshake never
+ * reaches a close code: Node's `ws` reports the HTTP status in its error (401 is a refused token,
+ * 403 a refused Origin, which is treated as 1008).
+ */
+export function classifyClose(
+  code: number,
+  errorMessage: string | undefined,
+): { kind: "retry" } | { kind: "refused" } | { kind: "permanent"; code: number } {
+  const http = /Unexpected server response: (\d+)/.exec(errorMessage ?? "")?.[1];
+  if (code === 4001 || http === "401") return { kind: "refused" };
+  if (http === "403") return { kind: "permanent", code: 1008 };
+  if (isPermanentClose(code)) return { kind: "permanent", code };
+  return { kind: "retry" };
+}

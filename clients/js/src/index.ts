@@ -35,4 +35,4 @@ export type { BookView, Level } from "./book.js";
 export { OrderBook, parseFixed, formatFixed } from "./book.js";
 export { backoffDelay, DEFAULT_BACKOFF } from "./backoff.js";
 export type { BackoffOptions } from "./backoff.js";
-export { isPermanentClose, describeClose } from "./close-codes.js";
+export { isPermanentClose, describeClose, classifyClose } from "./close-codes.js";

@@ -8,7 +8,7 @@
  * subscriptions cover, built from the messages the hub routes to it (already seq-checked there).
  */
 
-import { OrderBook, BookView } from "./book.js";
+import { Books, BookView } from "./book.js";
 import type {
   ConnectionState,
   MessageCallback,
@@ -50,9 +50,12 @@ export class SharedRelayClient extends Emitter<RelayClientEvents> {
     attempt: 0,
   };
   #subs: SubscriptionInfo[] = [];
-  readonly #handles = new Map<number, { spec: SubscribeSpec; onMessage: MessageCallback; handle: SubscriptionHandle }>();
+  readonly #handles = new Map<
+    number,
+    { spec: SubscribeSpec; onMessage: MessageCallback; handle: SubscriptionHandle }
+  >();
   #nextHid = 1;
-  readonly #books = new Map<string, OrderBook>();
+  readonly #books = new Books();
   #closed = false;
   /** Broadcast mode: true while this tab holds the connection for the others. */
   #leader = false;
@@ -103,7 +106,7 @@ export class SharedRelayClient extends Emitter<RelayClientEvents> {
       unsubscribe: () => {
         if (!this.#handles.delete(hid)) return;
         this.#link?.post({ t: "unsub", hid });
-        for (const t of [...this.#books.keys()]) if (this.#bookOwner(t) === undefined) this.#books.delete(t);
+        this.#books.retain((t) => this.#bookOwner(t) !== undefined);
       },
     };
     this.#handles.set(hid, { spec: clean, onMessage, handle });
@@ -113,12 +116,11 @@ export class SharedRelayClient extends Emitter<RelayClientEvents> {
 
   /** The market's book if trusted: the same view as `RelayClient.book`. */
   book(ticker: string): BookView | undefined {
-    const b = this.#books.get(ticker);
-    return b?.trusted ? b.view() : undefined;
+    return this.#books.view(ticker);
   }
 
   bookTickers(): string[] {
-    return [...this.#books.values()].filter((b) => b.trusted).map((b) => b.ticker);
+    return this.#books.trustedTickers();
   }
 
   /** Sends a command on the shared connection (errors come back as `error` events). */
@@ -256,10 +258,7 @@ export class SharedRelayClient extends Emitter<RelayClientEvents> {
         this.#subs = payload as SubscriptionInfo[];
         break;
       case "book_stale":
-        for (const t of (payload as { tickers: string[] }).tickers) {
-          const b = this.#books.get(t);
-          if (b) b.trusted = false;
-        }
+        this.#books.distrust((payload as { tickers: string[] }).tickers);
         break;
       case "error":
         payload = revive(payload as Record<string, unknown>);
@@ -278,12 +277,11 @@ export class SharedRelayClient extends Emitter<RelayClientEvents> {
     if (!entry) return;
     const ticker = m.msg?.market_ticker;
     if ((m.type === "orderbook_snapshot" || m.type === "orderbook_delta") && typeof ticker === "string") {
-      let b = this.#books.get(ticker);
-      if (!b) this.#books.set(ticker, (b = new OrderBook(ticker)));
       // A tab with several handles on one market gets each delta once per handle: only the
       // oldest handle's copy is applied. Snapshots replace the book, so any copy will do.
-      if (m.type === "orderbook_snapshot") b.applySnapshot(m.msg);
-      else if (b.trusted && this.#bookOwner(ticker) === hid) b.applyDelta(m.msg);
+      if (m.type === "orderbook_snapshot" || this.#bookOwner(ticker) === hid) {
+        this.#books.apply(m.type, m.msg, ticker);
+      }
     }
     try {
       entry.onMessage(m, entry.handle);
@@ -302,7 +300,7 @@ export class SharedRelayClient extends Emitter<RelayClientEvents> {
   }
 
   #distrustAll(): void {
-    for (const b of this.#books.values()) b.trusted = false;
+    this.#books.distrust();
   }
 }
 

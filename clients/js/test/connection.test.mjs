@@ -39,13 +39,16 @@ test("relay restart: 1012, reconnect with a fresh token, subscriptions replayed,
   let relay = await startRelay({ config });
   cleanup.push(() => relay.stop());
   const markets = (await relay.admin("markets")).slice(0, 2);
+  // Two valid tokens, handed out in turn: each connect attempt calls the function again.
   let calls = 0;
   const c = client({
     url: relay.ws,
-    token: async () => `tok-${++calls}`,
+    token: async () => `tok-${(calls++ % 2) + 1}`,
     maxReconnects: 50,
   });
   const closes = record(c, "close");
+  const callsAtOpen = [];
+  c.on("open", () => callsAtOpen.push(calls));
   const seen = new Set();
   const handle = c.subscribe({ channels: ["orderbook_delta", "ticker"], marketTickers: markets }, (m) =>
     seen.add(m.type),
@@ -66,7 +69,12 @@ test("relay restart: 1012, reconnect with a fresh token, subscriptions replayed,
   cleanup.push(() => relay.stop());
   seen.clear();
   await waitFor(() => markets.every((t) => c.book(t)), "every book after the restart", 15_000);
-  assert.equal(calls >= 2, true, "the token function was called again");
+  assert.equal(callsAtOpen.length, 2);
+  assert.ok(callsAtOpen[1] > callsAtOpen[0], "the token function was called again for the new connection");
+  assert.ok(
+    closes.slice(1).every((e) => !/401/.test(e.error)),
+    `no token was refused: ${JSON.stringify(closes)}`,
+  );
   assert.equal(c.state, "open");
   const sids = handle.sids();
   assert.equal(typeof sids.orderbook_delta, "number");
@@ -162,4 +170,38 @@ test("commands are queued while connecting, up to the bound, and sent once open"
   const replies = new Set();
   c.on("message", (m) => m.type === "ok" && ids.includes(m.id) && replies.add(m.id));
   await waitFor(() => replies.size === 5, "a reply to every queued command");
+});
+
+test("backpressure: while the relay reads nothing, sending pauses at the high-water mark and the queue holds", async () => {
+  const relay = await startRelay({
+    config: FAST_UPSTREAM + "\n[security]\ncommands_per_second = 1000000.0\ncommand_burst = 1000000.0\n",
+  });
+  cleanup.push(() => relay.stop("SIGKILL"));
+  const highWaterMark = 256 * 1024;
+  const c = client({ url: relay.ws, highWaterMark, maxQueue: 1000 });
+  await nextEvent(c, "open");
+  const replies = new Set();
+  c.on("message", (m) => m.id !== undefined && replies.add(m.id));
+  relay.proc.kill("SIGSTOP");
+  // 300 commands of 60 KB (18 MB): more than the kernel's socket buffers take.
+  const pad = "x".repeat(60_000);
+  const ids = [];
+  for (let i = 0; i < 300; i++) {
+    const id = c.nextId();
+    ids.push(id);
+    c.send({ id, cmd: "list_subscriptions", params: { pad } });
+  }
+  // The socket only gains bytes through a send made at or below the mark, so it never holds more
+  // than the mark plus one command; sampled on every poll while it backs up and drains.
+  const bound = highWaterMark + 61_000;
+  let worst = 0;
+  const sample = () => (worst = Math.max(worst, c.bufferedAmount));
+  // While open, the queue holds only because the socket is above the mark.
+  await waitFor(() => sample() && c.queued > 0, "the socket to back up");
+  assert.ok(c.queued > 100, `only ${c.queued} commands held back`);
+  relay.proc.kill("SIGCONT");
+  await waitFor(() => sample() >= 0 && c.queued === 0, "the queue to drain", 20_000);
+  assert.ok(worst > highWaterMark && worst <= bound, `at most ${worst} bytes buffered (bound ${bound})`);
+  await waitFor(() => ids.every((id) => replies.has(id)), "a reply to every command", 20_000);
+  assert.equal(c.state, "open");
 });

@@ -1,7 +1,15 @@
 // Pure functions: backoff bounds, fixed-point text, close-code classes, book arithmetic.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { backoffDelay, DEFAULT_BACKOFF, parseFixed, formatFixed, isPermanentClose, OrderBook } from "../dist/index.js";
+import {
+  backoffDelay,
+  DEFAULT_BACKOFF,
+  parseFixed,
+  formatFixed,
+  isPermanentClose,
+  classifyClose,
+  OrderBook,
+} from "../dist/index.js";
 
 test("backoff doubles from 1 s, caps at 30 s, and jitters by a factor in [0.5, 1.5)", () => {
   const at = (attempt, r) => backoffDelay(attempt, DEFAULT_BACKOFF, () => r);
@@ -26,6 +34,13 @@ test("fixed-point text round-trips in integer units and refuses junk", () => {
 test("close codes: permanent ones stop, the rest reconnect", () => {
   for (const code of [4001, 1002, 1007, 1008, 1009]) assert.equal(isPermanentClose(code), true, `${code}`);
   for (const code of [1000, 1001, 1006, 1011, 1012, 1013, 1014, 4008, 4029]) assert.equal(isPermanentClose(code), false, `${code}`);
+  // Refused handshakes, as Node's `ws` reports them.
+  assert.deepEqual(classifyClose(1006, "Unexpected server response: 401"), { kind: "refused" });
+  assert.deepEqual(classifyClose(1006, "Unexpected server response: 403"), { kind: "permanent", code: 1008 });
+  assert.deepEqual(classifyClose(1006, "Unexpected server response: 503"), { kind: "retry" });
+  assert.deepEqual(classifyClose(4001, undefined), { kind: "refused" });
+  assert.deepEqual(classifyClose(1009, ""), { kind: "permanent", code: 1009 });
+  assert.deepEqual(classifyClose(1012, ""), { kind: "retry" });
 });
 
 test("a book applies deltas, drops empty levels, and distrusts one that would go negative", () => {

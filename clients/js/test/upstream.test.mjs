@@ -85,7 +85,12 @@ test("a gap on the exchange feed, repaired by the relay: books equal the truth",
 test("a gap seen by the client itself (connected to the exchange): get_snapshot, book equals the truth", async () => {
   // The demo's simulator speaks the exchange protocol: the client talks to it directly, so the
   // seq gap reaches the client and the client must repair it.
-  const c = client({ url: relay.sim, relayEvents: false });
+  // Fast pings: the exchange answers the relay's ping command with error 5, which proves the
+  // connection alive just as well.
+  const c = client({ url: relay.sim, relayEvents: false, pingIntervalMs: 300, pongTimeoutMs: 1000 });
+  const closes = record(c, "close");
+  const pingReplies = [];
+  c.on("message", (m) => m.type === "error" && m.msg?.code === 5 && pingReplies.push(m.id));
   const gaps = record(c, "gap");
   const stale = record(c, "book_stale");
   const sent = [];
@@ -97,6 +102,8 @@ test("a gap seen by the client itself (connected to the exchange): get_snapshot,
   assert.equal(gaps[0].got, gaps[0].expected + 1);
   assert.ok(stale.some((s) => s.tickers.length > 0), "books were marked stale");
   await converge(relay, c, markets);
+  await waitFor(() => pingReplies.length >= 3, "three answered pings");
+  assert.deepEqual(closes, [], "the exchange's ping replies kept the connection");
 });
 
 test("handles on one channel share one sid; unsubscribing one keeps the other's markets", async () => {
@@ -121,4 +128,18 @@ test("handles on one channel share one sid; unsubscribing one keeps the other's 
   const late = [];
   c.subscribe({ channels: ["orderbook_delta"], marketTickers: [markets[0]] }, (m) => late.push(m));
   await waitFor(() => late.some((m) => m.type === "orderbook_snapshot"), "a snapshot for the late handle");
+});
+
+test("application pings alone keep a healthy connection (as in a browser, which cannot send ping frames)", async () => {
+  // `ws` without its protocol ping: only {"cmd":"ping"} and the relay's pong prove liveness.
+  class BrowserLike extends WebSocket {
+    ping = undefined;
+  }
+  const c = client({ WebSocket: BrowserLike, pingIntervalMs: 300, pongTimeoutMs: 1000 });
+  const closes = record(c, "close");
+  const pongs = [];
+  c.on("message", (m) => m.type === "pong" && pongs.push(m.id));
+  await waitFor(() => pongs.length >= 4, "four pongs");
+  assert.deepEqual(closes, []);
+  assert.equal(c.state, "open");
 });
