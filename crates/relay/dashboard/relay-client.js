@@ -89,6 +89,51 @@ var OrderBook = class {
     return false;
   }
 };
+var Books = class {
+  #books = /* @__PURE__ */ new Map();
+  /** The book of `ticker` if it is trusted. */
+  view(ticker) {
+    const b = this.#books.get(ticker);
+    return b?.trusted ? b.view() : void 0;
+  }
+  get(ticker) {
+    return this.#books.get(ticker);
+  }
+  tickers() {
+    return [...this.#books.keys()];
+  }
+  trustedTickers() {
+    return [...this.#books.values()].filter((b) => b.trusted).map((b) => b.ticker);
+  }
+  /** Marks these books (default: all) untrusted; returns the tickers that were trusted. */
+  distrust(tickers = this.#books.keys()) {
+    const marked = [];
+    for (const t of [...tickers]) {
+      const b = this.#books.get(t);
+      if (b?.trusted) {
+        b.trusted = false;
+        marked.push(t);
+      }
+    }
+    return marked;
+  }
+  /**
+   * Applies an `orderbook_snapshot` or `orderbook_delta` body: `applied`; `skipped` (a delta for
+   * a book not trusted, never applied); or `bad` (malformed, or a level would go negative: the
+   * book is untrusted now and needs a fresh snapshot).
+   */
+  apply(type, msg, ticker) {
+    let b = this.#books.get(ticker);
+    if (!b) this.#books.set(ticker, b = new OrderBook(ticker));
+    if (type === "orderbook_snapshot") return b.applySnapshot(msg) ? "applied" : "bad";
+    if (!b.trusted) return "skipped";
+    return b.applyDelta(msg) ? "applied" : "bad";
+  }
+  /** Drops the books `keep` says nobody wants. */
+  retain(keep) {
+    for (const t of [...this.#books.keys()]) if (!keep(t)) this.#books.delete(t);
+  }
+};
 
 // ../../clients/js/src/close-codes.ts
 var PERMANENT = /* @__PURE__ */ new Map([
@@ -105,6 +150,13 @@ function describeClose(code, reason) {
   const known = PERMANENT.get(code);
   const text = reason || known || (code === 1006 ? "connection lost" : "closed");
   return `${code} ${text}`;
+}
+function classifyClose(code, errorMessage) {
+  const http = /Unexpected server response: (\d+)/.exec(errorMessage ?? "")?.[1];
+  if (code === 4001 || http === "401") return { kind: "refused" };
+  if (http === "403") return { kind: "permanent", code: 1008 };
+  if (isPermanentClose(code)) return { kind: "permanent", code };
+  return { kind: "retry" };
 }
 
 // ../../clients/js/src/emitter.ts
@@ -136,6 +188,55 @@ var Emitter = class {
     }
   }
 };
+
+// ../../clients/js/src/options.ts
+var DEFAULTS = {
+  maxReconnects: 10,
+  stableMs: 1e4,
+  pingIntervalMs: 3e4,
+  pongTimeoutMs: 1e4,
+  connectTimeoutMs: 1e4,
+  maxQueue: 1e3,
+  highWaterMark: 1 << 20
+};
+function resolveOptions(options) {
+  const o = {
+    url: options.url,
+    authMode: options.authMode ?? (options.WebSocket ? "header" : "message"),
+    maxReconnects: options.maxReconnects ?? DEFAULTS.maxReconnects,
+    backoff: { ...DEFAULT_BACKOFF, ...options.backoff },
+    stableMs: options.stableMs ?? DEFAULTS.stableMs,
+    pingIntervalMs: options.pingIntervalMs ?? DEFAULTS.pingIntervalMs,
+    pongTimeoutMs: options.pongTimeoutMs ?? DEFAULTS.pongTimeoutMs,
+    connectTimeoutMs: options.connectTimeoutMs ?? DEFAULTS.connectTimeoutMs,
+    maxQueue: options.maxQueue ?? DEFAULTS.maxQueue,
+    highWaterMark: options.highWaterMark ?? DEFAULTS.highWaterMark,
+    relayEvents: options.relayEvents ?? true
+  };
+  const problems = [];
+  const positive = [
+    "stableMs",
+    "pingIntervalMs",
+    "pongTimeoutMs",
+    "connectTimeoutMs",
+    "maxQueue",
+    "highWaterMark"
+  ];
+  for (const key of positive) {
+    if (!(o[key] > 0)) problems.push(`${key} = ${o[key]}: must be > 0`);
+  }
+  if (!(o.maxReconnects >= 0)) problems.push(`maxReconnects = ${o.maxReconnects}: must be >= 0`);
+  const b = o.backoff;
+  if (!(b.baseMs > 0)) problems.push(`backoff.baseMs = ${b.baseMs}: must be > 0`);
+  if (!(b.factor >= 1)) problems.push(`backoff.factor = ${b.factor}: must be >= 1`);
+  if (!(b.capMs >= b.baseMs)) problems.push(`backoff.capMs = ${b.capMs}: must be >= backoff.baseMs`);
+  if (!(b.jitter >= 0 && b.jitter < 1)) problems.push(`backoff.jitter = ${b.jitter}: must be in [0, 1)`);
+  if (!["header", "message", "query"].includes(o.authMode)) {
+    problems.push(`authMode = ${o.authMode}: must be header, message or query`);
+  }
+  if (problems.length) throw new RangeError(`RelayClient: ${problems.join("; ")}`);
+  return o;
+}
 
 // ../../clients/js/src/subscriptions.ts
 var ALL = "all";
@@ -250,7 +351,7 @@ var ChannelState = class {
   }
 };
 
-// ../../clients/js/src/client.ts
+// ../../clients/js/src/types.ts
 var PermanentCloseError = class extends Error {
   code;
   reason;
@@ -261,6 +362,8 @@ var PermanentCloseError = class extends Error {
     this.reason = reason;
   }
 };
+
+// ../../clients/js/src/client.ts
 var CONNECTING = 0;
 var OPEN = 1;
 var CLOSING = 2;
@@ -307,7 +410,7 @@ var RelayClient = class extends Emitter {
   #pending = /* @__PURE__ */ new Map();
   /** `get_snapshot` command ids to their channel. */
   #snapshotRequests = /* @__PURE__ */ new Map();
-  #books = /* @__PURE__ */ new Map();
+  #books = new Books();
   #closed;
   #resolveClosed;
   constructor(options) {
@@ -319,25 +422,7 @@ var RelayClient = class extends Emitter {
     }
     this.#ctor = ctor;
     this.#token = options.token;
-    this.#o = {
-      url: options.url,
-      authMode: options.authMode ?? (options.WebSocket ? "header" : "message"),
-      maxReconnects: options.maxReconnects ?? 10,
-      backoff: { ...DEFAULT_BACKOFF, ...options.backoff },
-      stableMs: options.stableMs ?? 1e4,
-      pingIntervalMs: options.pingIntervalMs ?? 3e4,
-      pongTimeoutMs: options.pongTimeoutMs ?? 1e4,
-      connectTimeoutMs: options.connectTimeoutMs ?? 1e4,
-      maxQueue: options.maxQueue ?? 1e3,
-      highWaterMark: options.highWaterMark ?? 1 << 20,
-      relayEvents: options.relayEvents ?? true
-    };
-    for (const key of ["stableMs", "pingIntervalMs", "pongTimeoutMs", "connectTimeoutMs", "maxQueue"]) {
-      if (!(this.#o[key] > 0)) throw new RangeError(`RelayClient: ${key} = ${this.#o[key]}: must be > 0`);
-    }
-    if (!(this.#o.maxReconnects >= 0)) {
-      throw new RangeError(`RelayClient: maxReconnects = ${this.#o.maxReconnects}: must be >= 0`);
-    }
+    this.#o = resolveOptions(options);
     queueMicrotask(() => void this.#connect());
   }
   /** The standard ready state: CONNECTING (also while waiting to reconnect), OPEN, CLOSING, CLOSED. */
@@ -374,6 +459,14 @@ var RelayClient = class extends Emitter {
     }
     this.#queue.push(JSON.stringify(command));
     this.#flush();
+  }
+  /** Commands waiting to be handed to the socket (not connected yet, or backpressure). */
+  get queued() {
+    return this.#queue.length + this.#control.length;
+  }
+  /** Bytes the socket holds unsent (0 while not connected). */
+  get bufferedAmount() {
+    return this.#ws?.bufferedAmount ?? 0;
   }
   /** A fresh command id, unique on this client (for commands sent with `send`). */
   nextId() {
@@ -412,12 +505,11 @@ var RelayClient = class extends Emitter {
   }
   /** The market's book if the client trusts it (snapshot received, every delta since applied). */
   book(ticker) {
-    const b = this.#books.get(ticker);
-    return b?.trusted ? b.view() : void 0;
+    return this.#books.view(ticker);
   }
   /** Tickers whose books the client currently trusts. */
   bookTickers() {
-    return [...this.#books.values()].filter((b) => b.trusted).map((b) => b.ticker);
+    return this.#books.trustedTickers();
   }
   /** What the server has confirmed on this connection: channel, sid, markets. */
   subscriptions() {
@@ -436,7 +528,10 @@ var RelayClient = class extends Emitter {
     const ws = this.#ws;
     if (ws && ws.readyState <= OPEN) {
       this.#setState("closing");
-      const force = setTimeout(() => this.#onClose(ws, 1e3, "client closed"), CLOSE_GRACE_MS);
+      const force = setTimeout(() => {
+        ws.terminate?.();
+        this.#onClose(ws, 1e3, "client closed");
+      }, CLOSE_GRACE_MS);
       const done = () => clearTimeout(force);
       this.on("state", ({ state }) => state === "closed" && done());
       try {
@@ -510,13 +605,13 @@ var RelayClient = class extends Emitter {
     this.#clearConnectionTimers();
     this.#resetConnectionState();
     if (this.#stopped) return this.#finish();
-    const httpStatus = /Unexpected server response: (\d+)/.exec(this.#lastError?.message ?? "")?.[1];
-    const refused = code === 4001 || httpStatus === "401";
-    if (refused && typeof this.#token === "function") {
+    const verdict = classifyClose(code, this.#lastError?.message);
+    if (verdict.kind === "refused" && typeof this.#token === "function") {
       this.#refusedToken = this.#currentToken;
-    } else if (isPermanentClose(code) || refused || httpStatus === "403") {
-      const err = new PermanentCloseError(refused ? 4001 : httpStatus === "403" ? 1008 : code, reason || this.#lastError?.message || "");
-      this.emit("close", { code, reason, permanent: true });
+    } else if (verdict.kind !== "retry") {
+      const permanentCode = verdict.kind === "refused" ? 4001 : verdict.code;
+      const err = new PermanentCloseError(permanentCode, reason || this.#lastError?.message || "");
+      this.emit("close", { code, reason, permanent: true, error: err.message });
       return this.#stop(err);
     }
     this.#failed(this.#lastError ?? new Error(`closed: ${describeClose(code, reason)}`), code, reason);
@@ -525,7 +620,7 @@ var RelayClient = class extends Emitter {
   #failed(error, code = 1006, reason = error.message) {
     this.#lastError = error;
     if (this.#attempts >= this.#o.maxReconnects) {
-      this.emit("close", { code, reason, permanent: false });
+      this.emit("close", { code, reason, permanent: false, error: error.message });
       this.#setState("closed");
       this.#stopped = true;
       this.emit("max_reconnects", { attempts: this.#attempts, error });
@@ -534,7 +629,7 @@ var RelayClient = class extends Emitter {
     }
     this.#attempts += 1;
     const delay = backoffDelay(this.#attempts, this.#o.backoff);
-    this.emit("close", { code, reason, permanent: false, reconnectInMs: delay });
+    this.emit("close", { code, reason, permanent: false, reconnectInMs: delay, error: error.message });
     this.#setState("reconnecting");
     this.#timers.reconnect = setTimeout(() => void this.#connect(), delay);
   }
@@ -601,9 +696,7 @@ var RelayClient = class extends Emitter {
     this.#pending.clear();
     this.#snapshotRequests.clear();
     this.#control = [];
-    const stale = [...this.#books.values()].filter((b) => b.trusted);
-    for (const b of stale) b.trusted = false;
-    if (stale.length) this.emit("book_stale", { tickers: stale.map((b) => b.ticker) });
+    this.#stale(this.#books.distrust());
   }
   // ---- sending ----
   /** Sends control commands, then queued ones, while the socket is open and not backed up. */
@@ -633,9 +726,7 @@ var RelayClient = class extends Emitter {
     this.#handles.delete(id);
     for (const c of entry.spec.channels) this.#channels.get(c)?.wanted.delete(id);
     const ob = this.#channels.get("orderbook_delta")?.desired();
-    for (const t of [...this.#books.keys()]) {
-      if (ob === void 0 || ob !== ALL && !ob.has(t)) this.#books.delete(t);
-    }
+    this.#books.retain((t) => ob !== void 0 && (ob === ALL || ob.has(t)));
     this.#reconcile();
   }
   /** Issues the next command of every channel that is out of step with what its handles want. */
@@ -750,14 +841,7 @@ var RelayClient = class extends Emitter {
     this.emit("error", err);
   }
   #onLagged(msg) {
-    const stale = Array.isArray(msg.books_stale) ? msg.books_stale : [];
-    const marked = stale.filter((t) => {
-      const b = this.#books.get(t);
-      if (!b?.trusted) return false;
-      b.trusted = false;
-      return true;
-    });
-    if (marked.length) this.emit("book_stale", { tickers: marked });
+    this.#stale(this.#books.distrust(Array.isArray(msg.books_stale) ? msg.books_stale : []));
     this.emit("lagged", msg);
   }
   #onData(m) {
@@ -778,17 +862,12 @@ var RelayClient = class extends Emitter {
     }
     const ticker = m.msg?.market_ticker ?? m.msg?.ticker;
     if (m.type === "orderbook_snapshot" || m.type === "orderbook_delta") {
-      if (typeof ticker !== "string") return;
-      let b = this.#books.get(ticker);
-      if (!b) this.#books.set(ticker, b = new OrderBook(ticker));
-      if (m.type === "orderbook_snapshot") {
-        if (!b.applySnapshot(m.msg)) return this.#requestSnapshots(ch, [ticker]);
-      } else {
-        if (!b.trusted) return;
-        if (!b.applyDelta(m.msg)) {
-          this.emit("book_stale", { tickers: [ticker] });
-          return this.#requestSnapshots(ch, [ticker]);
-        }
+      if (typeof ticker !== "string" || !m.msg) return;
+      const result = this.#books.apply(m.type, m.msg, ticker);
+      if (result === "skipped") return;
+      if (result === "bad") {
+        this.#stale([ticker]);
+        return this.#requestSnapshots(ch, [ticker]);
       }
     }
     this.#deliver(ch, typeof ticker === "string" ? ticker : void 0, m);
@@ -809,18 +888,15 @@ var RelayClient = class extends Emitter {
     for (const ch of this.#channels.values()) if (ch.sid === sid) return ch;
     return void 0;
   }
-  /** Marks every trusted book of an orderbook channel untrusted; returns their tickers. */
+  /** Marks every book of an orderbook channel untrusted; returns the channel's tickers. */
   #distrustChannel(ch) {
     if (ch.channel !== "orderbook_delta" || ch.live === void 0) return [];
-    const tickers = ch.live === ALL ? [...this.#books.keys()] : [...ch.live];
-    const marked = tickers.filter((t) => {
-      const b = this.#books.get(t);
-      if (!b?.trusted) return false;
-      b.trusted = false;
-      return true;
-    });
-    if (marked.length) this.emit("book_stale", { tickers: marked });
+    const tickers = ch.live === ALL ? this.#books.tickers() : [...ch.live];
+    this.#stale(this.#books.distrust(tickers));
     return tickers;
+  }
+  #stale(tickers) {
+    if (tickers.length) this.emit("book_stale", { tickers });
   }
 };
 function detach(ws) {
