@@ -131,6 +131,37 @@ test("the selected market's depth view equals the simulator's book after a pause
   assert.deepEqual(errors, []);
 });
 
+test("at 2,000 msg/s the page renders at most once a frame and its books stay exact", async (t) => {
+  await page.evaluate(() => {
+    window.frames_ = 0;
+    const tick = () => {
+      window.frames_++;
+      requestAnimationFrame(tick);
+    };
+    requestAnimationFrame(tick);
+  });
+  const before = await page.evaluate(() => ({ ...window.dashboardStats, frames: window.frames_ }));
+  const total = (await relay.status()).upstream_messages_total;
+  await relay.admin("fault/rate", { msgs_per_sec: 2000 });
+  try {
+    await waitFor(
+      async () => (await relay.status()).upstream_messages_total - total >= 4000,
+      "4,000 upstream messages at 2,000/s",
+      20_000,
+    );
+  } finally {
+    await relay.admin("fault/rate", { msgs_per_sec: 100 });
+  }
+  const after = await page.evaluate(() => ({ ...window.dashboardStats, frames: window.frames_ }));
+  const [messages, renders, frames] = ["messages", "renders", "frames"].map((k) => after[k] - before[k]);
+  t.diagnostic(`${messages} market messages, ${renders} renders, ${frames} animation frames`);
+  assert.ok(messages >= 2000, `the page received ${messages} market messages`);
+  assert.ok(renders <= frames + 2, `${renders} renders in ${frames} frames`);
+  assert.ok(renders * 4 < messages, `${renders} renders for ${messages} messages`);
+  await depthEqualsTruth(page, await text(page, "#depth-ticker"));
+  assert.deepEqual(errors, []);
+});
+
 test("an upstream drop shows on the page and recovers", async () => {
   const before = (await relay.status()).upstream.connects;
   await relay.admin("fault/drop", {});

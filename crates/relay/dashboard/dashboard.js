@@ -34,12 +34,16 @@ const view = {
 const dirty = new Set();
 const dirtyMarkets = new Set();
 let frame = 0;
+/** Market messages received and renders done (read by the browser tests: one render a frame). */
+const stats = { messages: 0, renders: 0 };
+window.dashboardStats = stats;
 function invalidate(part) {
   dirty.add(part);
   if (!frame) frame = requestAnimationFrame(render);
 }
 function render() {
   frame = 0;
+  stats.renders++;
   const parts = [...dirty];
   dirty.clear();
   for (const part of parts) renderers[part]();
@@ -442,6 +446,7 @@ function subscribeBooks() {
 }
 
 function markMarket(ticker) {
+  stats.messages++;
   dirtyMarkets.add(ticker);
   invalidate("marketRows");
   if (ticker === view.selected) invalidate("depth");
