@@ -120,8 +120,8 @@ function startClient(ws) {
   const options = {
     url: wsUrl(ws),
     maxReconnects: 20,
-    // A dead relay shows within its own pong timeout: ping at half of it, wait half of it.
-    pingIntervalMs: pongMs / 2,
+    // A dead relay shows within its own pong timeout: ping every third of it, wait half of it.
+    pingIntervalMs: pongMs / 3,
     pongTimeoutMs: pongMs / 2,
     backoff: { capMs: 10000 },
     authMode: "message",
