@@ -34,8 +34,8 @@ pub const WS_PATHS: [&str; 2] = [protocol::sign::WS_PATH, "/ws"];
 /// What a listener serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ListenerRole {
-    /// WebSocket, health and readiness; `/metrics`, `/status` and `/dashboard` too unless an admin listener
-    /// exists.
+    /// WebSocket, health and readiness; `/metrics`, `/status` and `/dashboard` too unless an
+    /// admin listener exists.
     Main,
     /// `/metrics`, `/status`, `/dashboard` and health only.
     Admin,
