@@ -3,6 +3,7 @@
 //! are on that clock too), so the delays asserted are exact; the simulator is silent (rate 0)
 //! and its fills come from `burst` faults.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use exchange_sim::{Fault, Sim, SimAuth, SimConfig};
@@ -311,4 +312,72 @@ async fn requests_are_paced_by_the_token_bucket() {
         waited >= paced && waited < paced + Duration::from_millis(100),
         "{waited:?} for {pages} pages"
     );
+}
+
+/// A CA and a `localhost` certificate it signed, as (CA PEM, leaf DER, leaf key DER).
+fn tls_material() -> (String, Vec<u8>, Vec<u8>) {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let ca_pem = params.self_signed(&ca_key).unwrap().pem();
+    let issuer = rcgen::Issuer::new(params, ca_key);
+    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = leaf.signed_by(&key, &issuer).unwrap();
+    (ca_pem, cert.der().to_vec(), key.serialize_der())
+}
+
+#[tokio::test]
+async fn https_through_a_tls_front_trusting_an_extra_ca() {
+    let sim = sim(SimAuth::None).await;
+    let truth = make_fills(&sim, 5_000).await;
+    let (ca_pem, cert, key) = tls_material();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.into()],
+            rustls_pki_types::PrivatePkcs8KeyDer::from(key).into(),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+    let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = front.local_addr().unwrap().port();
+    let backend = sim.admin_addr();
+    // Terminates TLS and pipes each connection to the simulator's plain HTTP listener.
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = front.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut plain = TcpStream::connect(backend).await.unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+            });
+        }
+    });
+    let ca_file = std::env::temp_dir().join(format!("rest-test-ca-{}.pem", std::process::id()));
+    std::fs::write(&ca_file, ca_pem).unwrap();
+    let upstream = UpstreamConfig {
+        extra_ca_file: Some(ca_file.clone()),
+        ..UpstreamConfig::default()
+    };
+    let config = RestConfig {
+        base_url: format!("https://localhost:{port}/trade-api/v2"),
+        ..rest_config(&sim)
+    };
+    let result = RestClient::new(&upstream, &config)
+        .unwrap()
+        .fills_since(None, None)
+        .await;
+    std::fs::remove_file(&ca_file).unwrap();
+    let got: Vec<String> = result.unwrap().into_iter().map(|f| f.trade_id).collect();
+    let want: Vec<&str> = truth
+        .iter()
+        .map(|f| f["trade_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(got, want);
 }
