@@ -92,32 +92,35 @@ pub(crate) struct Execution {
 #[derive(Clone, Debug)]
 pub(crate) struct Market {
     pub ticker: String,
-    pub event_ticker: String,
     pub market_id: String,
     yes: BTreeMap<i64, i64>,
     no: BTreeMap<i64, i64>,
     /// The fair YES value in cents the book drifts around.
     mid: f64,
     pub last_price: i64,
+    /// Contracts in the last trade.
+    pub last_trade_size: i64,
     pub volume: i64,
+    /// What the volume cost, in cents (`dollar_volume` is this in whole dollars).
+    pub volume_cents: i64,
     pub open_interest: i64,
 }
 
 impl Market {
     pub fn new(ticker: String, rng: &mut SmallRng) -> Market {
-        let event_ticker = ticker
-            .rsplit_once('-')
-            .map_or(ticker.clone(), |(e, _)| e.to_owned());
-        let mid = rng.gen_range(10.0..90.0);
+        let mid: f64 = rng.gen_range(10.0..90.0);
+        let last_price = mid.round() as i64;
+        let volume = rng.gen_range(0..50_000);
         let mut m = Market {
             market_id: uuid(rng),
             ticker,
-            event_ticker,
             yes: BTreeMap::new(),
             no: BTreeMap::new(),
             mid,
-            last_price: mid.round() as i64,
-            volume: rng.gen_range(0..50_000),
+            last_price,
+            last_trade_size: rng.gen_range(1..100),
+            volume,
+            volume_cents: volume * last_price,
             open_interest: rng.gen_range(0..20_000),
         };
         for _ in 0..rng.gen_range(12..24) {
@@ -266,7 +269,9 @@ impl Market {
             Side::No => 100 - price,
         };
         self.last_price = yes_price;
+        self.last_trade_size = count;
         self.volume += count;
+        self.volume_cents += count * yes_price;
         if rng.gen_bool(0.5) {
             self.open_interest += count;
         } else {

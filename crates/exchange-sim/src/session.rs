@@ -233,9 +233,9 @@ impl Session {
                     send_snapshot(&mut sub, m, &state, stamp, out);
                 }
             } else if channel == Channel::Ticker && s.send_initial_snapshot {
+                let at = encode::Stamp::now();
                 for &m in &initial {
-                    let body =
-                        encode::ticker(&state.markets[m as usize], protocol::sign::now_ms() as i64);
+                    let body = encode::ticker(&state.markets[m as usize], &at);
                     out.push(encode::envelope("ticker", sid, None, &body, stamp).into());
                 }
             }
@@ -346,10 +346,17 @@ impl Session {
             }
             let yes_scaled;
             let body = match ev.change {
-                Some((change, ts)) if sub.use_yes_price && change.side == Side::No => {
+                Some((change, ts_ms)) if sub.use_yes_price && change.side == Side::No => {
                     let m = ev.market as usize;
-                    yes_scaled =
-                        encode::delta(&engine.tickers[m], &engine.market_ids[m], change, ts, true);
+                    let time = encode::Stamp::at(ts_ms).rfc3339;
+                    yes_scaled = encode::delta(
+                        &engine.tickers[m],
+                        &engine.market_ids[m],
+                        change,
+                        ts_ms,
+                        &time,
+                        true,
+                    );
                     &yes_scaled
                 }
                 _ => &ev.body,

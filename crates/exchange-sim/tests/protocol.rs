@@ -216,7 +216,11 @@ async fn subscriptions_follow_the_reference() {
         (a["type"].as_str(), a["sid"].as_u64(), a["seq"].as_u64()),
         (Some("unsubscribed"), Some(book_sid), Some(3))
     );
-    assert_eq!((b["sid"].as_u64(), b.get("seq")), (Some(ticker_sid), None));
+    // The newest spec requires seq on every unsubscribed; an unsequenced sid says 0.
+    assert_eq!(
+        (b["sid"].as_u64(), b["seq"].as_u64()),
+        (Some(ticker_sid), Some(0))
+    );
     let r = client
         .command(r#"{"id":7,"cmd":"list_subscriptions"}"#)
         .await;

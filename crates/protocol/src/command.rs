@@ -483,9 +483,10 @@ pub mod reply {
         )
     }
 
-    /// `{"id":3,"type":"unsubscribed","sid":2,"seq":7}`; `seq` is the sid's last seq, if it has one.
+    /// `{"id":3,"type":"unsubscribed","sid":2,"seq":7}`: `seq` is the sid's last seq. The newest
+    /// spec requires it on every `unsubscribed`, so a sid without a sequence (`None`) says 0.
     pub fn unsubscribed(id: u64, sid: u64, seq: Option<u64>) -> String {
-        frame(id, "unsubscribed", Some(sid), seq, None)
+        frame(id, "unsubscribed", Some(sid), Some(seq.unwrap_or(0)), None)
     }
 
     /// `{"id":4,"type":"ok","sid":1,"seq":222,"msg":{"market_tickers":[...]}}` after an update.

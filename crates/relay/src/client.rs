@@ -519,11 +519,11 @@ mod tests {
         let mut s = ClientState::new(Limits::default());
         run(
             &mut s,
-            r#"{"id":1,"cmd":"subscribe","params":{"channels":["orderbook_delta","trade"],"market_ticker":"A"}}"#,
+            r#"{"id":1,"cmd":"subscribe","params":{"channels":["orderbook_delta","ticker"],"market_ticker":"A"}}"#,
         );
         let book = s.by_channel(Channel::OrderbookDelta).unwrap();
         assert_eq!((book.next_seq(), book.next_seq()), (Some(1), Some(2)));
-        assert_eq!(s.by_channel(Channel::Trade).unwrap().next_seq(), None);
+        assert_eq!(s.by_channel(Channel::Ticker).unwrap().next_seq(), None);
         let e = run(
             &mut s,
             r#"{"id":2,"cmd":"unsubscribe","params":{"sids":[1,2,9]}}"#,
@@ -532,7 +532,7 @@ mod tests {
             replies(&e),
             vec![
                 r#"{"id":2,"type":"unsubscribed","sid":1,"seq":2}"#,
-                r#"{"id":2,"type":"unsubscribed","sid":2}"#,
+                r#"{"id":2,"type":"unsubscribed","sid":2,"seq":0}"#,
                 r#"{"id":2,"type":"error","msg":{"code":7,"msg":"Unknown subscription ID"}}"#,
             ]
         );
