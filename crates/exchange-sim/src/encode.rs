@@ -48,7 +48,10 @@ impl Stamp {
         let secs = ms.div_euclid(1000);
         let rfc3339 = time::OffsetDateTime::from_unix_timestamp(secs)
             .ok()
-            .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+            .and_then(|t| {
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
             .unwrap_or_else(|| "1970-01-01T00:00:00Z".to_owned());
         Stamp { ms, secs, rfc3339 }
     }
@@ -287,7 +290,11 @@ pub(crate) fn user_order(m: &Market, f: &AccountFill<'_>) -> String {
         Cost::from_cents(f.count * f.side_price()),
     );
     field(&mut out, "taker_fees_dollars", Cost::ZERO);
-    field(&mut out, "maker_fees_dollars", Cost::from_cents(f.fee_cents));
+    field(
+        &mut out,
+        "maker_fees_dollars",
+        Cost::from_cents(f.fee_cents),
+    );
     field(&mut out, "created_time", &f.order_created.rfc3339);
     raw(&mut out, "created_ts_ms", f.order_created.ms);
     field(&mut out, "last_update_reason", "Trade");
@@ -410,7 +417,14 @@ mod tests {
             ("orderbook_snapshot", snapshot(&m, false)),
             (
                 "orderbook_delta",
-                delta(&m.ticker, &m.market_id, exec.change, at.ms, &at.rfc3339, false),
+                delta(
+                    &m.ticker,
+                    &m.market_id,
+                    exec.change,
+                    at.ms,
+                    &at.rfc3339,
+                    false,
+                ),
             ),
             ("ticker", ticker(&m, &at)),
             (

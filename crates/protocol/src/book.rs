@@ -260,7 +260,11 @@ mod tests {
         book.apply_snapshot(&snap).unwrap();
         book.desync();
         book.apply_snapshot(&snapshot()).unwrap();
-        assert_eq!(book.to_snapshot(), snap, "kept across a resync without the field");
+        assert_eq!(
+            book.to_snapshot(),
+            snap,
+            "kept across a resync without the field"
+        );
 
         let mut from_delta = OrderBook::new("M");
         from_delta.apply_snapshot(&snapshot()).unwrap();
