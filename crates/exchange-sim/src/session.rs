@@ -136,14 +136,15 @@ impl Session {
         }
     }
 
-    /// Tickers to indexes, deduplicated in order; error 16 names the first unknown one.
+    /// Tickers to indexes, deduplicated in order; error 11 names the first unknown one (16,
+    /// "Market not found", is retired in the newest spec).
     fn resolve(&self, engine: &Engine, tickers: &[String]) -> Result<Vec<u32>, Refusal> {
         let mut seen = BTreeSet::new();
         let mut out = Vec::with_capacity(tickers.len());
         for t in tickers {
             let idx = engine
                 .market(t)
-                .ok_or_else(|| (ErrorCode::MarketNotFound, Some(t.clone())))?;
+                .ok_or_else(|| (ErrorCode::InvalidParameter, Some(t.clone())))?;
             if seen.insert(idx) {
                 out.push(idx);
             }
@@ -302,7 +303,10 @@ impl Session {
                     return Err((ErrorCode::UnsupportedAction, None));
                 }
                 if let Some(&m) = markets.iter().find(|m| !sub.holds(**m)) {
-                    return Err((ErrorCode::MarketNotFound, Some(tickers[m as usize].clone())));
+                    return Err((
+                        ErrorCode::InvalidParameter,
+                        Some(tickers[m as usize].clone()),
+                    ));
                 }
                 let seq = Some(sub.seq);
                 out.push(

@@ -415,7 +415,7 @@ impl ClientState {
                     if !sub.markets.as_ref().is_none_or(|held| held.contains(m)) {
                         return Err(CommandError {
                             id,
-                            code: ErrorCode::MarketNotFound,
+                            code: ErrorCode::InvalidParameter,
                             market_ticker: Some(m.clone()),
                         });
                     }
@@ -631,7 +631,7 @@ mod tests {
         assert_eq!(
             replies(&e),
             vec![
-                r#"{"id":5,"type":"error","msg":{"code":16,"msg":"Market not found","market_ticker":"A"}}"#
+                r#"{"id":5,"type":"error","msg":{"code":11,"msg":"Invalid parameter","market_ticker":"A"}}"#
             ]
         );
         let e = run(

@@ -464,7 +464,7 @@ impl Actual {
                         *limit = (*limit).min(n / 2).max(1);
                         tracing::info!(channel = %sub.channel, limit = *limit, "market limit per subscription learned");
                     }
-                    (Some(ErrorCode::MarketNotFound), Some(_)) if market.is_some() => {
+                    (Some(code), Some(_)) if market.is_some() && names_unknown_market(code) => {
                         self.refused.insert((sub.channel, market));
                     }
                     (_, Some(markets)) => {
@@ -490,7 +490,9 @@ impl Actual {
                             // The exchange named the one market it does not know: only that one
                             // is refused; the others of the batch are added again by the next
                             // reconcile (a client's bogus ticker must not poison its neighbours).
-                            (Some(ErrorCode::MarketNotFound), Some(m)) if markets.contains(m) => {
+                            (Some(code), Some(m))
+                                if names_unknown_market(code) && markets.contains(m) =>
+                            {
                                 self.refused.insert((sub.channel, Some(m.clone())));
                             }
                             _ => self
@@ -539,6 +541,15 @@ impl Actual {
             markets,
         })
     }
+}
+
+/// An error naming one market refuses that market: 16 "Market not found" from older servers, 11
+/// "Invalid parameter" from the newest (which retired 16).
+fn names_unknown_market(code: ErrorCode) -> bool {
+    matches!(
+        code,
+        ErrorCode::MarketNotFound | ErrorCode::InvalidParameter
+    )
 }
 
 #[cfg(test)]
@@ -722,7 +733,7 @@ mod tests {
         assert_eq!(cmds.len(), 1, "one update for the batch");
         let cmd = cmds[0].id;
         act.on_reply(&env(&format!(
-            r#"{{"id":{cmd},"type":"error","msg":{{"code":16,"msg":"Market not found","market_ticker":"NOPE"}}}}"#
+            r#"{{"id":{cmd},"type":"error","msg":{{"code":11,"msg":"Invalid parameter","market_ticker":"NOPE"}}}}"#
         )));
         let cmds: Vec<String> = act
             .reconcile(&d.wanted())
