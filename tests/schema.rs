@@ -39,18 +39,18 @@ fn now_ms() -> i64 {
     protocol::sign::now_ms() as i64
 }
 
-/// Connects to `url`, subscribes to every public and private channel, sends each command whose
-/// reply the table knows (update actions, list, a refused one, unsubscribe), and checks every
-/// frame until every type of [`EXPECTED`] arrived. Also checks that each fill agrees with the
-/// public trade it came from.
-async fn session(url: &str, markets: &[String]) -> Seen {
+/// Connects to `url`, subscribes to every public and private channel (books with
+/// `use_yes_price` as given), sends each command whose reply the table knows (update actions,
+/// list, a refused one, unsubscribe), and checks every frame until every type of [`EXPECTED`]
+/// arrived. Also checks that each fill agrees with the public trade it came from.
+async fn session(url: &str, markets: &[String], use_yes_price: bool) -> Seen {
     let (mut ws, _) = tokio_tungstenite::connect_async(url)
         .await
         .expect("connect");
     let send = |v: Value| WsMessage::text(v.to_string());
     let commands = [
         json!({"id": 1, "cmd": "subscribe", "params": {"channels": ["orderbook_delta"],
-            "market_tickers": [&markets[0], &markets[1]]}}),
+            "market_tickers": [&markets[0], &markets[1]], "use_yes_price": use_yes_price}}),
         json!({"id": 2, "cmd": "subscribe", "params": {"channels": ["ticker", "trade", "fill",
             "user_orders", "market_positions", "market_lifecycle_v2"], "send_initial_snapshot": true}}),
         json!({"id": 3, "cmd": "update_subscription", "params": {"sid": 1,
@@ -192,19 +192,22 @@ async fn simulator_and_relay_send_every_field_of_the_reference() {
     let relay = relay(&sim, |_| {}).await;
     let markets = sim.markets();
 
-    let direct = session(&sim.ws_url(), &markets).await;
-    let relayed = session(&relay.ws_url(), &markets).await;
-    for key in EXPECTED {
+    // Books on the exchange's scale, then with `use_yes_price` (re-encoded by both).
+    for yes_price in [false, true] {
+        let direct = session(&sim.ws_url(), &markets, yes_price).await;
+        let relayed = session(&relay.ws_url(), &markets, yes_price).await;
+        for key in EXPECTED {
+            assert_eq!(
+                direct.get(key),
+                relayed.get(key),
+                "{key}: the simulator's fields (left) and the relay's (right) differ"
+            );
+        }
         assert_eq!(
-            direct.get(key),
-            relayed.get(key),
-            "{key}: the simulator's fields (left) and the relay's (right) differ"
+            direct.keys().collect::<Vec<_>>(),
+            relayed.keys().collect::<Vec<_>>()
         );
     }
-    assert_eq!(
-        direct.keys().collect::<Vec<_>>(),
-        relayed.keys().collect::<Vec<_>>()
-    );
     relay.shutdown().await;
     sim.shutdown().await;
 }
