@@ -51,7 +51,7 @@ async fn session(url: &str, markets: &[String], use_yes_price: bool) -> Seen {
     let commands = [
         json!({"id": 1, "cmd": "subscribe", "params": {"channels": ["orderbook_delta"],
             "market_tickers": [&markets[0], &markets[1]], "use_yes_price": use_yes_price}}),
-        json!({"id": 2, "cmd": "subscribe", "params": {"channels": ["ticker", "trade", "fill",
+        json!({"id": 2, "cmd": "subscribe", "params": {"channels": ["ticker", "trade",
             "user_orders", "market_positions", "market_lifecycle_v2"], "send_initial_snapshot": true}}),
         json!({"id": 3, "cmd": "update_subscription", "params": {"sid": 1,
             "market_tickers": [&markets[2]], "action": "add_markets"}}),
@@ -63,6 +63,12 @@ async fn session(url: &str, markets: &[String], use_yes_price: bool) -> Seen {
         json!({"id": 7, "cmd": "update_subscription", "params": {"sid": 1,
             "market_tickers": [&markets[3]], "action": "get_snapshot"}}),
         json!({"id": 8, "cmd": "unsubscribe", "params": {"sids": [99]}}),
+        // Fills with `skip_ticker_ack` (sid 7): an `ok` without its market list.
+        json!({"id": 11, "cmd": "subscribe", "params": {"channels": ["fill"],
+            "market_tickers": [&markets[0], &markets[1], &markets[2], &markets[3]],
+            "skip_ticker_ack": true}}),
+        json!({"id": 12, "cmd": "update_subscription", "params": {"sid": 7,
+            "market_tickers": [&markets[0]], "action": "add_markets"}}),
     ];
     for c in commands {
         ws.send(send(c)).await.unwrap();
@@ -264,6 +270,11 @@ fn the_table_takes_the_reference_examples_and_refuses_broken_fields() {
     assert_eq!(extra, vec!["msg.made_up is not in the reference"]);
     let seq = broken(&|v| v["seq"] = json!(3));
     assert_eq!(seq, vec!["envelope seq must be absent"]);
+    let unsubscribed = json!({"id": 102, "sid": 2, "seq": 0, "type": "unsubscribed"});
+    assert_eq!(
+        check(&unsubscribed, None),
+        Err(vec!["envelope seq = 0: not an int >= 1".to_owned()])
+    );
     // Every type the sessions expect has a row.
     assert!(EXPECTED.iter().all(|k| schema::schema(k).is_some()));
 }

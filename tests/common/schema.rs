@@ -69,8 +69,9 @@ pub struct Schema {
     pub id: Need,
     pub sid: Need,
     pub seq: Need,
-    /// `None`: no `msg`. For `ok(list)`, the fields of each element.
-    pub body: Option<&'static [(&'static str, Need, Kind)]>,
+    pub msg: Need,
+    /// The fields of `msg` (of each element, for `ok(list)`).
+    pub body: &'static [(&'static str, Need, Kind)],
 }
 
 const SIDE: Kind = Kind::OneOf(&["yes", "no"]);
@@ -83,68 +84,76 @@ pub const TABLE: &[Schema] = &[
         id: Optional,
         sid: Absent,
         seq: Absent,
-        body: Some(&[
+        msg: Required,
+        body: &[
             ("channel", Required, Kind::Str),
             ("sid", Required, Kind::Int),
-        ]),
+        ],
     },
     Schema {
         key: "ok",
         id: Optional,
         sid: Optional,
         seq: Optional,
-        body: Some(&[
+        // Absent with `skip_ticker_ack`.
+        msg: Optional,
+        body: &[
             ("market_tickers", Optional, Kind::StrList),
             ("market_ids", Optional, Kind::StrList),
-        ]),
+        ],
     },
     Schema {
         key: "ok(list)",
         id: Required,
         sid: Absent,
         seq: Absent,
-        body: Some(&[
+        msg: Required,
+        body: &[
             ("channel", Required, Kind::Str),
             ("sid", Required, Kind::Int),
-        ]),
+        ],
     },
     Schema {
         key: "unsubscribed",
         id: Optional,
         sid: Required,
         seq: Required,
-        body: None,
+        msg: Absent,
+        body: &[],
     },
     Schema {
         key: "error",
         id: Optional,
         sid: Optional,
         seq: Optional,
-        body: Some(&[
+        msg: Required,
+        body: &[
             ("code", Required, Kind::Int),
             ("msg", Required, Kind::Str),
             ("market_ticker", Optional, Kind::Str),
             ("market_tickers", Optional, Kind::StrList),
-        ]),
+        ],
     },
     Schema {
         key: "orderbook_snapshot",
         id: Optional,
         sid: Required,
         seq: Required,
-        body: Some(&[
+        msg: Required,
+        body: &[
             ("market_ticker", Required, Kind::Str),
             ("market_id", Required, Kind::Uuid),
             ("yes_dollars_fp", Optional, Kind::Levels),
             ("no_dollars_fp", Optional, Kind::Levels),
-        ]),
+        ],
     },
     Schema {
         key: "orderbook_delta",
         id: Absent,
         sid: Required,
         seq: Required,
-        body: Some(&[
+        msg: Required,
+        body: &[
             ("market_ticker", Required, Kind::Str),
             ("market_id", Required, Kind::Uuid),
             ("price_dollars", Required, Kind::Price),
@@ -154,14 +163,15 @@ pub const TABLE: &[Schema] = &[
             ("subaccount", Optional, Kind::Int),
             ("ts_ms", Optional, Kind::TsMillis),
             ("ts", Optional, Kind::Rfc3339),
-        ]),
+        ],
     },
     Schema {
         key: "ticker",
         id: Absent,
         sid: Required,
         seq: Absent,
-        body: Some(&[
+        msg: Required,
+        body: &[
             ("market_id", Required, Kind::Uuid),
             ("market_ticker", Required, Kind::Str),
             ("price_dollars", Required, Kind::Price),
@@ -177,14 +187,15 @@ pub const TABLE: &[Schema] = &[
             ("ts", Required, Kind::TsSeconds),
             ("ts_ms", Required, Kind::TsMillis),
             ("time", Required, Kind::Rfc3339),
-        ]),
+        ],
     },
     Schema {
         key: "trade",
         id: Absent,
         sid: Required,
         seq: Required,
-        body: Some(&[
+        msg: Required,
+        body: &[
             ("trade_id", Required, Kind::Uuid),
             ("market_ticker", Required, Kind::Str),
             ("yes_price_dollars", Required, Kind::Price),
@@ -196,14 +207,15 @@ pub const TABLE: &[Schema] = &[
             ("is_block_trade", Required, Kind::Bool),
             ("ts", Required, Kind::TsSeconds),
             ("ts_ms", Required, Kind::TsMillis),
-        ]),
+        ],
     },
     Schema {
         key: "fill",
         id: Absent,
         sid: Required,
         seq: Absent,
-        body: Some(&[
+        msg: Required,
+        body: &[
             ("trade_id", Required, Kind::Uuid),
             ("order_id", Required, Kind::Uuid),
             ("market_ticker", Required, Kind::Str),
@@ -226,14 +238,15 @@ pub const TABLE: &[Schema] = &[
             ),
             ("client_order_id", Optional, Kind::Str),
             ("subaccount", Optional, Kind::Int),
-        ]),
+        ],
     },
     Schema {
         key: "user_order",
         id: Absent,
         sid: Required,
         seq: Absent,
-        body: Some(&[
+        msg: Required,
+        body: &[
             ("order_id", Required, Kind::Uuid),
             ("user_id", Required, Kind::Uuid),
             ("exchange_index", Required, Kind::Int),
@@ -285,14 +298,15 @@ pub const TABLE: &[Schema] = &[
                     "ReduceOnlyCancel",
                 ]),
             ),
-        ]),
+        ],
     },
     Schema {
         key: "market_position",
         id: Absent,
         sid: Required,
         seq: Absent,
-        body: Some(&[
+        msg: Required,
+        body: &[
             ("user_id", Required, Kind::Str),
             ("market_ticker", Required, Kind::Str),
             ("position_fp", Required, Kind::SignedCount),
@@ -302,14 +316,15 @@ pub const TABLE: &[Schema] = &[
             ("position_fee_cost_dollars", Required, Kind::Dollars),
             ("volume_fp", Required, Kind::Count),
             ("subaccount", Optional, Kind::Int),
-        ]),
+        ],
     },
     Schema {
         key: "market_lifecycle_v2",
         id: Absent,
         sid: Required,
         seq: Required,
-        body: Some(&[
+        msg: Required,
+        body: &[
             ("market_ticker", Required, Kind::Str),
             (
                 "event_type",
@@ -341,7 +356,7 @@ pub const TABLE: &[Schema] = &[
             ("cap_strike", Optional, Kind::Number),
             ("custom_strike", Optional, Kind::Object),
             ("yes_sub_title", Optional, Kind::Str),
-        ]),
+        ],
     },
 ];
 
@@ -400,25 +415,34 @@ pub fn check(frame: &Value, now_ms: Option<i64>) -> Result<(), Vec<String>> {
             problems.push(format!("envelope key {k:?} is not in the reference"));
         }
     }
-    for (name, need) in [("id", schema.id), ("sid", schema.sid), ("seq", schema.seq)] {
+    // `id` is at least 0; a sid and a seq at least 1 (`subscriptionId`, `sequenceNumber`).
+    for (name, need, min) in [
+        ("id", schema.id, 0),
+        ("sid", schema.sid, 1),
+        ("seq", schema.seq, 1),
+    ] {
         match (need, env.get(name)) {
             (Required, None) => problems.push(format!("envelope {name} missing")),
             (Absent, Some(_)) => problems.push(format!("envelope {name} must be absent")),
-            (_, Some(v)) if !v.is_u64() => problems.push(format!("envelope {name} not an int")),
+            (_, Some(v)) if !v.as_u64().is_some_and(|n| n >= min) => {
+                problems.push(format!("envelope {name} = {v}: not an int >= {min}"))
+            }
             _ => {}
         }
     }
-    match (schema.body, env.get("msg")) {
-        (None, Some(_)) => problems.push("msg must be absent".into()),
-        (None, None) => {}
-        (Some(_), None) => problems.push("msg missing".into()),
-        (Some(fields), Some(msg)) => match msg {
+    match (schema.msg, env.get("msg")) {
+        (Absent, Some(_)) => problems.push("msg must be absent".into()),
+        (Required, None) => problems.push("msg missing".into()),
+        (_, None) => {}
+        (_, Some(msg)) => match msg {
             Value::Array(items) if key == "ok(list)" => {
                 for item in items {
-                    check_body(item, fields, now_ms, &mut problems);
+                    check_body(item, schema.body, now_ms, &mut problems);
                 }
             }
-            Value::Object(_) if key != "ok(list)" => check_body(msg, fields, now_ms, &mut problems),
+            Value::Object(_) if key != "ok(list)" => {
+                check_body(msg, schema.body, now_ms, &mut problems)
+            }
             _ => problems.push("msg has the wrong JSON type".into()),
         },
     }

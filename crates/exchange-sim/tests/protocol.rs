@@ -218,10 +218,10 @@ async fn subscriptions_follow_the_reference() {
         (a["type"].as_str(), a["sid"].as_u64(), a["seq"].as_u64()),
         (Some("unsubscribed"), Some(book_sid), Some(3))
     );
-    // The newest spec requires seq on every unsubscribed; an unsequenced sid says 0.
+    // The newest spec requires seq (at least 1) on every unsubscribed, even without a sequence.
     assert_eq!(
         (b["sid"].as_u64(), b["seq"].as_u64()),
-        (Some(ticker_sid), Some(0))
+        (Some(ticker_sid), Some(1))
     );
     let r = client
         .command(r#"{"id":7,"cmd":"list_subscriptions"}"#)
@@ -287,4 +287,33 @@ async fn heartbeat_pings_arrive_at_the_configured_interval() {
             other => panic!("expected a pong, got {other:?}"),
         }
     }
+}
+
+#[tokio::test]
+async fn skip_ticker_ack_leaves_the_market_list_out_of_ok() {
+    let sim = start(SimConfig {
+        rate: 0.0,
+        ..SimConfig::default()
+    })
+    .await;
+    let m = sim.markets();
+    let mut client = connect(&sim).await;
+    let r = client
+        .command(&format!(
+            r#"{{"id":1,"cmd":"subscribe","params":{{"channels":["ticker"],"market_ticker":"{}","skip_ticker_ack":true}}}}"#,
+            m[0]
+        ))
+        .await;
+    assert_eq!(
+        r["type"], "subscribed",
+        "the subscribe itself is acknowledged"
+    );
+    let sid = r["msg"]["sid"].as_u64().unwrap();
+    let r = client
+        .command(&format!(
+            r#"{{"id":2,"cmd":"update_subscription","params":{{"sid":{sid},"market_tickers":["{}"],"action":"add_markets"}}}}"#,
+            m[1]
+        ))
+        .await;
+    assert_eq!(r, serde_json::json!({"id": 2, "type": "ok", "sid": sid}));
 }
