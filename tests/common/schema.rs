@@ -424,7 +424,7 @@ pub fn check(frame: &Value, now_ms: Option<i64>) -> Result<(), Vec<String>> {
         match (need, env.get(name)) {
             (Required, None) => problems.push(format!("envelope {name} missing")),
             (Absent, Some(_)) => problems.push(format!("envelope {name} must be absent")),
-            (_, Some(v)) if !v.as_u64().is_some_and(|n| n >= min) => {
+            (_, Some(v)) if v.as_u64().is_none_or(|n| n < min) => {
                 problems.push(format!("envelope {name} = {v}: not an int >= {min}"))
             }
             _ => {}
