@@ -55,9 +55,11 @@ pub(crate) fn tickers(n: usize, rng: &mut SmallRng) -> Vec<String> {
     out
 }
 
-/// A UUID-shaped random id (market ids, trade ids, order ids).
+/// A random (version 4) UUID: market ids, trade ids, order ids, the account's user id.
 pub(crate) fn uuid(rng: &mut SmallRng) -> String {
     let v: u128 = rng.gen();
+    // Version 4 in the 13th hex digit, variant 10xx in the 17th, as the exchange's ids have.
+    let v = (v & !(0xf << 76) & !(0x3 << 62)) | (0x4 << 76) | (0x2 << 62);
     let h = format!("{v:032x}");
     format!(
         "{}-{}-{}-{}-{}",
@@ -340,6 +342,21 @@ mod tests {
             .bytes()
             .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == b'-' || c == b'.')));
         assert_ne!(a, tickers(500, &mut SmallRng::seed_from_u64(8)));
+    }
+
+    #[test]
+    fn ids_are_version_4_uuids() {
+        let mut rng = SmallRng::seed_from_u64(5);
+        for _ in 0..100 {
+            let id = uuid(&mut rng);
+            let b = id.as_bytes();
+            assert_eq!(
+                (id.len(), b[8], b[13], b[14]),
+                (36, b'-', b'-', b'4'),
+                "{id}"
+            );
+            assert!(matches!(b[19], b'8' | b'9' | b'a' | b'b'), "{id}");
+        }
     }
 
     #[test]
