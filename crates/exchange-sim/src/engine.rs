@@ -18,6 +18,7 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use crate::encode::{self, AccountFill, Stamp};
+use crate::ledger::{Ledger, Record};
 use crate::market::{self, LevelChange, Market};
 
 /// How often the engine wakes to generate the events due at the configured rate. Small enough
@@ -156,6 +157,8 @@ pub(crate) struct EngineState {
     orders: u64,
     /// Broadcasts each batch; held here so sending happens under the lock (see module doc).
     tx: broadcast::Sender<Batch>,
+    /// Written in the step that emits the account's messages (see `ledger`).
+    ledger: Arc<Mutex<Ledger>>,
 }
 
 /// The engine and its lookup tables. Shared by the simulator handle, every connection and the
@@ -169,6 +172,9 @@ pub(crate) struct Engine {
     pub market_ids: Vec<String>,
     index: HashMap<String, u32>,
     tx: broadcast::Sender<Batch>,
+    /// The account's fills, orders and positions, for the REST API. Its lock is taken after the
+    /// state lock when recording, alone when reading.
+    pub ledger: Arc<Mutex<Ledger>>,
 }
 
 impl Engine {
@@ -186,7 +192,9 @@ impl Engine {
             .map(|(i, t)| (t.clone(), i as u32))
             .collect();
         let (tx, _) = broadcast::channel(BROADCAST_CAPACITY);
+        let ledger = Arc::new(Mutex::new(Ledger::default()));
         let state = EngineState {
+            ledger: ledger.clone(),
             holdings: vec![Holding::default(); books.len()],
             user_id: market::uuid(&mut rng),
             orders: 0,
@@ -204,6 +212,7 @@ impl Engine {
             market_ids,
             index,
             tx,
+            ledger,
         }
     }
 
@@ -377,8 +386,31 @@ impl EngineState {
             at,
         };
         let m = &self.markets[idx];
+        let fill = encode::fill(m, &f);
+        // Same step, same values: REST and `/admin/fills` agree with the stream.
+        self.ledger.lock().record(&Record {
+            ticker: &m.ticker,
+            user_id: f.user_id,
+            trade_id,
+            order_id: &order_id,
+            client_order_id: &client_order_id,
+            side,
+            yes_price: exec.yes_price,
+            count: exec.count,
+            fee_cents: fee,
+            order_initial: f.order_initial,
+            order_remaining: f.order_remaining,
+            order_created_rfc3339: &created.rfc3339,
+            ts_ms: at.ms,
+            rfc3339: &at.rfc3339,
+            position: holding.position,
+            position_cost_cents: holding.cost,
+            realized_pnl_cents: holding.realized,
+            fees_paid_cents: holding.fees_paid,
+            ws_fill: &fill,
+        });
         let bodies = [
-            (Kind::Fill, encode::fill(m, &f)),
+            (Kind::Fill, fill),
             (Kind::UserOrder, encode::user_order(m, &f)),
             (Kind::Position, encode::position(m, &f)),
         ];

@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt::Write as _;
 
-use protocol::{Count, Price, Side};
+use protocol::{Cost, Count, Price, Side};
 use serde_json::json;
 
 /// Fills (and orders) the ledger keeps; older ones are forgotten, as the exchange moves old
@@ -21,7 +21,6 @@ pub(crate) const MAX_RECORDS: usize = 200_000;
 /// The account's side of one trade, as the engine saw it. Money in cents.
 pub(crate) struct Record<'a> {
     pub ticker: &'a str,
-    pub event_ticker: &'a str,
     pub user_id: &'a str,
     pub trade_id: &'a str,
     pub order_id: &'a str,
@@ -135,9 +134,13 @@ fn dollars(cents: i64) -> String {
 
 /// Cents as dollars with six decimals (`"0.010000"`), as order costs and fees are written.
 fn dollars6(cents: i64) -> String {
-    let sign = if cents < 0 { "-" } else { "" };
-    let c = cents.unsigned_abs();
-    format!("{sign}{}.{:02}0000", c / 100, c % 100)
+    Cost::from_cents(cents).to_string()
+}
+
+/// The event of a market: its ticker without the last part (`KXFED-26MAR18-T4.25` is in
+/// `KXFED-26MAR18`).
+fn event_of(ticker: &str) -> &str {
+    ticker.rsplit_once('-').map_or(ticker, |(event, _)| event)
 }
 
 fn count(n: i64) -> String {
@@ -271,14 +274,14 @@ impl Ledger {
             num,
             order_id: r.order_id.to_owned(),
             ticker: r.ticker.to_owned(),
-            event_ticker: r.event_ticker.to_owned(),
+            event_ticker: event_of(r.ticker).to_owned(),
             status,
             updated: ts,
             rest: order.to_string(),
         });
 
         let p = self.positions.entry(r.ticker.to_owned()).or_default();
-        p.event_ticker = r.event_ticker.to_owned();
+        p.event_ticker = event_of(r.ticker).to_owned();
         p.position = r.position;
         p.cost = r.position_cost_cents;
         p.realized = r.realized_pnl_cents;
@@ -435,7 +438,6 @@ mod tests {
             let ws = format!("{{\"trade_id\":\"{trade}\"}}");
             l.record(&Record {
                 ticker,
-                event_ticker: ticker.trim_end_matches("-1"),
                 user_id: "u",
                 trade_id: &trade,
                 order_id: &order,

@@ -231,8 +231,8 @@ pub async fn start(mut config: SimConfig, ws: TcpListener, admin: TcpListener) -
     }
     let ws_addr = ws.local_addr()?;
     let admin_addr = admin.local_addr()?;
-    let ledger = Arc::new(Mutex::new(Ledger::default()));
     let engine = Arc::new(Engine::new(config.markets, config.seed, config.rate));
+    let ledger = engine.ledger.clone();
     let shared = Arc::new(Shared {
         config,
         engine: engine.clone(),

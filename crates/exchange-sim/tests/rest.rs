@@ -99,35 +99,16 @@ async fn rest_answers_agree_with_the_websocket_messages() {
     let truth = admin["fills"].as_array().unwrap().clone();
     assert!(truth.len() > 50, "{} fills", truth.len());
 
+    // Each account fill is one `fill`, one `user_order` and one `market_position`.
     let (mut fills, mut orders, mut positions) = (Vec::new(), HashMap::new(), HashMap::new());
-    while fills.len() < truth.len() {
+    for _ in 0..3 * truth.len() {
         let (env, v) = client.text().await;
         let msg = v["msg"].clone();
+        let key = |k: &str| msg[k].as_str().unwrap().to_owned();
         match env.kind.as_str() {
             "fill" => fills.push(msg),
-            "user_order" => drop(orders.insert(msg["order_id"].as_str().unwrap().to_owned(), msg)),
-            "market_position" => {
-                drop(positions.insert(msg["market_ticker"].as_str().unwrap().to_owned(), msg))
-            }
-            other => panic!("unexpected {other}"),
-        }
-    }
-    // The last fill's order and position follow it.
-    while positions.len()
-        < truth
-            .iter()
-            .map(|f| &f["market_ticker"])
-            .collect::<std::collections::HashSet<_>>()
-            .len()
-        || orders.len() < truth.len()
-    {
-        let (env, v) = client.text().await;
-        let msg = v["msg"].clone();
-        match env.kind.as_str() {
-            "user_order" => drop(orders.insert(msg["order_id"].as_str().unwrap().to_owned(), msg)),
-            "market_position" => {
-                drop(positions.insert(msg["market_ticker"].as_str().unwrap().to_owned(), msg))
-            }
+            "user_order" => drop(orders.insert(key("order_id"), msg)),
+            "market_position" => drop(positions.insert(key("market_ticker"), msg)),
             other => panic!("unexpected {other}"),
         }
     }
