@@ -15,8 +15,9 @@ use protocol::{Cost, Count, Price, Side};
 use serde_json::json;
 
 /// Fills (and orders) the ledger keeps; older ones are forgotten, as the exchange moves old
-/// records to its historical endpoints. About 1 KiB each, so at most ~200 MiB.
-pub(crate) const MAX_RECORDS: usize = 200_000;
+/// records to its historical endpoints. About 2 KiB each (three encoded bodies), so at most
+/// ~100 MiB: at the default rate that is hours of fills, at 50,000 msg/s about a minute.
+pub(crate) const MAX_RECORDS: usize = 50_000;
 
 /// The account's side of one trade, as the engine saw it. Money in cents.
 pub(crate) struct Record<'a> {
@@ -82,8 +83,9 @@ struct PositionEntry {
 
 /// See the module doc. Owned by the engine behind its own lock (taken after the engine lock when
 /// recording; alone when answering), never held across an `.await`.
-#[derive(Default)]
 pub(crate) struct Ledger {
+    /// Fills and orders kept ([`MAX_RECORDS`]).
+    max: usize,
     fills: VecDeque<FillEntry>,
     orders: VecDeque<OrderEntry>,
     /// Record number of each order still kept.
@@ -215,7 +217,26 @@ fn list(key: &str, bodies: &[&str], cursor: &str) -> String {
     out
 }
 
+impl Default for Ledger {
+    fn default() -> Ledger {
+        Ledger::bounded(MAX_RECORDS)
+    }
+}
+
 impl Ledger {
+    /// A ledger keeping the last `max` fills and orders.
+    pub fn bounded(max: usize) -> Ledger {
+        Ledger {
+            max,
+            fills: VecDeque::new(),
+            orders: VecDeque::new(),
+            order_index: HashMap::new(),
+            positions: BTreeMap::new(),
+            next: 0,
+            evicted: 0,
+        }
+    }
+
     /// Records one fill of the account, its order's new state and its holding.
     pub fn record(&mut self, r: &Record<'_>) {
         self.next += 1;
@@ -290,11 +311,11 @@ impl Ledger {
         p.volume += r.count;
         p.last_updated = r.rfc3339.to_owned();
 
-        while self.fills.len() > MAX_RECORDS {
+        while self.fills.len() > self.max {
             self.fills.pop_front();
             self.evicted += 1;
         }
-        while self.orders.len() > MAX_RECORDS {
+        while self.orders.len() > self.max {
             if let Some(o) = self.orders.pop_front() {
                 self.order_index.remove(&o.order_id);
             }
@@ -431,7 +452,11 @@ mod tests {
     use serde_json::Value;
 
     fn ledger(n: usize) -> Ledger {
-        let mut l = Ledger::default();
+        bounded_ledger(n, MAX_RECORDS)
+    }
+
+    fn bounded_ledger(n: usize, max: usize) -> Ledger {
+        let mut l = Ledger::bounded(max);
         for i in 0..n {
             let (trade, order) = (format!("t{i}"), format!("o{i}"));
             let ticker = if i % 2 == 0 { "A-1" } else { "B-1" };
@@ -525,6 +550,28 @@ mod tests {
         let v: Value = serde_json::from_str(&l.admin_fills(Some(3_000))).unwrap();
         assert_eq!(v["fills"], json!([{"trade_id":"t3"},{"trade_id":"t4"}]));
         assert_eq!(v["evicted"], 0);
+    }
+
+    #[test]
+    fn the_oldest_are_forgotten_past_the_bound_and_counted() {
+        let l = bounded_ledger(13, 10);
+        let v: Value = serde_json::from_str(&l.admin_fills(None)).unwrap();
+        assert_eq!(v["evicted"], 3);
+        assert_eq!(v["fills"].as_array().unwrap().len(), 10);
+        assert_eq!(v["fills"][0]["trade_id"], "t3");
+        assert_eq!((l.orders.len(), l.order_index.len()), (10, 10));
+        let ids = all_fill_ids(
+            &l,
+            Query {
+                limit: 4,
+                ..Query::default()
+            },
+        );
+        assert_eq!(
+            ids.last().map(String::as_str),
+            Some("t3"),
+            "REST pages end at the oldest kept"
+        );
     }
 
     #[test]
