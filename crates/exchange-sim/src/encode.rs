@@ -19,7 +19,7 @@ pub(crate) fn count(contracts: i64) -> Count {
     Count::from_whole(contracts)
 }
 
-fn side_str(side: Side) -> &'static str {
+pub(crate) fn side_str(side: Side) -> &'static str {
     match side {
         Side::Yes => "yes",
         Side::No => "no",
@@ -27,7 +27,7 @@ fn side_str(side: Side) -> &'static str {
 }
 
 /// The side of the YES book an outcome is on: buying YES is a bid, buying NO an ask.
-fn book_side(side: Side) -> &'static str {
+pub(crate) fn book_side(side: Side) -> &'static str {
     match side {
         Side::Yes => "bid",
         Side::No => "ask",
@@ -62,7 +62,7 @@ impl Stamp {
 }
 
 /// `"key":"value"` (value needs no escaping), with a leading comma unless first.
-fn field(out: &mut String, key: &str, value: impl std::fmt::Display) {
+pub(crate) fn field(out: &mut String, key: &str, value: impl std::fmt::Display) {
     if !out.ends_with('{') {
         out.push(',');
     }
@@ -70,7 +70,7 @@ fn field(out: &mut String, key: &str, value: impl std::fmt::Display) {
 }
 
 /// `"key":value` for numbers and booleans.
-fn raw(out: &mut String, key: &str, value: impl std::fmt::Display) {
+pub(crate) fn raw(out: &mut String, key: &str, value: impl std::fmt::Display) {
     if !out.ends_with('{') {
         out.push(',');
     }

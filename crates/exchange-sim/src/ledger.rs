@@ -14,6 +14,8 @@ use std::fmt::Write as _;
 use protocol::{Cost, Count, Price, Side};
 use serde_json::json;
 
+use crate::encode::{book_side, field, raw, side_str};
+
 /// Fills (and orders) the ledger keeps; older ones are forgotten, as the exchange moves old
 /// records to its historical endpoints. About 2 KiB each (three encoded bodies), so at most
 /// ~100 MiB: at the default rate that is hours of fills, at 50,000 msg/s about a minute.
@@ -113,20 +115,6 @@ pub(crate) struct Query {
     pub nothing: bool,
     /// The `truncate` fault: answer about half a page, with a cursor that goes on after it.
     pub truncate: bool,
-}
-
-fn side_str(side: Side) -> &'static str {
-    match side {
-        Side::Yes => "yes",
-        Side::No => "no",
-    }
-}
-
-fn book_side(side: Side) -> &'static str {
-    match side {
-        Side::Yes => "bid",
-        Side::No => "ask",
-    }
 }
 
 /// Cents as dollars with four decimals (`"0.4200"`).
@@ -249,21 +237,37 @@ impl Ledger {
             no_price
         };
         let ts = r.ts_ms.div_euclid(1000);
-        let fill = json!({
-            "fill_id": r.trade_id, "trade_id": r.trade_id, "order_id": r.order_id,
-            "ticker": r.ticker, "market_ticker": r.ticker, "exchange_index": 0,
-            "side": side, "action": "buy", "outcome_side": side, "book_side": book_side(r.side),
-            "count_fp": count(r.count), "yes_price_dollars": dollars(r.yes_price),
-            "no_price_dollars": dollars(no_price), "fee_cost": dollars6(r.fee_cents),
-            "is_taker": false, "created_time": r.rfc3339, "ts": ts, "subaccount_number": 0,
-        });
+        let yes = dollars(r.yes_price);
+        let (count_fp, fee) = (count(r.count), dollars6(r.fee_cents));
+        // Written by hand like `encode`: this runs in the engine's step, under its lock.
+        let mut fill = String::with_capacity(520);
+        fill.push('{');
+        field(&mut fill, "fill_id", r.trade_id);
+        field(&mut fill, "trade_id", r.trade_id);
+        field(&mut fill, "order_id", r.order_id);
+        field(&mut fill, "ticker", r.ticker);
+        field(&mut fill, "market_ticker", r.ticker);
+        raw(&mut fill, "exchange_index", 0);
+        field(&mut fill, "side", side);
+        field(&mut fill, "action", "buy");
+        field(&mut fill, "outcome_side", side);
+        field(&mut fill, "book_side", book_side(r.side));
+        field(&mut fill, "count_fp", &count_fp);
+        field(&mut fill, "yes_price_dollars", &yes);
+        field(&mut fill, "no_price_dollars", dollars(no_price));
+        field(&mut fill, "fee_cost", &fee);
+        raw(&mut fill, "is_taker", false);
+        field(&mut fill, "created_time", r.rfc3339);
+        raw(&mut fill, "ts", ts);
+        raw(&mut fill, "subaccount_number", 0);
+        fill.push('}');
         self.fills.push_back(FillEntry {
             num,
             ticker: r.ticker.to_owned(),
             order_id: r.order_id.to_owned(),
             ts,
             ts_ms: r.ts_ms,
-            rest: fill.to_string(),
+            rest: fill,
             ws: r.ws_fill.to_owned(),
         });
 
@@ -272,21 +276,40 @@ impl Ledger {
         } else {
             "resting"
         };
-        let order = json!({
-            "order_id": r.order_id, "user_id": r.user_id, "client_order_id": r.client_order_id,
-            "ticker": r.ticker, "type": "limit", "status": status, "side": side, "action": "buy",
-            "outcome_side": side, "book_side": book_side(r.side),
-            "yes_price_dollars": dollars(r.yes_price), "no_price_dollars": dollars(no_price),
-            "fill_count_fp": count(r.count), "remaining_count_fp": count(r.order_remaining),
-            "initial_count_fp": count(r.order_initial),
-            "taker_fill_cost_dollars": dollars6(0),
-            "maker_fill_cost_dollars": dollars6(r.count * side_price),
-            "taker_fees_dollars": dollars6(0), "maker_fees_dollars": dollars6(r.fee_cents),
-            "expiration_time": null, "created_time": r.order_created_rfc3339,
-            "last_update_time": r.rfc3339, "self_trade_prevention_type": null,
-            "order_group_id": null, "cancel_order_on_pause": false, "subaccount_number": 0,
-            "exchange_index": 0,
-        });
+        let mut order = String::with_capacity(900);
+        order.push('{');
+        field(&mut order, "order_id", r.order_id);
+        field(&mut order, "user_id", r.user_id);
+        field(&mut order, "client_order_id", r.client_order_id);
+        field(&mut order, "ticker", r.ticker);
+        field(&mut order, "type", "limit");
+        field(&mut order, "status", status);
+        field(&mut order, "side", side);
+        field(&mut order, "action", "buy");
+        field(&mut order, "outcome_side", side);
+        field(&mut order, "book_side", book_side(r.side));
+        field(&mut order, "yes_price_dollars", &yes);
+        field(&mut order, "no_price_dollars", dollars(no_price));
+        field(&mut order, "fill_count_fp", &count_fp);
+        field(&mut order, "remaining_count_fp", count(r.order_remaining));
+        field(&mut order, "initial_count_fp", count(r.order_initial));
+        field(&mut order, "taker_fill_cost_dollars", dollars6(0));
+        field(
+            &mut order,
+            "maker_fill_cost_dollars",
+            dollars6(r.count * side_price),
+        );
+        field(&mut order, "taker_fees_dollars", dollars6(0));
+        field(&mut order, "maker_fees_dollars", &fee);
+        raw(&mut order, "expiration_time", "null");
+        field(&mut order, "created_time", r.order_created_rfc3339);
+        field(&mut order, "last_update_time", r.rfc3339);
+        raw(&mut order, "self_trade_prevention_type", "null");
+        raw(&mut order, "order_group_id", "null");
+        raw(&mut order, "cancel_order_on_pause", false);
+        raw(&mut order, "subaccount_number", 0);
+        raw(&mut order, "exchange_index", 0);
+        order.push('}');
         // In the simulator every fill is its order's only one; an update replaces the old state.
         if let Some(old) = self.order_index.insert(r.order_id.to_owned(), num) {
             self.orders.retain(|o| o.num != old);
@@ -298,7 +321,7 @@ impl Ledger {
             event_ticker: event_of(r.ticker).to_owned(),
             status,
             updated: ts,
-            rest: order.to_string(),
+            rest: order,
         });
 
         let p = self.positions.entry(r.ticker.to_owned()).or_default();
