@@ -380,6 +380,8 @@ async fn bad_requests_are_refused_with_the_error_body() {
         404
     );
     assert_eq!(http(addr, "POST", FILLS, "").await.0, 405);
+    let bad_since = get(addr, "/admin/fills?since_ms=soon", &[]).await.0;
+    assert_eq!(bad_since, 400);
     let empty = get_json(addr, FILLS).await;
     assert_eq!(empty, serde_json::json!({"fills": [], "cursor": ""}));
     let empty = get_json(addr, POSITIONS).await;
