@@ -15,6 +15,7 @@ use protocol::{Cost, Count, Price, Side};
 use serde_json::json;
 
 use crate::encode::{book_side, field, raw, side_str};
+use crate::rest::Query;
 
 /// Fills (and orders) the ledger keeps; older ones are forgotten, as the exchange moves old
 /// records to its historical endpoints. About 2 KiB each (three encoded bodies), so at most
@@ -95,26 +96,6 @@ pub(crate) struct Ledger {
     positions: BTreeMap<String, PositionEntry>,
     next: u64,
     evicted: u64,
-}
-
-/// Filters and paging of one list request (already validated by `rest`).
-#[derive(Debug, Default)]
-pub(crate) struct Query {
-    pub tickers: Option<Vec<String>>,
-    pub event_tickers: Option<Vec<String>>,
-    pub order_id: Option<String>,
-    pub status: Option<String>,
-    pub min_ts: Option<i64>,
-    pub max_ts: Option<i64>,
-    pub limit: usize,
-    pub cursor: Option<String>,
-    /// Only positions with a nonzero position / any volume (`count_filter`).
-    pub nonzero_position: bool,
-    pub traded: bool,
-    /// `subaccount` other than 0 or `settlement_status=settled`: nothing matches.
-    pub nothing: bool,
-    /// The `truncate` fault: answer about half a page, with a cursor that goes on after it.
-    pub truncate: bool,
 }
 
 /// Cents as dollars with four decimals (`"0.4200"`).

@@ -13,7 +13,6 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::SimAuth;
-use crate::ledger::Query;
 use crate::sim::Shared;
 
 /// Where the REST API lives; the rest of a path names the endpoint.
@@ -24,6 +23,26 @@ const MAX_LIMIT: usize = 1000;
 /// Most tickers in a `ticker` list (S7) and event tickers in an `event_ticker` list.
 const MAX_TICKERS: usize = 100;
 const MAX_EVENT_TICKERS: usize = 10;
+
+/// Filters and paging of one list request, validated by [`parse_query`].
+#[derive(Debug, Default)]
+pub(crate) struct Query {
+    pub tickers: Option<Vec<String>>,
+    pub event_tickers: Option<Vec<String>>,
+    pub order_id: Option<String>,
+    pub status: Option<String>,
+    pub min_ts: Option<i64>,
+    pub max_ts: Option<i64>,
+    pub limit: usize,
+    pub cursor: Option<String>,
+    /// Only positions with a nonzero position / any volume (`count_filter`).
+    pub nonzero_position: bool,
+    pub traded: bool,
+    /// `subaccount` other than 0 or `settlement_status=settled`: nothing matches.
+    pub nothing: bool,
+    /// The `truncate` fault: answer about half a page, with a cursor that goes on after it.
+    pub truncate: bool,
+}
 
 /// REST faults still to apply, each to the next `count` REST requests. Set by the admin API,
 /// taken by each REST request; the lock is held for a few field updates only.
