@@ -358,16 +358,18 @@ async fn a_reader_that_falls_behind_gets_error_25() {
     })
     .await;
     let (mut client, sid, trade_sid) = book_client(&sim).await;
-    // The client reads nothing while far more than the broadcast keeps is generated.
+    // The client reads nothing while far more than the broadcast keeps is generated. The burst
+    // is answered once generated: seconds in a debug build on a loaded machine.
     let burst = tokio::task::spawn_blocking({
         let handle = tokio::runtime::Handle::current();
         let addr = sim.admin_addr();
         move || {
-            handle.block_on(http(
+            handle.block_on(http_within(
                 addr,
                 "POST",
                 "/admin/fault/burst",
                 r#"{"count":400000}"#,
+                Duration::from_secs(60),
             ))
         }
     });

@@ -151,6 +151,17 @@ pub async fn http(
     path: &str,
     body: &str,
 ) -> (u16, String) {
+    http_within(addr, method, path, body, WAIT).await
+}
+
+/// [`http`] with its own deadline, for requests whose answer takes long by design (a burst).
+pub async fn http_within(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+    wait: Duration,
+) -> (u16, String) {
     let mut s = TcpStream::connect(addr).await.unwrap();
     let req = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
@@ -158,7 +169,7 @@ pub async fn http(
     );
     s.write_all(req.as_bytes()).await.unwrap();
     let mut raw = Vec::new();
-    tokio::time::timeout(WAIT, s.read_to_end(&mut raw))
+    tokio::time::timeout(wait, s.read_to_end(&mut raw))
         .await
         .unwrap()
         .unwrap();
