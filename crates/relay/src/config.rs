@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The default config file, relative to the working directory.
 pub const DEFAULT_CONFIG_PATH: &str = "configs/relay.toml";
@@ -31,7 +31,7 @@ const DEFAULT_SHUTDOWN_DRAIN_SECONDS: u64 = 10;
 const DEFAULT_MAX_MARKETS_PER_CONNECTION: usize = 1_000;
 
 /// Everything the relay needs, composed from each crate's own config.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RelayConfig {
     /// Where clients connect: WebSocket at `/trade-api/ws/v2` (alias `/ws`) plus `/healthz`,
@@ -61,7 +61,7 @@ pub struct RelayConfig {
 }
 
 /// How the relay treats its clients.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DownstreamConfig {
     /// Seconds between server pings to each client. Default 30.
@@ -94,7 +94,7 @@ pub struct DownstreamConfig {
     pub coalesce_window_ms: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DuplicateSubscribe {
     Merge,
@@ -398,121 +398,4 @@ pub fn describe(source: &Source) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn load_text(text: &str, env: &[(&str, &str)]) -> Result<RelayConfig, ConfigErrors> {
-        let dir = std::env::temp_dir().join(format!("relay-config-{}", rand::random::<u64>()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("relay.toml");
-        std::fs::write(&path, text).unwrap();
-        let env = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        let result = load(&Source::File(path), &env, &Overrides::default());
-        std::fs::remove_dir_all(&dir).unwrap();
-        result
-    }
-
-    #[test]
-    fn the_shipped_file_is_valid_and_says_the_defaults() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/relay.toml");
-        let text = std::fs::read_to_string(path).unwrap();
-        let config = load_text(&text, &[]).unwrap();
-        assert_eq!(config.listen, default_listen());
-        assert_eq!(
-            config.downstream.ping_interval_seconds,
-            DEFAULT_PING_INTERVAL_SECONDS
-        );
-        assert_eq!(
-            config.downstream.max_message_bytes,
-            DEFAULT_MAX_MESSAGE_BYTES
-        );
-        assert_eq!(config.upstream, upstream::UpstreamConfig::default());
-        assert_eq!(config.fanout, fanout::FanoutConfig::default());
-    }
-
-    #[test]
-    fn an_unknown_key_is_named_with_its_section() {
-        let err = load_text("[downstream]\nping_interval_secs = 5\n", &[]).unwrap_err();
-        assert_eq!(err.0.len(), 1);
-        assert!(
-            err.0[0].starts_with("downstream.ping_interval_secs: unknown field"),
-            "{err}"
-        );
-        let err = load_text("[upstream]\nurll = \"ws://x\"\n", &[]).unwrap_err();
-        assert!(
-            err.0[0].starts_with("upstream.urll: unknown field"),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn a_bad_value_is_named() {
-        let err = load_text("[downstream]\nping_interval_seconds = \"soon\"\n", &[]).unwrap_err();
-        assert!(
-            err.0[0].starts_with("downstream.ping_interval_seconds: invalid type"),
-            "{err}"
-        );
-        let err = load_text("listen = \"nowhere\"\n", &[]).unwrap_err();
-        assert!(err.0[0].starts_with("listen: "), "{err}");
-    }
-
-    #[test]
-    fn every_problem_is_reported_at_once() {
-        let text = "[downstream]\nping_interval_seconds = 0\nwrite_timeout_seconds = 0\n\
-                    [upstream]\nurl = \"http://x\"\n[fanout]\nqueue_messages = 0\n";
-        let err = load_text(text, &[]).unwrap_err();
-        let all = err.to_string();
-        for key in [
-            "downstream.ping_interval_seconds = 0",
-            "downstream.write_timeout_seconds = 0",
-            "upstream.url",
-            "fanout.queue_messages = 0",
-        ] {
-            assert!(all.contains(key), "{key} missing from:\n{all}");
-        }
-    }
-
-    #[test]
-    fn the_environment_overrides_the_file_and_flags_override_both() {
-        let config = load_text(
-            "listen = \"127.0.0.1:1000\"\n",
-            &[
-                ("RELAY__LISTEN", "127.0.0.1:2000"),
-                ("RELAY__DOWNSTREAM__PING_INTERVAL_SECONDS", "15"),
-                ("RELAY__WARM_MARKETS", r#"["A-1","B-2"]"#),
-                ("KALSHI_API_KEY_ID", "key-1"),
-                ("KALSHI_PRIVATE_KEY_PEM", "not a key"),
-            ],
-        );
-        // The PEM is checked when the upstream validates: a bad key is one clear error.
-        let err = config.unwrap_err();
-        assert!(
-            err.to_string().contains("upstream.private_key_pem"),
-            "{err}"
-        );
-
-        let env: BTreeMap<String, String> = [
-            ("RELAY__LISTEN", "127.0.0.1:2000"),
-            ("RELAY__DOWNSTREAM__PING_INTERVAL_SECONDS", "15"),
-            ("RELAY__WARM_MARKETS", r#"["A-1","B-2"]"#),
-        ]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-        let flags = Overrides {
-            listen: Some("127.0.0.1:3000".parse().unwrap()),
-            upstream_url: Some("ws://127.0.0.1:9/trade-api/ws/v2".into()),
-        };
-        let config = load(&Source::DefaultIfPresent, &env, &flags).unwrap();
-        assert_eq!(config.listen.port(), 3000);
-        assert_eq!(config.downstream.ping_interval_seconds, 15);
-        assert_eq!(
-            config.warm_markets,
-            vec!["A-1".to_owned(), "B-2".to_owned()]
-        );
-        assert_eq!(config.upstream.url, "ws://127.0.0.1:9/trade-api/ws/v2");
-    }
-}
+mod tests;
