@@ -192,3 +192,79 @@ fn the_environment_overrides_the_file_and_flags_override_both() {
     );
     assert_eq!(config.upstream.url, "ws://127.0.0.1:9/trade-api/ws/v2");
 }
+
+#[test]
+fn every_parse_problem_is_reported_with_where_it_came_from() {
+    // Two misspelled variables, an unknown key and a type error in the file, a bad value from
+    // a variable: all five at once.
+    let text = "[downstream]\nping_interval_secs = 5\nwrite_timeout_seconds = \"soon\"\n";
+    let err = load_text(
+        text,
+        &[
+            ("RELAY__DOWNSTREM__PING_INTERVAL_SECONDS", "5"),
+            ("RELAY__UPSTREAM__URLL", "ws://x"),
+            ("RELAY__FANOUT__QUEUE_MESSAGES", "lots"),
+        ],
+    )
+    .unwrap_err();
+    let lines = &err.0;
+    let has = |start: &str, end: &str| {
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with(start) && l.ends_with(end)),
+            "no line `{start}...{end}` in:\n{err}"
+        );
+    };
+    has(
+        "downstrem: unknown field",
+        "(from RELAY__DOWNSTREM__PING_INTERVAL_SECONDS)",
+    );
+    has(
+        "upstream.urll: unknown field",
+        "(from RELAY__UPSTREAM__URLL)",
+    );
+    has(
+        "fanout.queue_messages: invalid type",
+        "(from RELAY__FANOUT__QUEUE_MESSAGES)",
+    );
+    has("downstream.ping_interval_secs: unknown field", ".toml)");
+    has("downstream.write_timeout_seconds: invalid type", ".toml)");
+    assert_eq!(lines.len(), 5, "{err}");
+}
+
+#[test]
+fn validation_problems_name_where_the_value_came_from() {
+    let err = load_text(
+        "[downstream]\nwrite_timeout_seconds = 0\n[[security.tokens]]\nname = \"a\"\nsha256 = \"00\"\npermission = \"public\"\n",
+        &[("RELAY__DOWNSTREAM__PONG_TIMEOUT_SECONDS", "0")],
+    )
+    .unwrap_err();
+    let all = err.to_string();
+    for want in [
+        "downstream.pong_timeout_seconds = 0: must be > 0 (from RELAY__DOWNSTREAM__PONG_TIMEOUT_SECONDS)",
+        "downstream.write_timeout_seconds = 0: must be > 0 (in ",
+        "security.tokens[0].sha256 = \"00\": must be 64 hex digits (relay --hash-token) (in ",
+    ] {
+        assert!(all.contains(want), "{want} missing from:\n{all}");
+    }
+    // A flag names itself.
+    let flags = Overrides {
+        listen: None,
+        upstream_url: Some("http://x".into()),
+    };
+    let err = load(&Source::DefaultIfPresent, &BTreeMap::new(), &flags).unwrap_err();
+    assert!(
+        err.0
+            .iter()
+            .any(|l| l.starts_with("upstream.url") && l.ends_with("(from --upstream-url)")),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_toml_syntax_error_names_the_file_and_line() {
+    let err = load_text("listen = \"127.0.0.1:1\"\n[downstream\n", &[]).unwrap_err();
+    assert_eq!(err.0.len(), 1);
+    assert!(err.0[0].contains("relay.toml line 2: "), "{err}");
+}
