@@ -149,6 +149,7 @@ pub async fn spawn(config: RelayConfig, listeners: Listeners) -> anyhow::Result<
         .map(tls::Tls::load)
         .transpose()?;
     let metrics = metrics::handle();
+    metrics::register();
     let upstream_shutdown = CancellationToken::new();
     let (upstream, events) = upstream::spawn(config.upstream.clone(), upstream_shutdown.clone())
         .map_err(|e| anyhow::anyhow!("invalid upstream configuration: {e}"))?;

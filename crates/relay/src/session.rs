@@ -133,7 +133,7 @@ where
     .await
 }
 
-fn code_label(code: u16) -> &'static str {
+pub(crate) fn code_label(code: u16) -> &'static str {
     match code {
         1000 => "1000",
         1001 => "1001",

@@ -1,0 +1,125 @@
+//! The README, checked against the built binaries: its metrics table against a fresh scrape,
+//! the shutdown it describes against a draining relay, and the ready and log lines a new user
+//! sees.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::process::Stdio;
+
+use common::{http_get, DEADLINE};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::net::TcpListener;
+use tokio::process::{Child, Command};
+
+fn readme() -> String {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md");
+    std::fs::read_to_string(path).unwrap()
+}
+
+/// The relay binary with `args`, none of the caller's `RELAY__`/`KALSHI_` variables, and
+/// `env`; returns the child, its ready line, and its stderr (still open).
+async fn start_relay(args: &[&str], env: &[(&str, &str)]) -> (Child, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_relay"));
+    command
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    for (var, _) in std::env::vars() {
+        if var.starts_with("RELAY__") || var.starts_with("KALSHI_") {
+            command.env_remove(var);
+        }
+    }
+    command.envs(env.iter().copied());
+    let mut child = command.spawn().expect("the relay binary starts");
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    match tokio::time::timeout(DEADLINE, stdout.next_line()).await {
+        Ok(Ok(Some(line))) => (child, line),
+        other => {
+            let mut err = String::new();
+            let mut stderr = child.stderr.take().unwrap();
+            let _ = child.start_kill();
+            let _ = stderr.read_to_string(&mut err).await;
+            panic!("relay {args:?} did not start ({other:?}):\n{err}");
+        }
+    }
+}
+
+/// The `http=` address of a plain-HTTP ready line.
+fn http_addr(ready: &str) -> SocketAddr {
+    ready
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("http=http://"))
+        .unwrap_or_else(|| panic!("no http= in the ready line: {ready}"))
+        .parse()
+        .unwrap()
+}
+
+/// (name, type) of every row of the README's metrics table.
+fn readme_metrics() -> BTreeMap<String, String> {
+    let readme = readme();
+    let table = readme
+        .split("### Metrics")
+        .nth(1)
+        .expect("a Metrics section in the README");
+    let mut out = BTreeMap::new();
+    for row in table.lines().take_while(|l| !l.starts_with('#')) {
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        if cells.len() < 4 || !cells[1].starts_with("`relay_") {
+            continue;
+        }
+        // A row may name several metrics, their types in the same order.
+        let names = cells[1].split(',').map(|n| n.trim().trim_matches('`'));
+        let types: Vec<&str> = cells[2].split(',').map(str::trim).collect();
+        for (i, name) in names.enumerate() {
+            let kind = types.get(i).or(types.first()).unwrap();
+            out.insert(name.to_owned(), (*kind).to_owned());
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_metric_of_the_readme_is_on_a_fresh_scrape_with_its_type() {
+    let documented = readme_metrics();
+    assert!(documented.len() >= 30, "{documented:?}");
+    // An exchange that accepts TCP and never answers: nothing happens that would create a
+    // series, so whatever the scrape shows was there from the start.
+    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = format!("ws://{}/trade-api/ws/v2", silent.local_addr().unwrap());
+    let (_child, ready) = start_relay(
+        &["--listen", "127.0.0.1:0", "--upstream-url", &upstream],
+        &[],
+    )
+    .await;
+    let (status, scrape) = http_get(http_addr(&ready), "/metrics").await;
+    assert_eq!(status, 200);
+    let types: BTreeMap<&str, &str> = scrape
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_once(' '))
+        .collect();
+    let mut wrong = Vec::new();
+    for (name, kind) in &documented {
+        match types.get(name.as_str()) {
+            Some(found) if found == kind => {}
+            found => wrong.push(format!("{name}: README says {kind}, scrape has {found:?}")),
+        }
+    }
+    for name in types.keys().filter(|n| n.starts_with("relay_")) {
+        if !documented.contains_key(*name) {
+            wrong.push(format!("{name}: in the scrape, not in the README's table"));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    // Histograms are real ones: quantiles need their buckets.
+    for (name, _) in documented.iter().filter(|(_, k)| *k == "histogram") {
+        assert!(
+            scrape.contains(&format!("{name}_bucket{{")),
+            "{name} has no _bucket series"
+        );
+    }
+    drop(silent);
+}
