@@ -123,3 +123,54 @@ async fn every_metric_of_the_readme_is_on_a_fresh_scrape_with_its_type() {
     }
     drop(silent);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_draining_probes_are_answered_and_upgrades_refused_with_retry_after() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
+    let sim = common::sim(exchange_sim::SimConfig {
+        markets: 2,
+        ..exchange_sim::SimConfig::default()
+    })
+    .await;
+    let relay = common::relay(&sim, |_| {}).await;
+    common::await_ready(relay.addr, 200).await;
+    let (addr, url) = (relay.addr, relay.ws_url());
+    // A client that reads nothing: the drain waits (boundedly) for its close echo, which keeps
+    // the relay draining while the probes below run.
+    let (mut silent, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    let stopping = tokio::spawn(relay.shutdown());
+
+    // A refused connection fails here: probes must be answered throughout.
+    common::await_ready(addr, 503).await;
+    let (status, body) = http_get(addr, "/readyz").await;
+    assert_eq!(status, 503);
+    assert!(body.contains("shutting down"), "{body}");
+    assert_eq!(http_get(addr, "/healthz").await.0, 200);
+    match tokio_tungstenite::connect_async(&url).await {
+        Err(WsError::Http(response)) => {
+            assert_eq!(response.status(), 503);
+            let retry = response.headers().get("retry-after");
+            assert_eq!(retry.and_then(|v| v.to_str().ok()), Some("5"));
+        }
+        other => panic!("an upgrade while draining: {other:?}"),
+    }
+
+    tokio::time::timeout(DEADLINE, stopping)
+        .await
+        .expect("the drain ends")
+        .unwrap();
+    let close = tokio::time::timeout(DEADLINE, async {
+        while let Some(Ok(frame)) = silent.next().await {
+            if let Message::Close(frame) = frame {
+                return frame.map(|f| u16::from(f.code));
+            }
+        }
+        None
+    })
+    .await
+    .unwrap();
+    assert_eq!(close, Some(1012));
+    sim.shutdown().await;
+}

@@ -102,13 +102,13 @@ impl RelayHandle {
         &self.app
     }
 
-    /// Graceful shutdown: `/readyz` turns 503, no new connections, every client gets 1012, the
-    /// upstream unsubscribes and closes with 1000. The whole of it fits in
+    /// Graceful shutdown: `/readyz` turns 503 and new upgrades are refused (503, `Retry-After`)
+    /// while probes keep being answered, every client gets 1012, the upstream unsubscribes and
+    /// closes with 1000. The whole of it fits in
     /// `downstream.shutdown_drain_seconds`: clients get the time less what the upstream close
     /// needs, and whatever is still running after that is aborted.
     pub async fn shutdown(self) {
         let app = self.app;
-        app.stopping.store(true, Ordering::Relaxed);
         app.shutdown.cancel();
         app.tracker.close();
         let budget = app.config.downstream.shutdown_drain();
