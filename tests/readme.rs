@@ -174,3 +174,41 @@ async fn while_draining_probes_are_answered_and_upgrades_refused_with_retry_afte
     assert_eq!(close, Some(1012));
     sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_tls_the_ready_line_says_https_and_logs_into_a_pipe_carry_no_colour() {
+    let dir = std::env::temp_dir().join(format!("relay-readme-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = format!("ws://{}/trade-api/ws/v2", silent.local_addr().unwrap());
+    let (mut child, ready) = start_relay(
+        &["--listen", "127.0.0.1:0", "--upstream-url", &upstream],
+        &[
+            ("RELAY__SECURITY__TLS__CERT_PATH", cert.to_str().unwrap()),
+            ("RELAY__SECURITY__TLS__KEY_PATH", key.to_str().unwrap()),
+        ],
+    )
+    .await;
+    let words: Vec<&str> = ready.split_whitespace().collect();
+    assert!(words[2].starts_with("ws=wss://127.0.0.1:"), "{ready}");
+    assert!(words[3].starts_with("http=https://127.0.0.1:"), "{ready}");
+
+    // stderr is a pipe here, as it is under systemd or docker: plain text, no ANSI escapes.
+    let mut stderr = child.stderr.take().unwrap();
+    child.start_kill().unwrap();
+    let mut logs = String::new();
+    tokio::time::timeout(DEADLINE, stderr.read_to_string(&mut logs))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(logs.contains("configuration loaded"), "{logs}");
+    assert!(
+        !logs.contains('\x1b'),
+        "ANSI escapes in piped logs:\n{logs}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

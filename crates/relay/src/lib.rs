@@ -88,6 +88,16 @@ impl RelayHandle {
         format!("{scheme}://{}{}", self.addr, protocol::sign::WS_PATH)
     }
 
+    /// `http://ADDR` for `/healthz` and the rest, or `https://` when TLS is on.
+    pub fn http_url(&self) -> String {
+        let scheme = if self.app.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.addr)
+    }
+
     /// Re-reads the TLS certificate and key (SIGHUP). Connections are not dropped; on error the
     /// old pair stays in use.
     pub fn reload_tls(&self) -> anyhow::Result<()> {
@@ -165,10 +175,8 @@ pub async fn spawn(config: RelayConfig, listeners: Listeners) -> anyhow::Result<
     ));
 
     let addr = listeners.main.local_addr()?;
-    if app.config.admin_listen.is_none()
-        && !addr.ip().is_loopback()
-        && !app.config.security.tokens.is_empty()
-    {
+    // Tokens or allow_anonymous: either way the port is reachable from elsewhere.
+    if app.config.admin_listen.is_none() && !addr.ip().is_loopback() {
         warn!(
             "/metrics and /status are served without authentication on the client port; \
              set admin_listen to keep them on a private address"
@@ -227,9 +235,9 @@ pub async fn start(
     let listeners = Listeners::bind(config.listen, config.admin_listen).await?;
     let handle = spawn(config, listeners).await?;
     println!(
-        "relay ready ws={} http=http://{}",
+        "relay ready ws={} http={}",
         handle.ws_url(),
-        handle.addr
+        handle.http_url()
     );
     if let Some(sim) = &sim {
         demo::print_hint(&handle.ws_url(), sim);
