@@ -212,3 +212,129 @@ async fn with_tls_the_ready_line_says_https_and_logs_into_a_pipe_carry_no_colour
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Every Markdown file of the repository (build output, dependencies and hidden directories
+/// aside).
+fn markdown_files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if path.is_dir() {
+            if !(name.starts_with('.') || name == "target" || name == "node_modules") {
+                markdown_files(&path, out);
+            }
+        } else if name.ends_with(".md") {
+            out.push(path);
+        }
+    }
+}
+
+/// GitHub's anchors for a file's headings.
+fn anchors(text: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for heading in prose_lines(text).filter_map(|l| l.strip_prefix('#')) {
+        let title = heading.trim_start_matches('#').trim();
+        let slug: String = title
+            .to_lowercase()
+            .chars()
+            .filter(|c| c.is_alphanumeric() || *c == ' ' || *c == '-' || *c == '_')
+            .map(|c| if c == ' ' { '-' } else { c })
+            .collect();
+        let repeats = out.iter().filter(|a| **a == slug).count();
+        out.push(slug.clone());
+        if repeats > 0 {
+            out.push(format!("{slug}-{repeats}"));
+        }
+    }
+    out
+}
+
+/// Lines outside fenced code blocks.
+fn prose_lines(text: &str) -> impl Iterator<Item = &str> {
+    let mut fenced = false;
+    text.lines().filter(move |l| {
+        if l.trim_start().starts_with("```") {
+            fenced = !fenced;
+            return false;
+        }
+        !fenced
+    })
+}
+
+/// Link targets on a line: `[text](target)` and `[label]: target` outside code spans, and
+/// code spans that are relative paths (`../x/y.md`), which a reader follows by hand.
+fn link_targets(line: &str) -> Vec<String> {
+    let mut out: Vec<String> = line
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .filter(|span| span.starts_with("../") || span.starts_with("./"))
+        .filter(|span| !span.contains(char::is_whitespace))
+        .map(str::to_owned)
+        .collect();
+    let outside_code: String = line
+        .split('`')
+        .enumerate()
+        .map(|(i, part)| if i % 2 == 0 { part } else { "" })
+        .collect::<Vec<_>>()
+        .join("``");
+    let mut rest = outside_code.as_str();
+    while let Some(at) = rest.find("](") {
+        let tail = &rest[at + 2..];
+        let end = tail.find(')').unwrap_or(tail.len());
+        out.push(
+            tail[..end]
+                .split_whitespace()
+                .next()
+                .unwrap_or("")
+                .to_owned(),
+        );
+        rest = &tail[end..];
+    }
+    if let Some(def) = outside_code.trim_start().strip_prefix('[') {
+        if let Some((_, target)) = def.split_once("]: ") {
+            out.push(target.split_whitespace().next().unwrap_or("").to_owned());
+        }
+    }
+    out
+}
+
+#[test]
+fn every_relative_link_in_every_markdown_file_resolves() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let root = root.canonicalize().unwrap();
+    let mut files = Vec::new();
+    markdown_files(&root, &mut files);
+    assert!(files.len() >= 5, "{files:?}");
+    let mut broken = Vec::new();
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap();
+        let shown = file.strip_prefix(&root).unwrap().display().to_string();
+        for target in prose_lines(&text).flat_map(link_targets) {
+            if target.contains("://") || target.starts_with("mailto:") || target.is_empty() {
+                continue;
+            }
+            let (path, anchor) = target.split_once('#').unwrap_or((&target, ""));
+            let resolved = if path.is_empty() {
+                file.clone()
+            } else if let Some(from_root) = path.strip_prefix('/') {
+                root.join(from_root)
+            } else {
+                file.parent().unwrap().join(path)
+            };
+            // Inside the repository, so a fresh clone has it.
+            let inside = resolved.canonicalize().is_ok_and(|p| p.starts_with(&root));
+            if !inside {
+                broken.push(format!("{shown}: {target}: no such file in the repository"));
+                continue;
+            }
+            if !anchor.is_empty() && resolved.extension().is_some_and(|e| e == "md") {
+                let target_text = std::fs::read_to_string(&resolved).unwrap();
+                if !anchors(&target_text).iter().any(|a| a == anchor) {
+                    broken.push(format!("{shown}: {target}: no such heading"));
+                }
+            }
+        }
+    }
+    assert!(broken.is_empty(), "{}", broken.join("\n"));
+}
