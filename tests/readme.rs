@@ -19,8 +19,12 @@ fn readme() -> String {
 }
 
 /// The relay binary with `args`, none of the caller's `RELAY__`/`KALSHI_` variables, and
-/// `env`; returns the child, its ready line, and its stderr (still open).
-async fn start_relay(args: &[&str], env: &[(&str, &str)]) -> (Child, String) {
+/// `env`; returns the child, its ready line, and its stderr as read until it exits. Both
+/// pipes are drained all along, so the relay never blocks on (or fails writing to) either.
+async fn start_relay(
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (Child, String, tokio::task::JoinHandle<String>) {
     let mut command = Command::new(env!("CARGO_BIN_EXE_relay"));
     command
         .args(args)
@@ -34,14 +38,21 @@ async fn start_relay(args: &[&str], env: &[(&str, &str)]) -> (Child, String) {
     }
     command.envs(env.iter().copied());
     let mut child = command.spawn().expect("the relay binary starts");
+    let mut stderr = child.stderr.take().unwrap();
+    let logs = tokio::spawn(async move {
+        let mut logs = String::new();
+        let _ = stderr.read_to_string(&mut logs).await;
+        logs
+    });
     let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
     match tokio::time::timeout(DEADLINE, stdout.next_line()).await {
-        Ok(Ok(Some(line))) => (child, line),
+        Ok(Ok(Some(line))) => {
+            tokio::spawn(async move { while let Ok(Some(_)) = stdout.next_line().await {} });
+            (child, line, logs)
+        }
         other => {
-            let mut err = String::new();
-            let mut stderr = child.stderr.take().unwrap();
             let _ = child.start_kill();
-            let _ = stderr.read_to_string(&mut err).await;
+            let err = logs.await.unwrap_or_default();
             panic!("relay {args:?} did not start ({other:?}):\n{err}");
         }
     }
@@ -89,7 +100,7 @@ async fn every_metric_of_the_readme_is_on_a_fresh_scrape_with_its_type() {
     // series, so whatever the scrape shows was there from the start.
     let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let upstream = format!("ws://{}/trade-api/ws/v2", silent.local_addr().unwrap());
-    let (_child, ready) = start_relay(
+    let (_child, ready, _) = start_relay(
         &["--listen", "127.0.0.1:0", "--upstream-url", &upstream],
         &[],
     )
@@ -185,7 +196,7 @@ async fn with_tls_the_ready_line_says_https_and_logs_into_a_pipe_carry_no_colour
     std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
     let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let upstream = format!("ws://{}/trade-api/ws/v2", silent.local_addr().unwrap());
-    let (mut child, ready) = start_relay(
+    let (mut child, ready, logs) = start_relay(
         &["--listen", "127.0.0.1:0", "--upstream-url", &upstream],
         &[
             ("RELAY__SECURITY__TLS__CERT_PATH", cert.to_str().unwrap()),
@@ -198,13 +209,8 @@ async fn with_tls_the_ready_line_says_https_and_logs_into_a_pipe_carry_no_colour
     assert!(words[3].starts_with("http=https://127.0.0.1:"), "{ready}");
 
     // stderr is a pipe here, as it is under systemd or docker: plain text, no ANSI escapes.
-    let mut stderr = child.stderr.take().unwrap();
     child.start_kill().unwrap();
-    let mut logs = String::new();
-    tokio::time::timeout(DEADLINE, stderr.read_to_string(&mut logs))
-        .await
-        .unwrap()
-        .unwrap();
+    let logs = tokio::time::timeout(DEADLINE, logs).await.unwrap().unwrap();
     assert!(logs.contains("configuration loaded"), "{logs}");
     assert!(
         !logs.contains('\x1b'),
@@ -337,4 +343,150 @@ fn every_relative_link_in_every_markdown_file_resolves() {
         }
     }
     assert!(broken.is_empty(), "{}", broken.join("\n"));
+}
+
+/// The README's ```python blocks.
+fn python_blocks(readme: &str) -> Vec<String> {
+    readme
+        .split("```python\n")
+        .skip(1)
+        .map(|rest| rest.split("```").next().unwrap().to_owned())
+        .collect()
+}
+
+/// A Python with `websockets==version`: a virtualenv under the target directory, made on
+/// first use (`.ci/run` makes them up front).
+fn python_with_websockets(version: &str) -> std::path::PathBuf {
+    let venv = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("readme-venv")
+        .join(format!("websockets-{version}"));
+    let python = venv.join("bin/python");
+    // Written once websockets is installed: a half-made venv is made again.
+    let installed = venv.join("installed");
+    if installed.exists() {
+        return python;
+    }
+    let run = |program: &std::path::Path, args: &[&str]| {
+        let status = std::process::Command::new(program)
+            .args(args)
+            .status()
+            .unwrap_or_else(|e| panic!("{}: {e} (python3 with venv is needed)", program.display()));
+        assert!(status.success(), "{} {args:?}: {status}", program.display());
+    };
+    let _ = std::fs::remove_dir_all(&venv);
+    run("python3".as_ref(), &["-m", "venv", venv.to_str().unwrap()]);
+    let pin = format!("websockets=={version}");
+    run(
+        &venv.join("bin/pip"),
+        &["install", "-q", "--disable-pip-version-check", &pin],
+    );
+    std::fs::write(installed, &pin).unwrap();
+    python
+}
+
+/// Runs `code` until a line of its output satisfies `done` (then stops it); Err with its
+/// output if it ends first or takes past the deadline.
+async fn run_python(
+    python: &std::path::Path,
+    code: &str,
+    done: impl Fn(&str) -> bool,
+) -> Result<(), String> {
+    let mut child = Command::new(python)
+        .args(["-c", code])
+        .env("PYTHONUNBUFFERED", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    let found = tokio::time::timeout(DEADLINE, async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if done(&line) {
+                return true;
+            }
+            seen.push(line);
+        }
+        false
+    })
+    .await;
+    let _ = child.start_kill();
+    if found == Ok(true) {
+        return Ok(());
+    }
+    let mut err = String::new();
+    let _ = child.stderr.take().unwrap().read_to_string(&mut err).await;
+    Err(format!("stdout:\n{}\nstderr:\n{err}", seen.join("\n")))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_python_snippets_run_against_the_demo() {
+    const README_URL: &str = "ws://127.0.0.1:8080/trade-api/ws/v2";
+    let blocks = python_blocks(&readme());
+    assert!(blocks.len() >= 2, "{blocks:?}");
+    let ws_url = |ready: &str| {
+        ready
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("ws="))
+            .unwrap()
+            .to_owned()
+    };
+    let demo = ["--demo", "--listen", "127.0.0.1:0"];
+    let (_open, ready, _) = start_relay(&demo, &[]).await;
+    let open_url = ws_url(&ready);
+    // A demo that wants the README's token: a client that presents none and sends a command
+    // other than `auth` is closed with 4001 and never sees the `ok`.
+    let tokens = format!(
+        r#"[{{name = "readme", sha256 = "{}", permission = "public"}}]"#,
+        relay::security::hash_token("TOKEN")
+    );
+    let (_locked, ready, _) = start_relay(&demo, &[("RELAY__SECURITY__TOKENS", &tokens)]).await;
+    let locked_url = ws_url(&ready);
+
+    let versions = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/python/websockets-versions.txt"
+    ))
+    .unwrap();
+    let versions: Vec<&str> = versions
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    assert!(!versions.is_empty());
+    for version in versions {
+        let python = python_with_websockets(version);
+        for block in &blocks {
+            assert!(
+                block.contains(README_URL),
+                "a snippet not at the demo's address:\n{block}"
+            );
+            let result = if block.contains("Bearer TOKEN") {
+                let code = block.replace(README_URL, &locked_url);
+                run_python(&python, &code, |l| {
+                    l.contains(r#""id":1"#) && l.contains(r#""type":"ok""#)
+                })
+                .await
+            } else if block.contains(r#""cmd": "subscribe""#) {
+                // Books of the market it names arrive: the demo serves it.
+                let market = block
+                    .split(r#""market_tickers": [""#)
+                    .nth(1)
+                    .and_then(|rest| rest.split('"').next())
+                    .expect("the snippet names a market")
+                    .to_owned();
+                let code = block.replace(README_URL, &open_url);
+                run_python(&python, &code, |l| {
+                    l.contains(r#""type":"orderbook_snapshot""#) && l.contains(&market)
+                })
+                .await
+            } else {
+                panic!("a README snippet this test does not know how to check:\n{block}");
+            };
+            if let Err(output) = result {
+                panic!("with websockets {version}, the README snippet\n{block}\nfailed:\n{output}");
+            }
+        }
+    }
 }
