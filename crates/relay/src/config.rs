@@ -363,9 +363,12 @@ fn segments(key: &str) -> Vec<Segment> {
     out
 }
 
-/// Removes the innermost key of `path` from `table` (a bad array item takes its whole array
-/// with it). False when there was nothing to remove.
+/// Removes the innermost key of `path` from `table`. A problem inside an array item takes the
+/// whole array with it (removing a field of a token would only add "missing field" noise).
+/// False when there was nothing to remove.
 fn remove_key(table: &mut toml::Table, path: &[Segment]) -> bool {
+    let first_index = path.iter().position(|s| matches!(s, Segment::Index(_)));
+    let path = &path[..first_index.unwrap_or(path.len())];
     let Some(last_key) = path.iter().rposition(|s| matches!(s, Segment::Key(_))) else {
         return false;
     };

@@ -234,6 +234,17 @@ fn every_parse_problem_is_reported_with_where_it_came_from() {
 }
 
 #[test]
+fn a_bad_field_of_a_token_is_one_problem() {
+    let text = "[[security.tokens]]\nname = \"a\"\nsha256 = \"00\"\npermission = \"admin\"\n";
+    let err = load_text(text, &[]).unwrap_err();
+    assert_eq!(err.0.len(), 1, "{err}");
+    assert!(
+        err.0[0].starts_with("security.tokens[0].permission: unknown variant `admin`"),
+        "{err}"
+    );
+}
+
+#[test]
 fn validation_problems_name_where_the_value_came_from() {
     let err = load_text(
         "[downstream]\nwrite_timeout_seconds = 0\n[[security.tokens]]\nname = \"a\"\nsha256 = \"00\"\npermission = \"public\"\n",
