@@ -64,6 +64,7 @@ const COMMAND_RESULTS: [(&str, &[&str]); 8] = [
 /// Creates every documented series at zero, so dashboards and alerts see them before the first
 /// event (a counter with labels otherwise appears only when first incremented).
 pub fn register() {
+    upstream::metrics::describe();
     upstream::metrics::register();
     let _ = metrics::gauge!(CONNECTIONS);
     let _ = metrics::counter!(CONNECTIONS_TOTAL);
