@@ -1,6 +1,8 @@
 //! The README, checked against the built binaries: its metrics table against a fresh scrape,
-//! the shutdown it describes against a draining relay, and the ready and log lines a new user
-//! sees.
+//! the shutdown it describes against a draining relay, the ready and log lines a new user sees,
+//! its Python examples run against the demo (virtualenvs under the target directory, one per
+//! version in `tests/python/websockets-versions.txt`), and every relative link of every
+//! Markdown file of the repository.
 
 mod common;
 
