@@ -359,8 +359,12 @@ fn compose_dockerfile_prometheus_and_grafana_agree() {
     for (file, text) in [("Dockerfile", &dockerfile), ("README.md", &readme)] {
         // Headings name the project, not the image.
         let prose = text.lines().filter(|l| !l.starts_with("# kalshi-relay"));
-        let words = prose.flat_map(|l| l.split(|c: char| c.is_whitespace() || c == '`'));
-        for word in words.filter(|w| w.starts_with("kalshi-relay")) {
+        let words = prose.flat_map(|l| {
+            l.split(|c: char| !(c.is_ascii_alphanumeric() || ":._-/".contains(c)))
+        });
+        // The image, with or without a tag (not `kalshi-relay-client`, the JS package).
+        let images = words.filter(|w| *w == "kalshi-relay" || w.starts_with("kalshi-relay:"));
+        for word in images {
             assert_eq!(word, image, "{file} names the image {word}");
         }
     }

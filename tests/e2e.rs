@@ -302,13 +302,14 @@ async fn a_stalled_client_costs_the_others_nothing() {
         );
         assert_eq!(c.ended, None);
     }
-    // The stalled client resumes: it was either repaired (told, then books exact) or closed 4008.
+    // The stalled client resumes: it was either repaired (told, then books exact) or closed as a
+    // slow consumer.
     let deadline = Instant::now() + DEADLINE;
     loop {
         stalled.step(Duration::from_millis(50)).await;
         match &stalled.ended {
-            Some(Ended::Close(code, _)) => {
-                assert_eq!(*code, 4008);
+            Some(Ended::Close(code, reason)) => {
+                assert_eq!((*code, reason.as_str()), (1013, "slow consumer"));
                 break;
             }
             Some(other) => panic!("the stalled client ended {other:?}"),
@@ -608,11 +609,11 @@ async fn a_client_that_never_answers_pings_is_closed_and_one_that_reads_stays() 
         {
             Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Ping(_)))) => pings += 1,
             Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Close(Some(close))))) => {
-                assert_eq!(u16::from(close.code), 1008);
+                assert_eq!(u16::from(close.code), 1001);
                 assert_eq!(close.reason.as_str(), "pong timeout");
                 break;
             }
-            other => panic!("expected pings then a 1008 close, got {other:?}"),
+            other => panic!("expected pings then a 1001 close, got {other:?}"),
         }
     }
     assert!(pings >= 1, "the relay pinged before giving up");
@@ -674,6 +675,49 @@ async fn a_client_close_is_echoed() {
     sim.shutdown().await;
 }
 
+/// The value of one series in a Prometheus text scrape (0 when absent).
+fn series(scrape: &str, name_and_labels: &str) -> f64 {
+    scrape
+        .lines()
+        .find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// A client that closes its TCP connection without a close frame went away; it did not break the
+/// protocol: counted as 1006 `abrupt`, never as 1002.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abrupt_client_exit_is_counted_as_1006() {
+    let sim = sim(SimConfig {
+        markets: 2,
+        rate: 20.0,
+        ..SimConfig::default()
+    })
+    .await;
+    let relay = relay(&sim, |_| {}).await;
+    const ABRUPT: &str = r#"relay_downstream_disconnects_total{code="1006",reason="abrupt"}"#;
+    const PROTOCOL: &str =
+        r#"relay_downstream_disconnects_total{code="1002",reason="protocol_error"}"#;
+    let before = http_get(relay.addr, "/metrics").await.1;
+    let mut c = Client::connect(&relay.ws_url()).await;
+    c.send(subscribe(1, &["ticker"], &markets(&sim))).await;
+    c.replies_until(1).await;
+    // Drop the socket: no close frame, TCP FIN.
+    drop(c);
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let now = http_get(relay.addr, "/metrics").await.1;
+        if series(&now, ABRUPT) > series(&before, ABRUPT) {
+            // Other tests in this process never break the protocol either.
+            assert_eq!(series(&now, PROTOCOL), series(&before, PROTOCOL), "{now}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no abrupt end counted: {now}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    relay.shutdown().await;
+    sim.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn private_subscribers_are_told_when_the_upstream_connection_is_lost() {
     let sim = sim(SimConfig {
@@ -698,8 +742,10 @@ async fn private_subscribers_are_told_when_the_upstream_connection_is_lost() {
     sim.fault(Fault::Drop);
     // Fills during the outage are gone for good: never a silent gap.
     match private.ended().await {
-        Ended::Close(4008, reason) => assert!(reason.contains("reconcile"), "{reason}"),
-        other => panic!("expected 4008, got {other:?}"),
+        Ended::Close(1013, reason) => {
+            assert!(reason.starts_with("private messages lost"), "{reason}")
+        }
+        other => panic!("expected a private-loss close, got {other:?}"),
     }
     let before = public.snapshots;
     public
@@ -741,7 +787,7 @@ async fn fill_and_trade_clients(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fills_lost_to_a_dead_upstream_sid_are_announced_with_4008() {
+async fn fills_lost_to_a_dead_upstream_sid_are_announced_with_a_close() {
     let sim = sim(SimConfig {
         markets: 2,
         rate: 200.0,
@@ -775,8 +821,10 @@ async fn fills_lost_to_a_dead_upstream_sid_are_announced_with_4008() {
         sid: Some(sid),
     });
     match private.ended().await {
-        Ended::Close(4008, reason) => assert!(reason.contains("reconcile"), "{reason}"),
-        other => panic!("expected 4008, got {other:?}"),
+        Ended::Close(1013, reason) => {
+            assert!(reason.starts_with("private messages lost"), "{reason}")
+        }
+        other => panic!("expected a private-loss close, got {other:?}"),
     }
     // The public client is not affected: trades keep flowing.
     trades_keep_flowing(&mut public).await;
@@ -861,7 +909,7 @@ async fn data_from_before_an_upstream_loss_arrives_before_the_status_that_report
 
 /// A session that sees only the latest upstream status (a busy session, or a loss and recovery
 /// faster than it looks) still learns that an outage happened, and closes a private holder
-/// with 4008: its fills from the outage are gone.
+/// (`private messages lost`): its fills from the outage are gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outage_seen_only_through_its_recovery_still_closes_private_holders() {
     let sim = sim(SimConfig {
@@ -880,8 +928,8 @@ async fn an_outage_seen_only_through_its_recovery_still_closes_private_holders()
     app.status.send_replace(now);
     app.heartbeat.poke_all();
     match private.ended().await {
-        Ended::Close(4008, _) => {}
-        other => panic!("expected 4008, got {other:?}"),
+        Ended::Close(1013, reason) if reason.starts_with("private messages lost") => {}
+        other => panic!("expected a private-loss close, got {other:?}"),
     }
     // A public client has nothing to reconcile: it stays.
     trades_keep_flowing(&mut public).await;

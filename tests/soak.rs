@@ -10,10 +10,11 @@
 //! Invariants, and where each is checked:
 //! - every frame (`clients.rs`, `Conn::on_text`): seq contiguous per sid per connection, no delta
 //!   before its book's snapshot, every snapshot and delta applies, no unexpected reply or error;
-//!   well-behaved clients are only ever closed with 1012 or 4008 (1008 for those that stopped
+//!   well-behaved clients are only ever closed with 1012 or a 1013 `slow consumer` / `private
+//!   messages lost` (1001 `pong timeout` and 1013 `write timeout` for those that stopped
 //!   reading), never without a close frame;
 //! - every fill (`fills.rs`): the account's position chain per market is unbroken within a
-//!   connection, unless the connection is then closed with 4008 or 1012;
+//!   connection, unless the close that ends the connection announces the loss;
 //! - every quiet point (simulator paused, relay caught up, awaited with a deadline): every
 //!   connected client's rebuilt book equals `Sim::book`; every fill a direct reference subscriber
 //!   saw in the epoch reached, in order, each private subscriber connected through the epoch; the
@@ -437,7 +438,7 @@ async fn chaos_soak() {
     line(
         &mut out,
         format!(
-            "fill chain gaps announced by 4008/1012: {}",
+            "fill chain gaps announced by the close: {}",
             c.fill_gaps_announced
         ),
     );
@@ -727,9 +728,9 @@ async fn status(addr: SocketAddr) -> Option<serde_json::Value> {
 /// The smallest reproduction of what the soak found: a client subscribed to `fill` through the
 /// relay, the upstream connection drops (and two handshakes are refused, so the outage lasts a
 /// few backoff steps), the simulator keeps trading meanwhile. The client must end with either an
-/// unbroken position chain (nothing lost) or a 4008/1012 close (loss announced). Regression test
-/// for the silent gap the soak found (fixed: the relay closes private subscribers with 4008 when
-/// the upstream connection is lost).
+/// unbroken position chain (nothing lost) or a close that announces the loss. Regression test
+/// for the silent gap the soak found (the relay closes private subscribers when the upstream
+/// connection is lost).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_drop_never_leaves_a_private_subscriber_with_a_silent_fill_gap() {
     use futures_util::{SinkExt, StreamExt};
@@ -765,20 +766,25 @@ async fn an_upstream_drop_never_leaves_a_private_subscriber_with_a_silent_fill_g
                     track.apply(f);
                 }
             }
-            Ok(Some(Ok(WsMessage::Close(c)))) => ended = c.map(|c| u16::from(c.code)),
+            Ok(Some(Ok(WsMessage::Close(c)))) => {
+                ended = Some(c.map_or((1005, String::new()), |c| {
+                    (u16::from(c.code), c.reason.to_string())
+                }))
+            }
             Ok(Some(Ok(_))) => {}
-            Ok(_) => ended = Some(0),
+            Ok(_) => ended = Some((0, String::new())),
         }
     }
     assert!(faulted, "the simulator produced too few fills");
     assert!(
-        track.breaks.is_empty() || matches!(ended, Some(4008 | 1012)),
+        track.breaks.is_empty()
+            || matches!(&ended, Some((code, reason)) if fills::announces_loss(*code, reason)),
         "fills lost and the client was not told: {} gap(s), first {:?}, connection {}",
         track.breaks.len(),
         track.breaks.first(),
         match ended {
             None => "still open".to_owned(),
-            Some(code) => format!("closed {code}"),
+            Some((code, reason)) => format!("closed {code} {reason}"),
         }
     );
     relay.shutdown().await;
@@ -787,12 +793,12 @@ async fn an_upstream_drop_never_leaves_a_private_subscriber_with_a_silent_fill_g
 
 /// The smallest reproduction of the second silent loss the soak found: a client subscribes to
 /// `fill` through the relay while the relay's upstream is down (here its reconnect is held by a
-/// stalled handshake; in the soak, the client had just been closed 4008 and reconnected at once,
+/// stalled handshake; in the soak, the client had just been closed and reconnected at once,
 /// as clients do). The relay used to answer `subscribed` at once although nothing could reach it
 /// until the upstream was back, and the client was never told. Fixed: a private subscription is
 /// answered once the upstream is subscribed (the relay keeps the private channels live upstream). Every fill the simulator produced after the
 /// client's `subscribed` reply (by its `ts_ms`) and that a direct reference subscriber saw must
-/// reach the client, or the client must be closed with 4008/1012.
+/// reach the client, or the close that ends it must announce the loss.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_private_subscription_made_during_an_upstream_outage_never_misses_fills_silently() {
     use futures_util::{SinkExt, StreamExt};
@@ -844,9 +850,9 @@ async fn a_private_subscription_made_during_an_upstream_outage_never_misses_fill
                         got.insert(f.trade_id);
                     }
                 }
-                Some(Ok(WsMessage::Close(c))) => ended = Some(c.map(|c| u16::from(c.code)).unwrap_or(1005)),
+                Some(Ok(WsMessage::Close(c))) => ended = Some(close_of(c)),
                 Some(Ok(_)) => {}
-                _ => ended = Some(0),
+                _ => ended = Some((0, String::new())),
             },
             f = reference.next() => if let Some(Ok(WsMessage::Text(t))) = f {
                 let env = protocol::Envelope::parse(t.as_bytes()).unwrap();
@@ -872,9 +878,7 @@ async fn a_private_subscription_made_during_an_upstream_outage_never_misses_fill
                     got.insert(f.trade_id);
                 }
             }
-            Ok(Some(Ok(WsMessage::Close(c)))) => {
-                ended = Some(c.map(|c| u16::from(c.code)).unwrap_or(1005))
-            }
+            Ok(Some(Ok(WsMessage::Close(c)))) => ended = Some(close_of(c)),
             Ok(Some(Ok(_))) => {}
             _ => break,
         }
@@ -887,7 +891,8 @@ async fn a_private_subscription_made_during_an_upstream_outage_never_misses_fill
     let missing = owed.iter().filter(|f| !got.contains(&f.trade_id)).count();
     assert!(!owed.is_empty(), "the simulator produced no fill to check");
     assert!(
-        missing == 0 || matches!(ended, Some(4008 | 1012)),
+        missing == 0
+            || matches!(&ended, Some((code, reason)) if fills::announces_loss(*code, reason)),
         "{missing} of {} fills produced after the client's subscribed reply never reached it, and it was not told (ended: {ended:?})",
         owed.len()
     );
@@ -922,4 +927,11 @@ async fn busy_private_pair(
         .unwrap();
     let relay = relay::spawn(config, listeners).await.unwrap();
     (sim, relay)
+}
+
+/// A close frame's code and reason (1005 and no reason when it had none).
+fn close_of(frame: Option<tokio_tungstenite::tungstenite::protocol::CloseFrame>) -> (u16, String) {
+    frame.map_or((1005, String::new()), |c| {
+        (u16::from(c.code), c.reason.to_string())
+    })
 }

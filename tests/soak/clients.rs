@@ -40,7 +40,7 @@ pub enum Kind {
     Reconnecting,
     /// Private channels (fill, user_orders, market_positions), optionally with relay events.
     Private { events: bool },
-    /// Private channels and it stalls (expected to be closed 4008 when it loses fills).
+    /// Private channels and it stalls (expected to be closed when it loses fills).
     StalledPrivate,
 }
 
@@ -65,12 +65,19 @@ impl Kind {
         matches!(self, Kind::Stalled | Kind::StalledPrivate)
     }
 
-    /// Close codes this kind may legitimately get from the relay.
-    fn allowed_close(self, code: u16) -> bool {
-        match code {
-            1012 | 4008 => true,
-            // Pong timeout: only a client that stopped reading earned it.
-            1008 => self.stalls() || matches!(self, Kind::Slow { .. }),
+    /// Closes this kind may legitimately get from the relay.
+    fn allowed_close(self, code: u16, reason: &str) -> bool {
+        match (code, reason) {
+            (1012, _) => true,
+            (1013, r)
+                if r.starts_with("slow consumer") || r.starts_with("private messages lost") =>
+            {
+                true
+            }
+            // Pong and write timeouts: only a client that stopped reading earned them.
+            (1001, "pong timeout") | (1013, "write timeout") => {
+                self.stalls() || matches!(self, Kind::Slow { .. })
+            }
             _ => false,
         }
     }
@@ -609,7 +616,7 @@ impl Conn {
             .chain_links
             .fetch_add(self.fills.links, Ordering::Relaxed);
         match &end {
-            End::Close(code, reason) if !spec.kind.allowed_close(*code) => {
+            End::Close(code, reason) if !spec.kind.allowed_close(*code, reason) => {
                 self.tally
                     .violation(format!("{who}: closed by the relay with {code} {reason:?}"));
             }
@@ -624,7 +631,8 @@ impl Conn {
             }
             _ => {}
         }
-        let announced = matches!(end, End::Close(4008 | 1012, _));
+        let announced =
+            matches!(&end, End::Close(code, reason) if fills::announces_loss(*code, reason));
         let gaps = self.fills.breaks.len() as u64;
         if gaps > 0 {
             if announced {

@@ -18,7 +18,8 @@
 //!   received its `subscribed` reply: all of them for a connection older than the epoch. This also
 //!   covers a connection's first fills, which the chain cannot.
 //!
-//! A loss is announced, not silent, only when the connection is then closed with 4008 or 1012.
+//! A loss is announced, not silent, only when the connection is then closed with a close that
+//! says so (`announces_loss`).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -184,4 +185,13 @@ pub async fn reference(
         tally.log("reference: session ended");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Whether a close tells a private subscriber that it may have missed messages: a relay restart
+/// (1012), or a 1013 whose reason names the loss (`private messages lost`, or a slow consumer
+/// cut off, which also costs it its place in the stream).
+pub fn announces_loss(code: u16, reason: &str) -> bool {
+    code == 1012
+        || (code == 1013
+            && (reason.starts_with("private messages lost") || reason.starts_with("slow consumer")))
 }

@@ -90,7 +90,7 @@ pub struct App {
     /// The upstream's status; sessions that asked for `relay_events` watch it. Written by the feed.
     pub status: watch::Sender<UpstreamStatus>,
     /// Per channel (index in `Channel::ALL`), how many times its messages were lost upstream (a
-    /// dead sid). Sessions holding a private channel watch it: a loss there is told with 4008.
+    /// dead sid). Sessions holding a private channel watch it: a loss there is told with a `private messages lost` close.
     pub lost: watch::Sender<[u64; 7]>,
     /// Books currently stale upstream (gap or reconnect), for readiness. Written by the feed.
     pub stale: Mutex<BTreeSet<String>>,

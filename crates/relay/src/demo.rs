@@ -43,7 +43,8 @@ pub async fn start(config: &mut RelayConfig) -> anyhow::Result<Sim> {
 pub fn print_hint(ws_url: &str, sim: &Sim) {
     let market = sim.markets().into_iter().next().unwrap_or_default();
     println!(
-        "demo: embedded exchange simulator, {DEMO_MARKETS} markets, fault injection at http://{}/admin/stats",
+        "demo: embedded exchange simulator at {}, {DEMO_MARKETS} markets, fault injection at http://{}/admin/stats",
+        sim.ws_url(),
         sim.admin_addr()
     );
     println!(

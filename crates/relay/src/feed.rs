@@ -339,7 +339,6 @@ mod tests {
         let body = Bytes::from(format!("{{\"p\":\"{}\"}}", "x".repeat(200)));
         for _ in 0..TRADES {
             let trade = Event::Data(upstream::Data {
-                sub: SubId(1),
                 channel: Channel::Trade,
                 kind: MessageType::Trade,
                 market: Some("M".into()),

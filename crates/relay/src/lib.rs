@@ -23,6 +23,7 @@
 
 pub mod app;
 pub mod client;
+pub mod close;
 pub mod config;
 pub mod demo;
 pub mod feed;

@@ -1,7 +1,7 @@
 //! `relay`: one resilient Kalshi WebSocket session served to many downstream clients.
 //!
 //! The binary is thin: it parses flags, sets up logging, loads and validates the configuration
-//! (exit code 64 when it is invalid), binds the listeners, and runs [`relay::run`] until SIGTERM or
+//! (exit code 64 when it is invalid), binds the listeners, and runs [`relay::start`] until SIGTERM or
 //! SIGINT. `--demo` embeds the exchange simulator so the relay runs with no credentials.
 
 use std::collections::BTreeMap;

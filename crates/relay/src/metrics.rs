@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
+use crate::close::{CloseReason, Ending};
+
 pub const CONNECTIONS: &str = "relay_downstream_connections";
 pub const CONNECTIONS_TOTAL: &str = "relay_downstream_connections_total";
 pub const DISCONNECTS_TOTAL: &str = "relay_downstream_disconnects_total";
@@ -68,11 +70,19 @@ pub fn register() {
     upstream::metrics::register();
     let _ = metrics::gauge!(CONNECTIONS);
     let _ = metrics::counter!(CONNECTIONS_TOTAL);
-    let mut codes: Vec<&str> = (1000..5000).map(crate::session::code_label).collect();
-    codes.sort_unstable();
-    codes.dedup();
-    for code in codes {
-        let _ = metrics::counter!(DISCONNECTS_TOTAL, "code" => code);
+    // Every way a session ends: each cause the relay closes for, a client's usual codes, and
+    // the abrupt drop.
+    let endings = CloseReason::ALL
+        .map(Ending::Relay)
+        .into_iter()
+        .chain([1000, 1001, 1005].map(Ending::Client))
+        .chain([Ending::Abrupt]);
+    for ending in endings {
+        let _ = metrics::counter!(
+            DISCONNECTS_TOTAL,
+            "code" => ending.code_label(),
+            "reason" => ending.reason_label()
+        );
     }
     for (command, results) in COMMAND_RESULTS {
         for result in results {

@@ -87,7 +87,7 @@ pub struct SecurityConfig {
     pub commands_per_second: f64,
     /// Token bucket size. Default: 50.
     pub command_burst: f64,
-    /// Consecutive rate-limited commands after which the connection closes with 4029.
+    /// Rate-limited commands within 10 s after which the connection closes (1013 `rate limited`).
     /// Default: 50.
     pub refused_commands_before_close: u32,
     /// Open client connections at most; more get HTTP 503. Default: 15000.

@@ -5,7 +5,7 @@
 //! subscriber (data to write), its heartbeat bucket (server ping and pong deadline), the
 //! upstream's status, and the relay's shutdown. Deliveries are written as they come: every ready
 //! one is fed, then one flush, so a burst costs one write. A client that cannot keep up is the
-//! fanout's business (lag, repair, or a 4008 verdict): nothing queues here without bound, and a
+//! fanout's business (lag, repair, or a slow-consumer verdict): nothing queues here without bound, and a
 //! write that blocks longer than `write_timeout_seconds` ends the connection.
 //!
 //! Per frame the hot path is: find the client's sid for the item's channel, write the small
@@ -22,7 +22,7 @@ use fanout::{Delivery, Subscriber, Topic, Verdict};
 use futures_util::{SinkExt, StreamExt};
 use protocol::{reply, Action, Command, ErrorCode, MessageType};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_tungstenite::tungstenite::error::Error as WsError;
+use tokio_tungstenite::tungstenite::error::{Error as WsError, ProtocolError};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::{CloseFrame, Frame};
 use tokio_tungstenite::tungstenite::Message;
@@ -32,6 +32,7 @@ use upstream::State;
 
 use crate::app::{App, UpstreamStatus};
 use crate::client::{ClientState, Effect, Limits};
+use crate::close::{CloseReason, Ending};
 use crate::metrics as m;
 use crate::security::{Admission, Identity, Permission, TokenBucket};
 
@@ -48,16 +49,13 @@ pub struct SessionOptions {
     pub admission: Admission,
 }
 
-/// How a session ends: a close frame to send (code, reason), or nothing (the client is gone).
-type Close = Option<(u16, &'static str)>;
+/// How a session ends: a close frame to send, or nothing (the client is gone).
+type Close = Option<CloseReason>;
 
-const RESTART: Close = Some((1012, "service restart"));
-const UPSTREAM_UNAVAILABLE: Close = Some((1013, "upstream unavailable, reconnect later"));
-const UNAUTHORIZED: Close = Some((4001, "unauthorized"));
-const PRIVATE_GAP: Close = Some((
-    4008,
-    "upstream lost private channel messages: reconcile over REST and reconnect",
-));
+const RESTART: Close = Some(CloseReason::Restart);
+const UPSTREAM_UNAVAILABLE: Close = Some(CloseReason::UpstreamUnavailable);
+const UNAUTHORIZED: Close = Some(CloseReason::Unauthorized);
+const PRIVATE_GAP: Close = Some(CloseReason::PrivateLost);
 
 /// Most deliveries written before a flush, so one busy client cannot starve its own reads.
 const MAX_BATCH: usize = 256;
@@ -66,7 +64,7 @@ const MAX_BATCH: usize = 256;
 const LATENCY_SAMPLE: u64 = 8;
 /// Most commands held for a live upstream; more get error 27.
 const MAX_DEFERRED: usize = 64;
-/// The window over which rate-limited commands are counted toward the 4029 close.
+/// The window over which rate-limited commands are counted toward the `rate limited` close.
 const REFUSAL_WINDOW: Duration = Duration::from_secs(10);
 /// How long a close handshake may take before the socket is simply dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
@@ -115,41 +113,27 @@ where
         debug!("connected");
         let mut session = Session::new(&app, ws, options);
         let close = session.run_loop().await;
-        let code = match (close, session.client_close) {
-            (Some((code, _)), _) => code,
-            (None, Some(code)) => code,
-            (None, None) => 1006,
+        let ending = match (close, session.client_close) {
+            (Some(reason), _) => Ending::Relay(reason),
+            (None, Some(code)) => Ending::Client(code),
+            (None, None) => Ending::Abrupt,
         };
         // Cold paths are boxed: a task's allocation is sized for its largest state, and every
         // idle client would otherwise pay for the close handshake's.
         Box::pin(session.close(close)).await;
         session.flush_counters();
-        metrics::counter!(m::DISCONNECTS_TOTAL, "code" => code_label(code)).increment(1);
+        metrics::counter!(
+            m::DISCONNECTS_TOTAL,
+            "code" => ending.code_label(),
+            "reason" => ending.reason_label()
+        )
+        .increment(1);
         metrics::gauge!(m::CONNECTIONS).decrement(1.0);
         app.clients.fetch_sub(1, Ordering::Relaxed);
-        debug!(code, "disconnected");
+        debug!(?ending, "disconnected");
     }
     .instrument(span)
     .await
-}
-
-pub(crate) fn code_label(code: u16) -> &'static str {
-    match code {
-        1000 => "1000",
-        1001 => "1001",
-        1002 => "1002",
-        1006 => "1006",
-        1007 => "1007",
-        1008 => "1008",
-        1009 => "1009",
-        1011 => "1011",
-        1012 => "1012",
-        1013 => "1013",
-        4001 => "4001",
-        4008 => "4008",
-        4029 => "4029",
-        _ => "other",
-    }
 }
 
 /// What woke a session.
@@ -190,7 +174,7 @@ struct Session<'a, S> {
     refused: u32,
     refused_since: Instant,
     /// The client holds a private channel and the upstream was up since it subscribed: if the
-    /// upstream connection is lost, fills may be missed and the client must be told (4008).
+    /// upstream connection is lost, fills may be missed and the client must be told (a `private messages lost` close).
     private_exposed: bool,
     /// `UpstreamStatus::losses` as of the last status this session acted on.
     losses_seen: u64,
@@ -324,7 +308,7 @@ where
                 }
                 Ok(())
             }
-            Wake::Check if self.awaiting_pong => Err(Some((1008, "pong timeout"))),
+            Wake::Check if self.awaiting_pong => Err(Some(CloseReason::PongTimeout)),
             // A frame arrived between the check and this handler.
             Wake::Check => Ok(()),
         }
@@ -362,7 +346,7 @@ where
     }
 
     /// Messages of a channel were lost upstream: a private one this client holds cannot be
-    /// repaired, so it is told (4008); counts of channels it does not hold are just noted.
+    /// repaired, so it is told (closed); counts of channels it does not hold are just noted.
     fn on_lost(&mut self, counts: [u64; 7]) -> Result<(), Close> {
         let hit = protocol::Channel::ALL
             .iter()
@@ -393,8 +377,11 @@ where
         };
         match message {
             Message::Text(text) => self.on_command(text.as_bytes()).await,
-            // Counted against the rate limit like any command; answered with error 1.
-            Message::Binary(_) => self.on_command(b"").await,
+            // Some clients send their JSON commands as binary frames, as the exchange accepts.
+            Message::Binary(data) => match std::str::from_utf8(&data) {
+                Ok(_) => self.on_command(&data).await,
+                Err(_) => Err(Some(CloseReason::InvalidUtf8)),
+            },
             // tungstenite answers pings itself while we keep reading; pongs only prove liveness.
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Ok(()),
             Message::Close(frame) => {
@@ -418,7 +405,7 @@ where
             metrics::counter!(m::COMMANDS_TOTAL, "command" => "any", "result" => "rate_limited")
                 .increment(1);
             if self.refused >= self.app.config.security.refused_commands_before_close {
-                return Err(Some((4029, "rate limited: too many commands")));
+                return Err(Some(CloseReason::RateLimited));
             }
             let id = parsed.as_ref().map_or_else(|e| e.id, |c| c.id);
             return self
@@ -523,16 +510,18 @@ where
     async fn authenticate_first(&mut self) -> Result<(), Close> {
         let deadline = self.app.config.security.auth_timeout();
         let first = match tokio::time::timeout(deadline, self.ws.next()).await {
-            Err(_) => return Err(Some((4001, "unauthorized: no auth within the timeout"))),
+            Err(_) => return Err(Some(CloseReason::AuthTimeout)),
             Ok(frame) => frame,
         };
-        let text = match first {
+        let bytes = match first {
             None => return Err(None),
             Some(Err(e)) => return Err(classify_read_error(&e)),
-            Some(Ok(Message::Text(text))) => text,
+            Some(Ok(Message::Text(text))) => bytes::Bytes::from(text),
+            Some(Ok(Message::Binary(data))) if std::str::from_utf8(&data).is_ok() => data,
+            Some(Ok(Message::Binary(_))) => return Err(Some(CloseReason::InvalidUtf8)),
             Some(Ok(_)) => return Err(UNAUTHORIZED),
         };
-        match Command::parse(text.as_bytes()) {
+        match Command::parse(&bytes) {
             Ok(Command {
                 id,
                 action: Action::Auth { token },
@@ -629,11 +618,8 @@ where
                 self.send_event("relay_lagged", msg).await
             }
             Delivery::Disconnect(verdict) => Err(Some(match verdict {
-                Verdict::SlowConsumer { .. } => (4008, "slow consumer"),
-                Verdict::PrivateChannelLag { .. } => (
-                    4008,
-                    "slow consumer: private channel messages lost, reconcile and reconnect",
-                ),
+                Verdict::SlowConsumer { .. } => CloseReason::SlowConsumer,
+                Verdict::PrivateChannelLag { .. } => CloseReason::PrivateLag,
             })),
         }
     }
@@ -676,7 +662,7 @@ where
                 Ok(Ok(value)) => Ok(value),
                 // A failed write means the peer is gone or the socket is broken.
                 Ok(Err(_)) => Err(None),
-                Err(_) => Err(Some((1008, "write timeout"))),
+                Err(_) => Err(Some(CloseReason::WriteTimeout)),
             },
             _ = app.shutdown.cancelled() => Err(RESTART),
         }
@@ -709,10 +695,10 @@ where
 
     /// Sends the close frame (if the client is still there) and waits briefly for its echo.
     async fn close(&mut self, close: Close) {
-        let Some((code, reason)) = close else { return };
+        let Some(reason) = close else { return };
         let frame = CloseFrame {
-            code: CloseCode::from(code),
-            reason: reason.into(),
+            code: CloseCode::from(reason.code()),
+            reason: reason.reason().into(),
         };
         let _ = tokio::time::timeout(CLOSE_GRACE, async {
             if self.ws.close(Some(frame)).await.is_ok() {
@@ -743,9 +729,11 @@ fn command_name(command: &Command) -> &'static str {
 /// A read error: what to tell the client, if it is still there to hear it.
 fn classify_read_error(e: &WsError) -> Close {
     match e {
-        WsError::Capacity(_) => Some((1009, "message too big")),
-        WsError::Utf8(_) => Some((1007, "invalid UTF-8 in a text frame")),
-        WsError::Protocol(_) => Some((1002, "protocol error")),
+        WsError::Capacity(_) => Some(CloseReason::TooBig),
+        WsError::Utf8(_) => Some(CloseReason::InvalidUtf8),
+        // TCP closed without a close frame: the peer went away, it did not break the protocol.
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => None,
+        WsError::Protocol(_) => Some(CloseReason::ProtocolError),
         // The peer went away: nothing to tell it.
         _ => None,
     }

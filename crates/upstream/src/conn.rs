@@ -18,7 +18,7 @@ use crate::connect::Ws;
 use crate::event::{BookUpdate, Data, DisconnectReason, Event, State};
 use crate::metrics;
 use crate::session::Ctx;
-use crate::subs::{Actual, Outcome};
+use crate::subs::{Actual, Outcome, Sid};
 
 /// Longest wait for one outgoing frame to be written: a send stuck this long means the
 /// connection is dead.
@@ -29,7 +29,7 @@ struct Conn<'a> {
     ctx: &'a mut Ctx,
     actual: Actual,
     /// Sids under gap repair, with the time after which the channel is resubscribed instead.
-    repairs: HashMap<u64, Instant>,
+    repairs: HashMap<Sid, Instant>,
     /// Until every subscription wanted at connect has been answered.
     awaiting_subscribed: bool,
     last_frame: Instant,
@@ -200,7 +200,7 @@ impl Conn<'_> {
                         channel,
                         markets,
                     } = outcome;
-                    warn!(sid, %channel, "subscription died at the exchange: resubscribing");
+                    warn!(%sid, %channel, "subscription died at the exchange: resubscribing");
                     self.repairs.remove(&sid);
                     let stale = self.ctx.books.mark_stale(&markets);
                     if !stale.is_empty() {
@@ -218,19 +218,19 @@ impl Conn<'_> {
 
     async fn on_data(&mut self, env: Envelope, kind: MessageType) -> Result<(), DisconnectReason> {
         let received_at = std::time::Instant::now();
-        let Some(sid) = env.sid else {
+        let Some(sid) = env.sid.map(Sid) else {
             debug!(kind = %env.kind, "data without sid dropped");
             return Ok(());
         };
         let Some(channel) = self.actual.channel_of(sid) else {
-            debug!(sid, kind = %env.kind, "data for a sid we do not hold dropped");
+            debug!(%sid, kind = %env.kind, "data for a sid we do not hold dropped");
             return Ok(());
         };
         if let (true, Some(seq)) = (channel.is_sequenced(), env.seq) {
-            match self.actual.seq.observe(sid, seq) {
+            match self.actual.seq.observe(sid.0, seq) {
                 SeqCheck::InOrder => {}
                 SeqCheck::Duplicate => {
-                    debug!(sid, seq, "duplicate dropped");
+                    debug!(%sid, seq, "duplicate dropped");
                     return Ok(());
                 }
                 SeqCheck::Gap {
@@ -241,7 +241,7 @@ impl Conn<'_> {
                 } => {
                     metrics::seq_gap();
                     warn!(
-                        sid,
+                        %sid,
                         expected,
                         got,
                         markets = stale_markets.len(),
@@ -273,23 +273,13 @@ impl Conn<'_> {
                 self.repair_progress(sid);
             }
             (Some(BookUpdate::Delta(_)), Some(m)) if !self.ctx.books.is_fresh(m) => {
-                debug!(sid, market = %m, "delta for a book awaiting its snapshot dropped");
+                debug!(%sid, market = %m, "delta for a book awaiting its snapshot dropped");
                 return Ok(());
             }
             _ => {}
         }
-        let Some(sub) = self
-            .ctx
-            .shared
-            .desired()
-            .owner_of(channel, market.as_deref())
-        else {
-            debug!(%channel, "data for a channel nobody wants any more dropped");
-            return Ok(());
-        };
         let body = Bytes::copy_from_slice(env.msg_json().as_bytes());
         let data = Data {
-            sub,
             channel,
             kind,
             market,
@@ -305,27 +295,27 @@ impl Conn<'_> {
     /// A book message we cannot read is as bad as a lost one.
     async fn on_bad_book(
         &mut self,
-        sid: u64,
+        sid: Sid,
         env: &Envelope,
         e: serde_json::Error,
     ) -> Result<(), DisconnectReason> {
-        warn!(sid, kind = %env.kind, error = %e, "unreadable order book message: treating as a gap");
+        warn!(%sid, kind = %env.kind, error = %e, "unreadable order book message: treating as a gap");
         let markets = match env.market_ticker() {
             Some(m) => vec![m],
-            None => self.actual.seq.markets(sid).cloned().collect(),
+            None => self.actual.seq.markets(sid.0).cloned().collect(),
         };
         self.on_gap(sid, markets).await
     }
 
     /// Marks the sid's books stale and asks for their snapshots; a second gap while repairing
     /// resubscribes the channel instead.
-    async fn on_gap(&mut self, sid: u64, markets: Vec<String>) -> Result<(), DisconnectReason> {
+    async fn on_gap(&mut self, sid: Sid, markets: Vec<String>) -> Result<(), DisconnectReason> {
         let stale = self.ctx.books.mark_stale(&markets);
         if !stale.is_empty() {
             self.emit(Event::BookStale { markets: stale }).await;
         }
         if self.repairs.remove(&sid).is_some() {
-            warn!(sid, "second gap while repairing: resubscribing");
+            warn!(%sid, "second gap while repairing: resubscribing");
             let unsubscribe = self.actual.resubscribe(sid);
             self.send_commands(unsubscribe.into_iter().collect())
                 .await?;
@@ -341,12 +331,12 @@ impl Conn<'_> {
     }
 
     /// Ends the repair of `sid` once all its books are fresh again.
-    fn repair_progress(&mut self, sid: u64) {
+    fn repair_progress(&mut self, sid: Sid) {
         if self.repairs.contains_key(&sid)
             && self
                 .actual
                 .seq
-                .markets(sid)
+                .markets(sid.0)
                 .all(|m| self.ctx.books.is_fresh(m))
         {
             self.repairs.remove(&sid);
@@ -355,7 +345,7 @@ impl Conn<'_> {
 
     async fn repair_timeouts(&mut self) -> Result<(), DisconnectReason> {
         let now = Instant::now();
-        let expired: Vec<u64> = self
+        let expired: Vec<Sid> = self
             .repairs
             .iter()
             .filter(|(_, d)| **d <= now)
@@ -363,7 +353,7 @@ impl Conn<'_> {
             .collect();
         for sid in expired {
             self.repairs.remove(&sid);
-            warn!(sid, "gap repair timed out: resubscribing");
+            warn!(%sid, "gap repair timed out: resubscribing");
             let unsubscribe = self.actual.resubscribe(sid);
             self.send_commands(unsubscribe.into_iter().collect())
                 .await?;
@@ -373,7 +363,7 @@ impl Conn<'_> {
 
     /// Unsubscribes, sends close 1000 and waits briefly for the echo.
     async fn close(&mut self) {
-        let sids = self.actual.sids();
+        let sids: Vec<u64> = self.actual.sids().into_iter().map(|s| s.0).collect();
         if !sids.is_empty() {
             let command = Command {
                 id: 0,

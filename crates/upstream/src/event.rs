@@ -137,8 +137,6 @@ impl fmt::Display for DisconnectReason {
 /// One data message from the exchange.
 #[derive(Clone, Debug)]
 pub struct Data {
-    /// The owner's subscription this message belongs to (the lowest id wanting its market).
-    pub sub: SubId,
     pub channel: Channel,
     pub kind: MessageType,
     /// `msg.market_ticker`, when the body has one.

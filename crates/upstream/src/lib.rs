@@ -33,10 +33,10 @@
 //! let config = UpstreamConfig { url: "ws://127.0.0.1:9000/trade-api/ws/v2".into(), ..Default::default() };
 //! let shutdown = CancellationToken::new();
 //! let (upstream, mut events) = upstream::spawn(config, shutdown.clone())?;
-//! let books = upstream.subscribe(Channel::OrderbookDelta, Some(vec!["FED-23DEC-T3.00".into()]));
+//! upstream.subscribe(Channel::OrderbookDelta, Some(vec!["FED-23DEC-T3.00".into()]));
 //! while let Some(event) = events.recv().await {
 //!     match event {
-//!         Event::Data(data) if data.sub == books => println!("{}", String::from_utf8_lossy(&data.body)),
+//!         Event::Data(data) if data.channel == Channel::OrderbookDelta => println!("{}", String::from_utf8_lossy(&data.body)),
 //!         Event::State(state) => println!("upstream is {state:?}"),
 //!         _ => {}
 //!     }

@@ -164,7 +164,8 @@ fn delta(sid: u64, seq: u64, market: &str) -> Value {
     json!({"type":"orderbook_delta","sid":sid,"seq":seq,"msg":{"market_ticker":market,"price_dollars":"0.4000","delta_fp":"1.00","side":"yes"}})
 }
 
-/// The next `Data` or book event, as a short string: `data A snapshot sub-1`, `stale A,B`, `reset A`.
+/// The next `Data` or book event, as a short string: `data A snapshot orderbook_delta`,
+/// `stale A,B`, `reset A`.
 async fn next_book_event(events: &mut mpsc::Receiver<Event>) -> String {
     loop {
         match next_event(events).await {
@@ -174,7 +175,12 @@ async fn next_book_event(events: &mut mpsc::Receiver<Event>) -> String {
                     Some(BookUpdate::Delta(_)) => "delta",
                     None => d.kind.as_str().to_owned().leak(),
                 };
-                return format!("data {} {} {}", d.market.unwrap_or_default(), kind, d.sub);
+                return format!(
+                    "data {} {} {}",
+                    d.market.unwrap_or_default(),
+                    kind,
+                    d.channel
+                );
             }
             Event::BookStale { markets } => return format!("stale {}", markets.join(",")),
             Event::BookReset { market } => return format!("reset {market}"),
@@ -481,10 +487,19 @@ async fn subscriptions_gaps_reconnect_and_clean_close() {
     ] {
         send(&mut ws, frame).await;
     }
-    assert_eq!(next_book_event(&mut events).await, "data A snapshot sub-1");
-    assert_eq!(next_book_event(&mut events).await, "data B snapshot sub-1");
-    assert_eq!(next_book_event(&mut events).await, "data A delta sub-1");
-    assert_eq!(next_book_event(&mut events).await, "data Z ticker sub-2");
+    assert_eq!(
+        next_book_event(&mut events).await,
+        "data A snapshot orderbook_delta"
+    );
+    assert_eq!(
+        next_book_event(&mut events).await,
+        "data B snapshot orderbook_delta"
+    );
+    assert_eq!(
+        next_book_event(&mut events).await,
+        "data A delta orderbook_delta"
+    );
+    assert_eq!(next_book_event(&mut events).await, "data Z ticker ticker");
     assert_eq!(next_book_event(&mut events).await, "stale A,B");
     assert_eq!(
         command(&mut ws).await,
@@ -495,10 +510,19 @@ async fn subscriptions_gaps_reconnect_and_clean_close() {
     send(&mut ws, snapshot(1, 10, "B")).await;
     send(&mut ws, delta(1, 11, "B")).await;
     assert_eq!(next_book_event(&mut events).await, "reset A");
-    assert_eq!(next_book_event(&mut events).await, "data A snapshot sub-1");
+    assert_eq!(
+        next_book_event(&mut events).await,
+        "data A snapshot orderbook_delta"
+    );
     assert_eq!(next_book_event(&mut events).await, "reset B");
-    assert_eq!(next_book_event(&mut events).await, "data B snapshot sub-1");
-    assert_eq!(next_book_event(&mut events).await, "data B delta sub-1");
+    assert_eq!(
+        next_book_event(&mut events).await,
+        "data B snapshot orderbook_delta"
+    );
+    assert_eq!(
+        next_book_event(&mut events).await,
+        "data B delta orderbook_delta"
+    );
 
     // The exchange drops us: books stale, reconnect, resubscribe on new sids, same SubIds.
     drop(ws);
@@ -530,7 +554,7 @@ async fn subscriptions_gaps_reconnect_and_clean_close() {
             Event::BookStale { markets } => order.push(format!("stale {}", markets.join(","))),
             Event::BookReset { market } => order.push(format!("reset {market}")),
             Event::MessagesLost { channel } => order.push(format!("lost {channel}")),
-            Event::Data(d) => order.push(format!("data {} {}", d.market.unwrap(), d.sub)),
+            Event::Data(d) => order.push(format!("data {} {}", d.market.unwrap(), d.channel)),
         }
     }
     assert_eq!(
@@ -544,9 +568,15 @@ async fn subscriptions_gaps_reconnect_and_clean_close() {
             "reset A"
         ]
     );
-    assert_eq!(next_book_event(&mut events).await, "data A snapshot sub-1");
+    assert_eq!(
+        next_book_event(&mut events).await,
+        "data A snapshot orderbook_delta"
+    );
     assert_eq!(next_book_event(&mut events).await, "reset B");
-    assert_eq!(next_book_event(&mut events).await, "data B snapshot sub-1");
+    assert_eq!(
+        next_book_event(&mut events).await,
+        "data B snapshot orderbook_delta"
+    );
 
     // A terminal error on the sid resubscribes the channel.
     send(
@@ -607,7 +637,7 @@ async fn market_limit_splits_and_a_gap_resnapshots_one_market() {
         ..config(&fake.url)
     };
     let (up, mut events) = upstream::spawn(cfg, shutdown.clone()).unwrap();
-    let books = up.subscribe(
+    up.subscribe(
         Channel::OrderbookDelta,
         Some(vec!["A".into(), "B".into(), "C".into()]),
     );
@@ -633,7 +663,7 @@ async fn market_limit_splits_and_a_gap_resnapshots_one_market() {
     for m in ["A", "B", "C"] {
         assert_eq!(
             next_book_event(&mut events).await,
-            format!("data {m} snapshot {books}")
+            format!("data {m} snapshot orderbook_delta")
         );
     }
     send(&mut ws, delta(11, 3, "B")).await;

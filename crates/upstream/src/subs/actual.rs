@@ -1,130 +1,54 @@
-//! Subscriptions as desired state.
-//!
-//! [`Desired`] is what the owner wants, keyed by stable [`SubId`]s; it outlives connections.
-//! [`Actual`] is what one connection holds at the exchange: sids, the markets each carries, the
-//! commands in flight. [`Actual::reconcile`] turns the difference into as few commands as it can:
-//! one sid per channel (owner subscriptions of a channel are merged), markets moved with
-//! `update_subscription`, and more sids only when the exchange answers error 26 (market limit).
+//! What one connection holds at the exchange, and the commands that move it towards the wish.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use protocol::{
-    Action, Channel, Command, Envelope, ErrorBody, ErrorCode, SeqTracker, Subscribe, Subscribed,
-    UpdateAction, UpdateSubscription,
+    Action, Channel, Command, Envelope, ErrorBody, ErrorCode, MessageType, SeqTracker, Subscribe,
+    Subscribed, UpdateAction, UpdateSubscription,
 };
 
-use crate::event::SubId;
+use super::policy::{policy, Answered, Policy};
+use super::{Markets, Sid};
 
-/// Markets wanted on one channel: `None` means every market (channels that allow no filter).
-pub(crate) type Markets = Option<BTreeSet<String>>;
+/// The id of a command we sent, echoed on its reply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct CmdId(u64);
 
-#[derive(Debug)]
-struct Want {
-    channel: Channel,
-    markets: Markets,
-}
-
-/// What the owner wants. Guarded by a mutex in [`crate::Upstream`]; every access is short.
-#[derive(Debug, Default)]
-pub(crate) struct Desired {
-    next_id: u64,
-    subs: BTreeMap<SubId, Want>,
-    /// Markets the owner asked fresh snapshots for; drained by the session when connected.
-    pub snapshot_requests: BTreeSet<String>,
-}
-
-impl Desired {
-    pub fn subscribe(&mut self, channel: Channel, markets: Option<Vec<String>>) -> SubId {
-        self.next_id += 1;
-        let id = SubId(self.next_id);
-        let markets = markets.map(|m| m.into_iter().collect());
-        self.subs.insert(id, Want { channel, markets });
-        id
-    }
-
-    pub fn unsubscribe(&mut self, id: SubId) {
-        self.subs.remove(&id);
-    }
-
-    /// Adds markets to a filtered subscription (a subscription to every market ignores it).
-    pub fn add_markets(&mut self, id: SubId, markets: Vec<String>) {
-        if let Some(Want {
-            markets: Some(set), ..
-        }) = self.subs.get_mut(&id)
-        {
-            set.extend(markets);
-        }
-    }
-
-    pub fn remove_markets(&mut self, id: SubId, markets: Vec<String>) {
-        if let Some(Want {
-            markets: Some(set), ..
-        }) = self.subs.get_mut(&id)
-        {
-            for m in &markets {
-                set.remove(m);
-            }
-        }
-    }
-
-    /// The merged wish per channel. A channel whose subscriptions name no market is not wanted.
-    pub fn wanted(&self) -> BTreeMap<Channel, Markets> {
-        let mut out: BTreeMap<Channel, Markets> = BTreeMap::new();
-        for want in self.subs.values() {
-            match &want.markets {
-                None => {
-                    out.insert(want.channel, None);
-                }
-                Some(set) if set.is_empty() => {}
-                Some(set) => {
-                    if let Some(all) = out
-                        .entry(want.channel)
-                        .or_insert_with(|| Some(BTreeSet::new()))
-                    {
-                        all.extend(set.iter().cloned());
-                    }
-                }
-            }
-        }
-        out
-    }
-
-    /// The subscription a message belongs to: the lowest id on `channel` wanting `market`, else
-    /// the lowest id on `channel`.
-    pub fn owner_of(&self, channel: Channel, market: Option<&str>) -> Option<SubId> {
-        let mut first = None;
-        for (id, want) in self.subs.iter().filter(|(_, w)| w.channel == channel) {
-            first.get_or_insert(*id);
-            let wants = match (&want.markets, market) {
-                (None, _) => true,
-                (Some(set), Some(m)) => set.contains(m),
-                (Some(_), None) => false,
-            };
-            if wants {
-                return Some(*id);
-            }
-        }
-        first
-    }
-}
+/// Our name for one subscription at the exchange: stable from the `subscribe` on, while its
+/// sid is still unknown.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct SubKey(u64);
 
 /// One subscription at the exchange, confirmed (`sid`) or in flight.
 #[derive(Debug)]
 struct UpSub {
     channel: Channel,
-    sid: Option<u64>,
+    sid: Option<Sid>,
     markets: Markets,
     /// An `unsubscribe` was sent: it carries nothing any more.
     closing: bool,
 }
 
+/// A command in flight, and the subscription it acts on.
 #[derive(Debug)]
 enum Pending {
-    Subscribe { key: u64 },
-    Add { key: u64, markets: Vec<String> },
-    Delete { key: u64 },
-    Unsubscribe { key: u64 },
-    Snapshot { key: u64 },
+    Subscribe { key: SubKey },
+    Add { key: SubKey, markets: Vec<String> },
+    Delete { key: SubKey },
+    Unsubscribe { key: SubKey },
+    Snapshot { key: SubKey },
+}
+
+impl Pending {
+    fn answered(&self) -> (Answered, SubKey) {
+        match self {
+            Pending::Subscribe { key } => (Answered::Subscribe, *key),
+            Pending::Add { key, .. } => (Answered::AddMarkets, *key),
+            Pending::Delete { key } => (Answered::DeleteMarkets, *key),
+            Pending::Unsubscribe { key } => (Answered::Unsubscribe, *key),
+            Pending::Snapshot { key } => (Answered::GetSnapshot, *key),
+        }
+    }
 }
 
 /// What a reply meant, for the session to act on.
@@ -132,20 +56,24 @@ enum Pending {
 pub(crate) enum Outcome {
     /// A sid died (terminal error): its markets' books are stale and it will be resubscribed.
     Dead {
-        sid: u64,
+        sid: Sid,
         channel: Channel,
         markets: Vec<String>,
     },
 }
 
 /// The subscriptions of one connection. Dropped with it: sids never survive a reconnect.
+///
+/// Invariants, kept by `confirm` and `forget` alone: a sid is in `by_sid` exactly while its
+/// subscription is in `subs` with that sid, and `seq` tracks exactly the confirmed sids, with the
+/// markets each carries.
 #[derive(Debug)]
 pub(crate) struct Actual {
     next_cmd: u64,
     next_key: u64,
-    subs: BTreeMap<u64, UpSub>,
-    by_sid: HashMap<u64, u64>,
-    pending: HashMap<u64, Pending>,
+    subs: BTreeMap<SubKey, UpSub>,
+    by_sid: HashMap<Sid, SubKey>,
+    pending: HashMap<CmdId, Pending>,
     /// Largest market count per sid learned from error 26, per channel.
     limits: HashMap<Channel, usize>,
     /// What the exchange refused on this connection (not retried until the next one).
@@ -170,9 +98,33 @@ impl Actual {
         }
     }
 
+    /// The exchange confirmed `key` as `sid`.
+    fn confirm(&mut self, key: SubKey, sid: Sid) {
+        let Some(sub) = self.subs.get_mut(&key) else {
+            return;
+        };
+        sub.sid = Some(sid);
+        self.by_sid.insert(sid, key);
+        self.seq.remove(sid.0);
+        if let Some(markets) = &sub.markets {
+            self.seq.add_markets(sid.0, markets.iter().cloned());
+        }
+        tracing::debug!(sid = sid.0, channel = %sub.channel, "subscribed");
+    }
+
+    /// Drops a subscription and everything kept about its sid.
+    fn forget(&mut self, key: SubKey) -> Option<UpSub> {
+        let sub = self.subs.remove(&key)?;
+        if let Some(sid) = sub.sid {
+            self.by_sid.remove(&sid);
+            self.seq.remove(sid.0);
+        }
+        Some(sub)
+    }
+
     fn command(&mut self, pending: Pending, action: Action) -> Command {
         self.next_cmd += 1;
-        self.pending.insert(self.next_cmd, pending);
+        self.pending.insert(CmdId(self.next_cmd), pending);
         Command {
             id: self.next_cmd,
             action,
@@ -181,7 +133,7 @@ impl Actual {
 
     fn subscribe_cmd(&mut self, channel: Channel, markets: Markets) -> Command {
         self.next_key += 1;
-        let key = self.next_key;
+        let key = SubKey(self.next_key);
         let list = markets.as_ref().map(|m| m.iter().cloned().collect());
         self.subs.insert(
             key,
@@ -202,19 +154,19 @@ impl Actual {
         self.command(Pending::Subscribe { key }, action)
     }
 
-    fn unsubscribe_cmd(&mut self, key: u64) -> Option<Command> {
+    fn unsubscribe_cmd(&mut self, key: SubKey) -> Option<Command> {
         let sub = self.subs.get_mut(&key)?;
         let sid = sub.sid?;
         sub.closing = true;
         Some(self.command(
             Pending::Unsubscribe { key },
-            Action::Unsubscribe { sids: vec![sid] },
+            Action::Unsubscribe { sids: vec![sid.0] },
         ))
     }
 
     fn update_cmd(
         &mut self,
-        key: u64,
+        key: SubKey,
         markets: Vec<String>,
         action: UpdateAction,
     ) -> Option<Command> {
@@ -224,13 +176,13 @@ impl Actual {
             match action {
                 UpdateAction::AddMarkets => {
                     set.extend(markets.iter().cloned());
-                    self.seq.add_markets(sid, markets.iter().cloned());
+                    self.seq.add_markets(sid.0, markets.iter().cloned());
                 }
                 UpdateAction::DeleteMarkets => {
                     for m in &markets {
                         set.remove(m);
                     }
-                    self.seq.remove_markets(sid, &markets);
+                    self.seq.remove_markets(sid.0, &markets);
                 }
                 UpdateAction::GetSnapshot => {}
             }
@@ -244,7 +196,7 @@ impl Actual {
             UpdateAction::GetSnapshot => Pending::Snapshot { key },
         };
         let update = UpdateSubscription {
-            sid,
+            sid: sid.0,
             markets,
             action,
         };
@@ -259,13 +211,13 @@ impl Actual {
     }
 
     /// The channel of a live sid.
-    pub fn channel_of(&self, sid: u64) -> Option<Channel> {
+    pub fn channel_of(&self, sid: Sid) -> Option<Channel> {
         let sub = self.subs.get(self.by_sid.get(&sid)?)?;
         (!sub.closing).then_some(sub.channel)
     }
 
     /// Every confirmed sid (for the unsubscribe on shutdown).
-    pub fn sids(&self) -> Vec<u64> {
+    pub fn sids(&self) -> Vec<Sid> {
         self.subs.values().filter_map(|s| s.sid).collect()
     }
 
@@ -278,7 +230,7 @@ impl Actual {
             .chain(self.subs.values().map(|s| s.channel))
             .collect();
         for channel in channels {
-            let live: Vec<u64> = self
+            let live: Vec<SubKey> = self
                 .subs
                 .iter()
                 .filter(|(_, s)| s.channel == channel && !s.closing)
@@ -312,7 +264,7 @@ impl Actual {
     fn reconcile_markets(
         &mut self,
         channel: Channel,
-        live: &[u64],
+        live: &[SubKey],
         want: &BTreeSet<String>,
         out: &mut Vec<Command>,
     ) {
@@ -372,7 +324,7 @@ impl Actual {
 
     /// A `get_snapshot` per sid for those of `markets` an orderbook sid carries.
     pub fn snapshot_commands(&mut self, markets: &BTreeSet<String>) -> Vec<Command> {
-        let mut per_key: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+        let mut per_key: BTreeMap<SubKey, Vec<String>> = BTreeMap::new();
         for (key, sub) in &self.subs {
             if sub.channel != Channel::OrderbookDelta || sub.closing || sub.sid.is_none() {
                 continue;
@@ -391,56 +343,46 @@ impl Actual {
     }
 
     /// `get_snapshot` for markets of one sid (gap repair).
-    pub fn snapshot_sid(&mut self, sid: u64, markets: Vec<String>) -> Option<Command> {
+    pub fn snapshot_sid(&mut self, sid: Sid, markets: Vec<String>) -> Option<Command> {
         let key = *self.by_sid.get(&sid)?;
         self.update_cmd(key, markets, UpdateAction::GetSnapshot)
     }
 
     /// Drops `sid` (fallback repair): unsubscribes it, so the next reconcile subscribes its
-    /// markets again on a new sid.
-    pub fn resubscribe(&mut self, sid: u64) -> Option<Command> {
+    /// markets again on a new sid. Its seq is forgotten at once: nothing it sends counts now.
+    pub fn resubscribe(&mut self, sid: Sid) -> Option<Command> {
         let key = *self.by_sid.get(&sid)?;
-        self.seq.remove(sid);
+        self.seq.remove(sid.0);
         self.unsubscribe_cmd(key)
     }
 
     /// Applies a `subscribed`, `unsubscribed`, `ok` or `error` reply.
     pub fn on_reply(&mut self, env: &Envelope) -> Vec<Outcome> {
-        let pending = env.id.and_then(|id| self.pending.remove(&id));
-        match env.kind.as_str() {
-            "subscribed" => {
-                let (Some(Pending::Subscribe { key }), Ok(body)) =
-                    (pending, env.body::<Subscribed>())
-                else {
-                    tracing::warn!(id = ?env.id, "subscribed reply for no subscribe of ours");
-                    return Vec::new();
-                };
-                if let Some(sub) = self.subs.get_mut(&key) {
-                    sub.sid = Some(body.sid);
-                    self.by_sid.insert(body.sid, key);
-                    self.seq.remove(body.sid);
-                    if let Some(markets) = &sub.markets {
-                        self.seq.add_markets(body.sid, markets.iter().cloned());
+        let pending = env.id.and_then(|id| self.pending.remove(&CmdId(id)));
+        match env.message_type() {
+            MessageType::Subscribed => {
+                match (pending, env.body::<Subscribed>()) {
+                    (Some(Pending::Subscribe { key }), Ok(body)) => {
+                        self.confirm(key, Sid(body.sid))
                     }
-                    tracing::debug!(sid = body.sid, channel = %sub.channel, "subscribed");
+                    _ => {
+                        tracing::warn!(id = ?env.id, "subscribed reply for no subscribe of ours");
+                    }
                 }
                 Vec::new()
             }
-            "unsubscribed" => {
-                let sid = env.sid.or_else(|| match pending {
-                    Some(Pending::Unsubscribe { key }) => self.subs.get(&key).and_then(|s| s.sid),
-                    _ => None,
-                });
-                if let Some(key) = sid.and_then(|sid| self.by_sid.remove(&sid)) {
-                    self.subs.remove(&key);
-                }
-                if let Some(sid) = sid {
-                    self.seq.remove(sid);
+            MessageType::Unsubscribed => {
+                let key = match (env.sid, pending) {
+                    (Some(sid), _) => self.by_sid.get(&Sid(sid)).copied(),
+                    (None, Some(Pending::Unsubscribe { key })) => Some(key),
+                    (None, _) => None,
+                };
+                if let Some(key) = key {
+                    self.forget(key);
                 }
                 Vec::new()
             }
-            "ok" => Vec::new(),
-            "error" => self.on_error(env, pending),
+            MessageType::Error => self.on_error(env, pending),
             _ => Vec::new(),
         }
     }
@@ -448,91 +390,96 @@ impl Actual {
     fn on_error(&mut self, env: &Envelope, pending: Option<Pending>) -> Vec<Outcome> {
         let body = env.body::<ErrorBody>().ok();
         let code = body.as_ref().and_then(|b| ErrorCode::from_code(b.code));
-        let market = body.as_ref().and_then(|b| b.market_ticker.clone());
+        let named = body.as_ref().and_then(|b| b.market_ticker.clone());
         tracing::warn!(id = ?env.id, sid = ?env.sid, code = ?body.as_ref().map(|b| b.code),
             msg = ?body.as_ref().map(|b| &b.msg), "exchange refused a command");
-        let terminal = code.is_some_and(ErrorCode::is_terminal);
-        match pending {
-            Some(Pending::Subscribe { key }) => {
-                let Some(sub) = self.subs.remove(&key) else {
+        let (answered, key) = match &pending {
+            Some(p) => {
+                let (answered, key) = p.answered();
+                (answered, Some(key))
+            }
+            None => (
+                Answered::Nothing,
+                env.sid.and_then(|sid| self.by_sid.get(&Sid(sid)).copied()),
+            ),
+        };
+        // The markets the refused command carried.
+        let batch: Vec<String> = match (&pending, key.and_then(|k| self.subs.get(&k))) {
+            (Some(Pending::Add { markets, .. }), _) => markets.clone(),
+            (Some(Pending::Subscribe { .. }), Some(sub)) => {
+                sub.markets.iter().flatten().cloned().collect()
+            }
+            _ => Vec::new(),
+        };
+        let named = named.filter(|m| batch.contains(m));
+        let decision = policy(answered, code, batch.len(), named.is_some());
+        let Some(key) = key else {
+            return Vec::new();
+        };
+        // A refused subscribe never got a sid; a refused add leaves the sid as it was.
+        let channel = match answered {
+            Answered::Subscribe => match self.forget(key) {
+                Some(sub) => sub.channel,
+                None => return Vec::new(),
+            },
+            Answered::AddMarkets if decision != Policy::Kill => {
+                let Some(sub) = self.subs.get_mut(&key) else {
                     return Vec::new();
                 };
-                let n = sub.markets.as_ref().map_or(0, BTreeSet::len);
-                match (code, &sub.markets) {
-                    (Some(ErrorCode::MarketLimitExceeded), Some(_)) if n > 1 => {
-                        let limit = self.limits.entry(sub.channel).or_insert(usize::MAX);
-                        *limit = (*limit).min(n / 2).max(1);
-                        tracing::info!(channel = %sub.channel, limit = *limit, "market limit per subscription learned");
-                    }
-                    (Some(ErrorCode::MarketNotFound), Some(_)) if market.is_some() => {
-                        self.refused.insert((sub.channel, market));
-                    }
-                    (_, Some(markets)) => {
-                        self.refused
-                            .extend(markets.iter().map(|m| (sub.channel, Some(m.clone()))));
-                    }
-                    (_, None) => {
-                        self.refused.insert((sub.channel, None));
+                if let Some(set) = &mut sub.markets {
+                    for m in &batch {
+                        set.remove(m);
                     }
                 }
-                Vec::new()
-            }
-            Some(Pending::Add { key, markets }) if !terminal => {
-                if let Some(sub) = self.subs.get_mut(&key) {
-                    if let Some(set) = &mut sub.markets {
-                        for m in &markets {
-                            set.remove(m);
-                        }
-                        match (code, &market) {
-                            (Some(ErrorCode::MarketLimitExceeded), _) => {
-                                self.limits.insert(sub.channel, set.len().max(1));
-                            }
-                            // The exchange named the one market it does not know: only that one
-                            // is refused; the others of the batch are added again by the next
-                            // reconcile (a client's bogus ticker must not poison its neighbours).
-                            (Some(ErrorCode::MarketNotFound), Some(m)) if markets.contains(m) => {
-                                self.refused.insert((sub.channel, Some(m.clone())));
-                            }
-                            _ => self
-                                .refused
-                                .extend(markets.iter().map(|m| (sub.channel, Some(m.clone())))),
-                        }
-                    }
-                    if let Some(sid) = sub.sid {
-                        self.seq.remove_markets(sid, &markets);
-                    }
+                if let Some(sid) = sub.sid {
+                    self.seq.remove_markets(sid.0, &batch);
                 }
-                Vec::new()
+                sub.channel
             }
-            Some(Pending::Unsubscribe { key }) => {
-                if let Some(sid) = self.subs.remove(&key).and_then(|s| s.sid) {
-                    self.by_sid.remove(&sid);
-                    self.seq.remove(sid);
-                }
-                Vec::new()
-            }
-            Some(
-                Pending::Add { key, .. } | Pending::Delete { key } | Pending::Snapshot { key },
-            ) => {
-                let sid = self.subs.get(&key).and_then(|s| s.sid);
-                match sid {
-                    Some(sid) if terminal => self.kill(sid).into_iter().collect(),
-                    _ => Vec::new(),
-                }
-            }
-            None => match env.sid {
-                Some(sid) if terminal => self.kill(sid).into_iter().collect(),
-                _ => Vec::new(),
+            _ => match self.subs.get(&key) {
+                Some(sub) => sub.channel,
+                None => return Vec::new(),
             },
+        };
+        match decision {
+            Policy::Ignore => {}
+            Policy::Forget => {
+                self.forget(key);
+            }
+            Policy::Kill => return self.kill(key).into_iter().collect(),
+            Policy::LearnLimit => {
+                let limit = self.limits.entry(channel).or_insert(usize::MAX);
+                *limit = match answered {
+                    // Half the refused batch, until the exchange accepts.
+                    Answered::Subscribe => (*limit).min(batch.len() / 2).max(1),
+                    // What the sid holds is what it can hold.
+                    _ => self
+                        .subs
+                        .get(&key)
+                        .and_then(|s| s.markets.as_ref())
+                        .map_or(1, |m| m.len().max(1)),
+                };
+                tracing::info!(%channel, limit = *limit, "market limit per subscription learned");
+            }
+            Policy::RefuseNamed => {
+                self.refused.insert((channel, named));
+            }
+            Policy::RefuseBatch if batch.is_empty() => {
+                self.refused.insert((channel, None));
+            }
+            Policy::RefuseBatch => {
+                self.refused
+                    .extend(batch.into_iter().map(|m| (channel, Some(m))));
+            }
         }
+        Vec::new()
     }
 
     /// Forgets a dead sid; the next reconcile subscribes its markets again.
-    fn kill(&mut self, sid: u64) -> Option<Outcome> {
-        let key = self.by_sid.remove(&sid)?;
-        let sub = self.subs.remove(&key)?;
-        let markets: Vec<String> = self.seq.markets(sid).cloned().collect();
-        self.seq.remove(sid);
+    fn kill(&mut self, key: SubKey) -> Option<Outcome> {
+        let sid = self.subs.get(&key)?.sid?;
+        let markets: Vec<String> = self.seq.markets(sid.0).cloned().collect();
+        let sub = self.forget(key)?;
         Some(Outcome::Dead {
             sid,
             channel: sub.channel,
@@ -544,6 +491,8 @@ impl Actual {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::SubId;
+    use crate::subs::Desired;
 
     fn env(frame: &str) -> Envelope {
         Envelope::parse(frame.as_bytes()).unwrap()
@@ -577,8 +526,6 @@ mod tests {
             act.reconcile(&d.wanted()).is_empty(),
             "nothing twice while in flight"
         );
-        assert_eq!(d.owner_of(Channel::OrderbookDelta, Some("C")), Some(b));
-        assert_eq!(d.owner_of(Channel::OrderbookDelta, Some("B")), Some(a));
     }
 
     #[test]
@@ -647,7 +594,7 @@ mod tests {
             );
             act.on_reply(&env(&reply));
         }
-        assert_eq!(act.sids(), [10, 11, 12]);
+        assert_eq!(act.sids(), [Sid(10), Sid(11), Sid(12)]);
         assert_eq!(
             act.seq.markets(11).cloned().collect::<Vec<_>>(),
             names(&["B"])
@@ -684,7 +631,7 @@ mod tests {
         assert_eq!(
             out,
             [Outcome::Dead {
-                sid: 3,
+                sid: Sid(3),
                 channel: Channel::OrderbookDelta,
                 markets: names(&["A", "B"])
             }]
