@@ -33,10 +33,10 @@ pub enum SimAuth {
 /// What a second `subscribe` on a channel the connection already holds does (reference §5, OPEN).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum DuplicatePolicy {
-    /// Older servers: error 6 "Already subscribed".
-    #[default]
+    /// Older servers: error 6 "Already subscribed" (retired in the newest spec).
     Error6,
     /// Newer servers: merge the markets into the existing sid and answer `ok`.
+    #[default]
     Merge,
 }
 

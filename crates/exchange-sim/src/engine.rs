@@ -17,7 +17,7 @@ use rand::{Rng, SeedableRng};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use crate::encode::{self, AccountFill};
+use crate::encode::{self, AccountFill, Stamp};
 use crate::market::{self, LevelChange, Market};
 
 /// How often the engine wakes to generate the events due at the configured rate. Small enough
@@ -86,38 +86,56 @@ pub(crate) struct Event {
 
 pub(crate) type Batch = Arc<Vec<Event>>;
 
-/// The simulated account's holdings in one market.
+/// The simulated account's holdings in one market. Money in cents.
 #[derive(Clone, Copy, Debug, Default)]
 struct Holding {
     /// YES contracts positive, NO contracts negative.
     position: i64,
-    /// What the open position cost, in cents.
+    /// What the open position cost.
     cost: i64,
+    /// Fees paid on the open position.
+    position_fees: i64,
     realized: i64,
+    /// Fees paid in this market, in total.
+    fees_paid: i64,
+    /// Contracts traded in this market, in total.
+    volume: i64,
 }
 
 impl Holding {
-    /// The account bought `count` of `side` at that side's price `side_price` (cents).
-    fn buy(&mut self, side: Side, count: i64, side_price: i64) {
+    /// The account bought `count` of `side` at that side's price `side_price`, paying `fee`.
+    fn buy(&mut self, side: Side, count: i64, side_price: i64, fee: i64) {
+        self.volume += count;
+        self.fees_paid += fee;
         let signed = if side == Side::Yes { count } else { -count };
         if self.position == 0 || self.position.signum() == signed.signum() {
             self.position += signed;
             self.cost += count * side_price;
+            self.position_fees += fee;
             return;
         }
         // Buying the opposite side closes pairs, each of which settles at 100 cents.
         let open = self.position.abs();
         let closed = count.min(open);
         let avg = self.cost / open;
+        let closed_fees = self.position_fees * closed / open;
         self.realized += closed * (100 - avg - side_price);
         self.cost -= closed * avg;
+        self.position_fees -= closed_fees;
         self.position += if side == Side::Yes { closed } else { -closed };
         let rest = count - closed;
         if rest > 0 {
             self.position += if side == Side::Yes { rest } else { -rest };
             self.cost = rest * side_price;
+            self.position_fees = fee * rest / count;
         }
     }
+}
+
+/// The exchange's maker fee on `count` contracts at `price` cents: 0.0175 x C x P x (1 - P)
+/// dollars, rounded up to the cent.
+fn maker_fee_cents(count: i64, price: i64) -> i64 {
+    (175 * count * price * (100 - price) + 999_999) / 1_000_000
 }
 
 /// Everything behind the engine lock.
@@ -132,6 +150,10 @@ pub(crate) struct EngineState {
     credit: f64,
     rng: SmallRng,
     holdings: Vec<Holding>,
+    /// The simulated account's `user_id`.
+    user_id: String,
+    /// Orders the account placed so far (for its `client_order_id`s).
+    orders: u64,
     /// Broadcasts each batch; held here so sending happens under the lock (see module doc).
     tx: broadcast::Sender<Batch>,
 }
@@ -166,6 +188,8 @@ impl Engine {
         let (tx, _) = broadcast::channel(BROADCAST_CAPACITY);
         let state = EngineState {
             holdings: vec![Holding::default(); books.len()],
+            user_id: market::uuid(&mut rng),
+            orders: 0,
             markets: books,
             num: 0,
             paused: false,
@@ -230,18 +254,14 @@ impl Engine {
     }
 }
 
-fn now_ms() -> i64 {
-    protocol::sign::now_ms() as i64
-}
-
 impl EngineState {
     /// Generates at least `due` messages (a step may emit several) as one or more batches, each
     /// broadcast before returning. Returns how many were generated.
     fn generate(&mut self, due: usize) -> usize {
         let mut batch = Vec::with_capacity(due + 6);
-        let ts = now_ms();
+        let at = Stamp::now();
         while batch.len() < due {
-            self.step(ts, &mut batch);
+            self.step(&at, &mut batch);
         }
         let made = batch.len();
         // No receivers is fine: nobody is connected.
@@ -261,15 +281,15 @@ impl EngineState {
     }
 
     /// One step of one market: a book change, a trade, a ticker, or (rarely) a lifecycle event.
-    fn step(&mut self, ts: i64, out: &mut Vec<Event>) {
+    fn step(&mut self, at: &Stamp, out: &mut Vec<Event>) {
         let idx = self.rng.gen_range(0..self.markets.len());
         let mi = idx as u32;
         let roll: f64 = self.rng.gen();
         if roll < 0.12 {
             let Some(exec) = self.markets[idx].execute(&mut self.rng) else {
-                return self.walk(idx, ts, out);
+                return self.walk(idx, at, out);
             };
-            self.push_delta(out, idx, exec.change, ts);
+            self.push_delta(out, idx, exec.change, at);
             let trade_id = market::uuid(&mut self.rng);
             let m = &self.markets[idx];
             let body = encode::trade(
@@ -278,37 +298,37 @@ impl EngineState {
                 exec.maker_side,
                 exec.yes_price,
                 exec.count,
-                ts,
+                at,
             );
             self.push(out, mi, Kind::Trade, body);
-            let body = encode::ticker(&self.markets[idx], ts);
+            let body = encode::ticker(&self.markets[idx], at);
             self.push(out, mi, Kind::Ticker, body);
             if self.rng.gen_bool(0.2) {
-                self.account_fill(idx, &trade_id, exec, ts, out);
+                self.account_fill(idx, &trade_id, exec, at, out);
             }
         } else if roll < 0.82 {
-            self.walk(idx, ts, out);
+            self.walk(idx, at, out);
         } else if roll < 0.999 {
-            let body = encode::ticker(&self.markets[idx], ts);
+            let body = encode::ticker(&self.markets[idx], at);
             self.push(out, mi, Kind::Ticker, body);
         } else {
-            let close_ts = ts / 1000 + self.rng.gen_range(3_600..30 * 86_400);
-            let body = encode::lifecycle(&self.markets[idx], close_ts, ts);
+            let close_ts = at.secs + self.rng.gen_range(3_600..30 * 86_400);
+            let body = encode::lifecycle(&self.markets[idx], close_ts);
             self.push(out, mi, Kind::Lifecycle, body);
         }
     }
 
-    fn walk(&mut self, idx: usize, ts: i64, out: &mut Vec<Event>) {
+    fn walk(&mut self, idx: usize, at: &Stamp, out: &mut Vec<Event>) {
         let change = self.markets[idx].walk(&mut self.rng);
-        self.push_delta(out, idx, change, ts);
+        self.push_delta(out, idx, change, at);
     }
 
-    fn push_delta(&mut self, out: &mut Vec<Event>, idx: usize, change: LevelChange, ts: i64) {
+    fn push_delta(&mut self, out: &mut Vec<Event>, idx: usize, change: LevelChange, at: &Stamp) {
         let m = &self.markets[idx];
-        let body = encode::delta(&m.ticker, &m.market_id, change, ts, false);
+        let body = encode::delta(&m.ticker, &m.market_id, change, at.ms, &at.rfc3339, false);
         self.push(out, idx as u32, Kind::Delta, body);
         if let Some(last) = out.last_mut() {
-            last.change = Some((change, ts));
+            last.change = Some((change, at.ms));
         }
     }
 
@@ -318,7 +338,7 @@ impl EngineState {
         idx: usize,
         trade_id: &str,
         exec: market::Execution,
-        ts: i64,
+        at: &Stamp,
         out: &mut Vec<Event>,
     ) {
         let side = exec.maker_side;
@@ -326,23 +346,35 @@ impl EngineState {
             Side::Yes => exec.yes_price,
             Side::No => 100 - exec.yes_price,
         };
+        let fee = maker_fee_cents(exec.count, side_price);
         let holding = &mut self.holdings[idx];
-        holding.buy(side, exec.count, side_price);
+        holding.buy(side, exec.count, side_price, fee);
         let holding = *holding;
         let order_id = market::uuid(&mut self.rng);
+        self.orders += 1;
+        let client_order_id = format!("sim-{}", self.orders);
         let extra = self.rng.gen_range(0..=exec.count * 2);
+        // The order rested for a while before it was hit.
+        let created = Stamp::at(at.ms - self.rng.gen_range(1..120_000));
         let f = AccountFill {
+            user_id: &self.user_id,
             trade_id,
             order_id: &order_id,
+            client_order_id: &client_order_id,
             side,
             yes_price: exec.yes_price,
             count: exec.count,
+            fee_cents: fee,
             order_initial: exec.count + extra,
             order_remaining: extra,
+            order_created: &created,
             position: holding.position,
-            exposure_cents: holding.cost,
+            position_cost_cents: holding.cost,
+            position_fees_cents: holding.position_fees,
             realized_pnl_cents: holding.realized,
-            ts_ms: ts,
+            fees_paid_cents: holding.fees_paid,
+            volume: holding.volume,
+            at,
         };
         let m = &self.markets[idx];
         let bodies = [
@@ -363,12 +395,22 @@ mod tests {
     #[test]
     fn holdings_close_pairs_at_a_dollar() {
         let mut h = Holding::default();
-        h.buy(Side::Yes, 10, 40);
+        h.buy(Side::Yes, 10, 40, 5);
         assert_eq!((h.position, h.cost, h.realized), (10, 400, 0));
-        h.buy(Side::No, 4, 50); // 4 pairs cost 40 + 50, settle at 100: +10 each
+        h.buy(Side::No, 4, 50, 2); // 4 pairs cost 40 + 50, settle at 100: +10 each
         assert_eq!((h.position, h.cost, h.realized), (6, 240, 40));
-        h.buy(Side::No, 8, 70); // closes 6 (-10 each), opens 2 NO at 70
+        assert_eq!((h.position_fees, h.fees_paid, h.volume), (3, 7, 14));
+        h.buy(Side::No, 8, 70, 4); // closes 6 (-10 each), opens 2 NO at 70
         assert_eq!((h.position, h.cost, h.realized), (-2, 140, -20));
+        assert_eq!((h.position_fees, h.fees_paid, h.volume), (1, 11, 22));
+    }
+
+    #[test]
+    fn maker_fees_round_up_to_the_cent() {
+        // 0.0175 x 278 x 0.75 x 0.25 = 0.912 dollars.
+        assert_eq!(maker_fee_cents(278, 75), 92);
+        assert_eq!(maker_fee_cents(1, 50), 1);
+        assert_eq!(maker_fee_cents(100, 50), 44); // 0.4375
     }
 
     #[test]

@@ -65,7 +65,7 @@ struct Args {
     #[arg(long)]
     reject_origin: bool,
     /// What a second subscribe on a channel the connection already holds does.
-    #[arg(long, value_enum, value_name = "POLICY", default_value = "error")]
+    #[arg(long, value_enum, value_name = "POLICY", default_value = "merge")]
     duplicate_subscribe: DuplicateArg,
     /// Most markets one subscription may hold (more gives error 26). Default: no limit.
     #[arg(long, value_name = "N")]
@@ -74,7 +74,7 @@ struct Args {
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum DuplicateArg {
-    /// Error 6 "Already subscribed" (older servers).
+    /// Error 6 "Already subscribed" (older servers; retired in the newest spec).
     Error,
     /// Merge the markets into the existing sid and answer ok (newer servers).
     Merge,

@@ -55,9 +55,11 @@ pub(crate) fn tickers(n: usize, rng: &mut SmallRng) -> Vec<String> {
     out
 }
 
-/// A UUID-shaped random id (market ids, trade ids, order ids).
+/// A random (version 4) UUID: market ids, trade ids, order ids, the account's user id.
 pub(crate) fn uuid(rng: &mut SmallRng) -> String {
     let v: u128 = rng.gen();
+    // Version 4 in the 13th hex digit, variant 10xx in the 17th, as the exchange's ids have.
+    let v = (v & !(0xf << 76) & !(0x3 << 62)) | (0x4 << 76) | (0x2 << 62);
     let h = format!("{v:032x}");
     format!(
         "{}-{}-{}-{}-{}",
@@ -92,32 +94,35 @@ pub(crate) struct Execution {
 #[derive(Clone, Debug)]
 pub(crate) struct Market {
     pub ticker: String,
-    pub event_ticker: String,
     pub market_id: String,
     yes: BTreeMap<i64, i64>,
     no: BTreeMap<i64, i64>,
     /// The fair YES value in cents the book drifts around.
     mid: f64,
     pub last_price: i64,
+    /// Contracts in the last trade.
+    pub last_trade_size: i64,
     pub volume: i64,
+    /// What the volume cost, in cents (`dollar_volume` is this in whole dollars).
+    pub volume_cents: i64,
     pub open_interest: i64,
 }
 
 impl Market {
     pub fn new(ticker: String, rng: &mut SmallRng) -> Market {
-        let event_ticker = ticker
-            .rsplit_once('-')
-            .map_or(ticker.clone(), |(e, _)| e.to_owned());
-        let mid = rng.gen_range(10.0..90.0);
+        let mid: f64 = rng.gen_range(10.0..90.0);
+        let last_price = mid.round() as i64;
+        let volume = rng.gen_range(0..50_000);
         let mut m = Market {
             market_id: uuid(rng),
             ticker,
-            event_ticker,
             yes: BTreeMap::new(),
             no: BTreeMap::new(),
             mid,
-            last_price: mid.round() as i64,
-            volume: rng.gen_range(0..50_000),
+            last_price,
+            last_trade_size: rng.gen_range(1..100),
+            volume,
+            volume_cents: volume * last_price,
             open_interest: rng.gen_range(0..20_000),
         };
         for _ in 0..rng.gen_range(12..24) {
@@ -266,7 +271,9 @@ impl Market {
             Side::No => 100 - price,
         };
         self.last_price = yes_price;
+        self.last_trade_size = count;
         self.volume += count;
+        self.volume_cents += count * yes_price;
         if rng.gen_bool(0.5) {
             self.open_interest += count;
         } else {
@@ -335,6 +342,21 @@ mod tests {
             .bytes()
             .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == b'-' || c == b'.')));
         assert_ne!(a, tickers(500, &mut SmallRng::seed_from_u64(8)));
+    }
+
+    #[test]
+    fn ids_are_version_4_uuids() {
+        let mut rng = SmallRng::seed_from_u64(5);
+        for _ in 0..100 {
+            let id = uuid(&mut rng);
+            let b = id.as_bytes();
+            assert_eq!(
+                (id.len(), b[8], b[13], b[14]),
+                (36, b'-', b'-', b'4'),
+                "{id}"
+            );
+            assert!(matches!(b[19], b'8' | b'9' | b'a' | b'b'), "{id}");
+        }
     }
 
     #[test]

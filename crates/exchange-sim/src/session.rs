@@ -48,6 +48,8 @@ struct Sub {
     /// Last seq sent (sequenced channels only).
     seq: u64,
     use_yes_price: bool,
+    /// `skip_ticker_ack`: its `ok` replies leave out the market list.
+    skip_ack: bool,
     /// Events numbered up to this predate the subscription.
     since: u64,
     /// Per market: events numbered up to this are already in a snapshot sent on this sid (or
@@ -86,6 +88,17 @@ impl Sub {
     fn all_markets_list(&self, tickers: &[String]) -> Vec<String> {
         self.market_list(tickers)
             .unwrap_or_else(|| tickers.to_vec())
+    }
+
+    /// The `ok` to an update of this sid: its markets after it (unless `skip_ticker_ack`).
+    fn ok(&self, id: u64, tickers: &[String]) -> Utf8Bytes {
+        let list = (!self.skip_ack).then(|| self.all_markets_list(tickers));
+        reply::ok_markets(id, self.sid, self.last_seq(), list.as_deref()).into()
+    }
+
+    /// The last seq sent on a sequenced sid.
+    fn last_seq(&self) -> Option<u64> {
+        self.sequenced().then_some(self.seq)
     }
 }
 
@@ -136,14 +149,15 @@ impl Session {
         }
     }
 
-    /// Tickers to indexes, deduplicated in order; error 16 names the first unknown one.
+    /// Tickers to indexes, deduplicated in order; error 11 names the first unknown one (16,
+    /// "Market not found", is retired in the newest spec).
     fn resolve(&self, engine: &Engine, tickers: &[String]) -> Result<Vec<u32>, Refusal> {
         let mut seen = BTreeSet::new();
         let mut out = Vec::with_capacity(tickers.len());
         for t in tickers {
             let idx = engine
                 .market(t)
-                .ok_or_else(|| (ErrorCode::MarketNotFound, Some(t.clone())))?;
+                .ok_or_else(|| (ErrorCode::InvalidParameter, Some(t.clone())))?;
             if seen.insert(idx) {
                 out.push(idx);
             }
@@ -216,15 +230,14 @@ impl Session {
                 markets: markets.as_ref().map(|m| m.iter().copied().collect()),
                 seq: 0,
                 use_yes_price: s.use_yes_price.unwrap_or(false),
+                skip_ack: s.skip_ticker_ack,
                 since: state.num,
                 fresh_from: HashMap::new(),
                 gap: None,
                 duplicate_next: false,
                 last: None,
             };
-            if !(channel == Channel::Ticker && s.skip_ticker_ack) {
-                out.push(reply::subscribed(id, channel.as_str(), sid).into());
-            }
+            out.push(reply::subscribed(id, channel.as_str(), sid).into());
             let initial: Vec<u32> = markets
                 .clone()
                 .unwrap_or_else(|| (0..engine.tickers.len() as u32).collect());
@@ -233,9 +246,9 @@ impl Session {
                     send_snapshot(&mut sub, m, &state, stamp, out);
                 }
             } else if channel == Channel::Ticker && s.send_initial_snapshot {
+                let at = encode::Stamp::now();
                 for &m in &initial {
-                    let body =
-                        encode::ticker(&state.markets[m as usize], protocol::sign::now_ms() as i64);
+                    let body = encode::ticker(&state.markets[m as usize], &at);
                     out.push(encode::envelope("ticker", sid, None, &body, stamp).into());
                 }
             }
@@ -291,10 +304,7 @@ impl Session {
                     held.remove(m);
                     sub.fresh_from.remove(m);
                 }
-                let seq = sub.sequenced().then_some(sub.seq);
-                out.push(
-                    reply::ok_markets(id, sub.sid, seq, &sub.all_markets_list(tickers)).into(),
-                );
+                out.push(sub.ok(id, tickers));
             }
             UpdateAction::GetSnapshot => {
                 let sub = &mut self.subs[pos];
@@ -302,12 +312,12 @@ impl Session {
                     return Err((ErrorCode::UnsupportedAction, None));
                 }
                 if let Some(&m) = markets.iter().find(|m| !sub.holds(**m)) {
-                    return Err((ErrorCode::MarketNotFound, Some(tickers[m as usize].clone())));
+                    return Err((
+                        ErrorCode::InvalidParameter,
+                        Some(tickers[m as usize].clone()),
+                    ));
                 }
-                let seq = Some(sub.seq);
-                out.push(
-                    reply::ok_markets(id, sub.sid, seq, &sub.all_markets_list(tickers)).into(),
-                );
+                out.push(sub.ok(id, tickers));
                 let state = engine.state.lock();
                 for m in markets {
                     send_snapshot(sub, m, &state, stamp, out);
@@ -346,10 +356,17 @@ impl Session {
             }
             let yes_scaled;
             let body = match ev.change {
-                Some((change, ts)) if sub.use_yes_price && change.side == Side::No => {
+                Some((change, ts_ms)) if sub.use_yes_price && change.side == Side::No => {
                     let m = ev.market as usize;
-                    yes_scaled =
-                        encode::delta(&engine.tickers[m], &engine.market_ids[m], change, ts, true);
+                    let time = encode::Stamp::at(ts_ms).rfc3339;
+                    yes_scaled = encode::delta(
+                        &engine.tickers[m],
+                        &engine.market_ids[m],
+                        change,
+                        ts_ms,
+                        &time,
+                        true,
+                    );
                     &yes_scaled
                 }
                 _ => &ev.body,
@@ -448,8 +465,7 @@ fn add_markets(
     for &m in added {
         sub.fresh_from.insert(m, state.num);
     }
-    let seq = sub.sequenced().then_some(sub.seq);
-    out.push(reply::ok_markets(id, sub.sid, seq, &sub.all_markets_list(&engine.tickers)).into());
+    out.push(sub.ok(id, &engine.tickers));
     if sub.channel == Channel::OrderbookDelta {
         for &m in added {
             send_snapshot(sub, m, state, stamp, out);

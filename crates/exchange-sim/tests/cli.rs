@@ -32,7 +32,7 @@ fn help_documents_every_flag_with_its_default() {
         "127.0.0.1:9001",
         "127.0.0.1:9002",
         "[default: 10]",
-        "[default: error]",
+        "[default: merge]",
     ] {
         assert!(
             help.contains(default),

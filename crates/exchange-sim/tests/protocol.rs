@@ -85,6 +85,8 @@ async fn bad_commands_get_the_reference_error_codes() {
     let config = SimConfig {
         rate: 0.0,
         max_markets_per_subscription: Some(2),
+        // Error 6 is retired in the newest spec; older servers' behaviour stays available.
+        duplicate_subscribe: DuplicatePolicy::Error6,
         ..SimConfig::default()
     };
     let sim = start(config).await;
@@ -113,7 +115,7 @@ async fn bad_commands_get_the_reference_error_codes() {
         (format!(r#"{{"id":3,"cmd":"update_subscription","params":{{"sid":{sid},"market_tickers":["{}"],"action":"get_snapshot"}}}}"#, m[0]), 13),
         (r#"{"id":3,"cmd":"subscribe","params":{"channels":["orderbook_delta"]}}"#.into(), 14),
         (format!(r#"{{"id":3,"cmd":"update_subscription","params":{{"sid":{sid},"market_tickers":["{}"]}}}}"#, m[0]), 15),
-        (r#"{"id":3,"cmd":"subscribe","params":{"channels":["ticker"],"market_ticker":"NOPE-1"}}"#.into(), 16),
+        (r#"{"id":3,"cmd":"subscribe","params":{"channels":["ticker"],"market_ticker":"NOPE-1"}}"#.into(), 11),
         (format!(r#"{{"id":3,"cmd":"subscribe","params":{{"channels":["ticker"],"market_tickers":{}}}}}"#, serde_json::to_string(&m[..3]).unwrap()), 26),
     ];
     for (frame, want) in table {
@@ -188,7 +190,7 @@ async fn subscriptions_follow_the_reference() {
             m[3]
         ))
         .await;
-    assert_eq!(code(&r), 16);
+    assert_eq!(code(&r), 11);
     let r = client
         .command(&format!(
             r#"{{"id":4,"cmd":"update_subscription","params":{{"sid":{book_sid},"market_tickers":["{}"],"action":"delete_markets"}}}}"#,
@@ -216,7 +218,11 @@ async fn subscriptions_follow_the_reference() {
         (a["type"].as_str(), a["sid"].as_u64(), a["seq"].as_u64()),
         (Some("unsubscribed"), Some(book_sid), Some(3))
     );
-    assert_eq!((b["sid"].as_u64(), b.get("seq")), (Some(ticker_sid), None));
+    // The newest spec requires seq (at least 1) on every unsubscribed, even without a sequence.
+    assert_eq!(
+        (b["sid"].as_u64(), b["seq"].as_u64()),
+        (Some(ticker_sid), Some(1))
+    );
     let r = client
         .command(r#"{"id":7,"cmd":"list_subscriptions"}"#)
         .await;
@@ -281,4 +287,33 @@ async fn heartbeat_pings_arrive_at_the_configured_interval() {
             other => panic!("expected a pong, got {other:?}"),
         }
     }
+}
+
+#[tokio::test]
+async fn skip_ticker_ack_leaves_the_market_list_out_of_ok() {
+    let sim = start(SimConfig {
+        rate: 0.0,
+        ..SimConfig::default()
+    })
+    .await;
+    let m = sim.markets();
+    let mut client = connect(&sim).await;
+    let r = client
+        .command(&format!(
+            r#"{{"id":1,"cmd":"subscribe","params":{{"channels":["ticker"],"market_ticker":"{}","skip_ticker_ack":true}}}}"#,
+            m[0]
+        ))
+        .await;
+    assert_eq!(
+        r["type"], "subscribed",
+        "the subscribe itself is acknowledged"
+    );
+    let sid = r["msg"]["sid"].as_u64().unwrap();
+    let r = client
+        .command(&format!(
+            r#"{{"id":2,"cmd":"update_subscription","params":{{"sid":{sid},"market_tickers":["{}"],"action":"add_markets"}}}}"#,
+            m[1]
+        ))
+        .await;
+    assert_eq!(r, serde_json::json!({"id": 2, "type": "ok", "sid": sid}));
 }

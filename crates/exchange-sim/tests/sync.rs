@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::*;
 use exchange_sim::SimConfig;
-use protocol::{Message, OrderBook, OrderbookSnapshot, Side};
+use protocol::{Count, Message, OrderBook, OrderbookSnapshot, Price, Side};
 
 /// Applies one data frame to the books, checking seq continuity per sid.
 fn apply(
@@ -185,15 +185,20 @@ async fn every_channel_carries_valid_bodies_consistent_with_the_book() {
         apply(&mut books, &mut seqs, &env);
         match Message::decode(&env).unwrap() {
             Message::Ticker(t) => {
+                // The ticker quotes the book as it stands; an empty side is bid 0 / ask 1, size 0.
                 let book = &books[t.market_ticker.as_ref().unwrap()];
+                let bid = book
+                    .best_bid(Side::Yes)
+                    .unwrap_or((Price::ZERO, Count::ZERO));
+                let ask = book.best_yes_ask().unwrap_or((Price::ONE, Count::ZERO));
                 assert_eq!(
-                    t.yes_bid_dollars,
-                    book.best_bid(Side::Yes).map(|l| l.0),
+                    (t.yes_bid_dollars, t.yes_bid_size_fp),
+                    (Some(bid.0), Some(bid.1)),
                     "{value}"
                 );
                 assert_eq!(
-                    t.yes_ask_dollars,
-                    book.best_yes_ask().map(|l| l.0),
+                    (t.yes_ask_dollars, t.yes_ask_size_fp),
+                    (Some(ask.0), Some(ask.1)),
                     "{value}"
                 );
             }

@@ -180,6 +180,16 @@ impl Fanout {
         self.shared.cache.lock().markets.len()
     }
 
+    /// The markets the cache holds, sorted (the dashboard's market list).
+    pub fn market_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = {
+            let cache = self.shared.cache.lock();
+            cache.markets.keys().map(|k| k.to_string()).collect()
+        };
+        names.sort_unstable();
+        names
+    }
+
     pub fn config(&self) -> &FanoutConfig {
         &self.shared.config
     }

@@ -27,6 +27,9 @@ pub enum BookError {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OrderBook {
     market: String,
+    /// The exchange's `market_id` (a uuid), learned from the first snapshot or delta that
+    /// carries it, so a snapshot rebuilt from the book carries it too.
+    market_id: Option<String>,
     yes: BTreeMap<Price, Count>,
     no: BTreeMap<Price, Count>,
     synced: bool,
@@ -37,6 +40,7 @@ impl OrderBook {
     pub fn new(market: impl Into<String>) -> OrderBook {
         OrderBook {
             market: market.into(),
+            market_id: None,
             yes: BTreeMap::new(),
             no: BTreeMap::new(),
             synced: false,
@@ -45,6 +49,11 @@ impl OrderBook {
 
     pub fn market(&self) -> &str {
         &self.market
+    }
+
+    /// The exchange's id of the market, once a message has told it.
+    pub fn market_id(&self) -> Option<&str> {
+        self.market_id.as_deref()
     }
 
     /// Whether a snapshot has been applied since creation or the last [`OrderBook::desync`].
@@ -82,6 +91,9 @@ impl OrderBook {
         };
         self.yes = collect(snap.levels(Side::Yes));
         self.no = collect(snap.levels(Side::No));
+        if snap.market_id.is_some() {
+            self.market_id.clone_from(&snap.market_id);
+        }
         self.synced = true;
         Ok(())
     }
@@ -113,6 +125,9 @@ impl OrderBook {
             side.remove(&price);
         } else {
             side.insert(price, new);
+        }
+        if self.market_id.is_none() {
+            self.market_id.clone_from(&delta.market_id);
         }
         Ok(())
     }
@@ -150,7 +165,8 @@ impl OrderBook {
         self.best_bid(Side::Yes).map(|(p, c)| (p.complement(), c))
     }
 
-    /// The book in the wire form of `orderbook_snapshot` (empty sides left out, as the exchange does).
+    /// The book in the wire form of `orderbook_snapshot`: every field the exchange's snapshot
+    /// carries (`market_id` once known), empty sides left out as the exchange does.
     pub fn to_snapshot(&self) -> OrderbookSnapshot {
         let side = |side| {
             let levels: Vec<Level> = self.levels(side).map(|(p, c)| Level(p, c)).collect();
@@ -158,7 +174,7 @@ impl OrderBook {
         };
         OrderbookSnapshot {
             market_ticker: self.market.clone(),
-            market_id: None,
+            market_id: self.market_id.clone(),
             yes_dollars_fp: side(Side::Yes),
             no_dollars_fp: side(Side::No),
             yes: None,
@@ -234,6 +250,28 @@ mod tests {
         assert!(book
             .apply_delta(&delta("M", Side::Yes, "0.0800", "1.00"))
             .is_err());
+    }
+
+    #[test]
+    fn a_rebuilt_snapshot_keeps_the_market_id() {
+        let mut book = OrderBook::new("M");
+        let mut snap = snapshot();
+        snap.market_id = Some("9b0f6b43-5b68-4f9f-9f02-9a2d1b8ac1a1".into());
+        book.apply_snapshot(&snap).unwrap();
+        book.desync();
+        book.apply_snapshot(&snapshot()).unwrap();
+        assert_eq!(
+            book.to_snapshot(),
+            snap,
+            "kept across a resync without the field"
+        );
+
+        let mut from_delta = OrderBook::new("M");
+        from_delta.apply_snapshot(&snapshot()).unwrap();
+        let mut d = delta("M", Side::Yes, "0.0800", "1.00");
+        d.market_id = snap.market_id.clone();
+        from_delta.apply_delta(&d).unwrap();
+        assert_eq!(from_delta.market_id(), snap.market_id.as_deref());
     }
 
     #[test]

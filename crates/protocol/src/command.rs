@@ -483,19 +483,29 @@ pub mod reply {
         )
     }
 
-    /// `{"id":3,"type":"unsubscribed","sid":2,"seq":7}`; `seq` is the sid's last seq, if it has one.
+    /// `{"id":3,"type":"unsubscribed","sid":2,"seq":7}`: `seq` is the sid's last seq. The newest
+    /// spec requires it on every `unsubscribed`, and a seq is at least 1, so a sid that has no
+    /// sequence or has sent nothing says 1.
     pub fn unsubscribed(id: u64, sid: u64, seq: Option<u64>) -> String {
-        frame(id, "unsubscribed", Some(sid), seq, None)
+        frame(
+            id,
+            "unsubscribed",
+            Some(sid),
+            Some(seq.unwrap_or(0).max(1)),
+            None,
+        )
     }
 
-    /// `{"id":4,"type":"ok","sid":1,"seq":222,"msg":{"market_tickers":[...]}}` after an update.
-    pub fn ok_markets(id: u64, sid: u64, seq: Option<u64>, markets: &[String]) -> String {
+    /// `{"id":4,"type":"ok","sid":1,"seq":222,"msg":{"market_tickers":[...]}}` after an update:
+    /// the sid's markets after it, or no `msg` for a sid subscribed with `skip_ticker_ack`. `seq`
+    /// (the sid's last) is left out before the first, since a seq is at least 1.
+    pub fn ok_markets(id: u64, sid: u64, seq: Option<u64>, markets: Option<&[String]>) -> String {
         frame(
             id,
             "ok",
             Some(sid),
-            seq,
-            Some(json!({ "market_tickers": markets })),
+            seq.filter(|s| *s >= 1),
+            markets.map(|m| json!({ "market_tickers": m })),
         )
     }
 

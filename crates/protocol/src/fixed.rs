@@ -1,7 +1,7 @@
 //! Fixed-point decimals for prices and counts.
 //!
 //! The exchange sends prices as dollar strings with up to four decimals (`"0.0800"`) and counts
-//! as strings with two decimals (`"300.00"`). Floats would lose exactness, so both are kept as an
+//! as strings with two decimals (`"300.00"`), order costs and fees with six (`"0.010000"`). Floats would lose exactness, so both are kept as an
 //! integer number of the smallest unit: 1/10000 dollar for [`Price`], 1/100 contract for
 //! [`Count`].
 
@@ -18,6 +18,8 @@ pub struct Fixed<const DIGITS: u32>(i64);
 pub type Price = Fixed<4>;
 /// A contract count, in units of 1/100 contract (`"300.00"` is 30000). Deltas may be negative.
 pub type Count = Fixed<2>;
+/// An order cost or fee in dollars, in units of 1/1,000,000 dollar (`"0.010000"` is 10000).
+pub type Cost = Fixed<6>;
 
 /// Why a decimal string was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -71,6 +73,13 @@ impl Price {
     /// The same contract seen from the other side: `1 - p` (a NO bid at 0.40 is a YES ask at 0.60).
     pub const fn complement(self) -> Self {
         Fixed(Self::SCALE - self.0)
+    }
+}
+
+impl Cost {
+    /// From whole cents (`Cost::from_cents(1)` is `"0.010000"`).
+    pub const fn from_cents(cents: i64) -> Self {
+        Fixed(cents * 10_000)
     }
 }
 
@@ -178,6 +187,8 @@ mod tests {
         assert_eq!(Price::from_cents(8).to_string(), "0.0800");
         assert_eq!(Count::from_whole(-54).to_string(), "-54.00");
         assert_eq!(Price::from_units(4500).complement().to_string(), "0.5500");
+        assert_eq!(Cost::from_cents(1).to_string(), "0.010000");
+        assert_eq!("0.010000".parse::<Cost>().unwrap(), Cost::from_cents(1));
     }
 
     #[test]

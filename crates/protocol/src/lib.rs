@@ -30,7 +30,7 @@ pub use book::{BookError, OrderBook};
 pub use command::{
     reply, Action, Command, CommandError, ErrorCode, Subscribe, UpdateAction, UpdateSubscription,
 };
-pub use fixed::{Count, Fixed, ParseFixedError, Price};
+pub use fixed::{Cost, Count, Fixed, ParseFixedError, Price};
 pub use message::{
     Channel, Envelope, ErrorBody, Fill, Level, Lifecycle, MarketPosition, Message, MessageType,
     OrderbookDelta, OrderbookSnapshot, Side, Subscribed, Ticker, Trade, UserOrder,

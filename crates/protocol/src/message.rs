@@ -12,7 +12,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-use crate::fixed::{Count, Price};
+use crate::fixed::{Cost, Count, Price};
 
 /// A subscription channel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -67,9 +67,12 @@ impl Channel {
         matches!(self, Channel::OrderbookDelta)
     }
 
-    /// Whether messages on this channel carry `seq`.
+    /// Whether messages on this channel carry `seq` (`trade` does in the newest spec).
     pub fn is_sequenced(self) -> bool {
-        matches!(self, Channel::OrderbookDelta | Channel::MarketLifecycleV2)
+        matches!(
+            self,
+            Channel::OrderbookDelta | Channel::Trade | Channel::MarketLifecycleV2
+        )
     }
 
     /// The channel a data message type belongs to.
@@ -187,13 +190,17 @@ impl Envelope {
         serde_json::from_str(self.msg_json())
     }
 
-    /// The `market_ticker` of the body, without decoding the rest of it.
+    /// The market of the body (`market_ticker`, or `ticker` as `user_order` names it), without
+    /// decoding the rest of it.
     pub fn market_ticker(&self) -> Option<String> {
         #[derive(Deserialize)]
         struct OnlyTicker {
             market_ticker: Option<String>,
+            ticker: Option<String>,
         }
-        self.body::<OnlyTicker>().ok().and_then(|b| b.market_ticker)
+        self.body::<OnlyTicker>()
+            .ok()
+            .and_then(|b| b.market_ticker.or(b.ticker))
     }
 
     /// Encodes the envelope back to one JSON text frame.
@@ -391,72 +398,116 @@ macro_rules! body {
 }
 
 body!(
-    /// `ticker`: the market's latest price, best bid and ask, volume.
+    /// `ticker`: the market's latest price, best bid and ask, volume (`kalshi-messages.md` 6.2).
     Ticker {
+        market_id: String,
         market_ticker: String,
         price_dollars: Price,
         yes_bid_dollars: Price,
         yes_ask_dollars: Price,
         volume_fp: Count,
         open_interest_fp: Count,
+        /// Whole dollars.
+        dollar_volume: i64,
+        /// Whole dollars.
+        dollar_open_interest: i64,
         yes_bid_size_fp: Count,
         yes_ask_size_fp: Count,
+        last_trade_size_fp: Count,
+        /// Unix seconds (deprecated).
+        ts: i64,
         ts_ms: i64,
+        /// RFC3339 (deprecated).
+        time: String,
     }
 );
 
 body!(
-    /// `trade`: one public trade.
+    /// `trade`: one public trade (6.4).
     Trade {
         trade_id: String,
         market_ticker: String,
         yes_price_dollars: Price,
         no_price_dollars: Price,
         count_fp: Count,
+        /// Deprecated twin of `taker_outcome_side`.
+        taker_side: Side,
         taker_outcome_side: Side,
+        /// `bid` (the taker bought YES) or `ask` (NO).
         taker_book_side: String,
+        is_block_trade: bool,
+        /// Unix seconds (deprecated).
+        ts: i64,
         ts_ms: i64,
     }
 );
 
 body!(
-    /// `fill`: one of the account's own orders traded.
+    /// `fill`: one of the account's own orders traded (6.5).
     Fill {
         trade_id: String,
         order_id: String,
+        client_order_id: String,
         market_ticker: String,
+        exchange_index: i64,
         is_taker: bool,
+        /// Deprecated twin of `outcome_side`.
+        side: Side,
         outcome_side: Side,
         book_side: String,
         yes_price_dollars: Price,
         count_fp: Count,
+        fee_cost: Cost,
+        action: String,
         post_position_fp: Count,
+        purchased_side: Side,
+        /// Unix seconds (deprecated).
+        ts: i64,
         ts_ms: i64,
     }
 );
 
 body!(
-    /// `user_order`: one of the account's orders was placed, changed or ended.
+    /// `user_order`: one of the account's orders was placed, changed or ended (6.6). Its market
+    /// is in `ticker`, not `market_ticker`.
     UserOrder {
         order_id: String,
-        market_ticker: String,
+        user_id: String,
+        client_order_id: String,
+        ticker: String,
+        exchange_index: i64,
         status: String,
+        outcome_side: Side,
+        book_side: String,
         side: Side,
+        is_yes: bool,
         yes_price_dollars: Price,
-        initial_count_fp: Count,
+        fill_count_fp: Count,
         remaining_count_fp: Count,
-        ts_ms: i64,
+        initial_count_fp: Count,
+        taker_fill_cost_dollars: Cost,
+        maker_fill_cost_dollars: Cost,
+        taker_fees_dollars: Cost,
+        maker_fees_dollars: Cost,
+        created_time: String,
+        created_ts_ms: i64,
+        last_update_reason: String,
+        last_update_time: String,
+        last_updated_ts_ms: i64,
     }
 );
 
 body!(
-    /// `market_position`: the account's position in one market.
+    /// `market_position`: the account's position in one market (6.7). It has no timestamp.
     MarketPosition {
+        user_id: String,
         market_ticker: String,
         position_fp: Count,
-        market_exposure_dollars: Price,
+        position_cost_dollars: Price,
         realized_pnl_dollars: Price,
-        ts_ms: i64,
+        fees_paid_dollars: Price,
+        position_fee_cost_dollars: Price,
+        volume_fp: Count,
     }
 );
 
@@ -466,7 +517,7 @@ body!(
         market_ticker: String,
         event_ticker: String,
         event_type: String,
-        ts_ms: i64,
+        close_ts: i64,
     }
 );
 

@@ -55,6 +55,10 @@ fn typed_fields_hold_exact_values() {
     assert_eq!(d.level_delta().unwrap().units(), -5400);
     assert_eq!((env.sid, env.seq), (Some(2), Some(2)));
     assert_eq!(env.market_ticker().as_deref(), Some("FED-23DEC-T3.00"));
+    // `user_order` names its market `ticker`: it routes by that.
+    let order = r#"{"type":"user_order","sid":22,"msg":{"order_id":"ee587a1c-8b87-4dcf-b721-9f6f790619fa","ticker":"FED-23DEC-T3.00","status":"resting"}}"#;
+    let env = Envelope::parse(order.as_bytes()).unwrap();
+    assert_eq!(env.market_ticker().as_deref(), Some("FED-23DEC-T3.00"));
 }
 
 #[test]

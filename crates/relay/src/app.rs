@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -28,6 +28,10 @@ pub struct UpstreamStatus {
     /// session that sees only the latest status (a `watch` keeps one value) still knows that
     /// an outage happened since it last looked.
     pub losses: u64,
+    /// Upstream connections established so far (each `Connected`).
+    pub connects: u64,
+    /// The last disconnect or refusal: why, and when (Unix ms).
+    pub last_loss: Option<(String, u64)>,
 }
 
 impl UpstreamStatus {
@@ -97,24 +101,30 @@ pub struct App {
     pub clients: AtomicUsize,
     /// Upstream data messages received; the feed counts, `/status` derives a rate.
     pub upstream_messages: AtomicU64,
+    /// Frames written to clients; each session adds once per flush, `/status` derives a rate.
+    pub downstream_messages: AtomicU64,
+    /// Messages per second in and out, one sample a second (the dashboard's chart).
+    pub throughput: crate::throughput::History,
+    /// The bound ports (client, admin), set once when the listeners are known: the dashboard's
+    /// own origins and the WebSocket port it connects to.
+    pub ports: OnceLock<Ports>,
     pub started: Instant,
     /// Per frame kind (`session::KINDS`), registered once: a session's flush adds to them
     /// without a registry lookup per batch.
     pub sent_counters: Vec<SentCounters>,
-    rate: Mutex<RateSample>,
+}
+
+/// The ports the relay listens on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ports {
+    pub main: u16,
+    pub admin: Option<u16>,
 }
 
 /// `relay_downstream_messages_sent_total` and `relay_downstream_bytes_sent_total` of one kind.
 pub struct SentCounters {
     pub frames: ::metrics::Counter,
     pub bytes: ::metrics::Counter,
-}
-
-#[derive(Clone, Copy)]
-struct RateSample {
-    at: Instant,
-    count: u64,
-    per_second: f64,
 }
 
 impl App {
@@ -148,12 +158,17 @@ impl App {
                 state: State::Connecting,
                 since_ms: now_ms(),
                 losses: 0,
+                connects: 0,
+                last_loss: None,
             })
             .0,
             stale: Mutex::new(BTreeSet::new()),
             lost: watch::channel([0; 7]).0,
             clients: AtomicUsize::new(0),
             upstream_messages: AtomicU64::new(0),
+            downstream_messages: AtomicU64::new(0),
+            throughput: crate::throughput::History::default(),
+            ports: OnceLock::new(),
             started: now,
             sent_counters: crate::session::KINDS
                 .iter()
@@ -162,11 +177,6 @@ impl App {
                     bytes: ::metrics::counter!(crate::metrics::BYTES_SENT_TOTAL, "type" => *kind),
                 })
                 .collect(),
-            rate: Mutex::new(RateSample {
-                at: now,
-                count: 0,
-                per_second: 0.0,
-            }),
         }
     }
 
@@ -215,20 +225,6 @@ impl App {
         (true, "ok".into())
     }
 
-    /// Upstream messages per second over the last sampling period (at least one second).
-    fn messages_per_second(&self) -> f64 {
-        let mut r = self.rate.lock();
-        let now = Instant::now();
-        let elapsed = now.duration_since(r.at).as_secs_f64();
-        if elapsed >= 1.0 {
-            let count = self.upstream_messages.load(Ordering::Relaxed);
-            r.per_second = (count - r.count) as f64 / elapsed;
-            r.count = count;
-            r.at = now;
-        }
-        r.per_second
-    }
-
     /// The `/status` document.
     pub fn status_json(&self) -> String {
         let status = self.status.borrow().clone();
@@ -238,8 +234,16 @@ impl App {
             let n: usize = topics.iter().filter(|(t, _)| t.channel == c).count();
             (c.as_str(), n)
         });
+        let mut upstream = status.to_json();
+        upstream["connects"] = status.connects.into();
+        upstream["last_disconnect"] = match &status.last_loss {
+            Some((reason, at_ms)) => serde_json::json!({ "reason": reason, "at_ms": at_ms }),
+            None => serde_json::Value::Null,
+        };
+        let (rate_in, rate_out) = self.throughput.latest();
+        let ports = self.ports.get();
         serde_json::json!({
-            "upstream": status.to_json(),
+            "upstream": upstream,
             "ready": ready,
             "reason": reason,
             "clients": self.clients.load(Ordering::Relaxed),
@@ -250,7 +254,17 @@ impl App {
             "stale_books": self.stale.lock().len(),
             "cached_markets": self.fanout.cached_markets(),
             "upstream_messages_total": self.upstream_messages.load(Ordering::Relaxed),
-            "upstream_messages_per_second": (self.messages_per_second() * 10.0).round() / 10.0,
+            "upstream_messages_per_second": rate_in,
+            "downstream_messages_total": self.downstream_messages.load(Ordering::Relaxed),
+            "downstream_messages_per_second": rate_out,
+            "throughput": self.throughput.to_json(),
+            "websocket": {
+                "port": ports.map(|p| p.main),
+                "path": protocol::sign::WS_PATH,
+                "tls": self.tls.is_some(),
+                "token_required": !self.gate.anonymous_allowed(),
+                "pong_timeout_seconds": self.config.downstream.pong_timeout().as_secs_f64(),
+            },
             "uptime_seconds": self.started.elapsed().as_secs(),
         })
         .to_string()

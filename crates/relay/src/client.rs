@@ -76,6 +76,8 @@ pub struct ClientSub {
     pub seq: u64,
     /// `use_yes_price` (orderbook): `no` levels reported on the yes scale.
     pub use_yes_price: bool,
+    /// `skip_ticker_ack`: `ok` replies about this sid leave out its market list.
+    pub skip_ack: bool,
 }
 
 impl ClientSub {
@@ -89,6 +91,18 @@ impl ClientSub {
 
     fn last_seq(&self) -> Option<u64> {
         self.channel.is_sequenced().then_some(self.seq)
+    }
+
+    /// The `ok` to an update of this sid: its markets after it (unless `skip_ticker_ack`).
+    fn ok(&self, id: u64) -> Effect {
+        let list: Option<Vec<String>> =
+            (!self.skip_ack).then(|| self.markets.iter().flatten().cloned().collect());
+        Effect::Reply(reply::ok_markets(
+            id,
+            self.sid,
+            self.last_seq(),
+            list.as_deref(),
+        ))
     }
 }
 
@@ -257,9 +271,7 @@ impl ClientState {
                 .map(|m| m.iter().cloned().collect::<Markets>());
             let initial = channel == Channel::OrderbookDelta
                 || (channel == Channel::Ticker && s.send_initial_snapshot);
-            if !(channel == Channel::Ticker && s.skip_ticker_ack) {
-                effects.push(Effect::Reply(reply::subscribed(id, channel.as_str(), sid)));
-            }
+            effects.push(Effect::Reply(reply::subscribed(id, channel.as_str(), sid)));
             match &markets {
                 None => effects.push(Effect::Add {
                     channel,
@@ -281,6 +293,7 @@ impl ClientState {
                 markets,
                 seq: 0,
                 use_yes_price: s.use_yes_price.unwrap_or(false),
+                skip_ack: s.skip_ticker_ack,
             });
         }
         Ok(effects)
@@ -330,11 +343,7 @@ impl ClientState {
                 }
             }
         }
-        let list: Vec<String> = sub.markets.iter().flatten().cloned().collect();
-        effects.insert(
-            0,
-            Effect::Reply(reply::ok_markets(id, sid, sub.last_seq(), &list)),
-        );
+        effects.insert(0, sub.ok(id));
         effects
     }
 
@@ -415,18 +424,12 @@ impl ClientState {
                     if !sub.markets.as_ref().is_none_or(|held| held.contains(m)) {
                         return Err(CommandError {
                             id,
-                            code: ErrorCode::MarketNotFound,
+                            code: ErrorCode::InvalidParameter,
                             market_ticker: Some(m.clone()),
                         });
                     }
                 }
-                let list: Vec<String> = sub.markets.iter().flatten().cloned().collect();
-                effects.push(Effect::Reply(reply::ok_markets(
-                    id,
-                    u.sid,
-                    Some(sub.seq),
-                    &list,
-                )));
+                effects.push(sub.ok(id));
                 effects.extend(
                     u.markets
                         .into_iter()
@@ -435,11 +438,7 @@ impl ClientState {
                 return Ok(effects);
             }
         }
-        let list: Vec<String> = sub.markets.iter().flatten().cloned().collect();
-        effects.insert(
-            0,
-            Effect::Reply(reply::ok_markets(id, u.sid, sub.last_seq(), &list)),
-        );
+        effects.insert(0, sub.ok(id));
         Ok(effects)
     }
 }
@@ -497,19 +496,43 @@ mod tests {
             &mut s,
             r#"{"id":2,"cmd":"subscribe","params":{"channels":["ticker"],"skip_ticker_ack":true,"send_initial_snapshot":true}}"#,
         );
+        // `skip_ticker_ack` keeps the `subscribed`; `ok` replies about the sid lose the list.
         assert_eq!(
             e,
-            vec![Effect::Add {
-                channel: Channel::Ticker,
-                market: None,
-                initial: true
-            }]
+            vec![
+                Effect::Reply(
+                    r#"{"id":2,"type":"subscribed","msg":{"channel":"ticker","sid":3}}"#.into()
+                ),
+                Effect::Add {
+                    channel: Channel::Ticker,
+                    market: None,
+                    initial: true
+                }
+            ]
         );
+        let e = run(
+            &mut s,
+            r#"{"id":4,"cmd":"update_subscription","params":{"sid":1,"market_tickers":["A"],"action":"delete_markets"}}"#,
+        );
+        assert_eq!(
+            replies(&e),
+            vec![r#"{"id":4,"type":"ok","sid":1,"msg":{"market_tickers":["B"]}}"#]
+        );
+        let e = run(
+            &mut s,
+            r#"{"id":5,"cmd":"subscribe","params":{"channels":["fill"],"market_ticker":"A","skip_ticker_ack":true}}"#,
+        );
+        assert_eq!(e.len(), 2, "subscribed, add");
+        let e = run(
+            &mut s,
+            r#"{"id":6,"cmd":"update_subscription","params":{"sid":4,"market_tickers":["C"],"action":"add_markets"}}"#,
+        );
+        assert_eq!(replies(&e), vec![r#"{"id":6,"type":"ok","sid":4}"#]);
         let e = run(&mut s, r#"{"id":3,"cmd":"list_subscriptions"}"#);
         assert_eq!(
             replies(&e),
             vec![
-                r#"{"id":3,"type":"ok","msg":[{"channel":"orderbook_delta","sid":1},{"channel":"trade","sid":2},{"channel":"ticker","sid":3}]}"#
+                r#"{"id":3,"type":"ok","msg":[{"channel":"orderbook_delta","sid":1},{"channel":"trade","sid":2},{"channel":"ticker","sid":3},{"channel":"fill","sid":4}]}"#
             ]
         );
     }
@@ -519,11 +542,11 @@ mod tests {
         let mut s = ClientState::new(Limits::default());
         run(
             &mut s,
-            r#"{"id":1,"cmd":"subscribe","params":{"channels":["orderbook_delta","trade"],"market_ticker":"A"}}"#,
+            r#"{"id":1,"cmd":"subscribe","params":{"channels":["orderbook_delta","ticker"],"market_ticker":"A"}}"#,
         );
         let book = s.by_channel(Channel::OrderbookDelta).unwrap();
         assert_eq!((book.next_seq(), book.next_seq()), (Some(1), Some(2)));
-        assert_eq!(s.by_channel(Channel::Trade).unwrap().next_seq(), None);
+        assert_eq!(s.by_channel(Channel::Ticker).unwrap().next_seq(), None);
         let e = run(
             &mut s,
             r#"{"id":2,"cmd":"unsubscribe","params":{"sids":[1,2,9]}}"#,
@@ -532,7 +555,7 @@ mod tests {
             replies(&e),
             vec![
                 r#"{"id":2,"type":"unsubscribed","sid":1,"seq":2}"#,
-                r#"{"id":2,"type":"unsubscribed","sid":2}"#,
+                r#"{"id":2,"type":"unsubscribed","sid":2,"seq":1}"#,
                 r#"{"id":2,"type":"error","msg":{"code":7,"msg":"Unknown subscription ID"}}"#,
             ]
         );
@@ -554,8 +577,7 @@ mod tests {
             e,
             vec![
                 Effect::Reply(
-                    r#"{"id":2,"type":"ok","sid":1,"seq":0,"msg":{"market_tickers":["A","B"]}}"#
-                        .into()
+                    r#"{"id":2,"type":"ok","sid":1,"msg":{"market_tickers":["A","B"]}}"#.into()
                 ),
                 add(Channel::OrderbookDelta, "B", true),
                 Effect::Reply(
@@ -602,8 +624,7 @@ mod tests {
             e,
             vec![
                 Effect::Reply(
-                    r#"{"id":2,"type":"ok","sid":1,"seq":0,"msg":{"market_tickers":["A","B"]}}"#
-                        .into()
+                    r#"{"id":2,"type":"ok","sid":1,"msg":{"market_tickers":["A","B"]}}"#.into()
                 ),
                 add(Channel::OrderbookDelta, "B", true),
             ]
@@ -631,7 +652,7 @@ mod tests {
         assert_eq!(
             replies(&e),
             vec![
-                r#"{"id":5,"type":"error","msg":{"code":16,"msg":"Market not found","market_ticker":"A"}}"#
+                r#"{"id":5,"type":"error","msg":{"code":11,"msg":"Invalid parameter","market_ticker":"A"}}"#
             ]
         );
         let e = run(

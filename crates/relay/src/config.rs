@@ -38,7 +38,7 @@ pub struct RelayConfig {
     /// `/readyz`, `/metrics`, `/status`. Default `127.0.0.1:8080`.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
-    /// If set, `/metrics` and `/status` move to this second listener. Default: unset.
+    /// If set, `/metrics`, `/status` and `/dashboard` move to this second listener. Default: unset.
     #[serde(default)]
     pub admin_listen: Option<SocketAddr>,
     /// Markets whose order books are always subscribed upstream, so the first client of one gets

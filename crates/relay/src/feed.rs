@@ -175,11 +175,19 @@ fn apply_event(app: &App, publisher: &mut Publisher, event: Event) {
                 State::Disconnected { reason } => warn!(%reason, "upstream disconnected"),
                 other => info!(state = ?other, "upstream state"),
             }
-            let losses = app.status.borrow().losses + u64::from(crate::app::is_outage(&state));
+            let before = app.status.borrow().clone();
+            let since_ms = now_ms();
+            let last_loss = match &state {
+                State::Disconnected { reason } => Some((reason.to_string(), since_ms)),
+                State::AuthFailed => Some(("upstream refused the credentials".into(), since_ms)),
+                _ => before.last_loss,
+            };
             app.status.send_replace(UpstreamStatus {
+                losses: before.losses + u64::from(crate::app::is_outage(&state)),
+                connects: before.connects + u64::from(state == State::Connected),
+                last_loss,
                 state,
-                since_ms: now_ms(),
-                losses,
+                since_ms,
             });
             app.heartbeat.poke_all();
         }

@@ -1,4 +1,5 @@
-//! The HTTP side of a listener: health, readiness, metrics, status, and the WebSocket upgrade.
+//! The HTTP side of a listener: health, readiness, metrics, status, the dashboard, and the
+//! WebSocket upgrade.
 //!
 //! One hyper HTTP/1 connection per accepted socket. A request for the WebSocket path with the
 //! upgrade headers is answered `101` here; the upgraded socket is then handed to
@@ -33,10 +34,10 @@ pub const WS_PATHS: [&str; 2] = [protocol::sign::WS_PATH, "/ws"];
 /// What a listener serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ListenerRole {
-    /// WebSocket, health and readiness; `/metrics` and `/status` too unless an admin listener
-    /// exists.
+    /// WebSocket, health and readiness; `/metrics`, `/status` and `/dashboard` too unless an
+    /// admin listener exists.
     Main,
-    /// `/metrics`, `/status` and health only.
+    /// `/metrics`, `/status`, `/dashboard` and health only.
     Admin,
 }
 
@@ -177,6 +178,18 @@ fn route(
             resp
         }
         (&Method::GET, "/status") if serves_admin => json(StatusCode::OK, app.status_json()),
+        (&Method::GET, "/status/markets") if serves_admin => {
+            let markets = app.fanout.market_names();
+            json(
+                StatusCode::OK,
+                serde_json::json!({ "markets": markets }).to_string(),
+            )
+        }
+        (&Method::GET, p)
+            if serves_admin && (p == "/dashboard" || p.starts_with("/dashboard/")) =>
+        {
+            crate::dashboard::respond(p)
+        }
         (&Method::GET, p) if role == ListenerRole::Main && WS_PATHS.contains(&p) => {
             upgrade(app, req, peer)
         }
@@ -245,9 +258,15 @@ fn upgrade(app: Arc<App>, mut req: Request<Incoming>, peer: SocketAddr) -> Respo
     let origin_ok = match origin {
         None => app.gate.origin_allowed(None),
         // Present but not text: never on the list.
-        Some(value) => value
-            .to_str()
-            .is_ok_and(|o| app.gate.origin_allowed(Some(o))),
+        // The relay's own dashboard is allowed without configuration.
+        Some(value) => value.to_str().is_ok_and(|o| {
+            app.gate.origin_allowed(Some(o))
+                || crate::dashboard::is_own_origin(
+                    o,
+                    header(header::HOST),
+                    app.ports.get().copied(),
+                )
+        }),
     };
     if !origin_ok {
         return refuse(StatusCode::FORBIDDEN, "origin not allowed");

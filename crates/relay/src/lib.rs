@@ -7,9 +7,10 @@
 //! upstream subscriptions ([`feed::follow_registry`]).
 //!
 //! Layout: [`config`] (one TOML file, env overrides, validation), [`http`] (listeners, health,
-//! readiness, metrics, status, the upgrade), [`session`] and [`client`] (one client: socket loop
+//! readiness, metrics, status, the upgrade), [`dashboard`] (the embedded page), [`session`] and [`client`] (one client: socket loop
 //! and command logic), [`heartbeat`] (shared ping ticker), [`feed`], [`app`] (shared state),
-//! [`metrics`] (names and the Prometheus recorder), [`demo`] (the embedded simulator).
+//! [`metrics`] (names and the Prometheus recorder), [`throughput`] (message rates over the last
+//! minutes), [`demo`] (the embedded simulator).
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
@@ -25,6 +26,7 @@ pub mod app;
 pub mod client;
 pub mod close;
 pub mod config;
+pub mod dashboard;
 pub mod demo;
 pub mod feed;
 pub mod heartbeat;
@@ -32,6 +34,7 @@ pub mod http;
 pub mod metrics;
 pub mod security;
 pub mod session;
+pub mod throughput;
 pub mod tls;
 
 use std::future::Future;
@@ -188,6 +191,10 @@ pub async fn spawn(config: RelayConfig, listeners: Listeners) -> anyhow::Result<
         .as_ref()
         .map(|l| l.local_addr())
         .transpose()?;
+    let _ = app.ports.set(app::Ports {
+        main: addr.port(),
+        admin: admin_addr.map(|a| a.port()),
+    });
     // Books released upstream, from the registry follower to the publisher (unbounded: one
     // message per market that loses its last subscriber, after the linger).
     let (released_tx, released_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -202,6 +209,7 @@ pub async fn spawn(config: RelayConfig, listeners: Listeners) -> anyhow::Result<
         )),
         tokio::spawn(app.heartbeat.clone().run(app.shutdown.clone())),
         tokio::spawn(metrics::upkeep(metrics, app.shutdown.clone())),
+        tokio::spawn(throughput::sample(app.clone())),
         tokio::spawn(http::serve(app.clone(), listeners.main, ListenerRole::Main)),
     ];
     if let Some(admin) = listeners.admin {
@@ -235,10 +243,15 @@ pub async fn start(
     };
     let listeners = Listeners::bind(config.listen, config.admin_listen).await?;
     let handle = spawn(config, listeners).await?;
+    // One line: scripts read it, and some stop reading stdout after it.
     println!(
-        "relay ready ws={} http={}",
+        "relay ready ws={} http={} dashboard={}/dashboard",
         handle.ws_url(),
-        handle.http_url()
+        handle.http_url(),
+        // The admin listener is plain HTTP; the main one speaks TLS when configured.
+        handle
+            .admin_addr
+            .map_or_else(|| handle.http_url(), |a| format!("http://{a}"))
     );
     if let Some(sim) = &sim {
         demo::print_hint(&handle.ws_url(), sim);

@@ -391,6 +391,11 @@ impl Gate {
         }
     }
 
+    /// Whether a client may connect without a token (the dashboard asks for one otherwise).
+    pub fn anonymous_allowed(&self) -> bool {
+        self.anonymous.is_some()
+    }
+
     /// Whether a request with this `Origin` header (if any) may upgrade.
     pub fn origin_allowed(&self, origin: Option<&str>) -> bool {
         match origin {

@@ -684,12 +684,19 @@ where
 
     /// Adds the frames and bytes written since the last call to the shared counters.
     fn flush_counters(&mut self) {
+        let mut total = 0;
         for ((frames, bytes), counters) in self.sent.iter_mut().zip(&self.app.sent_counters) {
             if *frames > 0 {
+                total += *frames;
                 counters.frames.increment(*frames);
                 counters.bytes.increment(*bytes);
                 (*frames, *bytes) = (0, 0);
             }
+        }
+        if total > 0 {
+            self.app
+                .downstream_messages
+                .fetch_add(total, Ordering::Relaxed);
         }
     }
 

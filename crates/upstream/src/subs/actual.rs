@@ -669,7 +669,7 @@ mod tests {
         assert_eq!(cmds.len(), 1, "one update for the batch");
         let cmd = cmds[0].id;
         act.on_reply(&env(&format!(
-            r#"{{"id":{cmd},"type":"error","msg":{{"code":16,"msg":"Market not found","market_ticker":"NOPE"}}}}"#
+            r#"{{"id":{cmd},"type":"error","msg":{{"code":11,"msg":"Invalid parameter","market_ticker":"NOPE"}}}}"#
         )));
         let cmds: Vec<String> = act
             .reconcile(&d.wanted())

@@ -47,13 +47,13 @@ pub(super) fn policy(
     match answered {
         Answered::Subscribe => match code {
             Some(ErrorCode::MarketLimitExceeded) if batch > 1 => Policy::LearnLimit,
-            Some(ErrorCode::MarketNotFound) if batch > 0 && named => Policy::RefuseNamed,
+            Some(code) if batch > 0 && named && names_unknown_market(code) => Policy::RefuseNamed,
             _ => Policy::RefuseBatch,
         },
         Answered::AddMarkets if terminal => Policy::Kill,
         Answered::AddMarkets => match code {
             Some(ErrorCode::MarketLimitExceeded) => Policy::LearnLimit,
-            Some(ErrorCode::MarketNotFound) if named => Policy::RefuseNamed,
+            Some(code) if named && names_unknown_market(code) => Policy::RefuseNamed,
             _ => Policy::RefuseBatch,
         },
         Answered::Unsubscribe => Policy::Forget,
@@ -62,6 +62,15 @@ pub(super) fn policy(
         }
         Answered::DeleteMarkets | Answered::GetSnapshot | Answered::Nothing => Policy::Ignore,
     }
+}
+
+/// An error naming one market refuses that market: 16 "Market not found" from older servers, 11
+/// "Invalid parameter" from the newest (which retired 16).
+fn names_unknown_market(code: ErrorCode) -> bool {
+    matches!(
+        code,
+        ErrorCode::MarketNotFound | ErrorCode::InvalidParameter
+    )
 }
 
 #[cfg(test)]
@@ -85,6 +94,7 @@ mod tests {
             (Subscribe,     not_found,     3,     true,  RefuseNamed),
             (Subscribe,     not_found,     3,     false, RefuseBatch),
             (Subscribe,     params,        3,     false, RefuseBatch),
+            (Subscribe,     params,        3,     true,  RefuseNamed),
             (Subscribe,     params,        0,     false, RefuseBatch),
             (Subscribe,     overflow,      2,     false, RefuseBatch),
             (Subscribe,     None,          2,     false, RefuseBatch),
@@ -92,6 +102,7 @@ mod tests {
             (AddMarkets,    not_found,     3,     true,  RefuseNamed),
             (AddMarkets,    not_found,     3,     false, RefuseBatch),
             (AddMarkets,    params,        3,     false, RefuseBatch),
+            (AddMarkets,    params,        3,     true,  RefuseNamed),
             (AddMarkets,    overflow,      3,     false, Kill),
             (AddMarkets,    channel_error, 3,     false, Kill),
             (DeleteMarkets, overflow,      1,     false, Kill),
