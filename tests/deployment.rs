@@ -359,9 +359,8 @@ fn compose_dockerfile_prometheus_and_grafana_agree() {
     for (file, text) in [("Dockerfile", &dockerfile), ("README.md", &readme)] {
         // Headings name the project, not the image.
         let prose = text.lines().filter(|l| !l.starts_with("# kalshi-relay"));
-        let words = prose.flat_map(|l| {
-            l.split(|c: char| !(c.is_ascii_alphanumeric() || ":._-/".contains(c)))
-        });
+        let words = prose
+            .flat_map(|l| l.split(|c: char| !(c.is_ascii_alphanumeric() || ":._-/".contains(c))));
         // The image, with or without a tag (not `kalshi-relay-client`, the JS package).
         let images = words.filter(|w| *w == "kalshi-relay" || w.starts_with("kalshi-relay:"));
         for word in images {
