@@ -2,11 +2,11 @@
 #
 # The relay and the exchange simulator, in one small image.
 #
-#   docker build -t kalshi-relay .
+#   docker build -t kalshi-relay:local .
 #   docker run --rm -p 127.0.0.1:8080:8080 -e KALSHI_API_KEY_ID=... \
 #     -e KALSHI_PRIVATE_KEY_PATH=/run/secrets/kalshi.pem -v ./kalshi.pem:/run/secrets/kalshi.pem:ro \
-#     kalshi-relay
-#   docker run --rm --entrypoint exchange-sim kalshi-relay --listen 0.0.0.0:9001 \
+#     kalshi-relay:local
+#   docker run --rm --entrypoint exchange-sim kalshi-relay:local --listen 0.0.0.0:9001 \
 #     --admin-listen 0.0.0.0:9002 --no-auth
 #
 # Stages: `chef` (toolchain + cargo-chef), `planner` (the dependency recipe of the workspace),

@@ -344,6 +344,31 @@ fn compose_dockerfile_prometheus_and_grafana_agree() {
         .lines()
         .any(|l| l.starts_with("USER ") && !l.contains("root")));
 
+    // One image name: the one compose builds is the one the Dockerfile and the README use.
+    let image = compose
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("image: kalshi-relay"))
+        .map(|tag| format!("kalshi-relay{tag}"))
+        .expect("compose names the relay image");
+    for line in relay.iter().chain(&sim) {
+        if let Some(name) = line.trim().strip_prefix("image: ") {
+            assert_eq!(name, image, "both services run the one image");
+        }
+    }
+    let readme = read("README.md");
+    for (file, text) in [("Dockerfile", &dockerfile), ("README.md", &readme)] {
+        // Headings name the project, not the image.
+        let prose = text.lines().filter(|l| !l.starts_with("# kalshi-relay"));
+        let words = prose
+            .flat_map(|l| l.split(|c: char| !(c.is_ascii_alphanumeric() || ":._-/".contains(c))));
+        // The image, with or without a tag (not `kalshi-relay-client`, the JS package).
+        let images = words.filter(|w| *w == "kalshi-relay" || w.starts_with("kalshi-relay:"));
+        for word in images {
+            assert_eq!(word, image, "{file} names the image {word}");
+        }
+    }
+    assert!(dockerfile.contains(&format!("docker build -t {image} .")));
+
     let prometheus = read("configs/prometheus.yml");
     assert!(prometheus.contains("metrics_path: /metrics"));
     assert!(
@@ -441,8 +466,12 @@ async fn relay_binary_runs_with_the_compose_command_and_environment() {
             panic!("relay {args:?} with {environment:?} did not start ({other:?}):\n{err}");
         }
     };
-    // Drain stderr so the relay never blocks on a full pipe.
-    tokio::spawn(async move { tokio::io::copy(&mut stderr, &mut tokio::io::sink()).await });
+    // Read stderr as it comes, so the relay never blocks on a full pipe.
+    let logs = tokio::spawn(async move {
+        let mut logs = String::new();
+        let _ = stderr.read_to_string(&mut logs).await;
+        logs
+    });
     let http = line
         .split_whitespace()
         .find_map(|w| w.strip_prefix("http=http://"))
@@ -470,5 +499,11 @@ async fn relay_binary_runs_with_the_compose_command_and_environment() {
         .expect("relay exits within stop_grace_period")
         .unwrap();
     assert!(status.success(), "relay exit status on SIGTERM: {status}");
+    // Anonymous access on an exposed address: the operator is told /metrics is open too.
+    let logs = logs.await.unwrap();
+    assert!(
+        logs.contains("/metrics and /status are served without authentication"),
+        "no exposure warning with {environment:?}:\n{logs}"
+    );
     sim.shutdown().await;
 }

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::{CommandFactory, Parser, ValueEnum};
 use exchange_sim::{DuplicatePolicy, SimAuth, SimConfig};
 use protocol::Verifier;
 use tokio::net::TcpListener;
@@ -42,11 +42,7 @@ struct Args {
     seed: u64,
     /// PEM public key (SPKI or PKCS#1) a signed handshake may verify against; repeatable.
     /// One of --public-key or --no-auth is required.
-    #[arg(
-        long = "public-key",
-        value_name = "PEM_FILE",
-        required_unless_present = "no_auth"
-    )]
+    #[arg(long = "public-key", value_name = "PEM_FILE")]
     public_keys: Vec<PathBuf>,
     /// Accept every handshake unsigned and treat every connection as the simulated account.
     #[arg(long, conflicts_with = "public_keys")]
@@ -168,6 +164,16 @@ async fn shutdown_signal() {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
+    if args.public_keys.is_empty() && !args.no_auth {
+        // Checked here rather than by clap, so the message says what each choice means.
+        Args::command()
+            .error(
+                clap::error::ErrorKind::MissingRequiredArgument,
+                "give --public-key PEM_FILE (check handshake signatures) or --no-auth (accept \
+                 unsigned handshakes: no signature checks, every connection is the account)",
+            )
+            .exit();
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

@@ -41,6 +41,17 @@ fn help_documents_every_flag_with_its_default() {
     }
 }
 
+#[test]
+fn no_flags_says_that_no_auth_runs_it_unsigned() {
+    let out = Command::new(BIN).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains("--no-auth (accept unsigned handshakes: no signature checks"),
+        "{stderr}"
+    );
+}
+
 fn one_line_error(args: &[&str]) -> (i32, String) {
     let out = Command::new(BIN).args(args).output().unwrap();
     let stderr = String::from_utf8(out.stderr).unwrap();

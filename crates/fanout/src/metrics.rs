@@ -34,6 +34,9 @@ pub const DISCONNECTS: &str = "relay_fanout_slow_consumer_disconnects_total";
 pub const QUEUE_BYTES: &str = "relay_fanout_queue_bytes";
 pub const PUBLISH_DURATION: &str = "relay_fanout_publish_duration_seconds";
 
+/// The `reason` labels of [`REJECTED`].
+const REJECT_REASONS: [&str; 3] = ["not_synced", "wrong_market", "inconsistent"];
+
 /// Position of a channel in per-channel arrays.
 pub(crate) fn channel_index(channel: Channel) -> usize {
     match channel {
@@ -68,6 +71,10 @@ pub(crate) struct Metrics {
 
 impl Metrics {
     pub(crate) fn new() -> Metrics {
+        // Created at zero, so alerts on rejections see the series before the first one.
+        for reason in REJECT_REASONS {
+            let _ = counter!(REJECTED, "reason" => reason);
+        }
         let by_channel_gauge =
             |name: &'static str| Channel::ALL.map(|c| gauge!(name, "channel" => c.as_str()));
         let by_channel_counter =

@@ -1,5 +1,5 @@
-//! Every JSON example of `kalshi-ws-v2.md` parses into the typed form and encodes back to the same
-//! JSON value; unknown types and fields survive.
+//! Every JSON example of `docs/reference/kalshi-ws-v2.md` parses into the typed form and encodes
+//! back to the same JSON value; unknown types and fields survive.
 
 use protocol::{Envelope, Message, MessageType};
 use serde_json::Value;

@@ -2,7 +2,7 @@
 //! the upstream's status as clients and probes see it, and the shutdown machinery.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -86,7 +86,8 @@ pub struct App {
     /// One permit per accepted socket until it upgrades or closes (`max_pending_handshakes`);
     /// when none is left, new sockets are closed at once.
     pub handshakes: Arc<tokio::sync::Semaphore>,
-    /// Cancelled when the relay stops: listeners stop accepting, sessions close with 1012.
+    /// Cancelled when the relay stops: `/readyz` turns 503, upgrades are refused, sessions close
+    /// with 1012.
     pub shutdown: CancellationToken,
     /// Every connection task; shutdown waits on it (bounded by the drain time).
     pub tracker: TaskTracker,
@@ -97,8 +98,6 @@ pub struct App {
     pub lost: watch::Sender<[u64; 7]>,
     /// Books currently stale upstream (gap or reconnect), for readiness. Written by the feed.
     pub stale: Mutex<BTreeSet<String>>,
-    /// Set at the start of shutdown: `/readyz` answers 503 from then on.
-    pub stopping: AtomicBool,
     pub clients: AtomicUsize,
     /// Upstream data messages received; the feed counts, `/status` derives a rate.
     pub upstream_messages: AtomicU64,
@@ -165,7 +164,6 @@ impl App {
             .0,
             stale: Mutex::new(BTreeSet::new()),
             lost: watch::channel([0; 7]).0,
-            stopping: AtomicBool::new(false),
             clients: AtomicUsize::new(0),
             upstream_messages: AtomicU64::new(0),
             downstream_messages: AtomicU64::new(0),
@@ -196,7 +194,7 @@ impl App {
     /// Ready: serving, upstream subscribed (not just connected: every wanted subscription
     /// re-established), and every warm book synced and fresh.
     pub fn readiness(&self) -> (bool, String) {
-        if self.stopping.load(Ordering::Relaxed) {
+        if self.shutdown.is_cancelled() {
             return (false, "shutting down".into());
         }
         let status = self.status.borrow().clone();

@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The default config file, relative to the working directory.
 pub const DEFAULT_CONFIG_PATH: &str = "configs/relay.toml";
@@ -31,7 +31,7 @@ const DEFAULT_SHUTDOWN_DRAIN_SECONDS: u64 = 10;
 const DEFAULT_MAX_MARKETS_PER_CONNECTION: usize = 1_000;
 
 /// Everything the relay needs, composed from each crate's own config.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RelayConfig {
     /// Where clients connect: WebSocket at `/trade-api/ws/v2` (alias `/ws`) plus `/healthz`,
@@ -61,7 +61,7 @@ pub struct RelayConfig {
 }
 
 /// How the relay treats its clients.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DownstreamConfig {
     /// Seconds between server pings to each client. Default 30.
@@ -94,7 +94,7 @@ pub struct DownstreamConfig {
     pub coalesce_window_ms: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DuplicateSubscribe {
     Merge,
@@ -207,13 +207,17 @@ pub enum Source {
 }
 
 /// Loads and validates. `env` is the process environment (a parameter, so tests pass their own).
+///
+/// Every problem is reported, not just the first: a key that does not parse is reported and
+/// dropped (its default stands in), and parsing goes on; then everything is validated. Each
+/// problem names its key and where the value came from (the file, a variable or a flag).
 pub fn load(
     source: &Source,
     env: &BTreeMap<String, String>,
     overrides: &Overrides,
 ) -> Result<RelayConfig, ConfigErrors> {
     let one = |e: String| ConfigErrors(vec![e]);
-    let (text, origin) = match source {
+    let (text, file) = match source {
         Source::File(path) => (
             std::fs::read_to_string(path)
                 .map_err(|e| one(format!("--config {}: {e}", path.display())))?,
@@ -227,11 +231,21 @@ pub fn load(
             Err(e) => return Err(one(format!("{DEFAULT_CONFIG_PATH}: {e}"))),
         },
     };
-    let mut table: toml::Table =
-        toml::from_str(&text).map_err(|e| one(format!("{origin}: {}", e.message().trim())))?;
-    apply_env(&mut table, env).map_err(ConfigErrors)?;
+    let mut table: toml::Table = toml::from_str(&text).map_err(|e| {
+        let line = e
+            .span()
+            .map_or(0, |span| text[..span.start].matches('\n').count() + 1);
+        one(format!("{file} line {line}: {}", e.message().trim()))
+    })?;
+    let mut origins = Origins {
+        file,
+        file_table: table.clone(),
+        set: Vec::new(),
+    };
+    let mut errors = apply_env(&mut table, env, &mut origins);
     if let Some(listen) = overrides.listen {
         table.insert("listen".into(), toml::Value::String(listen.to_string()));
+        origins.set.push((vec!["listen".into()], "--listen".into()));
     }
     if let Some(url) = &overrides.upstream_url {
         set_path(
@@ -239,14 +253,150 @@ pub fn load(
             &["upstream", "url"],
             toml::Value::String(url.clone()),
         );
+        origins.set.push((
+            vec!["upstream".into(), "url".into()],
+            "--upstream-url".into(),
+        ));
     }
-    let config: RelayConfig =
-        serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
-            let path = e.path().to_string();
-            one(format!("{path}: {}", e.inner().message().trim()))
-        })?;
-    config.validate()?;
-    Ok(config)
+    let config = loop {
+        match serde_path_to_error::deserialize::<_, RelayConfig>(toml::Value::Table(table.clone()))
+        {
+            Ok(config) => break config,
+            Err(e) => {
+                let key = e.path().to_string();
+                let origin = origins.of(&key, false);
+                errors.push(format!("{key}: {}{origin}", e.inner().message().trim()));
+                // Bounded: each round removes one key, and a file has only so many.
+                if errors.len() >= MAX_PROBLEMS || !remove_key(&mut table, &segments(&key)) {
+                    return Err(ConfigErrors(errors));
+                }
+            }
+        }
+    };
+    if let Err(ConfigErrors(problems)) = config.validate() {
+        errors.extend(problems.into_iter().map(|p| {
+            let key = p.split([' ', ':']).next().unwrap_or_default();
+            let origin = origins.of(key, true);
+            format!("{p}{origin}")
+        }));
+    }
+    if errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigErrors(errors))
+    }
+}
+
+/// More problems than this and the rest would only be noise.
+const MAX_PROBLEMS: usize = 100;
+
+/// Where each value came from, for messages.
+struct Origins {
+    /// The file's name (or "built-in defaults").
+    file: String,
+    /// The file as read, before the environment and flags.
+    file_table: toml::Table,
+    /// Keys set by a variable or a flag, in the order applied (a later one wins).
+    set: Vec<(Vec<String>, String)>,
+}
+
+impl Origins {
+    /// ` (from VAR)`, ` (in FILE)`, or nothing for a default. A key counts as set by a
+    /// variable if the variable set it or a table holding it. With `leaf_only` (a validation
+    /// message, which may be about a whole section), a key naming a table gets nothing.
+    fn of(&self, key: &str, leaf_only: bool) -> String {
+        let path = segments(key);
+        let keys: Vec<&str> = path
+            .iter()
+            .map(|s| match s {
+                Segment::Key(k) => k.as_str(),
+                Segment::Index(_) => "",
+            })
+            .collect();
+        // Set by a variable: the key lies under what it set, or (an unknown key it created)
+        // what it set lies under the key.
+        let under = |set: &Vec<String>| {
+            (keys.len() >= set.len() || !leaf_only) && set.iter().zip(&keys).all(|(a, b)| a == b)
+        };
+        if let Some((_, by)) = self.set.iter().rev().find(|(set, _)| under(set)) {
+            return format!(" (from {by})");
+        }
+        let mut value = None;
+        let mut table = Some(&self.file_table);
+        let mut array: Option<&Vec<toml::Value>> = None;
+        for segment in &path {
+            value = match segment {
+                Segment::Key(k) => table.and_then(|t| t.get(k)),
+                Segment::Index(i) => array.and_then(|a| a.get(*i)),
+            };
+            table = value.and_then(toml::Value::as_table);
+            array = value.and_then(toml::Value::as_array);
+        }
+        match value {
+            Some(v) if !(leaf_only && v.is_table()) => format!(" (in {})", self.file),
+            _ => String::new(),
+        }
+    }
+}
+
+/// One step of a key path: `security.tokens[0].sha256` is key, key, index, key.
+#[derive(Debug, PartialEq)]
+enum Segment {
+    Key(String),
+    Index(usize),
+}
+
+fn segments(key: &str) -> Vec<Segment> {
+    let mut out = Vec::new();
+    for part in key.split('.') {
+        let mut pieces = part.split('[');
+        if let Some(name) = pieces.next().filter(|n| !n.is_empty()) {
+            out.push(Segment::Key(name.to_owned()));
+        }
+        for index in pieces {
+            match index.trim_end_matches(']').parse() {
+                Ok(i) => out.push(Segment::Index(i)),
+                Err(_) => out.push(Segment::Key(index.to_owned())),
+            }
+        }
+    }
+    out
+}
+
+/// Removes the innermost key of `path` from `table`. A problem inside an array item takes the
+/// whole array with it (removing a field of a token would only add "missing field" noise).
+/// False when there was nothing to remove.
+fn remove_key(table: &mut toml::Table, path: &[Segment]) -> bool {
+    let first_index = path.iter().position(|s| matches!(s, Segment::Index(_)));
+    let path = &path[..first_index.unwrap_or(path.len())];
+    let Some(last_key) = path.iter().rposition(|s| matches!(s, Segment::Key(_))) else {
+        return false;
+    };
+    let mut value: &mut toml::Value = match &path[0] {
+        Segment::Key(k) if last_key > 0 => match table.get_mut(k) {
+            Some(v) => v,
+            None => return false,
+        },
+        Segment::Key(k) => return table.remove(k).is_some(),
+        Segment::Index(_) => return false,
+    };
+    for segment in &path[1..last_key] {
+        value = match (segment, value) {
+            (Segment::Key(k), toml::Value::Table(t)) => match t.get_mut(k) {
+                Some(v) => v,
+                None => return false,
+            },
+            (Segment::Index(i), toml::Value::Array(a)) => match a.get_mut(*i) {
+                Some(v) => v,
+                None => return false,
+            },
+            _ => return false,
+        };
+    }
+    match (&path[last_key], value) {
+        (Segment::Key(k), toml::Value::Table(t)) => t.remove(k).is_some(),
+        _ => false,
+    }
 }
 
 /// The credential variables and the upstream keys they set.
@@ -256,7 +406,12 @@ const CREDENTIAL_VARS: [(&str, &str); 3] = [
     ("KALSHI_PRIVATE_KEY_PEM", "private_key_pem"),
 ];
 
-fn apply_env(table: &mut toml::Table, env: &BTreeMap<String, String>) -> Result<(), Vec<String>> {
+/// Applies the credential and `RELAY__` variables, noting what each set; returns the problems.
+fn apply_env(
+    table: &mut toml::Table,
+    env: &BTreeMap<String, String>,
+    origins: &mut Origins,
+) -> Vec<String> {
     let mut errors = Vec::new();
     for (var, key) in CREDENTIAL_VARS {
         if let Some(value) = env.get(var).filter(|v| !v.is_empty()) {
@@ -265,6 +420,9 @@ fn apply_env(table: &mut toml::Table, env: &BTreeMap<String, String>) -> Result<
                 &["upstream", key],
                 toml::Value::String(value.clone()),
             );
+            origins
+                .set
+                .push((vec!["upstream".into(), key.into()], var.into()));
         }
     }
     for (var, raw) in env {
@@ -278,12 +436,9 @@ fn apply_env(table: &mut toml::Table, env: &BTreeMap<String, String>) -> Result<
         }
         let refs: Vec<&str> = path.iter().map(String::as_str).collect();
         set_path(table, &refs, parse_env_value(raw));
+        origins.set.push((path, var.clone()));
     }
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(errors)
-    }
+    errors
 }
 
 /// A value as TOML (`15`, `true`, `["A","B"]`), else as a plain string.
@@ -398,121 +553,4 @@ pub fn describe(source: &Source) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn load_text(text: &str, env: &[(&str, &str)]) -> Result<RelayConfig, ConfigErrors> {
-        let dir = std::env::temp_dir().join(format!("relay-config-{}", rand::random::<u64>()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("relay.toml");
-        std::fs::write(&path, text).unwrap();
-        let env = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        let result = load(&Source::File(path), &env, &Overrides::default());
-        std::fs::remove_dir_all(&dir).unwrap();
-        result
-    }
-
-    #[test]
-    fn the_shipped_file_is_valid_and_says_the_defaults() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/relay.toml");
-        let text = std::fs::read_to_string(path).unwrap();
-        let config = load_text(&text, &[]).unwrap();
-        assert_eq!(config.listen, default_listen());
-        assert_eq!(
-            config.downstream.ping_interval_seconds,
-            DEFAULT_PING_INTERVAL_SECONDS
-        );
-        assert_eq!(
-            config.downstream.max_message_bytes,
-            DEFAULT_MAX_MESSAGE_BYTES
-        );
-        assert_eq!(config.upstream, upstream::UpstreamConfig::default());
-        assert_eq!(config.fanout, fanout::FanoutConfig::default());
-    }
-
-    #[test]
-    fn an_unknown_key_is_named_with_its_section() {
-        let err = load_text("[downstream]\nping_interval_secs = 5\n", &[]).unwrap_err();
-        assert_eq!(err.0.len(), 1);
-        assert!(
-            err.0[0].starts_with("downstream.ping_interval_secs: unknown field"),
-            "{err}"
-        );
-        let err = load_text("[upstream]\nurll = \"ws://x\"\n", &[]).unwrap_err();
-        assert!(
-            err.0[0].starts_with("upstream.urll: unknown field"),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn a_bad_value_is_named() {
-        let err = load_text("[downstream]\nping_interval_seconds = \"soon\"\n", &[]).unwrap_err();
-        assert!(
-            err.0[0].starts_with("downstream.ping_interval_seconds: invalid type"),
-            "{err}"
-        );
-        let err = load_text("listen = \"nowhere\"\n", &[]).unwrap_err();
-        assert!(err.0[0].starts_with("listen: "), "{err}");
-    }
-
-    #[test]
-    fn every_problem_is_reported_at_once() {
-        let text = "[downstream]\nping_interval_seconds = 0\nwrite_timeout_seconds = 0\n\
-                    [upstream]\nurl = \"http://x\"\n[fanout]\nqueue_messages = 0\n";
-        let err = load_text(text, &[]).unwrap_err();
-        let all = err.to_string();
-        for key in [
-            "downstream.ping_interval_seconds = 0",
-            "downstream.write_timeout_seconds = 0",
-            "upstream.url",
-            "fanout.queue_messages = 0",
-        ] {
-            assert!(all.contains(key), "{key} missing from:\n{all}");
-        }
-    }
-
-    #[test]
-    fn the_environment_overrides_the_file_and_flags_override_both() {
-        let config = load_text(
-            "listen = \"127.0.0.1:1000\"\n",
-            &[
-                ("RELAY__LISTEN", "127.0.0.1:2000"),
-                ("RELAY__DOWNSTREAM__PING_INTERVAL_SECONDS", "15"),
-                ("RELAY__WARM_MARKETS", r#"["A-1","B-2"]"#),
-                ("KALSHI_API_KEY_ID", "key-1"),
-                ("KALSHI_PRIVATE_KEY_PEM", "not a key"),
-            ],
-        );
-        // The PEM is checked when the upstream validates: a bad key is one clear error.
-        let err = config.unwrap_err();
-        assert!(
-            err.to_string().contains("upstream.private_key_pem"),
-            "{err}"
-        );
-
-        let env: BTreeMap<String, String> = [
-            ("RELAY__LISTEN", "127.0.0.1:2000"),
-            ("RELAY__DOWNSTREAM__PING_INTERVAL_SECONDS", "15"),
-            ("RELAY__WARM_MARKETS", r#"["A-1","B-2"]"#),
-        ]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-        let flags = Overrides {
-            listen: Some("127.0.0.1:3000".parse().unwrap()),
-            upstream_url: Some("ws://127.0.0.1:9/trade-api/ws/v2".into()),
-        };
-        let config = load(&Source::DefaultIfPresent, &env, &flags).unwrap();
-        assert_eq!(config.listen.port(), 3000);
-        assert_eq!(config.downstream.ping_interval_seconds, 15);
-        assert_eq!(
-            config.warm_markets,
-            vec!["A-1".to_owned(), "B-2".to_owned()]
-        );
-        assert_eq!(config.upstream.url, "ws://127.0.0.1:9/trade-api/ws/v2");
-    }
-}
+mod tests;

@@ -48,21 +48,25 @@ const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_sec
 /// A client must send its request head within this (slowloris).
 const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Accepts until shutdown. Each connection is a tracked task.
+/// How long a client refused during shutdown is asked to wait: about a restart.
+const SHUTDOWN_RETRY_AFTER_SECONDS: u32 = 5;
+
+/// Accepts until the task is aborted at the end of shutdown. Each connection is a tracked task;
+/// once shutdown began (draining), connections are still accepted, so probes get `/healthz` 200
+/// and `/readyz` 503 and upgrades a 503 with `Retry-After` instead of a refused connection,
+/// but they are not tracked: the drain waits for clients, not for probes.
 pub async fn serve(app: Arc<App>, listener: TcpListener, role: ListenerRole) {
     loop {
-        let (stream, peer) = tokio::select! {
-            _ = app.shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off a little instead of spinning.
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+        let (stream, peer) = match listener.accept().await {
+            Ok(pair) => pair,
+            Err(e) => {
+                // Out of file descriptors and the like: back off a little instead of spinning.
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
         };
+        let draining = app.shutdown.is_cancelled();
         let Ok(permit) = app.handshakes.clone().try_acquire_owned() else {
             metrics::counter!(crate::metrics::HANDSHAKES_REJECTED_TOTAL, "reason" => "pending handshakes")
                 .increment(1);
@@ -75,33 +79,40 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, role: ListenerRole) {
             }
         }
         let app2 = app.clone();
-        match (&app.tls, role) {
-            (Some(tls), ListenerRole::Main) => {
-                let acceptor = tls.acceptor();
-                app.tracker.spawn(async move {
-                    let _permit = permit;
+        let connection = async move {
+            let _permit = permit;
+            match (&app2.tls, role) {
+                (Some(tls), ListenerRole::Main) => {
                     let handshake =
-                        tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+                        tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.acceptor().accept(stream));
                     match handshake.await {
-                        Ok(Ok(tls_stream)) => serve_connection(app2, tls_stream, peer, role).await,
+                        Ok(Ok(tls_stream)) => {
+                            serve_connection(app2, tls_stream, peer, role, draining).await
+                        }
                         Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => debug!(%peer, "TLS handshake timed out"),
                     }
-                });
+                }
+                _ => serve_connection(app2, stream, peer, role, draining).await,
             }
-            _ => {
-                app.tracker.spawn(async move {
-                    let _permit = permit;
-                    serve_connection(app2, stream, peer, role).await
-                });
-            }
+        };
+        if draining {
+            tokio::spawn(connection);
+        } else {
+            app.tracker.spawn(connection);
         }
     }
 }
 
-/// Serves HTTP on one accepted socket (plain or TLS) until it closes or upgrades.
-pub async fn serve_connection<S>(app: Arc<App>, stream: S, peer: SocketAddr, role: ListenerRole)
-where
+/// Serves HTTP on one accepted socket (plain or TLS) until it closes or upgrades. A connection
+/// accepted while draining answers one request and closes.
+async fn serve_connection<S>(
+    app: Arc<App>,
+    stream: S,
+    peer: SocketAddr,
+    role: ListenerRole,
+    draining: bool,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let svc_app = app.clone();
@@ -112,16 +123,24 @@ where
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
+        .keep_alive(!draining)
         .serve_connection(TokioIo::new(stream), svc)
         .with_upgrades();
     tokio::pin!(conn);
+    let shutdown = async {
+        if draining {
+            std::future::pending().await
+        } else {
+            app.shutdown.cancelled().await
+        }
+    };
     tokio::select! {
         result = conn.as_mut() => {
             if let Err(e) = result {
                 debug!(%peer, error = %e, "http connection ended with an error");
             }
         }
-        _ = app.shutdown.cancelled() => {
+        _ = shutdown => {
             conn.as_mut().graceful_shutdown();
             let _ = conn.await;
         }
@@ -226,7 +245,12 @@ pub fn query_param<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str
 
 fn upgrade(app: Arc<App>, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     if app.shutdown.is_cancelled() {
-        return refuse(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+        let mut resp = refuse(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+        resp.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(SHUTDOWN_RETRY_AFTER_SECONDS),
+        );
+        return resp;
     }
     let header = |name: header::HeaderName| req.headers().get(name).and_then(|v| v.to_str().ok());
     // Before anything else: a browser page from a foreign site must not ride a user's access.

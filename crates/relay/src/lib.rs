@@ -92,6 +92,16 @@ impl RelayHandle {
         format!("{scheme}://{}{}", self.addr, protocol::sign::WS_PATH)
     }
 
+    /// `http://ADDR` for `/healthz` and the rest, or `https://` when TLS is on.
+    pub fn http_url(&self) -> String {
+        let scheme = if self.app.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.addr)
+    }
+
     /// Re-reads the TLS certificate and key (SIGHUP). Connections are not dropped; on error the
     /// old pair stays in use.
     pub fn reload_tls(&self) -> anyhow::Result<()> {
@@ -106,13 +116,13 @@ impl RelayHandle {
         &self.app
     }
 
-    /// Graceful shutdown: `/readyz` turns 503, no new connections, every client gets 1012, the
-    /// upstream unsubscribes and closes with 1000. The whole of it fits in
+    /// Graceful shutdown: `/readyz` turns 503 and new upgrades are refused (503, `Retry-After`)
+    /// while probes keep being answered, every client gets 1012, the upstream unsubscribes and
+    /// closes with 1000. The whole of it fits in
     /// `downstream.shutdown_drain_seconds`: clients get the time less what the upstream close
     /// needs, and whatever is still running after that is aborted.
     pub async fn shutdown(self) {
         let app = self.app;
-        app.stopping.store(true, Ordering::Relaxed);
         app.shutdown.cancel();
         app.tracker.close();
         let budget = app.config.downstream.shutdown_drain();
@@ -153,6 +163,7 @@ pub async fn spawn(config: RelayConfig, listeners: Listeners) -> anyhow::Result<
         .map(tls::Tls::load)
         .transpose()?;
     let metrics = metrics::handle();
+    metrics::register();
     let upstream_shutdown = CancellationToken::new();
     let (upstream, events) = upstream::spawn(config.upstream.clone(), upstream_shutdown.clone())
         .map_err(|e| anyhow::anyhow!("invalid upstream configuration: {e}"))?;
@@ -168,10 +179,8 @@ pub async fn spawn(config: RelayConfig, listeners: Listeners) -> anyhow::Result<
     ));
 
     let addr = listeners.main.local_addr()?;
-    if app.config.admin_listen.is_none()
-        && !addr.ip().is_loopback()
-        && !app.config.security.tokens.is_empty()
-    {
+    // Tokens or allow_anonymous: either way the port is reachable from elsewhere.
+    if app.config.admin_listen.is_none() && !addr.ip().is_loopback() {
         warn!(
             "/metrics and /status are served without authentication on the client port; \
              set admin_listen to keep them on a private address"
@@ -236,10 +245,13 @@ pub async fn start(
     let handle = spawn(config, listeners).await?;
     // One line: scripts read it, and some stop reading stdout after it.
     println!(
-        "relay ready ws={} http=http://{} dashboard=http://{}/dashboard",
+        "relay ready ws={} http={} dashboard={}/dashboard",
         handle.ws_url(),
-        handle.addr,
-        handle.admin_addr.unwrap_or(handle.addr)
+        handle.http_url(),
+        // The admin listener is plain HTTP; the main one speaks TLS when configured.
+        handle
+            .admin_addr
+            .map_or_else(|| handle.http_url(), |a| format!("http://{a}"))
     );
     if let Some(sim) = &sim {
         demo::print_hint(&handle.ws_url(), sim);

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
+use crate::close::{CloseReason, Ending};
+
 pub const CONNECTIONS: &str = "relay_downstream_connections";
 pub const CONNECTIONS_TOTAL: &str = "relay_downstream_connections_total";
 pub const DISCONNECTS_TOTAL: &str = "relay_downstream_disconnects_total";
@@ -23,6 +25,76 @@ const LATENCY_BUCKETS: &[f64] = &[
     1.0, 2.5,
 ];
 
+/// Unread bytes per subscriber (`relay_fanout_queue_bytes`): up to past the default 1 MiB bound.
+const QUEUE_BYTES_BUCKETS: &[f64] = &[
+    0.0,
+    1024.0,
+    4096.0,
+    16384.0,
+    65536.0,
+    262_144.0,
+    524_288.0,
+    1_048_576.0,
+    4_194_304.0,
+];
+
+/// The `reason` labels of `relay_downstream_handshakes_rejected_total`.
+const HANDSHAKE_REJECT_REASONS: [&str; 9] = [
+    "pending handshakes",
+    "shutting down",
+    "origin not allowed",
+    "not a websocket upgrade",
+    "invalid token",
+    "connection limit",
+    "per-IP connection limit",
+    "new connection rate",
+    "refused",
+];
+
+/// The `command` labels of `relay_downstream_commands_total` and their `result`s.
+const COMMAND_RESULTS: [(&str, &[&str]); 8] = [
+    ("subscribe", &["ok", "error"]),
+    ("unsubscribe", &["ok", "error"]),
+    ("update_subscription", &["ok", "error"]),
+    ("list_subscriptions", &["ok", "error"]),
+    ("ping", &["ok", "error"]),
+    ("auth", &["ok", "error"]),
+    ("invalid", &["error"]),
+    ("any", &["rate_limited"]),
+];
+
+/// Creates every documented series at zero, so dashboards and alerts see them before the first
+/// event (a counter with labels otherwise appears only when first incremented).
+pub fn register() {
+    upstream::metrics::describe();
+    upstream::metrics::register();
+    let _ = metrics::gauge!(CONNECTIONS);
+    let _ = metrics::counter!(CONNECTIONS_TOTAL);
+    // Every way a session ends: each cause the relay closes for, a client's usual codes, and
+    // the abrupt drop.
+    let endings = CloseReason::ALL
+        .map(Ending::Relay)
+        .into_iter()
+        .chain([1000, 1001, 1005].map(Ending::Client))
+        .chain([Ending::Abrupt]);
+    for ending in endings {
+        let _ = metrics::counter!(
+            DISCONNECTS_TOTAL,
+            "code" => ending.code_label(),
+            "reason" => ending.reason_label()
+        );
+    }
+    for (command, results) in COMMAND_RESULTS {
+        for result in results {
+            let _ = metrics::counter!(COMMANDS_TOTAL, "command" => command, "result" => *result);
+        }
+    }
+    for reason in HANDSHAKE_REJECT_REASONS {
+        let _ = metrics::counter!(HANDSHAKES_REJECTED_TOTAL, "reason" => reason);
+    }
+    let _ = metrics::histogram!(LATENCY_SECONDS);
+}
+
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// The process-wide recorder, installed on first use (tests start several relays in one process).
@@ -31,6 +103,11 @@ pub fn handle() -> PrometheusHandle {
         .get_or_init(|| {
             let recorder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+                .expect("buckets are not empty")
+                .set_buckets_for_metric(
+                    Matcher::Full(fanout::metric_names::QUEUE_BYTES.into()),
+                    QUEUE_BYTES_BUCKETS,
+                )
                 .expect("buckets are not empty")
                 .build_recorder();
             let handle = recorder.handle();

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -34,7 +34,7 @@ const DEFAULT_NEW_CONNECTION_BURST: f64 = 2_000.0;
 const DEFAULT_MAX_PENDING_HANDSHAKES: usize = 1_024;
 
 /// What a client may subscribe to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Permission {
     /// Public channels only; a private one gets error 9.
@@ -44,7 +44,7 @@ pub enum Permission {
 }
 
 /// One client token, as configured.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenConfig {
     /// Who holds it (appears in logs; the token never does).
@@ -55,7 +55,7 @@ pub struct TokenConfig {
 }
 
 /// Optional TLS on the client listener.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// PEM certificate chain. Re-read on SIGHUP.
@@ -65,7 +65,7 @@ pub struct TlsConfig {
 }
 
 /// The `[security]` section.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SecurityConfig {
     /// Client tokens. Default: none.

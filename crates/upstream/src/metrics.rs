@@ -89,6 +89,58 @@ pub(crate) fn rest_request(outcome: &'static str, took: Duration) {
     histogram!(REST_REQUEST_DURATION).record(took.as_secs_f64());
 }
 
+/// Creates every series at zero (each label of the fixed sets), so dashboards and alerts see
+/// them before the first event. Values already recorded are kept.
+pub fn register() {
+    use DisconnectReason as R;
+    let reasons = [
+        R::ConnectTimeout,
+        R::HandshakeTimeout,
+        R::ConnectFailed,
+        R::HandshakeRejected { status: 0 },
+        R::AuthRejected,
+        R::LivenessTimeout,
+        R::PongTimeout,
+        R::ClosedByServer { code: None },
+        R::StreamError,
+        R::Shutdown,
+    ];
+    for reason in &reasons {
+        let _ = counter!(DISCONNECTS, "reason" => reason.label());
+    }
+    use MessageType as T;
+    let types = [
+        T::OrderbookSnapshot,
+        T::OrderbookDelta,
+        T::Ticker,
+        T::Trade,
+        T::Fill,
+        T::UserOrder,
+        T::MarketPosition,
+        T::MarketLifecycleV2,
+        T::EventLifecycle,
+        T::EventFeeUpdate,
+        T::Subscribed,
+        T::Unsubscribed,
+        T::Ok,
+        T::Error,
+        T::Other(String::new()),
+    ];
+    for kind in &types {
+        let _ = counter!(MESSAGES, "type" => message_label(kind));
+    }
+    let _ = gauge!(UP);
+    let _ = gauge!(STATE);
+    let _ = counter!(CONNECTS);
+    let _ = counter!(BYTES);
+    let _ = counter!(SEQ_GAPS);
+    let _ = counter!(SNAPSHOT_REQUESTS);
+    let _ = histogram!(PING_RTT);
+    let _ = gauge!(BACKOFF);
+    let _ = histogram!(OWNER_WAIT);
+    let _ = gauge!(EVENTS_PENDING);
+}
+
 pub(crate) fn state(state: &State) {
     gauge!(STATE).set(f64::from(state.code()));
     gauge!(UP).set(if state.is_up() { 1.0 } else { 0.0 });
