@@ -925,7 +925,12 @@ async fn an_outage_seen_only_through_its_recovery_still_closes_private_holders()
     let mut now = app.status.borrow().clone();
     assert_eq!(now.state, upstream::State::Subscribed);
     now.losses += 1;
+    // Several changes (down, connecting, up) seen as one, as the feed records them.
+    now.changes += 3;
+    let changes = now.changes;
     app.status.send_replace(now);
+    app.status_changes
+        .store(changes, std::sync::atomic::Ordering::Release);
     app.heartbeat.poke_all();
     match private.ended().await {
         Ended::Close(1013, reason) if reason.starts_with("private messages lost") => {}

@@ -209,7 +209,10 @@ async fn with_tls_the_ready_line_says_https_and_logs_into_a_pipe_carry_no_colour
     let words: Vec<&str> = ready.split_whitespace().collect();
     assert!(words[2].starts_with("ws=wss://127.0.0.1:"), "{ready}");
     assert!(words[3].starts_with("http=https://127.0.0.1:"), "{ready}");
-    assert!(words[4].starts_with("dashboard=https://127.0.0.1:"), "{ready}");
+    assert!(
+        words[4].starts_with("dashboard=https://127.0.0.1:"),
+        "{ready}"
+    );
 
     // stderr is a pipe here, as it is under systemd or docker: plain text, no ANSI escapes.
     child.start_kill().unwrap();

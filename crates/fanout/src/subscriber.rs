@@ -143,6 +143,9 @@ pub struct Subscriber {
     /// Deliveries made locally (cached snapshots, notices), emitted before the next stream item.
     /// Bounded by the number of topics (one snapshot or ticker per topic per event, plus notices).
     pending: VecDeque<Delivery>,
+    /// A stream item read past the bound of [`Subscriber::try_recv_until`], handed out first
+    /// by the next read.
+    stash: Option<Arc<Item>>,
     /// Instants of recent lags, for the slow-consumer policy (at most `slow_consumer_lags + 1`).
     lags: VecDeque<Instant>,
     /// The stream ended or a verdict was given: `recv` yields what is pending, then `None`.
@@ -165,6 +168,7 @@ impl Subscriber {
             by_market: HashMap::new(),
             per_channel: [0; 7],
             pending: VecDeque::new(),
+            stash: None,
             lags: VecDeque::new(),
             done: false,
             delivered: 0,
@@ -323,7 +327,7 @@ impl Subscriber {
     /// dropped and everything was drained) or after a [`Delivery::Disconnect`]. Cancel-safe.
     pub async fn recv(&mut self) -> Option<Delivery> {
         loop {
-            if let Poll::Ready(d) = self.poll_ready() {
+            if let Poll::Ready(d) = self.poll_ready(u64::MAX) {
                 return d;
             }
             self.flush_metrics();
@@ -333,7 +337,7 @@ impl Subscriber {
             let woken = shared.wake.notified();
             tokio::pin!(woken);
             woken.as_mut().enable();
-            if let Poll::Ready(d) = self.poll_ready() {
+            if let Poll::Ready(d) = self.poll_ready(u64::MAX) {
                 return d;
             }
             woken.await;
@@ -343,7 +347,15 @@ impl Subscriber {
     /// The next delivery if one is ready now; `None` when the subscriber is caught up with the
     /// stream (or it has ended: see [`Subscriber::is_done`]).
     pub fn try_recv(&mut self) -> Option<Delivery> {
-        match self.poll_ready() {
+        self.try_recv_until(u64::MAX)
+    }
+
+    /// Like [`Subscriber::try_recv`], but stops before a stream item published after `position`
+    /// ([`Publisher::position`](crate::Publisher::position) at some moment): what was published
+    /// up to then can be drained before acting on something that happened then. The item that
+    /// stopped it is the next one delivered.
+    pub fn try_recv_until(&mut self, position: u64) -> Option<Delivery> {
+        match self.poll_ready(position) {
             Poll::Ready(d) => d,
             Poll::Pending => {
                 self.flush_metrics();
@@ -354,10 +366,11 @@ impl Subscriber {
 
     /// Whether the stream ended or a verdict was given.
     pub fn is_done(&self) -> bool {
-        self.done && self.pending.is_empty()
+        self.done && self.pending.is_empty() && self.stash.is_none()
     }
 
-    fn poll_ready(&mut self) -> Poll<Option<Delivery>> {
+    /// The next delivery, not reading stream items past `limit`.
+    fn poll_ready(&mut self, limit: u64) -> Poll<Option<Delivery>> {
         loop {
             if let Some(d) = self.pending.pop_front() {
                 if self.pending.is_empty() {
@@ -367,10 +380,24 @@ impl Subscriber {
                 }
                 return Poll::Ready(Some(d));
             }
+            if let Some(item) = self.stash.take() {
+                if item.position > limit {
+                    self.stash = Some(item);
+                    return Poll::Pending;
+                }
+                match self.on_result(Ok(item)) {
+                    Some(d) => return Poll::Ready(Some(d)),
+                    None => continue,
+                }
+            }
             if self.done {
                 return Poll::Ready(None);
             }
             let result = match self.rx.try_recv() {
+                Ok(item) if item.position > limit => {
+                    self.stash = Some(item);
+                    return Poll::Pending;
+                }
                 Ok(item) => Ok(item),
                 Err(TryRecvError::Empty) if self.shared.closed.load(Ordering::Acquire) => {
                     Err(RecvError::Closed)

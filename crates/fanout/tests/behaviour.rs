@@ -585,3 +585,33 @@ fn held_items_wake_a_parked_subscriber_once_on_release_and_it_finds_them_all() {
     assert_eq!(wakes.0.load(SeqCst), 2);
     assert!(matches!(recv.as_mut().poll(&mut cx), Poll::Ready(None)));
 }
+
+#[test]
+fn try_recv_until_stops_before_what_was_published_after_the_position() {
+    let (mut p, f, _r) = fanout::new(FanoutConfig::default());
+    let mut sub = f.subscriber();
+    sub.add(Topic::channel(Channel::Trade), false).unwrap();
+    publish_trade(&mut p, "A", 1);
+    publish_trade(&mut p, "B", 2);
+    let before = p.position();
+    publish_trade(&mut p, "C", 3);
+    let market = |d: Delivery| match d {
+        Delivery::Data(item) => item.market().map(str::to_owned),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        market(sub.try_recv_until(before).unwrap()),
+        Some("A".into())
+    );
+    assert_eq!(
+        market(sub.try_recv_until(before).unwrap()),
+        Some("B".into())
+    );
+    assert!(sub.try_recv_until(before).is_none(), "C came after");
+    assert!(!sub.is_done());
+    // The item that stopped it is the next one delivered, then the stream goes on.
+    assert_eq!(market(sub.try_recv().unwrap()), Some("C".into()));
+    publish_trade(&mut p, "D", 4);
+    assert_eq!(market(sub.try_recv().unwrap()), Some("D".into()));
+    assert!(sub.try_recv().is_none());
+}

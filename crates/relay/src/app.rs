@@ -32,6 +32,13 @@ pub struct UpstreamStatus {
     pub connects: u64,
     /// The last disconnect or refusal: why, and when (Unix ms).
     pub last_loss: Option<(String, u64)>,
+    /// State changes so far: a session knows which changes it has acted on.
+    pub changes: u64,
+    /// The fanout stream's position when `state` was entered: a session drains what came up to
+    /// there before it acts on the change, and leaves what came after for later, so a client
+    /// never gets data from before a change after the change's report, nor data from after it
+    /// before.
+    pub position: u64,
 }
 
 impl UpstreamStatus {
@@ -93,6 +100,8 @@ pub struct App {
     pub tracker: TaskTracker,
     /// The upstream's status; sessions that asked for `relay_events` watch it. Written by the feed.
     pub status: watch::Sender<UpstreamStatus>,
+    /// `status.changes`, written after `status`: a session writing data checks it with one load.
+    pub status_changes: AtomicU64,
     /// Per channel (index in `Channel::ALL`), how many times its messages were lost upstream (a
     /// dead sid). Sessions holding a private channel watch it: a loss there is told with a `private messages lost` close.
     pub lost: watch::Sender<[u64; 7]>,
@@ -160,8 +169,11 @@ impl App {
                 losses: 0,
                 connects: 0,
                 last_loss: None,
+                changes: 0,
+                position: 0,
             })
             .0,
+            status_changes: AtomicU64::new(0),
             stale: Mutex::new(BTreeSet::new()),
             lost: watch::channel([0; 7]).0,
             clients: AtomicUsize::new(0),

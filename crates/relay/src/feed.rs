@@ -188,7 +188,11 @@ fn apply_event(app: &App, publisher: &mut Publisher, event: Event) {
                 last_loss,
                 state,
                 since_ms,
+                changes: before.changes + 1,
+                position: publisher.position(),
             });
+            app.status_changes
+                .store(before.changes + 1, Ordering::Release);
             app.heartbeat.poke_all();
         }
     }

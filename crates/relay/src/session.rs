@@ -178,6 +178,8 @@ struct Session<'a, S> {
     private_exposed: bool,
     /// `UpstreamStatus::losses` as of the last status this session acted on.
     losses_seen: u64,
+    /// `UpstreamStatus::changes` of the last status this session acted on.
+    changes_seen: u64,
     /// The code of the client's own close frame, if it closed.
     client_close: Option<u16>,
     /// The per-channel loss counts already accounted for (see `App::lost`).
@@ -211,6 +213,7 @@ where
             sent: [(0, 0); KINDS.len()],
             private_exposed: false,
             losses_seen: app.status.borrow().losses,
+            changes_seen: 0,
             client_close: None,
             lost_seen: *app.lost.borrow(),
             deferred: Vec::new(),
@@ -233,6 +236,7 @@ where
         lost.borrow_and_update();
         let initial = status.borrow_and_update().clone();
         self.losses_seen = initial.losses;
+        self.changes_seen = initial.changes;
         if self.options.relay_events {
             if let Err(close) = Box::pin(self.send_event("relay_status", initial.to_json())).await {
                 return close;
@@ -293,14 +297,16 @@ where
                     // What the upstream sent before the change is in the ring (perhaps held for a
                     // coalescing window): it goes out before the change is acted on, so a client
                     // never sees data after the status that says it stopped, nor is closed
-                    // before fills that arrived in time.
-                    self.write_ready(self.app.config.fanout.queue_messages)
+                    // before fills that arrived in time. What came after the change waits.
+                    let until = status.as_ref().map_or(u64::MAX, |s| s.position);
+                    self.write_ready(self.app.config.fanout.queue_messages, until)
                         .await?;
                 }
                 if let Some(counts) = lost {
                     self.on_lost(counts)?;
                 }
-                if let Some(now) = status {
+                // Acted on already if data published after it came first (`write_delivery`).
+                if let Some(now) = status.filter(|s| s.changes != self.changes_seen) {
                     self.on_status_change(now).await?;
                 }
                 if ping {
@@ -315,6 +321,7 @@ where
     }
 
     async fn on_status_change(&mut self, now: UpstreamStatus) -> Result<(), Close> {
+        self.changes_seen = now.changes;
         self.on_status(&now)?;
         if now.state == State::Subscribed && !self.deferred.is_empty() {
             self.release_deferred().await?;
@@ -559,15 +566,15 @@ where
         self.write_delivery(first).await?;
         // With a coalescing window, the feed publishes a window's messages together, so this
         // batch already holds them all: no timer per client.
-        self.write_ready(MAX_BATCH - 1).await
+        self.write_ready(MAX_BATCH - 1, u64::MAX).await
     }
 
     /// Writes up to `limit` deliveries that are ready now, flushing every [`MAX_BATCH`] and at
     /// the end.
-    async fn write_ready(&mut self, limit: usize) -> Result<(), Close> {
+    async fn write_ready(&mut self, limit: usize, until: u64) -> Result<(), Close> {
         let mut written = 0;
         while written < limit {
-            match self.sub.try_recv() {
+            match self.sub.try_recv_until(until) {
                 Some(next) => self.write_delivery(next).await?,
                 None => break,
             }
@@ -582,6 +589,17 @@ where
     async fn write_delivery(&mut self, delivery: Delivery) -> Result<(), Close> {
         match delivery {
             Delivery::Data(item) | Delivery::Cached { item, .. } => {
+                // Data published after a status change this session has not acted on yet (the
+                // change and the data raced to wake it): the change goes out first.
+                if self.app.status_changes.load(Ordering::Acquire) != self.changes_seen {
+                    let now = {
+                        let status = self.app.status.borrow();
+                        (item.position() > status.position).then(|| status.clone())
+                    };
+                    if let Some(now) = now {
+                        Box::pin(self.on_status_change(now)).await?;
+                    }
+                }
                 let Some(sub) = self.state.by_channel(item.channel()) else {
                     return Ok(()); // unsubscribed while the item was in flight
                 };
