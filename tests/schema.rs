@@ -136,7 +136,9 @@ async fn session(url: &str, markets: &[String], use_yes_price: bool) -> Seen {
                     v["msg"].clone(),
                 );
             }
-            Some("fill") => fills.push(v["msg"].clone()),
+            // Through the relay, fills (kept live upstream) can flow before its new upstream
+            // trade subscription does: only fills after the first trade have theirs before them.
+            Some("fill") if !trades.is_empty() => fills.push(v["msg"].clone()),
             _ => {}
         }
         match (v["type"].as_str(), v["id"].as_u64(), &mut late_snapshots) {
@@ -151,7 +153,7 @@ async fn session(url: &str, markets: &[String], use_yes_price: bool) -> Seen {
         "{url}: frames off the reference:\n{}",
         problems.join("\n")
     );
-    // Each fill's public trade came before it (trades were subscribed first). The account was
+    // Each fill's public trade came before it (once trades flow). The account was
     // the maker: it bought the side the taker sold, at the trade's price.
     for f in &fills {
         let t = trades
