@@ -25,8 +25,14 @@ use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, warn};
 
 use crate::app::App;
-use crate::security::{presented_token, Refusal};
+use crate::security::Refusal;
 use crate::session::{self, SessionOptions};
+
+mod credentials;
+mod params;
+
+pub use credentials::presented_token;
+use params::query_value;
 
 /// The exchange's WebSocket path, and the short alias.
 pub const WS_PATHS: [&str; 2] = [protocol::sign::WS_PATH, "/ws"];
@@ -233,16 +239,6 @@ fn header_has_token(req: &Request<Incoming>, name: header::HeaderName, token: &s
     })
 }
 
-/// The value of one query parameter.
-pub fn query_param<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
-    req.uri()
-        .query()?
-        .split('&')
-        .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v)
-}
-
 fn upgrade(app: Arc<App>, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     if app.shutdown.is_cancelled() {
         let mut resp = refuse(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
@@ -306,7 +302,10 @@ fn upgrade(app: Arc<App>, mut req: Request<Incoming>, peer: SocketAddr) -> Respo
         Err(_) => return refuse(StatusCode::SERVICE_UNAVAILABLE, "refused"),
     };
     let options = SessionOptions {
-        relay_events: matches!(query_param(&req, "relay_events"), Some("1" | "true")),
+        relay_events: matches!(
+            query_value(req.uri().query(), "relay_events").as_deref(),
+            Some("1" | "true")
+        ),
         peer,
         limits: app.config.downstream.limits(),
         identity,
