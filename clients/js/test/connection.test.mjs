@@ -76,6 +76,9 @@ test("relay restart: 1012, reconnect with a fresh token, subscriptions replayed,
     `no token was refused: ${JSON.stringify(closes)}`,
   );
   assert.equal(c.state, "open");
+  // Each channel's subscription is replayed as its own command: the books can be there before
+  // the ticker's reply.
+  await waitFor(() => typeof handle.sids().ticker === "number", "the ticker's replayed sid");
   const sids = handle.sids();
   assert.equal(typeof sids.orderbook_delta, "number");
   assert.equal(typeof sids.ticker, "number");
