@@ -12,7 +12,6 @@ use tokio::time::Instant;
 
 use crate::cache::{BookCut, Shared};
 use crate::item::{Item, Topic};
-use crate::metrics::channel_index;
 
 /// What a subscriber receives, in order.
 #[derive(Debug)]
@@ -118,7 +117,7 @@ struct TopicState {
     waiting_reset: bool,
 }
 
-type PerChannel = [Option<TopicState>; 7];
+type PerChannel = [Option<TopicState>; Channel::COUNT];
 
 /// How often the unread-bytes histogram is sampled (1 in N received items).
 const QUEUE_BYTES_SAMPLE: u32 = 64;
@@ -139,7 +138,7 @@ pub struct Subscriber {
     channel_wide: PerChannel,
     by_market: HashMap<Arc<str>, PerChannel>,
     /// Topics per channel (0 lets an item of another channel be skipped without a lookup).
-    per_channel: [u32; 7],
+    per_channel: [u32; Channel::COUNT],
     /// Deliveries made locally (cached snapshots, notices), emitted before the next stream item.
     /// Bounded by the number of topics (one snapshot or ticker per topic per event, plus notices).
     pending: VecDeque<Delivery>,
@@ -166,7 +165,7 @@ impl Subscriber {
             rx,
             channel_wide: Default::default(),
             by_market: HashMap::new(),
-            per_channel: [0; 7],
+            per_channel: [0; Channel::COUNT],
             pending: VecDeque::new(),
             stash: None,
             lags: VecDeque::new(),
@@ -213,7 +212,7 @@ impl Subscriber {
         for item in cut.tickers {
             self.push_cached(item, CacheReason::Initial);
         }
-        let ci = channel_index(topic.channel);
+        let ci = topic.channel.index();
         match &topic.market {
             None => self.channel_wide[ci] = Some(state),
             Some(m) => self.by_market.entry(m.clone()).or_default()[ci] = Some(state),
@@ -228,7 +227,7 @@ impl Subscriber {
 
     /// Removes a topic; queued cached deliveries for it are dropped. Returns false if absent.
     pub fn remove(&mut self, topic: &Topic) -> bool {
-        let ci = channel_index(topic.channel);
+        let ci = topic.channel.index();
         let removed = match &topic.market {
             None => self.channel_wide[ci].take().is_some(),
             Some(m) => match self.by_market.get_mut(&**m) {
@@ -286,7 +285,7 @@ impl Subscriber {
         if self.done {
             return Err(TopicError::Disconnected);
         }
-        let ci = channel_index(Channel::OrderbookDelta);
+        let ci = Channel::OrderbookDelta.index();
         let Some((name, Some(_))) = self
             .by_market
             .get_key_value(market)
@@ -449,7 +448,7 @@ impl Subscriber {
             self.on_lag(LagCause::Bytes);
             return None;
         }
-        let ci = channel_index(item.channel);
+        let ci = item.channel.index();
         if self.per_channel[ci] == 0 {
             return None;
         }
@@ -658,7 +657,7 @@ impl Subscriber {
     }
 
     fn state_mut(&mut self, topic: &Topic) -> Option<&mut TopicState> {
-        let ci = channel_index(topic.channel);
+        let ci = topic.channel.index();
         match &topic.market {
             None => self.channel_wide[ci].as_mut(),
             Some(m) => self.by_market.get_mut(&**m).and_then(|p| p[ci].as_mut()),
@@ -668,7 +667,7 @@ impl Subscriber {
     /// Whether a queued delivery still belongs to one of the topics.
     fn still_wanted(&self, d: &Delivery) -> bool {
         let has = |channel: Channel, market: Option<&str>| {
-            let ci = channel_index(channel);
+            let ci = channel.index();
             self.channel_wide[ci].is_some()
                 || market
                     .and_then(|m| self.by_market.get(m))

@@ -28,7 +28,11 @@ pub enum Channel {
 }
 
 impl Channel {
-    pub const ALL: [Channel; 7] = [
+    /// How many channels there are: the length of per-channel arrays.
+    pub const COUNT: usize = 7;
+
+    /// Every channel, in declaration order: `Channel::ALL[c.index()] == c`.
+    pub const ALL: [Channel; Channel::COUNT] = [
         Channel::OrderbookDelta,
         Channel::Ticker,
         Channel::Trade,
@@ -37,6 +41,11 @@ impl Channel {
         Channel::MarketPositions,
         Channel::MarketLifecycleV2,
     ];
+
+    /// Position in [`Channel::ALL`], for arrays indexed by channel.
+    pub const fn index(self) -> usize {
+        self as usize
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -596,6 +605,20 @@ impl Message {
             Message::Unsubscribed => None,
             Message::Ok(b) | Message::Other(b) => b.as_ref().map(|v| v.to_string()),
             Message::Error(b) => enc(serde_json::to_string(b)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channel_index_is_the_position_in_all() {
+        assert_eq!(Channel::ALL.len(), Channel::COUNT);
+        for (i, c) in Channel::ALL.into_iter().enumerate() {
+            assert_eq!(c.index(), i, "{c}");
+            assert_eq!(Channel::parse(c.as_str()), Some(c));
         }
     }
 }
