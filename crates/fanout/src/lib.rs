@@ -84,7 +84,9 @@ mod item;
 mod metrics;
 mod publisher;
 mod registry;
+mod repair;
 mod subscriber;
+mod topics;
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
