@@ -12,7 +12,7 @@ use tokio::sync::broadcast;
 
 use crate::config::FanoutConfig;
 use crate::item::{Item, Payload, Topic};
-use crate::metrics::{channel_index, Metrics};
+use crate::metrics::Metrics;
 use crate::registry::RegistryShared;
 
 /// What the publisher and every subscriber share.
@@ -47,7 +47,7 @@ pub(crate) struct Shared {
 pub(crate) struct Cache {
     pub markets: HashMap<Arc<str>, MarketState>,
     /// Items published per channel (the `channel_no` of the last one).
-    pub channel_counts: [u64; 7],
+    pub channel_counts: [u64; Channel::COUNT],
 }
 
 pub(crate) struct MarketState {
@@ -63,7 +63,7 @@ pub(crate) struct MarketState {
     /// The latest ticker message.
     pub ticker: Option<Arc<Item>>,
     /// Items published per channel for this market (the `topic_no` of the last one).
-    pub counts: [u64; 7],
+    pub counts: [u64; Channel::COUNT],
 }
 
 impl MarketState {
@@ -74,12 +74,12 @@ impl MarketState {
             book_item: None,
             book_position: 0,
             ticker: None,
-            counts: [0; 7],
+            counts: [0; Channel::COUNT],
         }
     }
 
     pub fn book_no(&self) -> u64 {
-        self.counts[channel_index(Channel::OrderbookDelta)]
+        self.counts[Channel::OrderbookDelta.index()]
     }
 }
 
@@ -120,7 +120,7 @@ impl Cache {
     /// Cuts `topic`: its count, and for books the snapshot, for tickers (when `tickers`) the latest
     /// ticker of the market or, channel-wide, of every market.
     pub fn cut(&mut self, topic: &Topic, with_book: bool, tickers: bool) -> Cut {
-        let ci = channel_index(topic.channel);
+        let ci = topic.channel.index();
         match &topic.market {
             None => {
                 let tickers = if tickers && topic.channel == Channel::Ticker {

@@ -41,6 +41,14 @@
 //!   [`TopicChange`]s ([`RegistryEvents::next`]): `Unwanted` only after the linger delay, cancelled
 //!   if the topic is wanted again meanwhile.
 //!
+//! # Layout
+//!
+//! `publisher` numbers and sends items and keeps `cache` (books, latest tickers, counts) in step
+//! with them; `subscriber` is one client's cursor: its `topics` table says what each stream item
+//! means for it (`classify`: deliver, covered, awaiting a reset, stale, gap), and `repair` brings
+//! every topic back from one cut of the cache after a lag. `registry` counts the wanted topics
+//! for the upstream; `item` is what flows.
+//!
 //! # Guarantees
 //!
 //! For every subscriber and each of its books: the deliveries, applied in order (every
@@ -84,7 +92,9 @@ mod item;
 mod metrics;
 mod publisher;
 mod registry;
+mod repair;
 mod subscriber;
+mod topics;
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;

@@ -37,24 +37,11 @@ pub const PUBLISH_DURATION: &str = "relay_fanout_publish_duration_seconds";
 /// The `reason` labels of [`REJECTED`].
 const REJECT_REASONS: [&str; 3] = ["not_synced", "wrong_market", "inconsistent"];
 
-/// Position of a channel in per-channel arrays.
-pub(crate) fn channel_index(channel: Channel) -> usize {
-    match channel {
-        Channel::OrderbookDelta => 0,
-        Channel::Ticker => 1,
-        Channel::Trade => 2,
-        Channel::Fill => 3,
-        Channel::UserOrders => 4,
-        Channel::MarketPositions => 5,
-        Channel::MarketLifecycleV2 => 6,
-    }
-}
-
 /// Handles resolved once (a macro call per message would hash the key every time).
 pub(crate) struct Metrics {
-    pub subscribers: [Gauge; 7],
+    pub subscribers: [Gauge; Channel::COUNT],
     pub topics: Gauge,
-    pub published: [Counter; 7],
+    pub published: [Counter; Channel::COUNT],
     pub delivered: Counter,
     pub dropped: Counter,
     pub trades_lost: Counter,

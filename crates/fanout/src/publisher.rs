@@ -10,7 +10,7 @@ use tokio::sync::broadcast;
 
 use crate::cache::{Cache, Shared};
 use crate::item::{Item, Payload};
-use crate::metrics::{channel_index, Metrics};
+use crate::metrics::Metrics;
 
 /// Why a book message was not published. Nothing was sent and, except where said, nothing changed.
 #[derive(Debug, thiserror::Error)]
@@ -300,7 +300,7 @@ impl Publisher {
         body: Bytes,
         payload: Payload,
     ) -> Item {
-        let ci = channel_index(channel);
+        let ci = channel.index();
         cache.channel_counts[ci] += 1;
         let channel_no = cache.channel_counts[ci];
         let (market, topic_no) = match market {
@@ -344,7 +344,7 @@ impl Publisher {
             self.shared.wake.notify_waiters();
         }
         let m = &self.shared.metrics;
-        m.published[channel_index(channel)].increment(1);
+        m.published[channel.index()].increment(1);
         m.publish_duration.record(start.elapsed().as_secs_f64());
         self.position
     }

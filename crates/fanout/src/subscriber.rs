@@ -1,18 +1,19 @@
 //! The subscribing side: one [`Subscriber`] per client connection.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use protocol::{Channel, MessageType};
+use protocol::Channel;
 use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
 use tokio::time::Instant;
 
-use crate::cache::{BookCut, Shared};
+use crate::cache::Shared;
 use crate::item::{Item, Topic};
-use crate::metrics::channel_index;
+use crate::repair::Repair;
+use crate::topics::{Decision, TopicState, TopicTable};
 
 /// What a subscriber receives, in order.
 #[derive(Debug)]
@@ -110,16 +111,6 @@ pub enum TopicError {
     Disconnected,
 }
 
-#[derive(Clone, Copy, Debug, Default)]
-struct TopicState {
-    /// The topic's count of the last item delivered or covered by a snapshot.
-    seen: u64,
-    /// Book topics: stale, waiting for the reset snapshot.
-    waiting_reset: bool,
-}
-
-type PerChannel = [Option<TopicState>; 7];
-
 /// How often the unread-bytes histogram is sampled (1 in N received items).
 const QUEUE_BYTES_SAMPLE: u32 = 64;
 /// Delivered-message counts are flushed to the shared counter at most this far apart (and
@@ -136,10 +127,7 @@ pub struct Subscriber {
     /// this cursor falls further behind (or more than `queue_bytes` behind), it jumps to the head
     /// and the subscriber repairs itself from the cache.
     rx: broadcast::Receiver<Arc<Item>>,
-    channel_wide: PerChannel,
-    by_market: HashMap<Arc<str>, PerChannel>,
-    /// Topics per channel (0 lets an item of another channel be skipped without a lookup).
-    per_channel: [u32; 7],
+    topics: TopicTable,
     /// Deliveries made locally (cached snapshots, notices), emitted before the next stream item.
     /// Bounded by the number of topics (one snapshot or ticker per topic per event, plus notices).
     pending: VecDeque<Delivery>,
@@ -164,9 +152,7 @@ impl Subscriber {
         Subscriber {
             shared,
             rx,
-            channel_wide: Default::default(),
-            by_market: HashMap::new(),
-            per_channel: [0; 7],
+            topics: TopicTable::default(),
             pending: VecDeque::new(),
             stash: None,
             lags: VecDeque::new(),
@@ -187,7 +173,7 @@ impl Subscriber {
         if topic.channel.requires_market() && topic.market.is_none() {
             return Err(TopicError::MarketRequired(topic.channel));
         }
-        if self.state_mut(&topic).is_some() {
+        if self.topics.get_mut(&topic).is_some() {
             return Ok(false);
         }
         let is_book = topic.channel == Channel::OrderbookDelta;
@@ -213,14 +199,8 @@ impl Subscriber {
         for item in cut.tickers {
             self.push_cached(item, CacheReason::Initial);
         }
-        let ci = channel_index(topic.channel);
-        match &topic.market {
-            None => self.channel_wide[ci] = Some(state),
-            Some(m) => self.by_market.entry(m.clone()).or_default()[ci] = Some(state),
-        }
-        self.per_channel[ci] += 1;
-        if self.per_channel[ci] == 1 {
-            self.shared.metrics.subscribers[ci].increment(1.0);
+        if self.topics.insert(&topic, state) {
+            self.shared.metrics.subscribers[topic.channel.index()].increment(1.0);
         }
         self.shared.registry.add(&topic, &self.shared.metrics);
         Ok(true)
@@ -228,26 +208,11 @@ impl Subscriber {
 
     /// Removes a topic; queued cached deliveries for it are dropped. Returns false if absent.
     pub fn remove(&mut self, topic: &Topic) -> bool {
-        let ci = channel_index(topic.channel);
-        let removed = match &topic.market {
-            None => self.channel_wide[ci].take().is_some(),
-            Some(m) => match self.by_market.get_mut(&**m) {
-                Some(per) => {
-                    let removed = per[ci].take().is_some();
-                    if per.iter().all(Option::is_none) {
-                        self.by_market.remove(&**m);
-                    }
-                    removed
-                }
-                None => false,
-            },
-        };
-        if !removed {
+        let Some(last_of_channel) = self.topics.remove(topic) else {
             return false;
-        }
-        self.per_channel[ci] -= 1;
-        if self.per_channel[ci] == 0 {
-            self.shared.metrics.subscribers[ci].decrement(1.0);
+        };
+        if last_of_channel {
+            self.shared.metrics.subscribers[topic.channel.index()].decrement(1.0);
         }
         self.shared.registry.remove(topic, &self.shared.metrics);
         let pending = std::mem::take(&mut self.pending);
@@ -260,24 +225,7 @@ impl Subscriber {
 
     /// The subscriber's topics, sorted.
     pub fn topics(&self) -> Vec<Topic> {
-        let mut out = Vec::new();
-        for (ci, s) in self.channel_wide.iter().enumerate() {
-            if s.is_some() {
-                out.push(Topic::channel(Channel::ALL[ci]));
-            }
-        }
-        for (m, per) in &self.by_market {
-            for (ci, s) in per.iter().enumerate() {
-                if s.is_some() {
-                    out.push(Topic {
-                        channel: Channel::ALL[ci],
-                        market: Some(m.clone()),
-                    });
-                }
-            }
-        }
-        out.sort();
-        out
+        self.topics.topics()
     }
 
     /// Queues a fresh snapshot of a subscribed book from the cache (the client's `get_snapshot`),
@@ -286,15 +234,9 @@ impl Subscriber {
         if self.done {
             return Err(TopicError::Disconnected);
         }
-        let ci = channel_index(Channel::OrderbookDelta);
-        let Some((name, Some(_))) = self
-            .by_market
-            .get_key_value(market)
-            .map(|(k, v)| (k, v[ci]))
-        else {
+        let Some(name) = self.topics.book(market) else {
             return Err(TopicError::NotSubscribed(market.to_owned()));
         };
-        let name = name.clone();
         let topic = Topic {
             channel: Channel::OrderbookDelta,
             market: Some(name.clone()),
@@ -306,11 +248,7 @@ impl Subscriber {
         } else {
             SnapshotRequest::AwaitingReset
         };
-        let state = self
-            .by_market
-            .get_mut(market)
-            .and_then(|p| p[ci].as_mut())
-            .expect("checked");
+        let state = self.topics.get_mut(&topic).expect("checked");
         state.seen = cut.seen;
         let newly_stale = item.is_none() && !state.waiting_reset;
         state.waiting_reset = item.is_none();
@@ -449,63 +387,29 @@ impl Subscriber {
             self.on_lag(LagCause::Bytes);
             return None;
         }
-        let ci = channel_index(item.channel);
-        if self.per_channel[ci] == 0 {
-            return None;
-        }
-        let mut deliver = false;
-        let mut stale = false;
-        let mut gap = false;
-        if let Some(state) = &mut self.channel_wide[ci] {
-            if item.channel_no > state.seen {
-                gap |= item.channel_no != state.seen + 1;
-                state.seen = item.channel_no;
-                deliver = true;
+        match self.topics.classify(&item) {
+            Decision::Gap => {
+                tracing::error!(
+                    position = item.position,
+                    "fanout items not contiguous; repairing"
+                );
+                debug_assert!(false, "items not contiguous at {item:?}");
+                self.on_lag(LagCause::Gap);
+                None
             }
-        }
-        if let Some(state) = item
-            .market
-            .as_deref()
-            .and_then(|m| self.by_market.get_mut(m))
-            .and_then(|p| p[ci].as_mut())
-        {
-            if item.topic_no > state.seen {
-                gap |= item.topic_no != state.seen + 1;
-                state.seen = item.topic_no;
-                if item.channel != Channel::OrderbookDelta {
-                    deliver = true;
-                } else if item.stale {
-                    state.waiting_reset = true;
-                    stale = true;
-                } else if item.kind == MessageType::OrderbookSnapshot {
-                    state.waiting_reset = false;
-                    deliver = true;
-                } else {
-                    deliver = !state.waiting_reset;
+            Decision::Stale => {
+                let market = item.market.clone().expect("stale markers name a market");
+                Some(Delivery::Stale { market })
+            }
+            Decision::Deliver => {
+                self.delivered += 1;
+                if self.delivered >= DELIVERED_FLUSH {
+                    self.flush_metrics();
                 }
+                Some(Delivery::Data(item))
             }
+            Decision::Unwanted | Decision::Covered | Decision::AwaitingReset => None,
         }
-        if gap {
-            tracing::error!(
-                position = item.position,
-                "fanout items not contiguous; repairing"
-            );
-            debug_assert!(false, "items not contiguous at {item:?}");
-            self.on_lag(LagCause::Gap);
-            return None;
-        }
-        if stale {
-            let market = item.market.clone().expect("stale markers name a market");
-            return Some(Delivery::Stale { market });
-        }
-        if deliver && !item.stale {
-            self.delivered += 1;
-            if self.delivered >= DELIVERED_FLUSH {
-                self.flush_metrics();
-            }
-            return Some(Delivery::Data(item));
-        }
-        None
     }
 
     /// Skips to the head of the stream, then either gives the verdict or repairs every topic from
@@ -534,73 +438,21 @@ impl Subscriber {
         }
 
         // One cut for every topic: counts (what was lost), books, tickers.
-        let mut report = LagReport {
-            cause,
-            messages_lost: 0,
-            trades_lost: 0,
-            books_repaired: Vec::new(),
-            books_stale: Vec::new(),
-            tickers_repaired: 0,
-        };
-        let mut private_lost: Option<(Channel, u64)> = None;
-        let mut books = Vec::new();
-        let mut tickers = Vec::new();
-        let mut newly_stale = Vec::new();
+        let mut repair = Repair::new(cause);
         {
             let mut cache = self.shared.cache.lock();
-            let mut account = |topic: Topic, state: &mut TopicState, report: &mut LagReport| {
+            for (topic, state) in self.topics.iter_mut() {
                 let is_book = topic.channel == Channel::OrderbookDelta;
                 let cut = cache.cut(&topic, is_book, true);
-                let lost = cut.seen - state.seen;
-                state.seen = cut.seen;
-                report.messages_lost += lost;
-                if topic.channel == Channel::Trade {
-                    report.trades_lost += lost;
-                }
-                if topic.channel.is_private() && lost > 0 && private_lost.is_none() {
-                    private_lost = Some((topic.channel, lost));
-                }
-                if let (Some(book), Some(market)) = (cut.book, topic.market) {
-                    if let BookCut::Stale = book {
-                        if !state.waiting_reset {
-                            newly_stale.push(market.clone());
-                        }
-                        state.waiting_reset = true;
-                        report.books_stale.push(market);
-                    } else {
-                        state.waiting_reset = false;
-                        report.books_repaired.push(market.clone());
-                        books.push((book, market));
-                    }
-                }
-                tickers.extend(cut.tickers);
-            };
-            for (ci, slot) in self.channel_wide.iter_mut().enumerate() {
-                if let Some(state) = slot {
-                    account(Topic::channel(Channel::ALL[ci]), state, &mut report);
-                }
-            }
-            for (market, per) in self.by_market.iter_mut() {
-                for (ci, slot) in per.iter_mut().enumerate() {
-                    if let Some(state) = slot {
-                        let topic = Topic {
-                            channel: Channel::ALL[ci],
-                            market: Some(market.clone()),
-                        };
-                        account(topic, state, &mut report);
-                    }
-                }
+                repair.account(topic, state, cut);
             }
         }
-        m.dropped.increment(report.messages_lost);
-        m.trades_lost.increment(report.trades_lost);
+        m.dropped.increment(repair.messages_lost());
+        m.trades_lost.increment(repair.trades_lost());
 
-        if let Some((channel, messages_lost)) = private_lost {
-            tracing::debug!(%channel, messages_lost, "subscriber lost private messages");
-            return self.disconnect(Verdict::PrivateChannelLag {
-                channel,
-                messages_lost,
-            });
+        if let Some(verdict) = repair.private_loss() {
+            tracing::debug!(?verdict, "subscriber lost private messages");
+            return self.disconnect(verdict);
         }
         let limit = self.shared.config.slow_consumer_lags as usize;
         if self.lags.len() > limit {
@@ -611,22 +463,21 @@ impl Subscriber {
             });
         }
 
-        report.tickers_repaired = tickers.len();
-        report.books_repaired.sort();
-        report.books_stale.sort();
-        m.repairs_book.increment(report.books_repaired.len() as u64);
-        m.repairs_ticker.increment(tickers.len() as u64);
-        tracing::debug!(?report, "subscriber lagged; repairing");
-        self.pending.push_back(Delivery::Lagged(report));
-        for market in newly_stale {
+        let plan = repair.finish();
+        m.repairs_book
+            .increment(plan.report.books_repaired.len() as u64);
+        m.repairs_ticker.increment(plan.tickers.len() as u64);
+        tracing::debug!(report = ?plan.report, "subscriber lagged; repairing");
+        self.pending.push_back(Delivery::Lagged(plan.report));
+        for market in plan.newly_stale {
             self.pending.push_back(Delivery::Stale { market });
         }
-        for (book, market) in books {
+        for (book, market) in plan.books {
             if let Some(item) = book.into_item(&self.shared, &market) {
                 self.push_cached(item, CacheReason::Repair);
             }
         }
-        for item in tickers {
+        for item in plan.tickers {
             self.push_cached(item, CacheReason::Repair);
         }
     }
@@ -657,28 +508,13 @@ impl Subscriber {
         self.pending.push_back(Delivery::Cached { item, reason });
     }
 
-    fn state_mut(&mut self, topic: &Topic) -> Option<&mut TopicState> {
-        let ci = channel_index(topic.channel);
-        match &topic.market {
-            None => self.channel_wide[ci].as_mut(),
-            Some(m) => self.by_market.get_mut(&**m).and_then(|p| p[ci].as_mut()),
-        }
-    }
-
     /// Whether a queued delivery still belongs to one of the topics.
     fn still_wanted(&self, d: &Delivery) -> bool {
-        let has = |channel: Channel, market: Option<&str>| {
-            let ci = channel_index(channel);
-            self.channel_wide[ci].is_some()
-                || market
-                    .and_then(|m| self.by_market.get(m))
-                    .is_some_and(|p| p[ci].is_some())
-        };
         match d {
             Delivery::Cached { item, .. } | Delivery::Data(item) => {
-                has(item.channel, item.market())
+                self.topics.wants(item.channel, item.market())
             }
-            Delivery::Stale { market } => has(Channel::OrderbookDelta, Some(market)),
+            Delivery::Stale { market } => self.topics.wants(Channel::OrderbookDelta, Some(market)),
             Delivery::Lagged(_) | Delivery::Disconnect(_) => true,
         }
     }

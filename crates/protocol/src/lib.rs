@@ -1,6 +1,7 @@
 //! The Kalshi WebSocket API v2 wire protocol, as the relay, the simulator and the tests speak it.
 //!
 //! - [`fixed`]: exact fixed-point [`Price`] (1/10000 dollar) and [`Count`] (1/100 contract).
+//! - [`channel`]: the subscription [`Channel`]s, with a dense index for per-channel arrays.
 //! - [`message`]: the server-message [`Envelope`] (body kept raw for forwarding) and typed bodies.
 //! - [`command`]: client commands parsed with the reference's error codes, and reply builders.
 //! - [`book`]: one market's [`OrderBook`] from a snapshot and deltas.
@@ -20,6 +21,7 @@
 #![forbid(unsafe_code)]
 
 pub mod book;
+pub mod channel;
 pub mod command;
 pub mod fixed;
 pub mod message;

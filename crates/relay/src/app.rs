@@ -102,9 +102,9 @@ pub struct App {
     pub status: watch::Sender<UpstreamStatus>,
     /// `status.changes`, written after `status`: a session writing data checks it with one load.
     pub status_changes: AtomicU64,
-    /// Per channel (index in `Channel::ALL`), how many times its messages were lost upstream (a
+    /// Per channel (at `Channel::index()`), how many times its messages were lost upstream (a
     /// dead sid). Sessions holding a private channel watch it: a loss there is told with a `private messages lost` close.
-    pub lost: watch::Sender<[u64; 7]>,
+    pub lost: watch::Sender<[u64; protocol::Channel::COUNT]>,
     /// Books currently stale upstream (gap or reconnect), for readiness. Written by the feed.
     pub stale: Mutex<BTreeSet<String>>,
     pub clients: AtomicUsize,
@@ -175,7 +175,7 @@ impl App {
             .0,
             status_changes: AtomicU64::new(0),
             stale: Mutex::new(BTreeSet::new()),
-            lost: watch::channel([0; 7]).0,
+            lost: watch::channel([0; protocol::Channel::COUNT]).0,
             clients: AtomicUsize::new(0),
             upstream_messages: AtomicU64::new(0),
             downstream_messages: AtomicU64::new(0),

@@ -158,10 +158,8 @@ fn apply_event(app: &App, publisher: &mut Publisher, event: Event) {
         }
         Event::MessagesLost { channel } => {
             warn!(%channel, "messages lost upstream (a subscription died at the exchange)");
-            if let Some(i) = Channel::ALL.iter().position(|c| *c == channel) {
-                app.lost.send_modify(|counts| counts[i] += 1);
-                app.heartbeat.poke_all();
-            }
+            app.lost.send_modify(|counts| counts[channel.index()] += 1);
+            app.heartbeat.poke_all();
         }
         Event::State(state) => {
             match &state {

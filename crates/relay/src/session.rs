@@ -144,7 +144,7 @@ enum Wake {
     /// or lost-message counts changed (any of them, handled in that order: lost, status, ping).
     Control {
         ping: bool,
-        lost: Option<[u64; 7]>,
+        lost: Option<[u64; protocol::Channel::COUNT]>,
         status: Option<UpstreamStatus>,
     },
     Check,
@@ -183,7 +183,7 @@ struct Session<'a, S> {
     /// The code of the client's own close frame, if it closed.
     client_close: Option<u16>,
     /// The per-channel loss counts already accounted for (see `App::lost`).
-    lost_seen: [u64; 7],
+    lost_seen: [u64; protocol::Channel::COUNT],
     /// Commands held until the upstream is subscribed (a private subscription, and whatever
     /// the client sent after it), at most `MAX_DEFERRED`.
     deferred: Vec<Command>,
@@ -354,7 +354,7 @@ where
 
     /// Messages of a channel were lost upstream: a private one this client holds cannot be
     /// repaired, so it is told (closed); counts of channels it does not hold are just noted.
-    fn on_lost(&mut self, counts: [u64; 7]) -> Result<(), Close> {
+    fn on_lost(&mut self, counts: [u64; protocol::Channel::COUNT]) -> Result<(), Close> {
         let hit = protocol::Channel::ALL
             .iter()
             .zip(counts.iter().zip(self.lost_seen.iter()))

@@ -1,0 +1,427 @@
+//! A subscriber's topics ([`TopicTable`]), where each stands in the stream ([`TopicState`]), and
+//! what one stream item means for a topic ([`classify`]).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use protocol::{Channel, MessageType};
+
+use crate::item::{Item, Topic};
+
+/// Where one topic of a subscriber stands in the stream.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct TopicState {
+    /// The topic's count of the last item delivered or covered by a snapshot.
+    pub seen: u64,
+    /// Book topics: stale, waiting for the reset snapshot.
+    pub waiting_reset: bool,
+}
+
+/// Which of an item's counts a topic follows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Scope {
+    /// A channel-wide topic: the item's `channel_no`.
+    Channel,
+    /// A topic of one market: the item's `topic_no`.
+    Market,
+}
+
+impl Scope {
+    fn number(self, item: &Item) -> u64 {
+        match self {
+            Scope::Channel => item.channel_no,
+            Scope::Market => item.topic_no,
+        }
+    }
+}
+
+/// What one stream item means for a subscriber, in increasing precedence: an item that concerns
+/// two of its topics (a channel-wide one and a market one) means the greater of the two.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Decision {
+    /// No topic of the subscriber follows the item (never returned by [`classify`]).
+    Unwanted,
+    /// Already delivered, or covered by a snapshot the subscriber was given: skip.
+    Covered,
+    /// A delta of a stale book: skip; the reset snapshot will replace the book.
+    AwaitingReset,
+    /// New for the topic: deliver.
+    Deliver,
+    /// A stale marker: the book is stale from here on; tell the subscriber.
+    Stale,
+    /// Not contiguous with the topic's last item: items went missing inside the fanout (never
+    /// expected). Repair as after a lag, which counts what was lost.
+    Gap,
+}
+
+/// What `item` means for a topic (following the item's count for `scope`) in `state`.
+pub(crate) fn classify(item: &Item, scope: Scope, state: TopicState) -> Decision {
+    let no = scope.number(item);
+    if no <= state.seen {
+        Decision::Covered
+    } else if no != state.seen + 1 {
+        Decision::Gap
+    } else if item.channel != Channel::OrderbookDelta {
+        Decision::Deliver
+    } else if item.stale {
+        Decision::Stale
+    } else if item.kind == MessageType::OrderbookSnapshot {
+        // A snapshot replaces the book: it ends a stale period.
+        Decision::Deliver
+    } else if state.waiting_reset {
+        Decision::AwaitingReset
+    } else {
+        Decision::Deliver
+    }
+}
+
+impl TopicState {
+    /// Moves past an item numbered `no` for this topic that meant `decision`.
+    pub fn record(&mut self, no: u64, decision: Decision) {
+        match decision {
+            Decision::Unwanted | Decision::Covered => {}
+            Decision::AwaitingReset | Decision::Gap => self.seen = no,
+            Decision::Deliver => {
+                self.seen = no;
+                self.waiting_reset = false;
+            }
+            Decision::Stale => {
+                self.seen = no;
+                self.waiting_reset = true;
+            }
+        }
+    }
+}
+
+type PerChannel = [Option<TopicState>; Channel::COUNT];
+
+/// A subscriber's topics and their states: channel-wide ones in an array, market ones in a map
+/// by market (each an array by channel).
+#[derive(Default)]
+pub(crate) struct TopicTable {
+    channel_wide: PerChannel,
+    by_market: HashMap<Arc<str>, PerChannel>,
+    /// Topics per channel (0 lets an item of another channel be skipped without a lookup).
+    per_channel: [u32; Channel::COUNT],
+}
+
+impl TopicTable {
+    pub fn get_mut(&mut self, topic: &Topic) -> Option<&mut TopicState> {
+        let ci = topic.channel.index();
+        match &topic.market {
+            None => self.channel_wide[ci].as_mut(),
+            Some(m) => self.by_market.get_mut(&**m).and_then(|p| p[ci].as_mut()),
+        }
+    }
+
+    /// Whether an item of `channel` for `market` belongs to one of the topics (the market's own
+    /// or the channel-wide one).
+    pub fn wants(&self, channel: Channel, market: Option<&str>) -> bool {
+        let ci = channel.index();
+        self.channel_wide[ci].is_some()
+            || market
+                .and_then(|m| self.by_market.get(m))
+                .is_some_and(|p| p[ci].is_some())
+    }
+
+    /// The interned name of `market`, if its book is one of the topics.
+    pub fn book(&self, market: &str) -> Option<Arc<str>> {
+        let (name, per) = self.by_market.get_key_value(market)?;
+        per[Channel::OrderbookDelta.index()].map(|_| name.clone())
+    }
+
+    /// Adds a topic that is not present. True when it is the first of its channel.
+    pub fn insert(&mut self, topic: &Topic, state: TopicState) -> bool {
+        let ci = topic.channel.index();
+        let slot = match &topic.market {
+            None => &mut self.channel_wide[ci],
+            Some(m) => &mut self.by_market.entry(m.clone()).or_default()[ci],
+        };
+        debug_assert!(slot.is_none(), "{topic:?} added twice");
+        *slot = Some(state);
+        self.per_channel[ci] += 1;
+        self.per_channel[ci] == 1
+    }
+
+    /// Removes a topic: `None` if absent, else whether it was the last of its channel.
+    pub fn remove(&mut self, topic: &Topic) -> Option<bool> {
+        let ci = topic.channel.index();
+        match &topic.market {
+            None => self.channel_wide[ci].take()?,
+            Some(m) => {
+                let per = self.by_market.get_mut(&**m)?;
+                let removed = per[ci].take();
+                if per.iter().all(Option::is_none) {
+                    self.by_market.remove(&**m);
+                }
+                removed?
+            }
+        };
+        self.per_channel[ci] -= 1;
+        Some(self.per_channel[ci] == 0)
+    }
+
+    /// The topics, sorted.
+    pub fn topics(&self) -> Vec<Topic> {
+        let mut out: Vec<Topic> = Channel::ALL
+            .into_iter()
+            .filter(|c| self.channel_wide[c.index()].is_some())
+            .map(Topic::channel)
+            .collect();
+        for (m, per) in &self.by_market {
+            for c in Channel::ALL
+                .into_iter()
+                .filter(|c| per[c.index()].is_some())
+            {
+                out.push(Topic {
+                    channel: c,
+                    market: Some(m.clone()),
+                });
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// Every topic with its state: channel-wide ones first.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (Topic, &mut TopicState)> {
+        let wide = self
+            .channel_wide
+            .iter_mut()
+            .zip(Channel::ALL)
+            .filter_map(|(s, c)| Some((Topic::channel(c), s.as_mut()?)));
+        let by_market = self.by_market.iter_mut().flat_map(|(m, per)| {
+            per.iter_mut().zip(Channel::ALL).filter_map(move |(s, c)| {
+                let topic = Topic {
+                    channel: c,
+                    market: Some(m.clone()),
+                };
+                Some((topic, s.as_mut()?))
+            })
+        });
+        wide.chain(by_market)
+    }
+
+    /// What `item` means for the subscriber; every topic it concerns moves past it.
+    pub fn classify(&mut self, item: &Item) -> Decision {
+        let ci = item.channel.index();
+        if self.per_channel[ci] == 0 {
+            return Decision::Unwanted;
+        }
+        let mut decision = Decision::Unwanted;
+        if let Some(state) = &mut self.channel_wide[ci] {
+            decision = decision.max(advance(item, Scope::Channel, state));
+        }
+        if let Some(state) = item
+            .market
+            .as_deref()
+            .and_then(|m| self.by_market.get_mut(m))
+            .and_then(|p| p[ci].as_mut())
+        {
+            decision = decision.max(advance(item, Scope::Market, state));
+        }
+        decision
+    }
+}
+
+fn advance(item: &Item, scope: Scope, state: &mut TopicState) -> Decision {
+    let decision = classify(item, scope, *state);
+    state.record(scope.number(item), decision);
+    decision
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::item::Payload;
+
+    fn item(channel: Channel, kind: MessageType, topic_no: u64, channel_no: u64) -> Item {
+        Item::new(
+            1,
+            channel,
+            kind,
+            Some("M".into()),
+            Bytes::new(),
+            topic_no,
+            channel_no,
+            0,
+            Payload::None,
+        )
+    }
+
+    fn delta(no: u64) -> Item {
+        item(Channel::OrderbookDelta, MessageType::OrderbookDelta, no, no)
+    }
+
+    fn snapshot(no: u64) -> Item {
+        item(
+            Channel::OrderbookDelta,
+            MessageType::OrderbookSnapshot,
+            no,
+            no,
+        )
+    }
+
+    fn stale_marker(no: u64) -> Item {
+        let mut i = item(
+            Channel::OrderbookDelta,
+            MessageType::Other(String::new()),
+            no,
+            no,
+        );
+        i.stale = true;
+        i
+    }
+
+    fn trade(topic_no: u64, channel_no: u64) -> Item {
+        item(Channel::Trade, MessageType::Trade, topic_no, channel_no)
+    }
+
+    const SYNCED: TopicState = TopicState {
+        seen: 5,
+        waiting_reset: false,
+    };
+    const STALE: TopicState = TopicState {
+        seen: 5,
+        waiting_reset: true,
+    };
+
+    #[test]
+    fn items_a_snapshot_covers_are_skipped_and_the_next_one_is_delivered() {
+        for no in [1, 4, 5] {
+            assert_eq!(
+                classify(&delta(no), Scope::Market, SYNCED),
+                Decision::Covered
+            );
+            assert_eq!(
+                classify(&delta(no), Scope::Market, STALE),
+                Decision::Covered
+            );
+        }
+        assert_eq!(
+            classify(&delta(6), Scope::Market, SYNCED),
+            Decision::Deliver
+        );
+        assert_eq!(
+            classify(&trade(6, 90), Scope::Market, SYNCED),
+            Decision::Deliver
+        );
+    }
+
+    #[test]
+    fn a_stale_book_skips_deltas_until_a_snapshot() {
+        assert_eq!(
+            classify(&delta(6), Scope::Market, STALE),
+            Decision::AwaitingReset
+        );
+        assert_eq!(
+            classify(&snapshot(6), Scope::Market, STALE),
+            Decision::Deliver
+        );
+        assert_eq!(
+            classify(&snapshot(6), Scope::Market, SYNCED),
+            Decision::Deliver
+        );
+        assert_eq!(
+            classify(&stale_marker(6), Scope::Market, SYNCED),
+            Decision::Stale
+        );
+        assert_eq!(
+            classify(&stale_marker(6), Scope::Market, STALE),
+            Decision::Stale
+        );
+    }
+
+    #[test]
+    fn a_number_skipped_is_a_gap_whatever_the_item() {
+        for i in [delta(7), snapshot(7), stale_marker(9), trade(7, 7)] {
+            assert_eq!(classify(&i, Scope::Market, SYNCED), Decision::Gap, "{i:?}");
+        }
+    }
+
+    #[test]
+    fn the_scope_picks_the_count() {
+        let t = trade(2, 6);
+        assert_eq!(classify(&t, Scope::Channel, SYNCED), Decision::Deliver);
+        assert_eq!(classify(&t, Scope::Market, SYNCED), Decision::Covered);
+        let t = trade(6, 50);
+        assert_eq!(classify(&t, Scope::Channel, SYNCED), Decision::Gap);
+        assert_eq!(classify(&t, Scope::Market, SYNCED), Decision::Deliver);
+    }
+
+    #[test]
+    fn recording_a_decision_moves_the_state() {
+        let cases = [
+            (Decision::Covered, SYNCED, SYNCED),
+            (
+                Decision::AwaitingReset,
+                STALE,
+                TopicState { seen: 6, ..STALE },
+            ),
+            (Decision::Deliver, STALE, TopicState { seen: 6, ..SYNCED }),
+            (Decision::Stale, SYNCED, TopicState { seen: 6, ..STALE }),
+            (Decision::Gap, SYNCED, TopicState { seen: 6, ..SYNCED }),
+        ];
+        for (decision, mut state, after) in cases {
+            state.record(6, decision);
+            assert_eq!(state, after, "{decision:?}");
+        }
+    }
+
+    #[test]
+    fn the_table_merges_a_channel_wide_and_a_market_topic() {
+        let mut table = TopicTable::default();
+        assert_eq!(table.classify(&trade(1, 1)), Decision::Unwanted);
+        assert!(table.insert(&Topic::market(Channel::Trade, "M"), SYNCED));
+        assert!(!table.insert(&Topic::channel(Channel::Trade), SYNCED));
+        // New for both: delivered once.
+        assert_eq!(table.classify(&trade(6, 6)), Decision::Deliver);
+        // Covered for the market topic, new for the channel-wide one: delivered.
+        assert_eq!(table.classify(&trade(6, 7)), Decision::Deliver);
+        assert_eq!(table.classify(&trade(6, 7)), Decision::Covered);
+        // A gap in either is a gap.
+        assert_eq!(table.classify(&trade(7, 9)), Decision::Gap);
+        assert_eq!(
+            table.get_mut(&Topic::channel(Channel::Trade)).unwrap().seen,
+            9
+        );
+        assert_eq!(
+            table.topics(),
+            vec![
+                Topic::channel(Channel::Trade),
+                Topic::market(Channel::Trade, "M")
+            ]
+        );
+        assert_eq!(
+            table.remove(&Topic::market(Channel::Trade, "M")),
+            Some(false)
+        );
+        assert_eq!(table.remove(&Topic::market(Channel::Trade, "M")), None);
+        assert_eq!(table.remove(&Topic::channel(Channel::Trade)), Some(true));
+        assert!(table.by_market.is_empty(), "an empty market leaves the map");
+        assert_eq!(table.classify(&trade(8, 10)), Decision::Unwanted);
+    }
+
+    #[test]
+    fn the_table_follows_a_book_through_a_stale_period() {
+        let mut table = TopicTable::default();
+        let book = Topic::market(Channel::OrderbookDelta, "M");
+        table.insert(&book, SYNCED);
+        assert_eq!(table.book("M").as_deref(), Some("M"));
+        assert_eq!(table.book("N"), None);
+        let seq = [
+            (delta(6), Decision::Deliver),
+            (stale_marker(7), Decision::Stale),
+            (delta(8), Decision::AwaitingReset),
+            (snapshot(9), Decision::Deliver),
+            (delta(10), Decision::Deliver),
+        ];
+        for (i, want) in seq {
+            assert_eq!(table.classify(&i), want, "{i:?}");
+        }
+        assert!(table.wants(Channel::OrderbookDelta, Some("M")));
+        assert!(!table.wants(Channel::Ticker, Some("M")));
+    }
+}
