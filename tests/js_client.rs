@@ -3,81 +3,19 @@
 //! compiles it, and runs its Node test suite (which includes the headless Chromium tests). Fails
 //! with the suite's output when any of its tests fail.
 
+#[path = "common/node.rs"]
+mod node;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+use node::{install, run};
 
 /// The whole JS run (install, build, tests) must finish within this.
 const DEADLINE: Duration = Duration::from_secs(300);
 
 fn client_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../clients/js")
-}
-
-/// Runs `program args` in `dir` to completion (killed at the deadline); panics with its output on failure.
-fn run(dir: &Path, program: &str, args: &[&str], deadline: Instant) -> Output {
-    let mut child = Command::new(program)
-        .args(args)
-        .current_dir(dir)
-        .env("RELAY_BIN", env!("CARGO_BIN_EXE_relay"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {program} (node 20+ and npm are required): {e}"));
-    // Output is drained on threads so a chatty child never blocks on a full pipe.
-    let mut stdout = child.stdout.take().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let out = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        std::io::Read::read_to_end(&mut stdout, &mut buf).ok();
-        buf
-    });
-    let err = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        std::io::Read::read_to_end(&mut stderr, &mut buf).ok();
-        buf
-    });
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for the child") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{program} {args:?} did not finish within {DEADLINE:?}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let output = Output {
-        status,
-        stdout: out.join().unwrap(),
-        stderr: err.join().unwrap(),
-    };
-    assert!(
-        output.status.success(),
-        "{program} {args:?} failed ({}):\n{}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
-}
-
-/// `npm ci` unless `node_modules` was installed from exactly this `package-lock.json`.
-fn install(dir: &Path, deadline: Instant) {
-    let lock = std::fs::read(dir.join("package-lock.json")).expect("clients/js/package-lock.json");
-    let stamp = dir.join("node_modules/.installed-package-lock.json");
-    if std::fs::read(&stamp).ok().as_deref() == Some(&lock[..]) {
-        return;
-    }
-    run(
-        dir,
-        "npm",
-        &["ci", "--no-audit", "--no-fund", "--loglevel=error"],
-        deadline,
-    );
-    std::fs::write(&stamp, &lock).expect("write the install stamp");
 }
 
 #[test]

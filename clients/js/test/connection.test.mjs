@@ -57,6 +57,8 @@ test("relay restart: 1012, reconnect with a fresh token, subscriptions replayed,
   assert.equal(calls, 1);
 
   await relay.stop("SIGTERM");
+  // The process has exited; the client's close event may still be on its way through the loop.
+  await waitFor(() => closes.length > 0, "the close from the stopping relay");
   assert.deepEqual(
     { code: closes[0]?.code, reason: closes[0]?.reason, permanent: closes[0]?.permanent },
     { code: 1012, reason: "service restart", permanent: false },
