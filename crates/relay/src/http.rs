@@ -24,6 +24,7 @@ use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, warn};
 
 use crate::app::App;
+use crate::breakage::{self, Breakage};
 use crate::security::{presented_token, Refusal};
 use crate::session::{self, SessionOptions};
 
@@ -214,6 +215,9 @@ pub fn query_param<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str
 fn upgrade(app: Arc<App>, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     if app.shutdown.is_cancelled() {
         return refuse(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+    }
+    if breakage::is(Breakage::RefuseUpgrades) {
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, "refused");
     }
     let header = |name: header::HeaderName| req.headers().get(name).and_then(|v| v.to_str().ok());
     // Before anything else: a browser page from a foreign site must not ride a user's access.
