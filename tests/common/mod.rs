@@ -100,6 +100,9 @@ pub struct Client {
     pub books: BTreeMap<String, OrderBook>,
     /// Last seq per sid.
     pub seqs: HashMap<u64, u64>,
+    /// Live sids and their channels, as the `subscribed` replies announced them: data comes only
+    /// on these, each on its own channel's sid, for the connection's whole life.
+    pub sids: HashMap<u64, String>,
     /// Data messages by type.
     pub counts: BTreeMap<String, u64>,
     /// Frames with a type this client does not apply (relay events and the like).
@@ -122,6 +125,7 @@ impl Client {
             replies: Vec::new(),
             books: BTreeMap::new(),
             seqs: HashMap::new(),
+            sids: HashMap::new(),
             counts: BTreeMap::new(),
             other: Vec::new(),
             snapshots: 0,
@@ -174,18 +178,46 @@ impl Client {
     }
 
     fn apply(&mut self, raw: &[u8], value: &Value) {
+        match value["type"].as_str() {
+            Some("subscribed") => {
+                let sid = value["msg"]["sid"]
+                    .as_u64()
+                    .expect("subscribed names its sid");
+                let channel = value["msg"]["channel"].as_str().expect("and its channel");
+                let before = self.sids.insert(sid, channel.to_owned());
+                assert!(before.is_none(), "sid {sid} announced twice: {value}");
+            }
+            Some("unsubscribed") => {
+                let sid = value["sid"].as_u64().expect("unsubscribed names its sid");
+                assert!(
+                    self.sids.remove(&sid).is_some(),
+                    "unknown sid unsubscribed: {value}"
+                );
+            }
+            _ => {}
+        }
         if value.get("id").is_some() || value["type"] == "error" {
             self.replies.push(value.clone());
             return;
         }
         let env = Envelope::parse(raw).expect("an envelope");
+        if let (Some(sid), Some(channel)) = (env.sid, channel_of(&env.kind)) {
+            assert_eq!(
+                self.sids.get(&sid).map(String::as_str),
+                Some(channel),
+                "a {} on sid {sid}, which no subscribed reply gave to {channel} (live: {:?})",
+                env.kind,
+                self.sids
+            );
+        }
         if let (Some(sid), Some(seq)) = (env.sid, env.seq) {
-            if let Some(last) = self.seqs.insert(sid, seq) {
-                assert_eq!(
+            match self.seqs.insert(sid, seq) {
+                Some(last) => assert_eq!(
                     seq,
                     last + 1,
                     "seq on sid {sid} must be contiguous: {value}"
-                );
+                ),
+                None => assert_eq!(seq, 1, "sid {sid} must start at seq 1: {value}"),
             }
         }
         *self.counts.entry(env.kind.clone()).or_default() += 1;
@@ -262,6 +294,21 @@ impl Client {
         }
         self.ended.clone().unwrap()
     }
+}
+
+/// The channel a data message type belongs to (the reference's §2), for the types the relay
+/// serves; `None` for relay events and anything else.
+pub fn channel_of(kind: &str) -> Option<&'static str> {
+    Some(match kind {
+        "orderbook_snapshot" | "orderbook_delta" => "orderbook_delta",
+        "ticker" => "ticker",
+        "trade" => "trade",
+        "fill" => "fill",
+        "user_order" => "user_orders",
+        "market_position" => "market_positions",
+        "market_lifecycle_v2" | "event_lifecycle" | "event_fee_update" => "market_lifecycle_v2",
+        _ => return None,
+    })
 }
 
 pub fn subscribe(id: u64, channels: &[&str], markets: &[String]) -> Value {

@@ -9,6 +9,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+/// `RELAY__DOWNSTREAM__SHUTDOWN_DRAIN_SECONDS` below.
+pub const SHUTDOWN_DRAIN_SECONDS: u64 = 3;
+
 /// Environment for the child: fast upstream failure detection and reconnects (the simulator
 /// pings every 300 ms), no linger, small client queues so stalls really lag.
 const ENV: &[(&str, &str)] = &[

@@ -125,7 +125,11 @@ fn apply_event(app: &App, publisher: &mut Publisher, event: Event) {
             let market = data.market.as_deref();
             match (data.book, market) {
                 (Some(BookUpdate::Snapshot(_)), Some(m))
-                    if breakage::is(Breakage::NoResnapshot) && BROKEN.lock().contains(m) => {}
+                    if breakage::is(Breakage::NoResnapshot) && BROKEN.lock().contains(m) =>
+                {
+                    // Broken on purpose: the relay takes the book as synced, clients never hear.
+                    app.stale.lock().remove(m);
+                }
                 (Some(BookUpdate::Delta(_)), Some(_))
                     if breakage::is(Breakage::DropDeltas) && DELTAS.every(1000) => {}
                 (None, _)
