@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::*;
 use exchange_sim::{DuplicatePolicy, Fault, SimConfig};
 use serde_json::{json, Value};
-use tokio::time::Instant;
+use tokio::time::{timeout, Instant};
 
 fn markets(sim: &exchange_sim::Sim) -> Vec<String> {
     sim.markets()
@@ -272,33 +272,55 @@ async fn a_stalled_client_costs_the_others_nothing() {
         .await;
     stalled.replies_until(2).await;
 
+    // Readers ask for relay events, so a lag repair would show as `relay_lagged`.
     let mut readers = Vec::new();
     for _ in 0..5 {
-        let mut c = Client::connect(&relay.ws_url()).await;
+        let mut c = Client::connect(&format!("{}?relay_events=1", relay.ws_url())).await;
         c.send(subscribe(1, &["orderbook_delta", "trade"], &m))
             .await;
         c.until("initial snapshots", |c| c.books.len() == m.len())
             .await;
         readers.push(c);
     }
-    // The readers read while the stalled one does not, until the exchange has produced far
-    // more than the stalled client's ring (128) and socket buffers (8 KiB each way) can hold.
+    // The readers read, each in its own task, while the stalled one does not, until the
+    // exchange has produced far more than the stalled client's ring (128) and socket buffers
+    // (8 KiB each way) can hold.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let tasks: Vec<_> = readers
+        .into_iter()
+        .map(|mut c| {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                while !stop.is_cancelled() {
+                    c.step(Duration::from_millis(20)).await;
+                }
+                c
+            })
+        })
+        .collect();
     let start = sim.stats().events_generated;
     let deadline = Instant::now() + DEADLINE;
     while sim.stats().events_generated < start + 3000 {
-        for c in readers.iter_mut() {
-            while c.step(Duration::from_millis(1)).await.is_some() {}
-        }
         assert!(Instant::now() < deadline, "the exchange stopped producing");
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     sim.pause();
-    for c in readers.iter_mut() {
-        // Every message: seq contiguous on every sid (checked per frame), books exact, no lag.
+    stop.cancel();
+    for t in tasks {
+        let mut c = timeout(DEADLINE, t).await.expect("a reader stops").unwrap();
+        // Every message: seq contiguous on every sid (checked per frame), books exact, and
+        // exactly one snapshot per book: never lagged, never repaired.
         c.converge(&sim, &m).await;
-        assert!(
-            c.other.is_empty(),
-            "readers were never lagged: {:?}",
-            c.other
+        let lagged: Vec<&Value> = c
+            .other
+            .iter()
+            .filter(|f| f["type"] == "relay_lagged")
+            .collect();
+        assert!(lagged.is_empty(), "a reader was lagged: {lagged:?}");
+        assert_eq!(
+            c.snapshots,
+            m.len() as u64,
+            "a reader got a repair snapshot"
         );
         assert_eq!(c.ended, None);
     }
