@@ -136,6 +136,42 @@ fn normalized(replies: &[Value]) -> Vec<Value> {
         .collect()
 }
 
+/// What `run_script` must be answered, written from `shared/reference/kalshi-messages.md` §2-§5
+/// and `kalshi-ws-v2.md` §5-§6 (not from either implementation's output): one `subscribed` per
+/// channel with a new sid; a second `subscribe` on a held channel merges into its sid and answers
+/// `ok` with the full market list (the newer servers' behaviour, configured here); `ok` to an
+/// update carries the sid, a seq and the full list after the update (`get_snapshot` changes
+/// nothing); `list_subscriptions` lists the live sids; `unsubscribed` names the sid (ticker is
+/// not sequenced, so no seq); errors by their reference code and text; a frame that is not JSON
+/// gets error 1 with no id.
+fn reference_replies(m: &[String]) -> Vec<Value> {
+    let ok = |id: u64, markets: &[&String]| json!({"id":id,"type":"ok","sid":1,"seq":"N","msg":{"market_tickers":markets}});
+    let error = |id: Option<u64>, code: u64, text: &str| {
+        let mut e = json!({"type":"error","msg":{"code":code,"msg":text}});
+        if let Some(id) = id {
+            e["id"] = json!(id);
+        }
+        e
+    };
+    vec![
+        json!({"id":1,"type":"subscribed","msg":{"channel":"orderbook_delta","sid":1}}),
+        json!({"id":2,"type":"subscribed","msg":{"channel":"ticker","sid":2}}),
+        ok(3, &[&m[0], &m[1], &m[2]]),
+        json!({"id":4,"type":"ok","msg":[{"channel":"orderbook_delta","sid":1},{"channel":"ticker","sid":2}]}),
+        ok(5, &[&m[0], &m[1], &m[2], &m[3]]),
+        ok(6, &[&m[1], &m[2], &m[3]]),
+        ok(7, &[&m[1], &m[2], &m[3]]),
+        json!({"id":8,"type":"unsubscribed","sid":2}),
+        error(Some(9), 5, "Unknown command"),
+        error(Some(10), 8, "Unknown channel name"),
+        error(Some(11), 7, "Unknown subscription ID"),
+        error(Some(12), 4, "Subscription IDs required"),
+        error(Some(13), 14, "Market Ticker required"),
+        error(Some(14), 13, "Unsupported action"),
+        error(None, 1, "Unable to process message"),
+    ]
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bot_gets_the_same_replies_and_books_from_the_relay_as_from_the_exchange() {
     let sim = sim(SimConfig {
@@ -154,8 +190,17 @@ async fn a_bot_gets_the_same_replies_and_books_from_the_relay_as_from_the_exchan
 
     let mut direct = run_script(&sim.ws_url(), &m).await;
     let mut relayed = run_script(&relay.ws_url(), &m).await;
-    assert_eq!(normalized(&relayed.replies), normalized(&direct.replies));
-    assert_eq!(relayed.replies.len(), 15);
+    let expected = reference_replies(&m);
+    assert_eq!(
+        normalized(&relayed.replies),
+        expected,
+        "the relay's replies"
+    );
+    assert_eq!(
+        normalized(&direct.replies),
+        expected,
+        "the simulator's replies"
+    );
 
     sim.pause();
     let held = vec![m[1].clone(), m[2].clone(), m[3].clone()];
