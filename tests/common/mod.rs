@@ -2,6 +2,8 @@
 //! a client that speaks only the exchange protocol and rebuilds its books from what it receives.
 #![allow(dead_code)]
 
+pub mod tls;
+
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
