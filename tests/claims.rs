@@ -7,7 +7,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::tls::{make_ca, write_leaf, wss_client};
+use common::tls::{make_ca, try_wss_client, write_leaf, wss_client};
 use common::*;
 use exchange_sim::SimConfig;
 use futures_util::{SinkExt, StreamExt};
@@ -322,7 +322,7 @@ async fn sighup_to_the_binary_reloads_the_certificate_and_keeps_connections() {
     relay.signal("HUP");
     let deadline = Instant::now() + DEADLINE;
     let mut fresh = loop {
-        if let Some(c) = try_wss(&relay.url, &ca2_pem).await {
+        if let Some(c) = try_wss_client(&relay.url, &ca2_pem).await {
             break c;
         }
         assert!(
@@ -340,13 +340,4 @@ async fn sighup_to_the_binary_reloads_the_certificate_and_keeps_connections() {
     assert!(relay.exit_within(DEADLINE).await.success());
     sim.shutdown().await;
     std::fs::remove_dir_all(&dir).unwrap();
-}
-
-/// A `wss://` client trusting only `ca_pem`, or `None` when the handshake fails.
-async fn try_wss(url: &str, ca_pem: &str) -> Option<Client> {
-    let url = url.to_owned();
-    let ca = ca_pem.to_owned();
-    tokio::spawn(async move { wss_client(&url, &ca).await })
-        .await
-        .ok()
 }
