@@ -401,7 +401,10 @@ async fn an_exempt_listener_is_out_of_every_faults_reach() {
     let pairs: Vec<(&str, &str)> = headers.pairs().to_vec();
     let mut exempt = connect_with(&exempt_url, &pairs).await.unwrap();
     let r = exempt
-        .command(r#"{"id":1,"cmd":"subscribe","params":{"channels":["trade"]}}"#)
+        .command(&format!(
+            r#"{{"id":1,"cmd":"subscribe","params":{{"channels":["orderbook_delta"],"market_tickers":{}}}}}"#,
+            serde_json::to_string(&sim.markets()).unwrap()
+        ))
         .await;
     let sid = r["msg"]["sid"].as_u64().unwrap();
     let (mut normal, _, _) = book_client(&sim).await;
