@@ -477,7 +477,9 @@ async fn write_coalescing_keeps_every_message_in_order() {
         clients.push(c);
     }
     let start = sim.stats().events_generated;
+    let deadline = Instant::now() + DEADLINE;
     while sim.stats().events_generated < start + 1500 {
+        assert!(Instant::now() < deadline, "the exchange stopped producing");
         for c in clients.iter_mut() {
             while c.step(Duration::from_millis(1)).await.is_some() {}
         }
@@ -588,7 +590,9 @@ async fn a_book_released_upstream_is_never_served_frozen_to_its_next_subscriber(
     }
     // The market moves on while nobody holds it.
     let start = sim.stats().events_generated;
+    let deadline = Instant::now() + DEADLINE;
     while sim.stats().events_generated < start + 400 {
+        assert!(Instant::now() < deadline, "the exchange stopped producing");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     sim.pause();
@@ -633,7 +637,12 @@ async fn a_client_that_never_answers_pings_is_closed_and_one_that_reads_stays() 
         );
     }
     let mut pings = 0;
+    let deadline = Instant::now() + DEADLINE;
     loop {
+        assert!(
+            Instant::now() < deadline,
+            "pinged {pings} times, never closed"
+        );
         match tokio::time::timeout(
             Duration::from_secs(5),
             futures_util::StreamExt::next(&mut deaf.ws),
