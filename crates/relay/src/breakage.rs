@@ -16,6 +16,8 @@ pub enum Breakage {
     NoResnapshot,
     /// `skip_fill`: the relay's 20th fill is not published.
     SkipFill,
+    /// `leak`: every upgrade leaks 256 KiB of touched heap.
+    Leak,
 }
 
 impl Breakage {
@@ -25,6 +27,7 @@ impl Breakage {
             "drop_deltas" => Breakage::DropDeltas,
             "no_resnapshot" => Breakage::NoResnapshot,
             "skip_fill" => Breakage::SkipFill,
+            "leak" => Breakage::Leak,
             _ => return None,
         })
     }

@@ -219,6 +219,9 @@ fn upgrade(app: Arc<App>, mut req: Request<Incoming>, peer: SocketAddr) -> Respo
     if breakage::is(Breakage::RefuseUpgrades) {
         return refuse(StatusCode::SERVICE_UNAVAILABLE, "refused");
     }
+    if breakage::is(Breakage::Leak) {
+        std::mem::forget(vec![1u8; 256 * 1024]);
+    }
     let header = |name: header::HeaderName| req.headers().get(name).and_then(|v| v.to_str().ok());
     // Before anything else: a browser page from a foreign site must not ride a user's access.
     let origin = req.headers().get(header::ORIGIN);
