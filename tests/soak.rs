@@ -19,11 +19,17 @@
 //!   connected client's rebuilt book equals `Sim::book`; every fill a direct reference subscriber
 //!   saw in the epoch reached, in order, each private subscriber connected through the epoch; the
 //!   relay's client count and topic count equal what the clients hold (no leaked sessions or
-//!   subscriptions); its RSS is within the baseline band and its descriptors minus clients within
-//!   a few of the baseline;
+//!   subscriptions); its RSS has not climbed more than 6 MiB since the process's first quiet point
+//!   and its descriptors minus clients are within a few of the baseline; every client has had
+//!   its `subscribed` replies and its task is alive;
 //! - every 50 ms (`watch_upstream`): the simulator sees at most one live (not blackholed)
 //!   session from the relay;
-//! - every restart: the relay exits 0 within its drain time after SIGTERM.
+//! - every restart: the relay exits 0 within its drain time plus a margin after SIGTERM;
+//! - at the end: every task stopped cleanly, and the run exercised at least its coverage floors
+//!   (`Floors`, scaled by its length), or it fails saying what fell short.
+//!
+//! The direct reference subscriber reaches the simulator through `Sim::serve_exempt`, so no
+//! fault aimed at the relay's upstream touches it.
 //!
 //! Faults are dealt from a shuffled deck (every kind once per round, order from the seed), three
 //! per 8-second epoch; every third epoch draws only faults that leave the upstream up (gap,
