@@ -556,7 +556,7 @@ async fn chaos_soak() {
     line(
         &mut out,
         format!(
-            "relay exits after SIGTERM: {} (all exit 0 within {:?}), slowest {:?}",
+            "relay exits after SIGTERM: {} (each must exit 0 within {:?}), slowest {:?}",
             exit_times.len(),
             DRAIN + EXIT_MARGIN,
             exit_times.iter().max().copied().unwrap_or_default()
