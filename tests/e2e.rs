@@ -3,14 +3,12 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::BufRead;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
 use exchange_sim::{DuplicatePolicy, Fault, SimConfig};
 use serde_json::{json, Value};
-use tokio::time::Instant;
+use tokio::time::{timeout, Instant};
 
 fn markets(sim: &exchange_sim::Sim) -> Vec<String> {
     sim.markets()
@@ -136,6 +134,42 @@ fn normalized(replies: &[Value]) -> Vec<Value> {
         .collect()
 }
 
+/// What `run_script` must be answered, written from `shared/reference/kalshi-messages.md` §2-§5
+/// and `kalshi-ws-v2.md` §5-§6 (not from either implementation's output): one `subscribed` per
+/// channel with a new sid; a second `subscribe` on a held channel merges into its sid and answers
+/// `ok` with the full market list (the newer servers' behaviour, configured here); `ok` to an
+/// update carries the sid, a seq and the full list after the update (`get_snapshot` changes
+/// nothing); `list_subscriptions` lists the live sids; `unsubscribed` names the sid (ticker is
+/// not sequenced, so no seq); errors by their reference code and text; a frame that is not JSON
+/// gets error 1 with no id.
+fn reference_replies(m: &[String]) -> Vec<Value> {
+    let ok = |id: u64, markets: &[&String]| json!({"id":id,"type":"ok","sid":1,"seq":"N","msg":{"market_tickers":markets}});
+    let error = |id: Option<u64>, code: u64, text: &str| {
+        let mut e = json!({"type":"error","msg":{"code":code,"msg":text}});
+        if let Some(id) = id {
+            e["id"] = json!(id);
+        }
+        e
+    };
+    vec![
+        json!({"id":1,"type":"subscribed","msg":{"channel":"orderbook_delta","sid":1}}),
+        json!({"id":2,"type":"subscribed","msg":{"channel":"ticker","sid":2}}),
+        ok(3, &[&m[0], &m[1], &m[2]]),
+        json!({"id":4,"type":"ok","msg":[{"channel":"orderbook_delta","sid":1},{"channel":"ticker","sid":2}]}),
+        ok(5, &[&m[0], &m[1], &m[2], &m[3]]),
+        ok(6, &[&m[1], &m[2], &m[3]]),
+        ok(7, &[&m[1], &m[2], &m[3]]),
+        json!({"id":8,"type":"unsubscribed","sid":2}),
+        error(Some(9), 5, "Unknown command"),
+        error(Some(10), 8, "Unknown channel name"),
+        error(Some(11), 7, "Unknown subscription ID"),
+        error(Some(12), 4, "Subscription IDs required"),
+        error(Some(13), 14, "Market Ticker required"),
+        error(Some(14), 13, "Unsupported action"),
+        error(None, 1, "Unable to process message"),
+    ]
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bot_gets_the_same_replies_and_books_from_the_relay_as_from_the_exchange() {
     let sim = sim(SimConfig {
@@ -154,8 +188,17 @@ async fn a_bot_gets_the_same_replies_and_books_from_the_relay_as_from_the_exchan
 
     let mut direct = run_script(&sim.ws_url(), &m).await;
     let mut relayed = run_script(&relay.ws_url(), &m).await;
-    assert_eq!(normalized(&relayed.replies), normalized(&direct.replies));
-    assert_eq!(relayed.replies.len(), 15);
+    let expected = reference_replies(&m);
+    assert_eq!(
+        normalized(&relayed.replies),
+        expected,
+        "the relay's replies"
+    );
+    assert_eq!(
+        normalized(&direct.replies),
+        expected,
+        "the simulator's replies"
+    );
 
     sim.pause();
     let held = vec![m[1].clone(), m[2].clone(), m[3].clone()];
@@ -272,33 +315,55 @@ async fn a_stalled_client_costs_the_others_nothing() {
         .await;
     stalled.replies_until(2).await;
 
+    // Readers ask for relay events, so a lag repair would show as `relay_lagged`.
     let mut readers = Vec::new();
     for _ in 0..5 {
-        let mut c = Client::connect(&relay.ws_url()).await;
+        let mut c = Client::connect(&format!("{}?relay_events=1", relay.ws_url())).await;
         c.send(subscribe(1, &["orderbook_delta", "trade"], &m))
             .await;
         c.until("initial snapshots", |c| c.books.len() == m.len())
             .await;
         readers.push(c);
     }
-    // The readers read while the stalled one does not, until the exchange has produced far
-    // more than the stalled client's ring (128) and socket buffers (8 KiB each way) can hold.
+    // The readers read, each in its own task, while the stalled one does not, until the
+    // exchange has produced far more than the stalled client's ring (128) and socket buffers
+    // (8 KiB each way) can hold.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let tasks: Vec<_> = readers
+        .into_iter()
+        .map(|mut c| {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                while !stop.is_cancelled() {
+                    c.step(Duration::from_millis(20)).await;
+                }
+                c
+            })
+        })
+        .collect();
     let start = sim.stats().events_generated;
     let deadline = Instant::now() + DEADLINE;
     while sim.stats().events_generated < start + 3000 {
-        for c in readers.iter_mut() {
-            while c.step(Duration::from_millis(1)).await.is_some() {}
-        }
         assert!(Instant::now() < deadline, "the exchange stopped producing");
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     sim.pause();
-    for c in readers.iter_mut() {
-        // Every message: seq contiguous on every sid (checked per frame), books exact, no lag.
+    stop.cancel();
+    for t in tasks {
+        let mut c = timeout(DEADLINE, t).await.expect("a reader stops").unwrap();
+        // Every message: seq contiguous on every sid (checked per frame), books exact, and
+        // exactly one snapshot per book: never lagged, never repaired.
         c.converge(&sim, &m).await;
-        assert!(
-            c.other.is_empty(),
-            "readers were never lagged: {:?}",
-            c.other
+        let lagged: Vec<&Value> = c
+            .other
+            .iter()
+            .filter(|f| f["type"] == "relay_lagged")
+            .collect();
+        assert!(lagged.is_empty(), "a reader was lagged: {lagged:?}");
+        assert_eq!(
+            c.snapshots,
+            m.len() as u64,
+            "a reader got a repair snapshot"
         );
         assert_eq!(c.ended, None);
     }
@@ -331,30 +396,6 @@ async fn a_stalled_client_costs_the_others_nothing() {
     sim.shutdown().await;
 }
 
-/// Spawns the relay binary; returns the child and its `ws=` URL from the ready line.
-fn spawn_relay(args: &[&str]) -> (std::process::Child, String, Vec<String>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_relay"))
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the relay binary starts");
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = std::io::BufReader::new(stdout).lines();
-    let ready = lines.next().expect("a ready line").unwrap();
-    let url = ready
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("ws="))
-        .expect("ws= in the ready line")
-        .to_owned();
-    let rest: Vec<String> = if args.contains(&"--demo") {
-        lines.by_ref().take(2).map(|l| l.unwrap()).collect()
-    } else {
-        Vec::new()
-    };
-    (child, url, rest)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_closes_every_client_with_1012_and_exits_zero() {
     let sim = sim(SimConfig {
@@ -363,52 +404,46 @@ async fn sigterm_closes_every_client_with_1012_and_exits_zero() {
         ..SimConfig::default()
     })
     .await;
-    let (mut child, url, _) =
-        spawn_relay(&["--listen", "127.0.0.1:0", "--upstream-url", &sim.ws_url()]);
+    let mut relay = RelayChild::spawn(
+        &["--listen", "127.0.0.1:0", "--upstream-url", &sim.ws_url()],
+        &[],
+    );
     let mut clients = Vec::new();
     for _ in 0..10 {
-        let mut c = Client::connect(&url).await;
+        let mut c = Client::connect(&relay.url).await;
         c.send(subscribe(1, &["orderbook_delta"], &markets(&sim)))
             .await;
         c.until("snapshots", |c| c.books.len() == 4).await;
         clients.push(c);
     }
-    let started = Instant::now();
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    relay.signal("TERM");
     for c in clients.iter_mut() {
         assert_eq!(
             c.ended().await,
             Ended::Close(1012, "service restart".into())
         );
     }
-    let exit = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    // Within the default drain (10 s) and a margin.
+    let exit = relay.exit_within(Duration::from_secs(15)).await;
     assert!(exit.success(), "exit status {exit:?}");
-    assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "took {:?}",
-        started.elapsed()
-    );
     sim.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_serves_data_within_two_seconds_of_start() {
+    // From the ready line (the process is up and listening): starting the process itself is
+    // the machine's business, bounded separately by the spawn deadline.
+    let mut relay = RelayChild::spawn(&["--demo", "--listen", "127.0.0.1:0"], &[]);
     let started = Instant::now();
-    let (mut child, url, hint) = spawn_relay(&["--demo", "--listen", "127.0.0.1:0"]);
-    let market = hint[1]
+    let _ = relay.line();
+    let hint = relay.line();
+    let market = hint
         .split("\"market_ticker\":\"")
         .nth(1)
         .and_then(|rest| rest.split('"').next())
         .expect("the hint names a market")
         .to_owned();
-    let mut c = Client::connect(&url).await;
+    let mut c = Client::connect(&relay.url).await;
     c.send(json!({"id":1,"cmd":"subscribe","params":{"channels":["orderbook_delta"],"market_ticker":market}}))
         .await;
     c.until("a snapshot", |c| c.books.contains_key(&market))
@@ -416,12 +451,10 @@ async fn the_demo_serves_data_within_two_seconds_of_start() {
     let elapsed = started.elapsed();
     assert!(
         elapsed < Duration::from_secs(2),
-        "first data after {elapsed:?}"
+        "first data {elapsed:?} after the ready line"
     );
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    assert!(child.wait().unwrap().success());
+    relay.signal("TERM");
+    assert!(relay.exit_within(DEADLINE).await.success());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -444,7 +477,9 @@ async fn write_coalescing_keeps_every_message_in_order() {
         clients.push(c);
     }
     let start = sim.stats().events_generated;
+    let deadline = Instant::now() + DEADLINE;
     while sim.stats().events_generated < start + 1500 {
+        assert!(Instant::now() < deadline, "the exchange stopped producing");
         for c in clients.iter_mut() {
             while c.step(Duration::from_millis(1)).await.is_some() {}
         }
@@ -555,7 +590,9 @@ async fn a_book_released_upstream_is_never_served_frozen_to_its_next_subscriber(
     }
     // The market moves on while nobody holds it.
     let start = sim.stats().events_generated;
+    let deadline = Instant::now() + DEADLINE;
     while sim.stats().events_generated < start + 400 {
+        assert!(Instant::now() < deadline, "the exchange stopped producing");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     sim.pause();
@@ -600,7 +637,12 @@ async fn a_client_that_never_answers_pings_is_closed_and_one_that_reads_stays() 
         );
     }
     let mut pings = 0;
+    let deadline = Instant::now() + DEADLINE;
     loop {
+        assert!(
+            Instant::now() < deadline,
+            "pinged {pings} times, never closed"
+        );
         match tokio::time::timeout(
             Duration::from_secs(5),
             futures_util::StreamExt::next(&mut deaf.ws),

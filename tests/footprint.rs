@@ -17,8 +17,13 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 /// handlers were boxed); 10,000 idle clients pay it 10,000 times.
 const MAX_SESSION_FUTURE_BYTES: usize = 3_200;
 
+/// The heap counter is process-wide: the tests of this file take turns, so one's relay never
+/// allocates while the other measures.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test]
 async fn an_idle_session_task_stays_small() {
+    let _serial = SERIAL.lock().await;
     let sim = sim(exchange_sim::SimConfig::default()).await;
     let relay = relay(&sim, |_| {}).await;
     let app = relay.app().clone();
@@ -145,6 +150,7 @@ fn idle_client(addr: std::net::SocketAddr, market: &str) -> std::net::TcpStream 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_client_costs_the_relay_under_6000_bytes_of_heap() {
+    let _serial = SERIAL.lock().await;
     const CLIENTS: usize = 200;
     let sim = sim(exchange_sim::SimConfig {
         markets: 2,

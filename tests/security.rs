@@ -3,9 +3,9 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
+use common::tls::{make_ca, write_leaf, wss_client};
 use common::*;
 use exchange_sim::{Fault, SimConfig};
 use futures_util::SinkExt;
@@ -260,7 +260,12 @@ async fn connection_caps_and_rate_answer_503_with_retry_after() {
     for _ in 0..3 {
         held.push(Client::connect(&relay.ws_url()).await);
     }
-    assert_eq!(handshake(&relay.ws_url(), &[]).await.err(), Some(503));
+    let (status, head) = raw_upgrade(relay.addr).await;
+    assert_eq!(status, 503, "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("retry-after: "),
+        "the per-IP cap says when to retry: {head}"
+    );
     held.pop();
     // The slot comes back once the relay has seen the close.
     let deadline = tokio::time::Instant::now() + DEADLINE;
@@ -509,48 +514,6 @@ async fn tls_clients_connect_with_the_generated_ca_and_a_reload_keeps_them() {
     relay.shutdown().await;
     sim.shutdown().await;
     std::fs::remove_dir_all(&dir).unwrap();
-}
-
-fn make_ca() -> (rcgen::Issuer<'static, rcgen::KeyPair>, String) {
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "relay test CA");
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = params.self_signed(&key).unwrap();
-    let pem = cert.pem();
-    (rcgen::Issuer::new(params, key), pem)
-}
-
-fn write_leaf(dir: &std::path::Path, ca: &rcgen::Issuer<'static, rcgen::KeyPair>) {
-    let params =
-        rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
-            .unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = params.signed_by(&key, ca).unwrap();
-    std::fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
-    std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
-}
-
-async fn wss_client(url: &str, ca_pem: &str) -> Client {
-    use rustls_pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let connector = tokio_tungstenite::Connector::Rustls(Arc::new(config));
-    let (ws, _) =
-        tokio_tungstenite::connect_async_tls_with_config(url, None, false, Some(connector))
-            .await
-            .expect("a TLS connection trusting the test CA");
-    Client::from_ws(ws)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

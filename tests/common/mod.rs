@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod schema;
+pub mod tls;
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -40,14 +41,20 @@ pub async fn relay(
     relay::spawn(config, listeners).await.unwrap()
 }
 
-/// A plain HTTP GET on the relay's listener: (status, body).
+/// A plain HTTP GET on the relay's listener: (status, body). Panics after `DEADLINE`.
 pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    let req = format!("GET {path} HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).await.unwrap();
+    let exchange = async {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let req = format!("GET {path} HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).await.unwrap();
+        raw
+    };
+    let raw = timeout(DEADLINE, exchange)
+        .await
+        .unwrap_or_else(|_| panic!("GET {path} unanswered after {DEADLINE:?}"));
     let text = String::from_utf8_lossy(&raw).to_string();
     let status = text
         .split(' ')
@@ -102,6 +109,9 @@ pub struct Client {
     pub books: BTreeMap<String, OrderBook>,
     /// Last seq per sid.
     pub seqs: HashMap<u64, u64>,
+    /// Live sids and their channels, as the `subscribed` replies announced them: data comes only
+    /// on these, each on its own channel's sid, for the connection's whole life.
+    pub sids: HashMap<u64, String>,
     /// Data messages by type.
     pub counts: BTreeMap<String, u64>,
     /// Frames with a type this client does not apply (relay events and the like).
@@ -112,8 +122,9 @@ pub struct Client {
 
 impl Client {
     pub async fn connect(url: &str) -> Client {
-        let (ws, _) = tokio_tungstenite::connect_async(url)
+        let (ws, _) = timeout(DEADLINE, tokio_tungstenite::connect_async(url))
             .await
+            .expect("connected within the deadline")
             .expect("connect");
         Client::from_ws(ws)
     }
@@ -124,6 +135,7 @@ impl Client {
             replies: Vec::new(),
             books: BTreeMap::new(),
             seqs: HashMap::new(),
+            sids: HashMap::new(),
             counts: BTreeMap::new(),
             other: Vec::new(),
             snapshots: 0,
@@ -132,16 +144,14 @@ impl Client {
     }
 
     pub async fn send(&mut self, frame: Value) {
-        self.ws
-            .send(WsMessage::text(frame.to_string()))
-            .await
-            .unwrap();
+        self.send_text(&frame.to_string()).await;
     }
 
+    /// Sends one text frame; panics if the relay has not taken it within `DEADLINE`.
     pub async fn send_text(&mut self, frame: &str) {
-        self.ws
-            .send(WsMessage::text(frame.to_owned()))
+        timeout(DEADLINE, self.ws.send(WsMessage::text(frame.to_owned())))
             .await
+            .expect("the frame sent within the deadline")
             .unwrap();
     }
 
@@ -176,18 +186,46 @@ impl Client {
     }
 
     fn apply(&mut self, raw: &[u8], value: &Value) {
+        match value["type"].as_str() {
+            Some("subscribed") => {
+                let sid = value["msg"]["sid"]
+                    .as_u64()
+                    .expect("subscribed names its sid");
+                let channel = value["msg"]["channel"].as_str().expect("and its channel");
+                let before = self.sids.insert(sid, channel.to_owned());
+                assert!(before.is_none(), "sid {sid} announced twice: {value}");
+            }
+            Some("unsubscribed") => {
+                let sid = value["sid"].as_u64().expect("unsubscribed names its sid");
+                assert!(
+                    self.sids.remove(&sid).is_some(),
+                    "unknown sid unsubscribed: {value}"
+                );
+            }
+            _ => {}
+        }
         if value.get("id").is_some() || value["type"] == "error" {
             self.replies.push(value.clone());
             return;
         }
         let env = Envelope::parse(raw).expect("an envelope");
+        if let (Some(sid), Some(channel)) = (env.sid, channel_of(&env.kind)) {
+            assert_eq!(
+                self.sids.get(&sid).map(String::as_str),
+                Some(channel),
+                "a {} on sid {sid}, which no subscribed reply gave to {channel} (live: {:?})",
+                env.kind,
+                self.sids
+            );
+        }
         if let (Some(sid), Some(seq)) = (env.sid, env.seq) {
-            if let Some(last) = self.seqs.insert(sid, seq) {
-                assert_eq!(
+            match self.seqs.insert(sid, seq) {
+                Some(last) => assert_eq!(
                     seq,
                     last + 1,
                     "seq on sid {sid} must be contiguous: {value}"
-                );
+                ),
+                None => assert_eq!(seq, 1, "sid {sid} must start at seq 1: {value}"),
             }
         }
         *self.counts.entry(env.kind.clone()).or_default() += 1;
@@ -266,6 +304,108 @@ impl Client {
     }
 }
 
+/// The channel a data message type belongs to (the reference's §2), for the types the relay
+/// serves; `None` for relay events and anything else.
+pub fn channel_of(kind: &str) -> Option<&'static str> {
+    Some(match kind {
+        "orderbook_snapshot" | "orderbook_delta" => "orderbook_delta",
+        "ticker" => "ticker",
+        "trade" => "trade",
+        "fill" => "fill",
+        "user_order" => "user_orders",
+        "market_position" => "market_positions",
+        "market_lifecycle_v2" | "event_lifecycle" | "event_fee_update" => "market_lifecycle_v2",
+        _ => return None,
+    })
+}
+
 pub fn subscribe(id: u64, channels: &[&str], markets: &[String]) -> Value {
     serde_json::json!({"id": id, "cmd": "subscribe", "params": {"channels": channels, "market_tickers": markets}})
+}
+
+/// The relay binary as a child process, killed when dropped (a failing test leaves nothing
+/// behind); every wait on it has a deadline.
+pub struct RelayChild {
+    pub child: std::process::Child,
+    /// The `ws=` URL from its ready line.
+    pub url: String,
+    /// Lines after the ready line, read on demand.
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl RelayChild {
+    /// Spawns the relay with `args` and waits (up to `DEADLINE`) for its `relay ready` line.
+    pub fn spawn(args: &[&str], envs: &[(&str, &str)]) -> RelayChild {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_relay"))
+            .args(args)
+            .envs(envs.iter().copied())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("the relay binary starts");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut relay = RelayChild {
+            child,
+            url: String::new(),
+            lines,
+        };
+        let ready = relay.line();
+        relay.url = ready
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("ws="))
+            .unwrap_or_else(|| panic!("ws= in the ready line: {ready}"))
+            .to_owned();
+        relay
+    }
+
+    /// The next line of its stdout, or a panic after `DEADLINE`.
+    pub fn line(&mut self) -> String {
+        self.lines
+            .recv_timeout(DEADLINE)
+            .expect("a line from the relay within the deadline")
+    }
+
+    pub fn signal(&self, name: &str) {
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{name}");
+    }
+
+    /// Waits up to `within` for the exit; panics (and kills it) after.
+    pub async fn exit_within(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the relay had not exited after {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for RelayChild {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }

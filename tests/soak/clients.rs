@@ -25,6 +25,9 @@ type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// How long a quiet-point check may take for one client to catch up with the paused simulator.
 pub const CATCH_UP: Duration = Duration::from_secs(20);
+/// A fill-chain break is announced only by a close that follows it within this long (the relay
+/// closes a subscriber as soon as it knows the subscriber lost something).
+pub const ANNOUNCE_WITHIN: Duration = Duration::from_secs(5);
 /// Silence after which a caught-up client is taken to have every fill the relay will send.
 const IDLE: Duration = Duration::from_secs(2);
 
@@ -104,6 +107,8 @@ pub struct CheckReport {
     pub fills_checked: u64,
     pub fills_missing: Vec<String>,
     pub fills_out_of_order: u64,
+    /// `received of expected` when the connection's `subscribed` replies never all came.
+    pub replies_missing: Option<String>,
     /// Topics this connection holds on the relay, as `channel/market|*`.
     pub topics: BTreeSet<String>,
 }
@@ -252,6 +257,8 @@ struct Conn {
     private_ack_ms: Option<i64>,
     fills: FillTrack,
     epoch: Arc<AtomicU64>,
+    /// When the first break in the fill chain was read.
+    first_break_at: Option<Instant>,
     /// Set when a check saw the connection end.
     ended: Option<End>,
 }
@@ -277,6 +284,7 @@ impl Conn {
             private_ack_ms: None,
             fills: FillTrack::default(),
             epoch,
+            first_break_at: None,
             ended: None,
         }
     }
@@ -476,6 +484,7 @@ impl Conn {
                     let what = format!("{} {} pre {} post {}", f.trade_id, f.market, f.pre, f.post);
                     self.fills.apply(f);
                     if self.fills.just_broke {
+                        self.first_break_at.get_or_insert_with(Instant::now);
                         let (_, expected, _, _) = self.fills.breaks.last().unwrap();
                         self.tally.log(&format!(
                             "{}: fill chain break: expected pre {expected}, got fill {what}",
@@ -560,6 +569,12 @@ impl Conn {
             }
         }
         report.checked = true;
+        if self.subscribed_replies < self.expected_replies {
+            report.replies_missing = Some(format!(
+                "{} of {}",
+                self.subscribed_replies, self.expected_replies
+            ));
+        }
         for m in &spec.books {
             report.books_checked += 1;
             if self.books.get(m) != truths.get(m) {
@@ -631,8 +646,10 @@ impl Conn {
             }
             _ => {}
         }
-        let announced =
-            matches!(&end, End::Close(code, reason) if fills::announces_loss(*code, reason));
+        let announced = matches!(&end, End::Close(code, reason) if fills::announces_loss(*code, reason))
+            && self
+                .first_break_at
+                .is_some_and(|t| t.elapsed() <= ANNOUNCE_WITHIN);
         let gaps = self.fills.breaks.len() as u64;
         if gaps > 0 {
             if announced {

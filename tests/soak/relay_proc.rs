@@ -9,6 +9,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+/// `RELAY__DOWNSTREAM__SHUTDOWN_DRAIN_SECONDS` below.
+pub const SHUTDOWN_DRAIN_SECONDS: u64 = 3;
+
 /// Environment for the child: fast upstream failure detection and reconnects (the simulator
 /// pings every 300 ms), no linger, small client queues so stalls really lag.
 const ENV: &[(&str, &str)] = &[
@@ -23,6 +26,12 @@ const ENV: &[(&str, &str)] = &[
     ("RELAY__FANOUT__QUEUE_MESSAGES", "256"),
     ("RELAY__DOWNSTREAM__SHUTDOWN_DRAIN_SECONDS", "3"),
     ("RELAY__DOWNSTREAM__SOCKET_SEND_BUFFER_BYTES", "32768"),
+    // The faults flap the upstream every few seconds and refuse up to three reconnects in a row,
+    // far more often than the 60 s a connection must last to reset the failure count: with the
+    // default 10 the relay gives up within minutes, by design, and closes clients 1013
+    // `upstream unavailable` (tests/security.rs covers giving up). The soak checks correctness
+    // through faults, so its relay never gives up.
+    ("RELAY__UPSTREAM__MAX_CONSECUTIVE_FAILURES", "1000000"),
 ];
 
 /// A free loopback port, released at once so the relay can bind it (and rebind it on restart).

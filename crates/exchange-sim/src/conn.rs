@@ -40,12 +40,14 @@ const PING_PAYLOAD: &[u8] = b"heartbeat";
 
 type Ws = WebSocketStream<TcpStream>;
 
-/// Accepts TCP connections until `shutdown`, each served by its own task in `tasks`.
+/// Accepts TCP connections until `shutdown`, each served by its own task in `tasks`; those of
+/// an `exempt` listener are out of every fault's reach.
 pub(crate) async fn accept_loop(
     listener: TcpListener,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
+    exempt: bool,
 ) {
     // Bounds the number of connection tasks; a permit is held by each task until it ends.
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
@@ -74,7 +76,7 @@ pub(crate) async fn accept_loop(
         let (shared, shutdown) = (shared.clone(), shutdown.clone());
         tasks.spawn(
             async move {
-                connection(stream, peer, id, shared, shutdown).await;
+                connection(stream, peer, id, exempt, shared, shutdown).await;
                 drop(permit);
             }
             .instrument(span),
@@ -83,7 +85,7 @@ pub(crate) async fn accept_loop(
 }
 
 /// Decides a handshake: `Ok(authenticated)` or the refusal to send instead of the upgrade.
-fn check(shared: &Shared, req: &Request) -> Result<bool, (StatusCode, String)> {
+fn check(shared: &Shared, req: &Request, exempt: bool) -> Result<bool, (StatusCode, String)> {
     if req.uri().path() != WS_PATH {
         return Err((
             StatusCode::NOT_FOUND,
@@ -96,7 +98,7 @@ fn check(shared: &Shared, req: &Request) -> Result<bool, (StatusCode, String)> {
             "Origin header not allowed".to_owned(),
         ));
     }
-    if take_one(&shared.reject_auth) {
+    if !exempt && take_one(&shared.reject_auth) {
         return Err((
             StatusCode::UNAUTHORIZED,
             "authentication rejected (reject_auth fault)".to_owned(),
@@ -124,10 +126,11 @@ async fn connection(
     stream: TcpStream,
     peer: SocketAddr,
     id: u64,
+    exempt: bool,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) {
-    if take_one(&shared.stall) {
+    if !exempt && take_one(&shared.stall) {
         shared
             .counters
             .handshakes_stalled
@@ -144,7 +147,7 @@ async fn connection(
     let mut verdict = None;
     // The signature is tungstenite's `Callback`; its error type is an HTTP response.
     #[allow(clippy::result_large_err)]
-    let callback = |req: &Request, resp: Response| match check(&shared, req) {
+    let callback = |req: &Request, resp: Response| match check(&shared, req, exempt) {
         Ok(authenticated) => {
             verdict = Some(authenticated);
             Ok(resp)
@@ -201,6 +204,7 @@ async fn connection(
         id,
         peer,
         authenticated,
+        exempt,
         blackholed: Default::default(),
         session: Mutex::new(Session::new(rules)),
         control: control_tx,

@@ -42,6 +42,8 @@ pub(crate) struct ConnHandle {
     pub id: u64,
     pub peer: SocketAddr,
     pub authenticated: bool,
+    /// Accepted on an exempt listener ([`Sim::serve_exempt`]): no fault reaches it.
+    pub exempt: bool,
     pub blackholed: AtomicBool,
     /// The connection's subscriptions. Locked by its task once per command or batch, and by
     /// `stats` and the `gap` fault; never across an `.await`.
@@ -93,8 +95,15 @@ impl Shared {
         self.next_conn.fetch_add(1, Ordering::Relaxed) + 1
     }
 
+    /// Every open connection that faults may reach (not the exempt ones).
     fn each_conn(&self, f: impl Fn(&ConnHandle)) {
-        let conns: Vec<Arc<ConnHandle>> = self.conns.lock().values().cloned().collect();
+        let conns: Vec<Arc<ConnHandle>> = self
+            .conns
+            .lock()
+            .values()
+            .filter(|c| !c.exempt)
+            .cloned()
+            .collect();
         for c in conns {
             f(&c);
         }
@@ -253,6 +262,7 @@ pub async fn start(mut config: SimConfig, ws: TcpListener, admin: TcpListener) -
         shared.clone(),
         shutdown.clone(),
         tasks.clone(),
+        false,
     ));
     tasks.spawn(admin::serve(
         admin,
@@ -294,6 +304,22 @@ impl Sim {
     /// `http://ADMIN_ADDR`, the admin API's base.
     pub fn admin_url(&self) -> String {
         format!("http://{}", self.admin_addr)
+    }
+
+    /// Serves the same exchange on one more listener whose connections no fault reaches (no
+    /// drop, blackhole, close, gap, duplicate, error, refused or stalled handshake): a reference
+    /// observer that must see everything while the faults aim at everyone else. Returns its
+    /// `ws://` URL.
+    pub fn serve_exempt(&self, listener: TcpListener) -> io::Result<String> {
+        let addr = listener.local_addr()?;
+        self.tasks.spawn(conn::accept_loop(
+            listener,
+            self.shared.clone(),
+            self.shutdown.clone(),
+            self.tasks.clone(),
+            true,
+        ));
+        Ok(format!("ws://{addr}{}", protocol::sign::WS_PATH))
     }
 
     /// The tickers, in a fixed order.

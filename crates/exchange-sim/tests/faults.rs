@@ -389,3 +389,57 @@ async fn a_reader_that_falls_behind_gets_error_25() {
     assert_eq!(errored, vec![sid, trade_sid]);
     assert!(sim.stats().per_connection[0].sids.is_empty());
 }
+
+/// The exempt listener (`Sim::serve_exempt`): its connections see the same market but no fault,
+/// and do not use up the handshake faults armed for everyone else.
+#[tokio::test]
+async fn an_exempt_listener_is_out_of_every_faults_reach() {
+    let sim = start(SimConfig {
+        rate: 500.0,
+        ..SimConfig::default()
+    })
+    .await;
+    let exempt_url = sim
+        .serve_exempt(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap())
+        .unwrap();
+    let headers = signer().sign_now(protocol::sign::WS_PATH);
+    let pairs: Vec<(&str, &str)> = headers.pairs().to_vec();
+    let mut exempt = connect_with(&exempt_url, &pairs).await.unwrap();
+    let r = exempt
+        .command(&format!(
+            r#"{{"id":1,"cmd":"subscribe","params":{{"channels":["orderbook_delta"],"market_tickers":{}}}}}"#,
+            serde_json::to_string(&sim.markets()).unwrap()
+        ))
+        .await;
+    let sid = r["msg"]["sid"].as_u64().unwrap();
+    let (mut normal, _, _) = book_client(&sim).await;
+
+    fault(&sim, "reject_auth", "").await;
+    fault(&sim, "gap", "").await;
+    fault(&sim, "drop", "").await;
+    // The normal connection is dropped.
+    loop {
+        match normal
+            .frame(WAIT)
+            .await
+            .expect("the normal stream never ended")
+        {
+            Ok(Message::Close(_)) | Err(_) => break,
+            Ok(_) => continue,
+        }
+    }
+    // The exempt one goes on, with no gap.
+    let (mut last, _) = next_seq(&mut exempt, sid).await;
+    for _ in 0..20 {
+        let (seq, raw) = next_seq(&mut exempt, sid).await;
+        assert_eq!(seq, last + 1, "{raw}");
+        last = seq;
+    }
+    // A new exempt handshake is not refused, and leaves the refusal to the next normal one.
+    connect_with(&exempt_url, &pairs).await.unwrap();
+    assert_eq!(
+        refused_status(connect_with(&sim.ws_url(), &pairs).await),
+        401
+    );
+    sim.shutdown().await;
+}

@@ -19,6 +19,7 @@ use tracing::{debug, error, info, warn};
 use upstream::{BookUpdate, Event, State, SubId, Upstream};
 
 use crate::app::{now_ms, App, UpstreamStatus};
+use crate::breakage::{self, Breakage, Every};
 
 /// Feeds the fanout until the upstream's event stream ends (after its shutdown).
 ///
@@ -110,6 +111,11 @@ const TIMER_TICK: Duration = Duration::from_millis(1);
 /// Without a coalescing window, a continuous stream is released at least this often.
 const RELEASE_EVERY: usize = 64;
 
+/// State of the deliberate breakages (`breakage.rs`); untouched in a normal build.
+static DELTAS: Every = Every::new();
+static FILLS: Every = Every::new();
+static BROKEN: parking_lot::Mutex<BTreeSet<String>> = parking_lot::Mutex::new(BTreeSet::new());
+
 /// Publishes one upstream event, or applies it to the relay's state.
 fn apply_event(app: &App, publisher: &mut Publisher, event: Event) {
     match event {
@@ -118,6 +124,18 @@ fn apply_event(app: &App, publisher: &mut Publisher, event: Event) {
             publisher.set_received_at(Some(data.received_at));
             let market = data.market.as_deref();
             match (data.book, market) {
+                (Some(BookUpdate::Snapshot(_)), Some(m))
+                    if breakage::is(Breakage::NoResnapshot) && BROKEN.lock().contains(m) =>
+                {
+                    // Broken on purpose: the relay takes the book as synced, clients never hear.
+                    app.stale.lock().remove(m);
+                }
+                (Some(BookUpdate::Delta(_)), Some(_))
+                    if breakage::is(Breakage::DropDeltas) && DELTAS.every(1000) => {}
+                (None, _)
+                    if data.channel == Channel::Fill
+                        && breakage::is(Breakage::SkipFill)
+                        && FILLS.nth(20) => {}
                 (Some(BookUpdate::Snapshot(snap)), Some(m)) => {
                     match publisher.snapshot(m, snap, data.body) {
                         // Whatever made the book stale (a gap, a reconnect, a delta that did
@@ -150,6 +168,9 @@ fn apply_event(app: &App, publisher: &mut Publisher, event: Event) {
         }
         Event::BookStale { markets } => {
             debug!(count = markets.len(), "books stale");
+            if breakage::is(Breakage::NoResnapshot) {
+                BROKEN.lock().extend(markets.iter().cloned());
+            }
             app.stale.lock().extend(markets.iter().cloned());
             publisher.mark_stale(markets);
         }

@@ -25,6 +25,7 @@ use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, warn};
 
 use crate::app::App;
+use crate::breakage::{self, Breakage};
 use crate::security::Refusal;
 use crate::session::{self, SessionOptions};
 
@@ -247,6 +248,12 @@ fn upgrade(app: Arc<App>, mut req: Request<Incoming>, peer: SocketAddr) -> Respo
             HeaderValue::from(SHUTDOWN_RETRY_AFTER_SECONDS),
         );
         return resp;
+    }
+    if breakage::is(Breakage::RefuseUpgrades) {
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, "refused");
+    }
+    if breakage::is(Breakage::Leak) {
+        std::mem::forget(vec![1u8; 256 * 1024]);
     }
     let header = |name: header::HeaderName| req.headers().get(name).and_then(|v| v.to_str().ok());
     // Before anything else: a browser page from a foreign site must not ride a user's access.

@@ -23,6 +23,7 @@
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod breakage;
 pub mod client;
 pub mod close;
 pub mod config;

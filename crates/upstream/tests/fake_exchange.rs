@@ -683,3 +683,79 @@ async fn market_limit_splits_and_a_gap_resnapshots_one_market() {
     assert_eq!(c["params"]["market_tickers"], json!(["B"]));
     shutdown.cancel();
 }
+
+/// Three refusals, then a connection that lives `up` before it drops, then refusals again: how
+/// many refusals it takes to give up (max 4 consecutive failures), and the delay before the
+/// first reconnect after the drop (none when it gave up at once).
+async fn failures_after_a_connection_that_lived(up: Duration) -> (Vec<State>, Option<Duration>) {
+    let mut fake = Fake::start(Mode::Refuse {
+        status: 503,
+        retry_after: None,
+    })
+    .await;
+    let cfg = UpstreamConfig {
+        backoff_base_seconds: 1.0,
+        backoff_factor: 2.0,
+        backoff_cap_seconds: 64.0,
+        max_consecutive_failures: 4,
+        healthy_reset_seconds: 10.0,
+        // A silent, idle connection must survive `up` on the paused clock.
+        liveness_window_seconds: 3600.0,
+        ping_interval_seconds: 3600.0,
+        ..config(&fake.url)
+    };
+    let shutdown = CancellationToken::new();
+    let (up_session, mut events) = upstream::spawn_seeded(cfg, shutdown.clone(), 7).unwrap();
+    while fake.attempts().len() < 3 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    fake.set(Mode::Accept);
+    let (ws, _) = fake.conn().await;
+    while next_state(&mut events).await != State::Subscribed {}
+    tokio::time::sleep(up).await;
+    fake.set(Mode::Refuse {
+        status: 503,
+        retry_after: None,
+    });
+    let before = fake.attempts().len();
+    let dropped = Instant::now();
+    drop(ws);
+    let mut after = Vec::new();
+    loop {
+        let s = next_state(&mut events).await;
+        let done = matches!(s, State::GaveUp { .. });
+        if s != State::Connecting {
+            after.push(s);
+        }
+        if done {
+            break;
+        }
+    }
+    let first_retry = fake.attempts().get(before).map(|t| *t - dropped);
+    shutdown.cancel();
+    up_session.closed().await;
+    (after, first_retry)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_healthy_connection_resets_the_backoff_and_the_failure_count() {
+    // Up for 11 s (healthy_reset 10 s): the drop is failure 1 of a fresh count, so three more
+    // refusals come before giving up, and the first delay is back to its first bound (1 s).
+    let (after, first_retry) =
+        failures_after_a_connection_that_lived(Duration::from_secs(11)).await;
+    let refused = State::Disconnected {
+        reason: DisconnectReason::HandshakeRejected { status: 503 },
+    };
+    assert_eq!(after.len(), 4, "{after:?}");
+    assert!(matches!(after[0], State::Disconnected { .. }), "{after:?}");
+    assert_eq!(after[1..3], [refused.clone(), refused]);
+    assert_eq!(after[3], State::GaveUp { failures: 4 });
+    assert!(
+        first_retry.is_some_and(|d| d <= Duration::from_secs(1)),
+        "{first_retry:?}"
+    );
+
+    // Up for 2 s only: the count goes on from the three refusals, so the drop is the fourth.
+    let (after, _) = failures_after_a_connection_that_lived(Duration::from_secs(2)).await;
+    assert_eq!(after, [State::GaveUp { failures: 4 }]);
+}
