@@ -139,8 +139,8 @@ fn normalized(replies: &[Value]) -> Vec<Value> {
 /// channel with a new sid; a second `subscribe` on a held channel merges into its sid and answers
 /// `ok` with the full market list (the newer servers' behaviour, configured here); `ok` to an
 /// update carries the sid, a seq and the full list after the update (`get_snapshot` changes
-/// nothing); `list_subscriptions` lists the live sids; `unsubscribed` names the sid (ticker is
-/// not sequenced, so no seq); errors by their reference code and text; a frame that is not JSON
+/// nothing); `list_subscriptions` lists the live sids; `unsubscribed` names the sid and carries a
+/// seq (required on `unsubscribed` in the newest spec, §2); errors by their reference code and text; a frame that is not JSON
 /// gets error 1 with no id.
 fn reference_replies(m: &[String]) -> Vec<Value> {
     let ok = |id: u64, markets: &[&String]| json!({"id":id,"type":"ok","sid":1,"seq":"N","msg":{"market_tickers":markets}});
@@ -159,7 +159,7 @@ fn reference_replies(m: &[String]) -> Vec<Value> {
         ok(5, &[&m[0], &m[1], &m[2], &m[3]]),
         ok(6, &[&m[1], &m[2], &m[3]]),
         ok(7, &[&m[1], &m[2], &m[3]]),
-        json!({"id":8,"type":"unsubscribed","sid":2}),
+        json!({"id":8,"type":"unsubscribed","sid":2,"seq":"N"}),
         error(Some(9), 5, "Unknown command"),
         error(Some(10), 8, "Unknown channel name"),
         error(Some(11), 7, "Unknown subscription ID"),
