@@ -216,9 +216,13 @@ impl Actual {
         (!sub.closing).then_some(sub.channel)
     }
 
-    /// Every confirmed sid (for the unsubscribe on shutdown).
+    /// Every confirmed sid not already being unsubscribed (for the unsubscribe on shutdown).
     pub fn sids(&self) -> Vec<Sid> {
-        self.subs.values().filter_map(|s| s.sid).collect()
+        self.subs
+            .values()
+            .filter(|s| !s.closing)
+            .filter_map(|s| s.sid)
+            .collect()
     }
 
     /// The commands that move this connection towards `wanted`.
@@ -565,6 +569,10 @@ mod tests {
         assert_eq!(
             cmds,
             [r#"{"id":4,"cmd":"unsubscribe","params":{"sids":[7]}}"#]
+        );
+        assert!(
+            act.sids().is_empty(),
+            "a sid being unsubscribed is not unsubscribed again at shutdown"
         );
         act.on_reply(&env(r#"{"id":4,"type":"unsubscribed","sid":7}"#));
         assert!(act.sids().is_empty());
