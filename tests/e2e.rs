@@ -761,14 +761,18 @@ async fn an_abrupt_client_exit_is_counted_as_1006() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn private_subscribers_are_told_when_the_upstream_connection_is_lost() {
+async fn without_backfill_private_subscribers_are_told_when_the_upstream_connection_is_lost() {
     let sim = sim(SimConfig {
         markets: 2,
         rate: 200.0,
         ..SimConfig::default()
     })
     .await;
-    let relay = relay(&sim, |c| c.upstream.backoff_base_seconds = 0.1).await;
+    let relay = relay(&sim, |c| {
+        c.upstream.backoff_base_seconds = 0.1;
+        c.upstream.backfill = false;
+    })
+    .await;
     await_ready(relay.addr, 200).await;
     let mut private = Client::connect(&relay.ws_url()).await;
     private
@@ -945,41 +949,6 @@ async fn data_from_before_an_upstream_loss_arrives_before_the_status_that_report
             }
         }
     }
-    relay.shutdown().await;
-    sim.shutdown().await;
-}
-
-/// A session that sees only the latest upstream status (a busy session, or a loss and recovery
-/// faster than it looks) still learns that an outage happened, and closes a private holder
-/// (`private messages lost`): its fills from the outage are gone.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_outage_seen_only_through_its_recovery_still_closes_private_holders() {
-    let sim = sim(SimConfig {
-        markets: 2,
-        rate: 50.0,
-        ..SimConfig::default()
-    })
-    .await;
-    let relay = relay(&sim, |_| {}).await;
-    let (mut private, mut public) = fill_and_trade_clients(&relay, &sim).await;
-    // The outage collapsed into its outcome: the status is "subscribed" again, one loss later.
-    let app = relay.app().clone();
-    let mut now = app.status.borrow().clone();
-    assert_eq!(now.state, upstream::State::Subscribed);
-    now.losses += 1;
-    // Several changes (down, connecting, up) seen as one, as the feed records them.
-    now.changes += 3;
-    let changes = now.changes;
-    app.status.send_replace(now);
-    app.status_changes
-        .store(changes, std::sync::atomic::Ordering::Release);
-    app.heartbeat.poke_all();
-    match private.ended().await {
-        Ended::Close(1013, reason) if reason.starts_with("private messages lost") => {}
-        other => panic!("expected a private-loss close, got {other:?}"),
-    }
-    // A public client has nothing to reconcile: it stays.
-    trades_keep_flowing(&mut public).await;
     relay.shutdown().await;
     sim.shutdown().await;
 }

@@ -33,6 +33,7 @@ pub async fn relay(
 ) -> relay::RelayHandle {
     let mut config = relay::config::RelayConfig::with_upstream(&sim.ws_url());
     config.fanout.linger_seconds = 0;
+    config.upstream.rest.base_url = Some(sim.rest_url());
     tweak(&mut config);
     config.validate().expect("a valid test configuration");
     let listeners = relay::Listeners::bind("127.0.0.1:0".parse().unwrap(), None)

@@ -33,6 +33,8 @@ pub async fn start(config: &mut RelayConfig) -> anyhow::Result<Sim> {
     config.upstream.key_id = None;
     config.upstream.private_key_path = None;
     config.upstream.private_key_pem = None;
+    // The simulator serves its REST API (for backfills) on its admin listener.
+    config.upstream.rest.base_url = Some(sim.rest_url());
     if config.warm_markets.is_empty() {
         config.warm_markets = sim.markets();
     }

@@ -173,11 +173,6 @@ struct Session<'a, S> {
     /// Rate-limited commands in the current refusal window, and when it began.
     refused: u32,
     refused_since: Instant,
-    /// The client holds a private channel and the upstream was up since it subscribed: if the
-    /// upstream connection is lost, fills may be missed and the client must be told (a `private messages lost` close).
-    private_exposed: bool,
-    /// `UpstreamStatus::losses` as of the last status this session acted on.
-    losses_seen: u64,
     /// `UpstreamStatus::changes` of the last status this session acted on.
     changes_seen: u64,
     /// The code of the client's own close frame, if it closed.
@@ -211,8 +206,6 @@ where
             frames_written: 0,
             latency_sample: None,
             sent: [(0, 0); KINDS.len()],
-            private_exposed: false,
-            losses_seen: app.status.borrow().losses,
             changes_seen: 0,
             client_close: None,
             lost_seen: *app.lost.borrow(),
@@ -235,7 +228,6 @@ where
         let mut lost = app.lost.subscribe();
         lost.borrow_and_update();
         let initial = status.borrow_and_update().clone();
-        self.losses_seen = initial.losses;
         self.changes_seen = initial.changes;
         if self.options.relay_events {
             if let Err(close) = Box::pin(self.send_event("relay_status", initial.to_json())).await {
@@ -322,7 +314,6 @@ where
 
     async fn on_status_change(&mut self, now: UpstreamStatus) -> Result<(), Close> {
         self.changes_seen = now.changes;
-        self.on_status(&now)?;
         if now.state == State::Subscribed && !self.deferred.is_empty() {
             self.release_deferred().await?;
         }
@@ -336,24 +327,9 @@ where
         }
     }
 
-    /// Private channels carry no seq and the exchange does not replay them: a client holding
-    /// one while the upstream connection is lost may have missed fills, and is told so.
-    /// Statuses can be collapsed (a busy session sees only the latest), so an outage is known
-    /// by the loss count having moved, not only by a down state.
-    fn on_status(&mut self, now: &UpstreamStatus) -> Result<(), Close> {
-        let outage_since = now.losses != self.losses_seen;
-        self.losses_seen = now.losses;
-        if self.private_exposed && (outage_since || crate::app::is_outage(&now.state)) {
-            return Err(PRIVATE_GAP);
-        }
-        if now.state.is_up() {
-            self.private_exposed |= self.holds_private();
-        }
-        Ok(())
-    }
-
-    /// Messages of a channel were lost upstream: a private one this client holds cannot be
-    /// repaired, so it is told (closed); counts of channels it does not hold are just noted.
+    /// Messages of a private channel this client holds were lost upstream (an outage the
+    /// upstream could not backfill, or a subscription that died at the exchange): the client
+    /// is told (closed); counts of channels it does not hold are just noted.
     fn on_lost(&mut self, counts: [u64; protocol::Channel::COUNT]) -> Result<(), Close> {
         let hit = protocol::Channel::ALL
             .iter()
@@ -369,10 +345,6 @@ where
         } else {
             Ok(())
         }
-    }
-
-    fn holds_private(&self) -> bool {
-        self.state.subscriptions().any(|s| s.channel.is_private())
     }
 
     async fn on_frame(&mut self, frame: Option<Result<Message, WsError>>) -> Result<(), Close> {
@@ -500,15 +472,6 @@ where
                     }
                 }
             }
-        }
-        // Exposed from now on if the upstream is up, unless an outage this session has not
-        // acted on yet came first (that status change will set it).
-        let live = {
-            let status = self.app.status.borrow();
-            status.state.is_up() && status.losses == self.losses_seen
-        };
-        if live {
-            self.private_exposed |= self.holds_private();
         }
         self.flush().await
     }

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 /// Production endpoint of the exchange.
 pub const DEFAULT_URL: &str = "wss://external-api-ws.kalshi.com/trade-api/ws/v2";
 pub const DEFAULT_CONNECT_TIMEOUT_SECONDS: f64 = 10.0;
+pub const DEFAULT_BACKFILL_OVERLAP_SECONDS: f64 = 5.0;
 pub const DEFAULT_HANDSHAKE_TIMEOUT_SECONDS: f64 = 10.0;
 pub const DEFAULT_BACKOFF_BASE_SECONDS: f64 = 1.0;
 pub const DEFAULT_BACKOFF_FACTOR: f64 = 2.0;
@@ -83,6 +84,15 @@ pub struct UpstreamConfig {
     pub event_channel_capacity: usize,
     /// `use_yes_price` sent on orderbook subscriptions (always sent explicitly). Default: false.
     pub orderbook_use_yes_price: bool,
+    /// After an outage, fetch the fills, orders and positions the private channels missed over
+    /// REST and deliver them before any later live message. Off: a private-channel loss is only
+    /// announced ([`crate::Event::MessagesLost`]). Default: true.
+    pub backfill: bool,
+    /// How far before the last message received the backfill looks, in seconds: covers the
+    /// time it took to notice the loss and clock skew with the exchange. Default: 5.
+    pub backfill_overlap_seconds: f64,
+    /// The REST client the backfill uses (`upstream.rest.*`).
+    pub rest: crate::rest::RestConfig,
 }
 
 impl Default for UpstreamConfig {
@@ -107,6 +117,9 @@ impl Default for UpstreamConfig {
             close_timeout_seconds: DEFAULT_CLOSE_TIMEOUT_SECONDS,
             event_channel_capacity: DEFAULT_EVENT_CHANNEL_CAPACITY,
             orderbook_use_yes_price: false,
+            backfill: true,
+            backfill_overlap_seconds: DEFAULT_BACKFILL_OVERLAP_SECONDS,
+            rest: crate::rest::RestConfig::default(),
         }
     }
 }
@@ -136,6 +149,9 @@ impl fmt::Debug for UpstreamConfig {
             .field("close_timeout_seconds", &self.close_timeout_seconds)
             .field("event_channel_capacity", &self.event_channel_capacity)
             .field("orderbook_use_yes_price", &self.orderbook_use_yes_price)
+            .field("backfill", &self.backfill)
+            .field("backfill_overlap_seconds", &self.backfill_overlap_seconds)
+            .field("rest", &self.rest)
             .finish()
     }
 }
@@ -240,6 +256,7 @@ impl UpstreamConfig {
         let ping_interval = seconds("ping_interval_seconds", self.ping_interval_seconds);
         let pong_timeout = seconds("pong_timeout_seconds", self.pong_timeout_seconds);
         let snapshot_timeout = seconds("snapshot_timeout_seconds", self.snapshot_timeout_seconds);
+        seconds("backfill_overlap_seconds", self.backfill_overlap_seconds);
         let close_timeout = seconds("close_timeout_seconds", self.close_timeout_seconds);
 
         if !(self.backoff_factor.is_finite() && self.backoff_factor >= 1.0) {

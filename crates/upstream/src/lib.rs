@@ -19,8 +19,13 @@
 //!   a second gap); the fresh snapshot is announced by [`Event::BookReset`].
 //! - **One ordered, bounded event stream** ([`Event`]); a slow owner is measured, never buffered
 //!   without bound.
+//! - **Private channels made whole**: after an outage, what `fill`, `user_orders` and
+//!   `market_positions` missed is fetched over REST and delivered before any later live message
+//!   (`backfill`); when that fails past its bound the loss is announced
+//!   ([`Event::MessagesLost`]).
 //!
-//! Layout: [`config`](UpstreamConfig) (settings and validation), `backoff`, `connect` (TCP, TLS,
+//! Layout: [`config`](UpstreamConfig) (settings and validation), `backfill` (the private
+//! channels' REST recovery, between the session and the owner), `backoff`, `connect` (TCP, TLS,
 //! signed upgrade), `session` (reconnect loop, output, book freshness), `conn` (one connection's
 //! loop), `subs` (desired vs actual subscriptions), [`metrics`] (names and helpers), and
 //! [`rest`]: a [`RestClient`] for the exchange's REST portfolio endpoints (fills, orders,
@@ -49,6 +54,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+mod backfill;
 mod backoff;
 mod config;
 mod conn;
@@ -119,13 +125,20 @@ fn spawn_with_rng(
     rng: StdRng,
 ) -> Result<(Upstream, mpsc::Receiver<Event>), ConfigError> {
     let settings = config.resolve()?;
+    let rest = if config.backfill {
+        Some(RestClient::new(&config, &config.rest)?)
+    } else {
+        None
+    };
     let (events_tx, events_rx) = mpsc::channel(settings.event_channel_capacity);
+    // The session writes into the backfill stage, which passes everything on in order.
+    let (session_tx, session_rx) = mpsc::channel(settings.event_channel_capacity);
     let (state_tx, state_rx) = watch::channel(State::Connecting);
     let shared = Arc::new(Shared::default());
     let closed = CancellationToken::new();
     let ctx = Ctx {
         out: Output::new(
-            events_tx,
+            session_tx,
             settings.event_channel_capacity,
             state_tx,
             shutdown.clone(),
@@ -136,6 +149,14 @@ fn spawn_with_rng(
         shutdown,
     };
     let span = tracing::info_span!("upstream");
+    let recovery = backfill::Recovery {
+        rest,
+        overlap: std::time::Duration::from_secs_f64(config.backfill_overlap_seconds),
+    };
+    tokio::spawn(tracing::Instrument::instrument(
+        backfill::run(session_rx, events_tx, shared.clone(), recovery),
+        span.clone(),
+    ));
     tokio::spawn(tracing::Instrument::instrument(
         session::run(ctx, rng, closed.clone()),
         span,

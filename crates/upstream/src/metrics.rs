@@ -41,6 +41,14 @@ pub const REST_REQUESTS: &str = "relay_upstream_rest_requests_total";
 /// Time of each REST request, answered or not.
 pub const REST_REQUEST_DURATION: &str = "relay_upstream_rest_request_duration_seconds";
 
+/// Backfills of the private channels after an outage, by `outcome`: `ok`, `failed` (REST
+/// failed past its bound; the loss was announced) or `overflow` (too much held meanwhile).
+pub const BACKFILLS: &str = "relay_upstream_backfills_total";
+/// Fills a backfill delivered that the live stream had missed.
+pub const BACKFILL_FILLS: &str = "relay_upstream_backfill_fills_recovered_total";
+/// Time of each successful backfill, from the session's return to the last message out.
+pub const BACKFILL_DURATION: &str = "relay_upstream_backfill_duration_seconds";
+
 /// Registers descriptions and units with the installed recorder (call once, from the binary).
 pub fn describe() {
     describe_gauge!(UP, "1 while the exchange WebSocket is open");
@@ -82,6 +90,28 @@ pub fn describe() {
         Unit::Seconds,
         "Time of each REST request to the exchange"
     );
+    describe_counter!(
+        BACKFILLS,
+        "Backfills of the private channels after an outage, by outcome"
+    );
+    describe_counter!(
+        BACKFILL_FILLS,
+        "Fills recovered over REST that the live stream had missed"
+    );
+    describe_histogram!(
+        BACKFILL_DURATION,
+        Unit::Seconds,
+        "Time of each successful backfill"
+    );
+}
+
+/// One backfill ended (`outcome` one of the labels of [`BACKFILLS`]).
+pub(crate) fn backfill(outcome: &'static str, took: Duration, fills: u64) {
+    counter!(BACKFILLS, "outcome" => outcome).increment(1);
+    if outcome == "ok" {
+        counter!(BACKFILL_FILLS).increment(fills);
+        histogram!(BACKFILL_DURATION).record(took.as_secs_f64());
+    }
 }
 
 pub(crate) fn rest_request(outcome: &'static str, took: Duration) {
@@ -139,6 +169,24 @@ pub fn register() {
     let _ = gauge!(BACKOFF);
     let _ = histogram!(OWNER_WAIT);
     let _ = gauge!(EVENTS_PENDING);
+    for outcome in [
+        "ok",
+        "rate_limited",
+        "server_error",
+        "timeout",
+        "transport",
+        "decode",
+        "unauthorized",
+        "rejected",
+    ] {
+        let _ = counter!(REST_REQUESTS, "outcome" => outcome);
+    }
+    let _ = histogram!(REST_REQUEST_DURATION);
+    for outcome in ["ok", "failed", "overflow"] {
+        let _ = counter!(BACKFILLS, "outcome" => outcome);
+    }
+    let _ = counter!(BACKFILL_FILLS);
+    let _ = histogram!(BACKFILL_DURATION);
 }
 
 pub(crate) fn state(state: &State) {

@@ -29,7 +29,7 @@ async fn sim(auth: SimAuth) -> Sim {
 /// Quick retries, a fast bucket and small pages, so tests see many pages and retries.
 fn rest_config(sim: &Sim) -> RestConfig {
     RestConfig {
-        base_url: sim.rest_url(),
+        base_url: Some(sim.rest_url()),
         reads_per_second: 1000.0,
         read_burst: 1000,
         page_limit: 7,
@@ -366,7 +366,7 @@ async fn https_through_a_tls_front_trusting_an_extra_ca() {
         ..UpstreamConfig::default()
     };
     let config = RestConfig {
-        base_url: format!("https://localhost:{port}/trade-api/v2"),
+        base_url: Some(format!("https://localhost:{port}/trade-api/v2")),
         ..rest_config(&sim)
     };
     let result = RestClient::new(&upstream, &config)

@@ -18,9 +18,10 @@ pub const DEFAULT_REST_BACKOFF_CAP_SECONDS: f64 = 10.0;
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RestConfig {
-    /// Base URL of the REST API, `http://` or `https://`, up to `/trade-api/v2`. Default
-    /// [`DEFAULT_REST_URL`].
-    pub base_url: String,
+    /// Base URL of the REST API, `http://` or `https://`, up to `/trade-api/v2`. Default: the
+    /// REST API beside `upstream.url` ([`rest_url_for`]; [`DEFAULT_REST_URL`] for the default
+    /// WebSocket URL).
+    pub base_url: Option<String>,
     /// Requests a second, on average. Default 10.
     pub reads_per_second: f64,
     /// Requests that may go at once after a quiet period. Default 10.
@@ -40,7 +41,7 @@ pub struct RestConfig {
 impl Default for RestConfig {
     fn default() -> Self {
         RestConfig {
-            base_url: DEFAULT_REST_URL.to_owned(),
+            base_url: None,
             reads_per_second: DEFAULT_READS_PER_SECOND,
             read_burst: DEFAULT_READ_BURST,
             page_limit: DEFAULT_PAGE_LIMIT,
@@ -49,5 +50,54 @@ impl Default for RestConfig {
             backoff_base_seconds: DEFAULT_REST_BACKOFF_BASE_SECONDS,
             backoff_cap_seconds: DEFAULT_REST_BACKOFF_CAP_SECONDS,
         }
+    }
+}
+
+/// The REST base of the exchange whose WebSocket is at `ws_url`: same host (the production and
+/// demo WebSocket hosts `external-api-ws.*` serve REST at `external-api.*`), `https` for `wss`,
+/// `/trade-api/v2` for `/trade-api/ws/v2`. `None` when `ws_url` is not a `ws://` or `wss://` URL.
+pub fn rest_url_for(ws_url: &str) -> Option<String> {
+    let (scheme, rest) = ws_url.split_once("://")?;
+    let scheme = match scheme {
+        "wss" => "https",
+        "ws" => "http",
+        _ => return None,
+    };
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let authority = authority.strip_prefix("external-api-ws.").map_or_else(
+        || authority.to_owned(),
+        |tail| format!("external-api.{tail}"),
+    );
+    let path = path.split(['?', '#']).next().unwrap_or("");
+    let path = path
+        .strip_suffix("/ws/v2")
+        .map_or_else(|| "trade-api/v2".to_owned(), |head| format!("{head}/v2"));
+    Some(format!("{scheme}://{authority}/{path}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rest_api_is_found_beside_the_websocket() {
+        for (ws, rest) in [
+            (crate::DEFAULT_URL, DEFAULT_REST_URL),
+            (
+                "wss://external-api-ws.demo.kalshi.co/trade-api/ws/v2",
+                "https://external-api.demo.kalshi.co/trade-api/v2",
+            ),
+            (
+                "wss://api.elections.kalshi.com/trade-api/ws/v2",
+                "https://api.elections.kalshi.com/trade-api/v2",
+            ),
+            (
+                "ws://127.0.0.1:9000/trade-api/ws/v2",
+                "http://127.0.0.1:9000/trade-api/v2",
+            ),
+        ] {
+            assert_eq!(rest_url_for(ws).as_deref(), Some(rest), "{ws}");
+        }
+        assert_eq!(rest_url_for("http://example.com/"), None);
     }
 }

@@ -34,9 +34,9 @@ mod config;
 mod types;
 
 pub use config::{
-    RestConfig, DEFAULT_MAX_TOTAL_SECONDS, DEFAULT_PAGE_LIMIT, DEFAULT_READS_PER_SECOND,
-    DEFAULT_READ_BURST, DEFAULT_REQUEST_TIMEOUT_SECONDS, DEFAULT_REST_BACKOFF_BASE_SECONDS,
-    DEFAULT_REST_BACKOFF_CAP_SECONDS, DEFAULT_REST_URL,
+    rest_url_for, RestConfig, DEFAULT_MAX_TOTAL_SECONDS, DEFAULT_PAGE_LIMIT,
+    DEFAULT_READS_PER_SECOND, DEFAULT_READ_BURST, DEFAULT_REQUEST_TIMEOUT_SECONDS,
+    DEFAULT_REST_BACKOFF_BASE_SECONDS, DEFAULT_REST_BACKOFF_CAP_SECONDS, DEFAULT_REST_URL,
 };
 pub use types::{
     EventPosition, Fill, FillQuery, MarketPosition, Order, OrderQuery, PositionQuery, Positions,
@@ -159,14 +159,19 @@ impl RestClient {
                 message: message.to_owned(),
             })
         };
-        let uri = config.base_url.parse::<Uri>().ok().filter(|u| {
+        let base_url = config
+            .base_url
+            .clone()
+            .or_else(|| config::rest_url_for(&upstream.url))
+            .unwrap_or_default();
+        let uri = base_url.parse::<Uri>().ok().filter(|u| {
             matches!(u.scheme_str(), Some("http" | "https"))
                 && u.host().is_some_and(|h| !h.is_empty())
         });
         if uri.is_none() {
             bad(
                 "rest.base_url",
-                format!("{:?}", config.base_url),
+                format!("{base_url:?}"),
                 "must be an http:// or https:// URL with a host",
             );
         }
@@ -232,7 +237,7 @@ impl RestClient {
                 rustls_pki_types::ServerName::try_from(host.clone()).map_err(|e| ConfigError {
                     problems: vec![Problem {
                         key: "rest.base_url",
-                        value: format!("{:?}", config.base_url),
+                        value: format!("{base_url:?}"),
                         message: format!("bad host name: {e}"),
                     }],
                 })?;
@@ -246,7 +251,7 @@ impl RestClient {
                 authority: HeaderValue::from_str(authority).map_err(|e| ConfigError {
                     problems: vec![Problem {
                         key: "rest.base_url",
-                        value: format!("{:?}", config.base_url),
+                        value: format!("{base_url:?}"),
                         message: e.to_string(),
                     }],
                 })?,
@@ -355,17 +360,21 @@ impl RestClient {
         let mut cursor: Option<String> = None;
         let mut pages = Vec::new();
         loop {
-            let mut query = form_urlencoded::Serializer::new(String::new());
-            for (key, value) in params {
-                if let Some(v) = value {
-                    query.append_pair(key, v);
+            // Built in a block: the serializer is not `Send` and must not live across the await.
+            let query = {
+                let mut query = form_urlencoded::Serializer::new(String::new());
+                for (key, value) in params {
+                    if let Some(v) = value {
+                        query.append_pair(key, v);
+                    }
                 }
-            }
-            query.append_pair("limit", &inner.page_limit);
-            if let Some(c) = &cursor {
-                query.append_pair("cursor", c);
-            }
-            let page: P = self.get(&path, &query.finish(), &mut call).await?;
+                query.append_pair("limit", &inner.page_limit);
+                if let Some(c) = &cursor {
+                    query.append_pair("cursor", c);
+                }
+                query.finish()
+            };
+            let page: P = self.get(&path, &query, &mut call).await?;
             call.backoff.reset();
             let next = page.cursor().filter(|c| !c.is_empty()).map(str::to_owned);
             pages.push(page);
@@ -543,7 +552,7 @@ mod tests {
     #[test]
     fn every_bad_setting_is_reported() {
         let config = RestConfig {
-            base_url: "ftp://x".into(),
+            base_url: Some("ftp://x".into()),
             reads_per_second: 0.0,
             read_burst: 0,
             page_limit: 0,

@@ -1,0 +1,353 @@
+//! What the private channels missed during an outage, fetched over REST.
+//!
+//! `fill`, `user_orders` and `market_positions` carry no seq and the exchange does not replay
+//! them: what happened while the connection was down is only in its REST history. This stage
+//! sits between the session and the owner. From the moment an outage begins while a private
+//! channel is wanted it holds every private message; once the session is `Subscribed` again it
+//! fetches the fills since the last message before the outage (less `backfill_overlap_seconds`),
+//! the orders that changed and the current positions, then emits, in this order: the fills the
+//! owner has not had (by trade id, oldest first), those orders, the positions of the markets they
+//! touched, and the held live messages (fills already emitted left out). Public data and states
+//! pass straight through.
+//!
+//! When REST fails past its bound (`upstream.rest.max_total_seconds`), or backfill is off, the
+//! loss is announced instead: [`Event::MessagesLost`] for each private channel wanted.
+
+mod convert;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use protocol::{Channel, Count, MessageType};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use crate::event::{Data, Event, State};
+use crate::metrics;
+use crate::rest::{Fill, MarketPosition, Order, OrderQuery, PositionQuery, RestClient, RestError};
+use crate::session::Shared;
+use convert::{LiveFill, Memo};
+
+/// Private messages held while a backfill runs; past this the backfill is abandoned and the
+/// loss announced (at the exchange's private rates this is hours of activity).
+const MAX_HELD: usize = 100_000;
+
+/// How the stage recovers: over REST, or not at all (the loss is announced).
+pub(crate) struct Recovery {
+    pub rest: Option<RestClient>,
+    pub overlap: Duration,
+}
+
+/// Runs the stage until `input` ends, then ends `output`.
+pub(crate) async fn run(
+    mut input: mpsc::Receiver<Event>,
+    output: mpsc::Sender<Event>,
+    shared: Arc<Shared>,
+    recovery: Recovery,
+) {
+    let mut stage = Stage {
+        output,
+        shared,
+        recovery,
+        up: false,
+        last_data_s: now_s(),
+        outage_from: None,
+        held: Vec::new(),
+        memo: Memo::default(),
+        task: None,
+    };
+    loop {
+        let event = tokio::select! {
+            event = input.recv() => match event {
+                Some(event) => event,
+                None => break,
+            },
+            done = async { (&mut stage.task.as_mut().expect("guarded").handle).await }, if stage.task.is_some() => {
+                let task = stage.task.take().expect("guarded");
+                let result = done.unwrap_or_else(|e| Err(RestError::Transport(e.to_string())));
+                if stage.finish(task, result).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+        };
+        if stage.on_event(event).await.is_err() {
+            return;
+        }
+    }
+    // The session ended (shutdown): whatever is held still goes out, in order.
+    if let Some(task) = stage.task.take() {
+        task.handle.abort();
+    }
+    let held = std::mem::take(&mut stage.held);
+    for data in held {
+        let _ = stage.output.send(Event::Data(data)).await;
+    }
+}
+
+struct Stage {
+    output: mpsc::Sender<Event>,
+    shared: Arc<Shared>,
+    recovery: Recovery,
+    /// The connection was up (`Connected` or `Subscribed`) at the last state.
+    up: bool,
+    /// Unix seconds of the last data message received.
+    last_data_s: i64,
+    /// During an outage that private channels were exposed to: the Unix second from which
+    /// their messages may be missing. Private messages are held while it is set.
+    outage_from: Option<i64>,
+    held: Vec<Data>,
+    memo: Memo,
+    task: Option<Task>,
+}
+
+struct Task {
+    handle: JoinHandle<Result<Fetched, RestError>>,
+    started: Instant,
+    channels: Vec<Channel>,
+}
+
+struct Fetched {
+    fills: Vec<Fill>,
+    orders: Vec<Order>,
+    positions: Vec<MarketPosition>,
+}
+
+/// The owner dropped its receiver.
+struct Gone;
+
+impl Stage {
+    fn wanted_private(&self) -> Vec<Channel> {
+        self.shared
+            .desired()
+            .wanted()
+            .into_keys()
+            .filter(|c| c.is_private())
+            .collect()
+    }
+
+    async fn send(&self, event: Event) -> Result<(), Gone> {
+        self.output.send(event).await.map_err(|_| Gone)
+    }
+
+    async fn on_event(&mut self, event: Event) -> Result<(), Gone> {
+        match event {
+            Event::Data(data) => {
+                self.last_data_s = now_s();
+                if !data.channel.is_private() {
+                    return self.send(Event::Data(data)).await;
+                }
+                if self.outage_from.is_none() {
+                    self.memo.note(&data);
+                    return self.send(Event::Data(data)).await;
+                }
+                self.held.push(data);
+                if self.held.len() > MAX_HELD {
+                    warn!(
+                        held = MAX_HELD,
+                        "too many private messages held; backfill abandoned"
+                    );
+                    if let Some(task) = self.task.take() {
+                        task.handle.abort();
+                    }
+                    let channels = self.wanted_private();
+                    return self.give_up(channels, "overflow").await;
+                }
+                Ok(())
+            }
+            Event::State(state) => {
+                let outage = matches!(
+                    state,
+                    State::Disconnected { .. } | State::GaveUp { .. } | State::AuthFailed
+                );
+                if outage && self.up {
+                    self.on_outage().await?;
+                }
+                self.up = state.is_up();
+                let subscribed = state == State::Subscribed;
+                self.send(Event::State(state)).await?;
+                if subscribed && self.outage_from.is_some() {
+                    self.start();
+                }
+                Ok(())
+            }
+            other => self.send(other).await,
+        }
+    }
+
+    /// The connection was lost: private messages from now on are held until what was missed is
+    /// known, or the loss is announced at once when there is no way to know.
+    async fn on_outage(&mut self) -> Result<(), Gone> {
+        if let Some(task) = self.task.take() {
+            // Another loss while fetching: fetch again, from the first outage, once up.
+            task.handle.abort();
+        }
+        if self.outage_from.is_some() {
+            return Ok(());
+        }
+        let wanted = self.wanted_private();
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        if self.recovery.rest.is_none() {
+            return self.announce(&wanted).await;
+        }
+        self.outage_from = Some(self.last_data_s);
+        Ok(())
+    }
+
+    fn start(&mut self) {
+        let channels = self.wanted_private();
+        let (Some(rest), Some(from)) = (self.recovery.rest.clone(), self.outage_from) else {
+            return;
+        };
+        let since = from - self.recovery.overlap.as_secs().max(1) as i64;
+        let wants = |c: Channel| channels.contains(&c);
+        let (fills, orders, positions) = (
+            wants(Channel::Fill) || wants(Channel::MarketPositions),
+            wants(Channel::Fill) || wants(Channel::UserOrders),
+            wants(Channel::Fill) || wants(Channel::MarketPositions),
+        );
+        info!(since, ?channels, "backfilling private channels over REST");
+        let handle = tokio::spawn(async move {
+            let fills = if fills {
+                rest.fills_since(Some(since), None).await?
+            } else {
+                Vec::new()
+            };
+            let orders = if orders {
+                let query = OrderQuery {
+                    min_ts: Some(since),
+                    ..OrderQuery::default()
+                };
+                rest.orders(&query).await?
+            } else {
+                Vec::new()
+            };
+            let positions = if positions {
+                rest.positions(&PositionQuery::default())
+                    .await?
+                    .market_positions
+            } else {
+                Vec::new()
+            };
+            Ok(Fetched {
+                fills,
+                orders,
+                positions,
+            })
+        });
+        self.task = Some(Task {
+            handle,
+            started: Instant::now(),
+            channels,
+        });
+    }
+
+    async fn finish(&mut self, task: Task, result: Result<Fetched, RestError>) -> Result<(), Gone> {
+        let fetched = match result {
+            Ok(fetched) => fetched,
+            Err(e) => {
+                let elapsed = task.started.elapsed();
+                warn!(error = %e, ?elapsed, "backfill failed; announcing the loss");
+                return self.give_up(task.channels, "failed").await;
+            }
+        };
+        let wants = |c: Channel| task.channels.contains(&c);
+        let mut out = Vec::new();
+        // The markets the missing fills touched, and the contracts they add to each volume.
+        let mut volume: HashMap<String, Count> = HashMap::new();
+        for f in fetched
+            .fills
+            .iter()
+            .filter(|f| !self.memo.delivered(&f.trade_id))
+        {
+            let v = volume.entry(f.ticker.clone()).or_insert(Count::ZERO);
+            *v = Count::from_units(v.units() + f.count_fp.units());
+        }
+        let mut touched: HashSet<String> = volume.keys().cloned().collect();
+        let held: Vec<LiveFill> = self
+            .held
+            .iter()
+            .filter(|d| d.kind == MessageType::Fill)
+            .filter_map(LiveFill::parse)
+            .collect();
+        let fills = self
+            .memo
+            .fills(&fetched.fills, &fetched.orders, &fetched.positions, &held);
+        let recovered = fills.len();
+        if wants(Channel::Fill) {
+            out.extend(fills);
+        }
+        let since_ms =
+            (self.outage_from.unwrap_or(0) - self.recovery.overlap.as_secs() as i64) * 1000;
+        let changed: Vec<Order> = fetched
+            .orders
+            .iter()
+            .filter(|o| {
+                o.last_update_time
+                    .as_deref()
+                    .and_then(convert::rfc3339_ms)
+                    .is_none_or(|ms| ms >= since_ms)
+            })
+            .cloned()
+            .collect();
+        touched.extend(changed.iter().map(|o| o.ticker.clone()));
+        let orders = self.memo.orders(&changed);
+        if wants(Channel::UserOrders) {
+            out.extend(orders);
+        }
+        if wants(Channel::MarketPositions) {
+            out.extend(self.memo.positions(&fetched.positions, &touched, &volume));
+        }
+        self.outage_from = None;
+        for data in out {
+            self.send(Event::Data(data)).await?;
+        }
+        let held = self.held.len();
+        self.release_held().await?;
+        let elapsed = task.started.elapsed();
+        metrics::backfill("ok", elapsed, recovered as u64);
+        info!(recovered, held, ?elapsed, "backfill complete");
+        Ok(())
+    }
+
+    /// The held messages, fills the backfill already delivered left out.
+    async fn release_held(&mut self) -> Result<(), Gone> {
+        for data in std::mem::take(&mut self.held) {
+            if data.kind == MessageType::Fill && self.fill_delivered(&data) {
+                continue;
+            }
+            self.memo.note(&data);
+            self.send(Event::Data(data)).await?;
+        }
+        Ok(())
+    }
+
+    fn fill_delivered(&self, data: &Data) -> bool {
+        LiveFill::parse(data).is_some_and(|f| self.memo.delivered(&f.trade_id))
+    }
+
+    async fn give_up(&mut self, channels: Vec<Channel>, outcome: &'static str) -> Result<(), Gone> {
+        metrics::backfill(outcome, Duration::ZERO, 0);
+        self.outage_from = None;
+        self.announce(&channels).await?;
+        self.release_held().await
+    }
+
+    async fn announce(&mut self, channels: &[Channel]) -> Result<(), Gone> {
+        for &channel in channels {
+            self.send(Event::MessagesLost { channel }).await?;
+        }
+        Ok(())
+    }
+}
+
+fn now_s() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
