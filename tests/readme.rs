@@ -474,6 +474,13 @@ async fn the_readme_python_snippets_run_against_the_demo() {
                     l.contains(r#""id":1"#) && l.contains(r#""type":"ok""#)
                 })
                 .await
+            } else if block.contains("resume_from") {
+                // It drops its first connection after a fill and resumes from it.
+                let code = block.replace(README_URL, &open_url);
+                run_python(&python, &code, |l| {
+                    l.contains(r#""type":"relay_resume""#) && l.contains(r#""recovered":true"#)
+                })
+                .await
             } else if block.contains(r#""cmd": "subscribe""#) {
                 // Books of the market it names arrive: the demo serves it.
                 let market = block

@@ -163,6 +163,9 @@ pub struct Subscribe {
     pub skip_ticker_ack: bool,
     /// `use_yes_price`, as given (the exchange's default is false).
     pub use_yes_price: Option<bool>,
+    /// `resume_from`: a relay extension (never sent to the exchange), the position of the last
+    /// private message a reconnecting client received.
+    pub resume_from: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -401,7 +404,12 @@ fn parse_subscribe(
         send_initial_snapshot: opt_bool(params, "send_initial_snapshot", invalid.clone())?
             .unwrap_or(false),
         skip_ticker_ack: opt_bool(params, "skip_ticker_ack", invalid.clone())?.unwrap_or(false),
-        use_yes_price: opt_bool(params, "use_yes_price", invalid)?,
+        use_yes_price: opt_bool(params, "use_yes_price", invalid.clone())?,
+        resume_from: match params.get("resume_from") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) if s.len() <= 256 => Some(s.clone()),
+            Some(_) => return Err(invalid),
+        },
     })
 }
 
@@ -559,6 +567,7 @@ mod tests {
                     send_initial_snapshot: false,
                     skip_ticker_ack: false,
                     use_yes_price: None,
+                    resume_from: None,
                 })
             }
         );

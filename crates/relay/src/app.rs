@@ -102,6 +102,9 @@ pub struct App {
     pub status: watch::Sender<UpstreamStatus>,
     /// `status.changes`, written after `status`: a session writing data checks it with one load.
     pub status_changes: AtomicU64,
+    /// The recent private stream, for clients that resume (`resume`): written by the feed as
+    /// it publishes, read by a session answering `resume_from`.
+    pub history: Mutex<crate::resume::History>,
     /// Per channel (at `Channel::index()`), how many times its messages were lost upstream (a
     /// dead sid). Sessions holding a private channel watch it: a loss there is told with a `private messages lost` close.
     pub lost: watch::Sender<[u64; protocol::Channel::COUNT]>,
@@ -144,6 +147,10 @@ impl App {
         metrics: PrometheusHandle,
         tls: Option<crate::tls::Tls>,
     ) -> App {
+        let history = crate::resume::History::new(
+            config.downstream.resume_history_fills,
+            config.downstream.resume_history_seconds as i64,
+        );
         let heartbeat = Heartbeat::new(
             config.downstream.ping_interval(),
             config.downstream.pong_timeout(),
@@ -174,6 +181,7 @@ impl App {
             })
             .0,
             status_changes: AtomicU64::new(0),
+            history: Mutex::new(history),
             stale: Mutex::new(BTreeSet::new()),
             lost: watch::channel([0; protocol::Channel::COUNT]).0,
             clients: AtomicUsize::new(0),

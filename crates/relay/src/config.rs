@@ -92,6 +92,12 @@ pub struct DownstreamConfig {
     /// message, then published together, so every client writes the window's frames in one
     /// socket write (latency grows by up to the window). 0 turns it off. Default 0.
     pub coalesce_window_ms: u64,
+    /// Resume: the account's most recent fills the relay keeps to replay to a client that
+    /// reconnects with `resume_from`. Default 10000.
+    pub resume_history_fills: usize,
+    /// Resume: seconds of private history kept; an older position is recovered from the
+    /// exchange's REST history. Default 3600.
+    pub resume_history_seconds: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -115,9 +121,14 @@ impl Default for DownstreamConfig {
             max_markets_per_connection: DEFAULT_MAX_MARKETS_PER_CONNECTION,
             socket_send_buffer_bytes: None,
             coalesce_window_ms: 0,
+            resume_history_fills: DEFAULT_RESUME_HISTORY_FILLS,
+            resume_history_seconds: DEFAULT_RESUME_HISTORY_SECONDS,
         }
     }
 }
+
+pub const DEFAULT_RESUME_HISTORY_FILLS: usize = 10_000;
+pub const DEFAULT_RESUME_HISTORY_SECONDS: u64 = 3_600;
 
 impl DownstreamConfig {
     pub fn ping_interval(&self) -> Duration {
@@ -477,6 +488,8 @@ impl RelayConfig {
         positive("ping_interval_seconds", d.ping_interval_seconds);
         positive("pong_timeout_seconds", d.pong_timeout_seconds);
         positive("write_timeout_seconds", d.write_timeout_seconds);
+        positive("resume_history_seconds", d.resume_history_seconds);
+        positive("resume_history_fills", d.resume_history_fills as u64);
         if d.pong_timeout_seconds >= d.ping_interval_seconds && d.ping_interval_seconds > 0 {
             errors.push(format!(
                 "downstream.pong_timeout_seconds = {}: must be below downstream.ping_interval_seconds ({})",

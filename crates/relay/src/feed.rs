@@ -162,6 +162,14 @@ fn apply_event(app: &App, publisher: &mut Publisher, event: Event) {
                     }
                 }
                 _ => {
+                    if data.channel.is_private() {
+                        app.history.lock().record(crate::resume::Kept {
+                            channel: data.channel,
+                            kind: data.kind.clone(),
+                            market: data.market.clone(),
+                            body: data.body.clone(),
+                        });
+                    }
                     publisher.message(data.channel, market, data.kind, data.body);
                 }
             }
@@ -178,7 +186,10 @@ fn apply_event(app: &App, publisher: &mut Publisher, event: Event) {
             app.stale.lock().remove(&market);
         }
         Event::MessagesLost { channel } => {
-            warn!(%channel, "messages lost upstream (a subscription died at the exchange)");
+            warn!(%channel, "private messages lost upstream");
+            if channel.is_private() {
+                app.history.lock().lost();
+            }
             app.lost.send_modify(|counts| counts[channel.index()] += 1);
             app.heartbeat.poke_all();
         }

@@ -33,6 +33,7 @@ pub mod feed;
 pub mod heartbeat;
 pub mod http;
 pub mod metrics;
+pub mod resume;
 pub mod security;
 pub mod session;
 pub mod throughput;

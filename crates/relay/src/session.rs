@@ -34,6 +34,7 @@ use crate::app::{App, UpstreamStatus};
 use crate::client::{ClientState, Effect, Limits};
 use crate::close::{CloseReason, Ending};
 use crate::metrics as m;
+use crate::resume;
 use crate::security::{Admission, Identity, Permission, TokenBucket};
 
 /// Per-connection choices made at the handshake.
@@ -182,6 +183,11 @@ struct Session<'a, S> {
     /// Commands held until the upstream is subscribed (a private subscription, and whatever
     /// the client sent after it), at most `MAX_DEFERRED`.
     deferred: Vec<Command>,
+    /// The client's place in the private stream, once it asked for positions (`relay_events`,
+    /// or a `resume_from`): stamped on each private message as `relay_position`.
+    position: Option<resume::Position>,
+    /// Trade ids a resume replayed: left out when they also arrive live, until one that was not.
+    replayed: std::collections::HashSet<String>,
 }
 
 impl<'a, S> Session<'a, S>
@@ -192,6 +198,7 @@ where
         let security = &app.config.security;
         let mut limits = options.limits.clone();
         limits.private_allowed = options.identity.permission() == Some(Permission::Private);
+        let position = options.relay_events.then(resume::Position::now);
         Session {
             app,
             ws,
@@ -210,6 +217,8 @@ where
             client_close: None,
             lost_seen: *app.lost.borrow(),
             deferred: Vec::new(),
+            position,
+            replayed: std::collections::HashSet::new(),
         }
     }
 
@@ -437,6 +446,21 @@ where
     /// Applies one validated command: replies, topic changes, one flush.
     async fn apply_command(&mut self, command: Command) -> Result<(), Close> {
         let name = command_name(&command);
+        let resume = match &command.action {
+            Action::Subscribe(s) => match s.resume_from.as_deref().map(resume::Position::parse) {
+                None => None,
+                Some(Some(from)) => Some((from, s.channels.clone())),
+                Some(None) => {
+                    metrics::counter!(m::COMMANDS_TOTAL, "command" => name, "result" => "error")
+                        .increment(1);
+                    let id = command.id;
+                    self.feed_reply(reply::error(id, ErrorCode::InvalidParameter, None))
+                        .await?;
+                    return self.flush().await;
+                }
+            },
+            _ => None,
+        };
         let effects = self.state.handle(command);
         let ok = !effects.iter().any(|e| matches!(e, Effect::Error(_)));
         let result = if ok { "ok" } else { "error" };
@@ -473,7 +497,94 @@ where
                 }
             }
         }
+        if let (Some((from, channels)), true) = (resume, ok) {
+            self.resume(from, &channels).await?;
+        }
         self.flush().await
+    }
+
+    /// Sends what followed `from` on the private `channels` just subscribed (their live data
+    /// queues meanwhile), then `relay_resume` saying whether it is complete.
+    async fn resume(
+        &mut self,
+        from: resume::Position,
+        channels: &[protocol::Channel],
+    ) -> Result<(), Close> {
+        let private: Vec<protocol::Channel> = channels
+            .iter()
+            .copied()
+            .filter(|c| c.is_private())
+            .collect();
+        if private.is_empty() {
+            return Ok(());
+        }
+        let app = self.app;
+        let overlap = app.config.upstream.backfill_overlap_seconds.ceil() as i64;
+        let fetched =
+            resume::fetch(&app.history, app.upstream.rest(), overlap, &from, &private).await;
+        self.position = Some(from.clone());
+        let msg = match fetched {
+            Ok((replay, source)) => {
+                self.replayed = replay.trade_ids().collect();
+                let counts = (
+                    replay.fills.len(),
+                    replay.orders.len(),
+                    replay.positions.len(),
+                );
+                for kept in replay
+                    .fills
+                    .into_iter()
+                    .chain(replay.orders)
+                    .chain(replay.positions)
+                {
+                    let Some(sub) = self.state.by_channel(kept.channel) else {
+                        continue;
+                    };
+                    let (sid, seq) = (sub.sid, sub.next_seq());
+                    fanout::write_envelope(&mut self.out, kept.kind.as_str(), sid, seq, &kept.body);
+                    self.stamp_private(&kept.kind, &kept.body);
+                    let frame = self.out.split().freeze();
+                    self.feed(Message::Frame(Frame::message(
+                        frame,
+                        OpCode::Data(Data::Text),
+                        true,
+                    )))
+                    .await?;
+                }
+                serde_json::json!({
+                    "recovered": true,
+                    "source": source.as_str(),
+                    "from": from.to_string(),
+                    "fills": counts.0,
+                    "orders": counts.1,
+                    "positions": counts.2,
+                    "position": self.position.as_ref().map(ToString::to_string),
+                })
+            }
+            Err(reason) => {
+                debug!(%from, %reason, "resume not recoverable");
+                serde_json::json!({ "recovered": false, "from": from.to_string(), "reason": reason })
+            }
+        };
+        self.send_event("relay_resume", msg).await
+    }
+
+    /// For a client that asked for positions: moves its position past a fill and stamps it on
+    /// the private message just written to `out`.
+    fn stamp_private(&mut self, kind: &MessageType, body: &[u8]) {
+        let Some(position) = self.position.as_mut() else {
+            return;
+        };
+        match kind {
+            MessageType::Fill => {
+                if let Some(next) = resume::Position::of_fill(body) {
+                    *position = next;
+                }
+            }
+            MessageType::UserOrder | MessageType::MarketPosition => {}
+            _ => return,
+        }
+        resume::stamp(&mut self.out, position);
     }
 
     /// A client with no handshake token must send `{"cmd":"auth"}` first, within the timeout.
@@ -563,12 +674,22 @@ where
                         Box::pin(self.on_status_change(now)).await?;
                     }
                 }
+                if !self.replayed.is_empty() && *item.kind() == MessageType::Fill {
+                    let id = resume::Position::of_fill(item.body()).and_then(|p| p.trade_id);
+                    match id {
+                        Some(id) if self.replayed.remove(&id) => return Ok(()),
+                        _ => self.replayed.clear(),
+                    }
+                }
                 let Some(sub) = self.state.by_channel(item.channel()) else {
                     return Ok(()); // unsubscribed while the item was in flight
                 };
                 let (sid, seq, yes) = (sub.sid, sub.next_seq(), sub.use_yes_price);
                 self.out.reserve(item.envelope_max_len(yes));
                 item.write_envelope(&mut self.out, sid, seq, yes);
+                if item.channel().is_private() {
+                    self.stamp_private(item.kind(), item.body());
+                }
                 self.frames_written += 1;
                 if self.frames_written % LATENCY_SAMPLE == 0 && self.latency_sample.is_none() {
                     self.latency_sample = item.received_at();

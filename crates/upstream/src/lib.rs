@@ -74,6 +74,7 @@ use rand::SeedableRng;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+pub use backfill::{recover, Recovered};
 pub use config::{
     ConfigError, Problem, UpstreamConfig, DEFAULT_BACKOFF_BASE_SECONDS,
     DEFAULT_BACKOFF_CAP_SECONDS, DEFAULT_BACKOFF_FACTOR, DEFAULT_CLOSE_TIMEOUT_SECONDS,
@@ -96,6 +97,8 @@ pub struct Upstream {
     state: watch::Receiver<State>,
     /// Cancelled by the session task as its very last act.
     closed: CancellationToken,
+    /// The REST client of the backfill (`None` with `backfill = false`).
+    rest: Option<RestClient>,
 }
 
 /// Validates `config` and starts the session on the current tokio runtime.
@@ -150,7 +153,7 @@ fn spawn_with_rng(
     };
     let span = tracing::info_span!("upstream");
     let recovery = backfill::Recovery {
-        rest,
+        rest: rest.clone(),
         overlap: std::time::Duration::from_secs_f64(config.backfill_overlap_seconds),
     };
     tokio::spawn(tracing::Instrument::instrument(
@@ -166,6 +169,7 @@ fn spawn_with_rng(
             shared,
             state: state_rx,
             closed,
+            rest,
         },
         events_rx,
     ))
@@ -205,6 +209,12 @@ impl Upstream {
     pub fn request_snapshot(&self, markets: Vec<String>) {
         self.shared.desired().snapshot_requests.extend(markets);
         self.changed();
+    }
+
+    /// The REST client the backfill uses, for other recoveries ([`recover`]); `None` when
+    /// backfill is off.
+    pub fn rest(&self) -> Option<&RestClient> {
+        self.rest.as_ref()
     }
 
     /// The current state, and its changes.

@@ -346,6 +346,71 @@ impl Stage {
     }
 }
 
+/// What REST says a private stream missed after a point, for a client resuming it
+/// ([`recover`]), as the messages the stream would have carried.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    /// `fill` messages, oldest first.
+    pub fills: Vec<Data>,
+    /// `user_order`: the latest state of each order changed since.
+    pub orders: Vec<Data>,
+    /// `market_position`: the position of each market those fills and orders touched.
+    pub positions: Vec<Data>,
+}
+
+/// The account's private messages after the fill `after` (made at `since`, Unix seconds), or
+/// since `since` when `after` is `None`, from the exchange's REST history, for the `channels`
+/// asked. `Ok(None)`: REST no longer lists `after`, so what followed it cannot be told exactly.
+pub async fn recover(
+    rest: &RestClient,
+    since: i64,
+    after: Option<&str>,
+    channels: &[Channel],
+) -> Result<Option<Recovered>, RestError> {
+    let mut fills = rest.fills_since(Some(since), None).await?;
+    if let Some(after) = after {
+        let Some(i) = fills.iter().position(|f| f.trade_id == after) else {
+            return Ok(None);
+        };
+        fills.drain(..=i);
+    }
+    let query = OrderQuery {
+        min_ts: Some(since),
+        ..OrderQuery::default()
+    };
+    let orders = rest.orders(&query).await?;
+    let positions = rest
+        .positions(&PositionQuery::default())
+        .await?
+        .market_positions;
+    let mut memo = Memo::default();
+    let mut volume: HashMap<String, Count> = HashMap::new();
+    for f in &fills {
+        let v = volume.entry(f.ticker.clone()).or_insert(Count::ZERO);
+        *v = Count::from_units(v.units() + f.count_fp.units());
+    }
+    let mut touched: HashSet<String> = volume.keys().cloned().collect();
+    touched.extend(orders.iter().map(|o| o.ticker.clone()));
+    let wants = |c: Channel| channels.contains(&c);
+    Ok(Some(Recovered {
+        fills: if wants(Channel::Fill) {
+            memo.fills(&fills, &orders, &positions, &[])
+        } else {
+            Vec::new()
+        },
+        orders: if wants(Channel::UserOrders) {
+            memo.orders(&orders)
+        } else {
+            Vec::new()
+        },
+        positions: if wants(Channel::MarketPositions) {
+            memo.positions(&positions, &touched, &volume)
+        } else {
+            Vec::new()
+        },
+    }))
+}
+
 fn now_s() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

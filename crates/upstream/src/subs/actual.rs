@@ -150,6 +150,7 @@ impl Actual {
             send_initial_snapshot: channel == Channel::Ticker,
             skip_ticker_ack: false,
             use_yes_price: (channel == Channel::OrderbookDelta).then_some(self.use_yes_price),
+            resume_from: None,
         });
         self.command(Pending::Subscribe { key }, action)
     }
