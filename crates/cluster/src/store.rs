@@ -427,6 +427,21 @@ impl Store {
         })
     }
 
+    /// The entry number of the entry `id`, if the stream still holds it.
+    pub async fn seq_at(&self, id: &str) -> Result<Option<u64>, Error> {
+        let mut c = self.commands.clone();
+        let found: Vec<(String, HashMap<String, Value>)> = redis::cmd("XRANGE")
+            .arg(STREAM)
+            .arg(id)
+            .arg(id)
+            .query_async(&mut c)
+            .await?;
+        match found.into_iter().next() {
+            Some((id, map)) => Ok(Some(codec::decode(id, &map)?.seq)),
+            None => Ok(None),
+        }
+    }
+
     /// The last entry number written.
     pub async fn head_seq(&self) -> Result<u64, Error> {
         let mut c = self.commands.clone();
