@@ -121,6 +121,8 @@ pub struct App {
     /// own origins and the WebSocket port it connects to.
     pub ports: OnceLock<Ports>,
     pub started: Instant,
+    /// This node's role and Redis's health, in cluster mode (set once at start).
+    pub cluster: OnceLock<Arc<crate::node::Status>>,
     /// Per frame kind (`session::KINDS`), registered once: a session's flush adds to them
     /// without a registry lookup per batch.
     pub sent_counters: Vec<SentCounters>,
@@ -190,6 +192,7 @@ impl App {
             throughput: crate::throughput::History::default(),
             ports: OnceLock::new(),
             started: now,
+            cluster: OnceLock::new(),
             sent_counters: crate::session::KINDS
                 .iter()
                 .map(|kind| SentCounters {
@@ -216,6 +219,9 @@ impl App {
     pub fn readiness(&self) -> (bool, String) {
         if self.shutdown.is_cancelled() {
             return (false, "shutting down".into());
+        }
+        if let Some(reason) = self.cluster.get().and_then(|c| c.not_ready()) {
+            return (false, reason);
         }
         let status = self.status.borrow().clone();
         let reason = match &status.state {
@@ -286,6 +292,7 @@ impl App {
                 "pong_timeout_seconds": self.config.downstream.pong_timeout().as_secs_f64(),
             },
             "uptime_seconds": self.started.elapsed().as_secs(),
+            "cluster": self.cluster.get().map(|c| c.to_json()),
         })
         .to_string()
     }

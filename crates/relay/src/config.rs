@@ -58,6 +58,10 @@ pub struct RelayConfig {
     pub fanout: fanout::FanoutConfig,
     #[serde(default)]
     pub security: crate::security::SecurityConfig,
+    /// Cluster mode: several relays sharing one upstream session through Redis. Default: unset
+    /// (one relay, no Redis).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<cluster::ClusterConfig>,
 }
 
 /// How the relay treats its clients.
@@ -173,6 +177,7 @@ impl RelayConfig {
             },
             fanout: fanout::FanoutConfig::default(),
             security: crate::security::SecurityConfig::default(),
+            cluster: None,
         }
     }
 }
@@ -535,6 +540,9 @@ impl RelayConfig {
         }
         if let Err(e) = self.upstream.validate() {
             errors.extend(e.problems.iter().map(|p| p.to_string()));
+        }
+        if let Some(cluster) = &self.cluster {
+            errors.extend(cluster.problems());
         }
         if let Err(e) = self.fanout.validate() {
             errors.extend(

@@ -230,7 +230,7 @@ fn apply_event(app: &App, publisher: &mut Publisher, event: Event) {
 
 /// The upstream subscriptions the relay holds for one channel.
 #[derive(Default)]
-struct ChannelSubs {
+pub(crate) struct ChannelSubs {
     /// The market-filtered subscription and its markets.
     filtered: Option<(SubId, BTreeSet<String>)>,
     /// The every-market subscription.
@@ -290,7 +290,11 @@ pub async fn follow_registry(
     }
 }
 
-fn apply(upstream: &Upstream, channels: &mut HashMap<Channel, ChannelSubs>, change: TopicChange) {
+pub(crate) fn apply(
+    upstream: &Upstream,
+    channels: &mut HashMap<Channel, ChannelSubs>,
+    change: TopicChange,
+) {
     let (wanted, Topic { channel, market }) = match change {
         TopicChange::Wanted(t) => (true, t),
         TopicChange::Unwanted(t) => (false, t),

@@ -33,6 +33,7 @@ pub mod feed;
 pub mod heartbeat;
 pub mod http;
 pub mod metrics;
+pub mod node;
 pub mod resume;
 pub mod security;
 pub mod session;
@@ -85,6 +86,9 @@ pub struct RelayHandle {
     app: Arc<App>,
     upstream_shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
+    /// In cluster mode, the lease task: it steps down (hands the lease off) when the app's
+    /// shutdown is cancelled, and ends when done.
+    cluster_lease: Option<JoinHandle<()>>,
 }
 
 impl RelayHandle {
@@ -146,6 +150,11 @@ impl RelayHandle {
         {
             warn!("upstream did not close in time");
         }
+        if let Some(lease) = self.cluster_lease {
+            if tokio::time::timeout(upstream_reserve, lease).await.is_err() {
+                warn!("cluster lease not handed off in time");
+            }
+        }
         for task in self.tasks {
             task.abort();
         }
@@ -167,8 +176,20 @@ pub async fn spawn(config: RelayConfig, listeners: Listeners) -> anyhow::Result<
     let metrics = metrics::handle();
     metrics::register();
     let upstream_shutdown = CancellationToken::new();
-    let (upstream, events) = upstream::spawn(config.upstream.clone(), upstream_shutdown.clone())
-        .map_err(|e| anyhow::anyhow!("invalid upstream configuration: {e}"))?;
+    let cluster = config.cluster.clone();
+    // In cluster mode the events come from Redis, fed by `node`.
+    let (upstream, events, cluster_events) = match &cluster {
+        None => {
+            let (upstream, events) =
+                upstream::spawn(config.upstream.clone(), upstream_shutdown.clone())
+                    .map_err(|e| anyhow::anyhow!("invalid upstream configuration: {e}"))?;
+            (upstream, events, None)
+        }
+        Some(_) => {
+            let (upstream, tx, events) = node::prepare(&config.upstream)?;
+            (upstream, events, Some(tx))
+        }
+    };
     let (publisher, fanout, registry) = fanout::new(config.fanout.clone());
     let warm = config.warm_markets.clone();
     let warm_private = config.warm_private_channels;
@@ -200,20 +221,33 @@ pub async fn spawn(config: RelayConfig, listeners: Listeners) -> anyhow::Result<
     // Books released upstream, from the registry follower to the publisher (unbounded: one
     // message per market that loses its last subscriber, after the linger).
     let (released_tx, released_rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut tasks = vec![
-        tokio::spawn(feed::publish(app.clone(), events, released_rx, publisher)),
-        tokio::spawn(feed::follow_registry(
+    let mut tasks = vec![tokio::spawn(feed::publish(
+        app.clone(),
+        events,
+        released_rx,
+        publisher,
+    ))];
+    let mut cluster_lease = None;
+    match (cluster, cluster_events) {
+        (Some(cluster), Some(events)) => {
+            let node = node::start(cluster, app.clone(), events, registry, released_tx)?;
+            tasks.extend(node.tasks);
+            cluster_lease = Some(node.lease);
+        }
+        _ => tasks.push(tokio::spawn(feed::follow_registry(
             upstream,
             registry,
             warm,
             warm_private,
             released_tx,
-        )),
+        ))),
+    }
+    tasks.extend([
         tokio::spawn(app.heartbeat.clone().run(app.shutdown.clone())),
         tokio::spawn(metrics::upkeep(metrics, app.shutdown.clone())),
         tokio::spawn(throughput::sample(app.clone())),
         tokio::spawn(http::serve(app.clone(), listeners.main, ListenerRole::Main)),
-    ];
+    ]);
     if let Some(admin) = listeners.admin {
         tasks.push(tokio::spawn(http::serve(
             app.clone(),
@@ -227,6 +261,7 @@ pub async fn spawn(config: RelayConfig, listeners: Listeners) -> anyhow::Result<
         app,
         upstream_shutdown,
         tasks,
+        cluster_lease,
     })
 }
 

@@ -93,6 +93,7 @@ pub fn register() {
         let _ = metrics::counter!(HANDSHAKES_REJECTED_TOTAL, "reason" => reason);
     }
     let _ = metrics::histogram!(LATENCY_SECONDS);
+    crate::node::register_metrics();
 }
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();

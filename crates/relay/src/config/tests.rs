@@ -98,7 +98,8 @@ fn the_shipped_file_shows_every_key_of_every_section() {
     let mut all = defaults();
     all.security.tokens = parsed.security.tokens.clone();
     all.security.tls = parsed.security.tls.clone();
-    assert!(!all.security.tokens.is_empty() && all.security.tls.is_some());
+    all.cluster = parsed.cluster.clone();
+    assert!(!all.security.tokens.is_empty() && all.security.tls.is_some() && all.cluster.is_some());
     let mut in_structs = BTreeSet::new();
     leaf_keys(&serde_json::to_value(&all).unwrap(), "", &mut in_structs);
 

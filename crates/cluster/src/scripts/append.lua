@@ -1,0 +1,30 @@
+-- Appends a batch of events to the stream, only for the current lease holder (the fence).
+-- KEYS: lease, stream, seq, snapshots, state.
+-- ARGV: token, maxlen, epoch, n, then per entry: op, arg, nfields, fields (body last).
+--   op "snap": arg is the market; its book snapshot (the body) is stored with the entry's seq/id.
+--   op "stale": arg is markets joined by newlines; their stored snapshots are dropped.
+--   op "state": arg is the upstream state; stored for late joiners.
+-- Returns {last seq, last id}.
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return redis.error_reply('FENCED the lease is not held with this token')
+end
+local maxlen, epoch, n = ARGV[2], ARGV[3], tonumber(ARGV[4])
+local i = 5
+local seq, id = 0, ''
+for _ = 1, n do
+  local op, arg, nf = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+  i = i + 3
+  seq = redis.call('INCR', KEYS[3])
+  local args = {'XADD', KEYS[2], 'MAXLEN', '~', maxlen, '*', 'n', seq, 'e', epoch}
+  for f = 0, nf - 1 do args[#args + 1] = ARGV[i + f] end
+  id = redis.call(unpack(args))
+  if op == 'snap' then
+    redis.call('HSET', KEYS[4], arg, seq .. ' ' .. id .. ' ' .. ARGV[i + nf - 1])
+  elseif op == 'stale' then
+    for market in string.gmatch(arg, '[^\n]+') do redis.call('HDEL', KEYS[4], market) end
+  elseif op == 'state' then
+    redis.call('SET', KEYS[5], arg)
+  end
+  i = i + nf
+end
+return {seq, id}

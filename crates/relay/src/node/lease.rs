@@ -1,0 +1,163 @@
+//! Leading: take the lease when it is free, and while it is held run the upstream session,
+//! write its events to the stream ([`super::writer`]) and subscribe the union of every node's
+//! wanted topics.
+//!
+//! The lease is renewed every third of its length. The leader trusts it only until the moment
+//! its last successful renewal was *sent* plus the lease, less a tenth: Redis's expiry comes
+//! later than that, so a leader cut off from Redis closes its session before anyone else can
+//! take the lease, without waiting for Redis to answer. Two sessions can overlap only while an
+//! old leader cannot run at all (a paused process, a frozen machine); the stream's fence keeps
+//! such a leader from writing when it wakes, and it closes its session then.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cluster::{Acquire, Token};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::writer::{self, Ending};
+use super::{Ctx, FAILOVERS_TOTAL, LEASE_RENEW_FAILURES_TOTAL};
+
+/// After a leader announces its session's end, followers try for the lease this often.
+const HANDOFF_POLL: Duration = Duration::from_millis(50);
+
+pub async fn run(ctx: Arc<Ctx>) {
+    let shutdown = ctx.app.shutdown.clone();
+    let lease = ctx.config.lease();
+    let mut failures: u32 = 0;
+    let mut wait = Duration::ZERO;
+    // Until then, poll fast: the leader said it is stepping down.
+    let mut fast_until: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            () = tokio::time::sleep(wait) => {}
+            () = ctx.handoff.notified() => {
+                fast_until = Some(Instant::now() + lease / 3);
+            }
+        }
+        let fast = fast_until.is_some_and(|t| Instant::now() < t);
+        match ctx.store.acquire(&ctx.status.node_id, lease).await {
+            Ok(Acquire::Taken(token)) => {
+                failures = 0;
+                fast_until = None;
+                lead(&ctx, token).await;
+                wait = Duration::ZERO;
+            }
+            Ok(Acquire::Held { holder, ttl }) => {
+                failures = 0;
+                ctx.status.set_leader(Some(&holder), false);
+                // Try again when it would lapse, and at least every third of a lease.
+                wait = if fast {
+                    HANDOFF_POLL
+                } else {
+                    (ttl + Duration::from_millis(5)).min(lease / 3)
+                };
+            }
+            Err(e) => {
+                failures += 1;
+                ctx.status.redis_failed(&e);
+                wait = super::backoff(failures);
+            }
+        }
+    }
+}
+
+/// Leads until the lease is lost or the relay stops.
+async fn lead(ctx: &Arc<Ctx>, token: Token) {
+    let lease = ctx.config.lease();
+    let margin = (lease / 10).max(Duration::from_millis(50));
+    // Sent just before the acquisition: the lease lasts at least this long from here.
+    let mut valid_until = Instant::now() + lease - margin;
+    info!(
+        epoch = token.epoch,
+        "this node leads: taking the upstream session"
+    );
+    ctx.status.set_leader(Some(&token), true);
+    metrics::counter!(FAILOVERS_TOTAL).increment(1);
+
+    let session_stop = CancellationToken::new();
+    let (upstream, events) =
+        match upstream::spawn(ctx.app.config.upstream.clone(), session_stop.clone()) {
+            Ok(pair) => pair,
+            Err(e) => {
+                // Validated at start: unreachable in practice.
+                warn!(error = %e, "upstream did not start; giving the lease up");
+                let _ = ctx.store.release(&token).await;
+                ctx.status.set_leader(None, false);
+                return;
+            }
+        };
+    let writer_stop = CancellationToken::new();
+    let mut writer = tokio::spawn(writer::run(
+        ctx.clone(),
+        token.clone(),
+        events,
+        upstream.clone(),
+        writer_stop.clone(),
+    ));
+    let shutdown = ctx.app.shutdown.clone();
+    let mut renew = tokio::time::interval(lease / 3);
+    renew.reset();
+    let ending = loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break Ending::Shutdown,
+            () = tokio::time::sleep_until(valid_until) => {
+                warn!("lease not renewed in time; closing the upstream session");
+                break Ending::Lost;
+            }
+            _ = &mut writer => {
+                warn!("fenced: the stream refused a write; closing the upstream session");
+                break Ending::Lost;
+            }
+            _ = renew.tick() => {
+                let sent = Instant::now();
+                let remaining = valid_until.saturating_duration_since(sent);
+                match tokio::time::timeout(remaining, ctx.store.renew(&token, lease)).await {
+                    Ok(Ok(true)) => {
+                        metrics::gauge!(super::REDIS_RTT_SECONDS).set(sent.elapsed().as_secs_f64());
+                        valid_until = sent + lease - margin;
+                    }
+                    Ok(Ok(false)) => {
+                        warn!("fenced: the lease is gone; closing the upstream session");
+                        break Ending::Lost;
+                    }
+                    Ok(Err(e)) => {
+                        metrics::counter!(LEASE_RENEW_FAILURES_TOTAL).increment(1);
+                        warn!(error = %e, "lease renewal failed");
+                    }
+                    Err(_) => {
+                        metrics::counter!(LEASE_RENEW_FAILURES_TOTAL).increment(1);
+                    }
+                }
+            }
+        }
+    };
+    ctx.status.set_leader(None, false);
+    match ending {
+        Ending::Lost => {
+            // Nothing more may be written: stop the writer first, then the session.
+            writer_stop.cancel();
+            writer.abort();
+            session_stop.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(3), upstream.closed()).await;
+        }
+        Ending::Shutdown => {
+            // A clean handoff: close the session, let the writer put its last events (the
+            // `shutdown` state that tells followers to take over) in the stream, then release.
+            session_stop.cancel();
+            let budget = Duration::from_secs(2);
+            let _ = tokio::time::timeout(budget, upstream.closed()).await;
+            if tokio::time::timeout(budget, &mut writer).await.is_err() {
+                writer.abort();
+            }
+            match ctx.store.release(&token).await {
+                Ok(true) => info!("lease released for the next leader"),
+                Ok(false) => warn!("the lease had already lapsed"),
+                Err(e) => warn!(error = %e, "lease not released; it lapses by itself"),
+            }
+        }
+    }
+}

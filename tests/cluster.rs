@@ -1,0 +1,440 @@
+//! Cluster mode end to end: three relay processes, a real `redis-server`, the simulator, and a
+//! client on every node. The faults: kill -9 the leader, SIGSTOP it past its lease, restart
+//! Redis, SIGTERM the leader. Every wait polls with a deadline.
+
+mod common;
+
+use std::io::BufRead;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cluster::testing::RedisServer;
+use common::{http_get, subscribe, Client};
+use exchange_sim::{Sim, SimConfig};
+use serde_json::Value;
+use tokio::time::Instant;
+
+/// The lease in these tests (the default is 5 s): failover is due within it plus 3 s.
+const LEASE_SECONDS: f64 = 2.0;
+const DEADLINE: Duration = Duration::from_secs(30);
+
+/// One test at a time: each runs four processes on a two-core machine.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+struct Node {
+    child: Child,
+    id: String,
+    addr: SocketAddr,
+    url: String,
+}
+
+impl Node {
+    fn spawn(id: &str, redis: &str, upstream: &str) -> Node {
+        let log = log_path(id);
+        let stderr = std::fs::File::create(&log).unwrap();
+        let lease = LEASE_SECONDS.to_string();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_relay"))
+            .args(["--listen", "127.0.0.1:0", "--upstream-url", upstream])
+            .envs([
+                ("RELAY__CLUSTER__REDIS_URL", redis),
+                ("RELAY__CLUSTER__NODE_ID", id),
+                ("RELAY__CLUSTER__LEASE_SECONDS", lease.as_str()),
+                ("RELAY__UPSTREAM__BACKOFF_BASE_SECONDS", "0.1"),
+                ("RELAY__UPSTREAM__BACKOFF_CAP_SECONDS", "0.5"),
+                ("RELAY__UPSTREAM__CLOSE_TIMEOUT_SECONDS", "1"),
+                ("RELAY__FANOUT__LINGER_SECONDS", "0"),
+                ("RELAY__DOWNSTREAM__SHUTDOWN_DRAIN_SECONDS", "2"),
+                ("RELAY__WARM_PRIVATE_CHANNELS", "false"),
+                ("RUST_LOG", "info"),
+            ])
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("the relay binary starts");
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let ready = lines
+            .next()
+            .and_then(Result::ok)
+            .unwrap_or_else(|| panic!("{id} printed no ready line (see {})", log.display()));
+        std::thread::spawn(move || for _ in lines {});
+        let url = ready
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("ws="))
+            .expect("ws= in the ready line")
+            .to_owned();
+        let addr = url
+            .trim_start_matches("ws://")
+            .split('/')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        Node {
+            child,
+            id: id.to_owned(),
+            addr,
+            url,
+        }
+    }
+
+    async fn status(&self) -> Value {
+        let (code, body) = http_get(self.addr, "/status").await;
+        assert_eq!(code, 200, "{}: /status {body}", self.id);
+        serde_json::from_str(&body).unwrap()
+    }
+
+    fn signal(&self, name: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{name} {}", self.id);
+    }
+
+    fn exited(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_some()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn log_path(id: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    dir.join(format!("cluster-{id}-{}.log", std::process::id()))
+}
+
+/// Three nodes, the simulator, Redis, and a client per node holding `BOOKS` books.
+struct Cluster {
+    sim: Sim,
+    redis: RedisServer,
+    nodes: Vec<Node>,
+    clients: Vec<Client>,
+    markets: Vec<String>,
+    /// The most exchange sessions the simulator had open at once.
+    max_sessions: Arc<AtomicUsize>,
+    watching: Arc<AtomicBool>,
+}
+
+const BOOKS: usize = 3;
+
+impl Cluster {
+    async fn start() -> Cluster {
+        let sim = common::sim(SimConfig {
+            markets: 6,
+            rate: 150.0,
+            seed: 15,
+            ping_interval: Duration::from_millis(500),
+            ..Default::default()
+        })
+        .await;
+        let redis = RedisServer::start();
+        let nodes: Vec<Node> = ["n1", "n2", "n3"]
+            .iter()
+            .map(|id| Node::spawn(id, &redis.url(), &sim.ws_url()))
+            .collect();
+        let markets: Vec<String> = sim.markets().into_iter().take(BOOKS).collect();
+        let mut clients = Vec::new();
+        for node in &nodes {
+            let mut c = Client::connect(&node.url).await;
+            c.send(subscribe(1, &["orderbook_delta"], &markets)).await;
+            clients.push(c);
+        }
+        for c in &mut clients {
+            c.until("every book's snapshot", |c| c.books.len() == BOOKS)
+                .await;
+        }
+        let max_sessions = Arc::new(AtomicUsize::new(0));
+        let watching = Arc::new(AtomicBool::new(true));
+        let cluster = Cluster {
+            sim,
+            redis,
+            nodes,
+            clients,
+            markets,
+            max_sessions,
+            watching,
+        };
+        cluster.watch_sessions();
+        cluster
+    }
+
+    /// Samples the simulator's open sessions every 5 ms until the test ends.
+    fn watch_sessions(&self) {
+        let (max, watching) = (self.max_sessions.clone(), self.watching.clone());
+        let admin = self.sim.admin_addr();
+        tokio::spawn(async move {
+            while watching.load(Ordering::Relaxed) {
+                let (_, body) = http_get(admin, "/admin/stats").await;
+                if let Ok(stats) = serde_json::from_str::<Value>(&body) {
+                    let open = stats["connections"].as_u64().unwrap_or(0) as usize;
+                    max.fetch_max(open, Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+    }
+
+    fn sessions(&self) -> usize {
+        self.sim.stats().connections
+    }
+
+    /// The node every live node names as leader, once they agree and it says so itself.
+    async fn leader(&self, except: &[usize]) -> usize {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let mut leaders = Vec::new();
+            let mut named = Vec::new();
+            for (i, node) in self.nodes.iter().enumerate() {
+                if except.contains(&i) {
+                    continue;
+                }
+                let status = node.status().await;
+                if status["cluster"]["role"] == "leader" {
+                    leaders.push(i);
+                }
+                named.push(status["cluster"]["leader"].as_str().map(str::to_owned));
+            }
+            if let [one] = leaders[..] {
+                if named
+                    .iter()
+                    .all(|n| n.as_deref() == Some(&self.nodes[one].id))
+                {
+                    return one;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no single leader: {leaders:?} named {named:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until every client in `which` has had a fresh snapshot of every book since
+    /// `before` (their snapshot counts then); returns when the last one had.
+    async fn fresh_snapshots(&mut self, which: &[usize], before: &[u64]) -> Instant {
+        let deadline = Instant::now() + DEADLINE;
+        let want = |c: &Client, i: usize| c.snapshots >= before[i] + BOOKS as u64;
+        loop {
+            let pending: Vec<usize> = which
+                .iter()
+                .copied()
+                .filter(|&i| !want(&self.clients[i], i))
+                .collect();
+            if pending.is_empty() {
+                return Instant::now();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "clients {pending:?} never got fresh snapshots"
+            );
+            for i in pending {
+                self.clients[i].step(Duration::from_millis(5)).await;
+            }
+        }
+    }
+
+    /// Pauses the simulator and waits until every client in `which` holds its true books.
+    async fn converge(&mut self, which: &[usize]) {
+        self.sim.pause();
+        for &i in which {
+            let (sim, markets) = (&self.sim, &self.markets);
+            self.clients[i].converge(sim, markets).await;
+        }
+        self.sim.resume();
+    }
+
+    fn snapshot_counts(&self) -> Vec<u64> {
+        self.clients.iter().map(|c| c.snapshots).collect()
+    }
+
+    /// Keeps every client reading (the relays must not see them as slow) for `d`.
+    async fn read_for(&mut self, d: Duration) {
+        let end = Instant::now() + d;
+        while Instant::now() < end {
+            for c in &mut self.clients {
+                c.step(Duration::from_millis(2)).await;
+            }
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.watching.store(false, Ordering::Relaxed);
+    }
+}
+
+fn others(n: usize, except: usize) -> Vec<usize> {
+    (0..n).filter(|&i| i != except).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_on_the_leader_fails_over_within_the_lease_and_3_s_and_books_stay_true() {
+    let _serial = SERIAL.lock().await;
+    let mut c = Cluster::start().await;
+    let leader = c.leader(&[]).await;
+    c.converge(&[0, 1, 2]).await;
+    assert_eq!(c.sessions(), 1, "one exchange session for the cluster");
+
+    let before = c.snapshot_counts();
+    let killed = Instant::now();
+    c.nodes[leader].child.kill().unwrap();
+    let survivors = others(3, leader);
+    let flowing = c.fresh_snapshots(&survivors, &before).await;
+    let failover = flowing - killed;
+    println!("failover after kill -9: {failover:?} (lease {LEASE_SECONDS} s)");
+    assert!(
+        failover <= Duration::from_secs_f64(LEASE_SECONDS + 3.0),
+        "data flowing again after {failover:?}"
+    );
+    let new_leader = c.leader(&[leader]).await;
+    assert_ne!(new_leader, leader);
+    c.converge(&survivors).await;
+    assert_eq!(c.sessions(), 1);
+    assert_eq!(
+        c.max_sessions.load(Ordering::Relaxed),
+        1,
+        "the simulator saw two sessions at once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_paused_past_its_lease_finds_itself_fenced_writes_nothing_and_closes_its_session()
+{
+    let _serial = SERIAL.lock().await;
+    let mut c = Cluster::start().await;
+    let leader = c.leader(&[]).await;
+    let old_epoch = c.nodes[leader].status().await["cluster"]["epoch"]
+        .as_u64()
+        .unwrap();
+    let before = c.snapshot_counts();
+    c.nodes[leader].signal("STOP");
+    let survivors = others(3, leader);
+    c.fresh_snapshots(&survivors, &before).await;
+    let new_leader = c.leader(&[leader]).await;
+    // The paused process still holds its TCP session: the documented overlap.
+    assert_eq!(c.sessions(), 2);
+
+    c.nodes[leader].signal("CONT");
+    let resumed = Instant::now();
+    let deadline = resumed + DEADLINE;
+    while c.sessions() != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the fenced leader kept its session"
+        );
+        c.read_for(Duration::from_millis(10)).await;
+    }
+    println!(
+        "fenced leader closed its session {:?} after SIGCONT",
+        resumed.elapsed()
+    );
+    assert!(resumed.elapsed() < Duration::from_secs(3));
+    let status = c.nodes[leader].status().await;
+    assert_eq!(status["cluster"]["role"], "follower", "{status}");
+    assert_eq!(c.leader(&[]).await, new_leader);
+
+    // Nothing of the old epoch after the new one's first entry.
+    let store = cluster::Store::open(&c.redis.url(), Duration::from_millis(100)).unwrap();
+    let mut epochs = Vec::new();
+    let mut after = "0-0".to_owned();
+    loop {
+        let batch = store.read(&after, 1000).await.unwrap();
+        let Some(last) = batch.last() else { break };
+        after = last.id.clone();
+        epochs.extend(batch.iter().map(|r| r.epoch));
+    }
+    let first_new = epochs
+        .iter()
+        .position(|&e| e > old_epoch)
+        .expect("the new leader wrote");
+    assert!(
+        epochs[first_new..].iter().all(|&e| e > old_epoch),
+        "the fenced leader wrote after its successor"
+    );
+    c.converge(&[0, 1, 2]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_reports_a_redis_outage_and_recovers_by_itself_when_redis_returns() {
+    let _serial = SERIAL.lock().await;
+    let mut c = Cluster::start().await;
+    c.leader(&[]).await;
+    c.redis.kill();
+    for i in 0..3 {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let (code, body) = http_get(c.nodes[i].addr, "/readyz").await;
+            if code == 503 && body.contains("redis unavailable") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "node {i} /readyz {code} {body}");
+            c.read_for(Duration::from_millis(20)).await;
+        }
+    }
+    let before = c.snapshot_counts();
+    c.redis = RedisServer::start_on(c.redis.port);
+    c.fresh_snapshots(&[0, 1, 2], &before).await;
+    for node in &c.nodes {
+        common::await_ready(node.addr, 200).await;
+    }
+    c.leader(&[]).await;
+    c.converge(&[0, 1, 2]).await;
+    for (i, client) in c.clients.iter().enumerate() {
+        assert!(client.ended.is_none(), "client {i} lost its connection");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_on_the_leader_hands_the_session_off_within_2_s() {
+    let _serial = SERIAL.lock().await;
+    let mut c = Cluster::start().await;
+    let leader = c.leader(&[]).await;
+    let before = c.snapshot_counts();
+    let stopped = Instant::now();
+    c.nodes[leader].signal("TERM");
+    let survivors = others(3, leader);
+    let flowing = c.fresh_snapshots(&survivors, &before).await;
+    let handoff = flowing - stopped;
+    println!("handoff after SIGTERM: {handoff:?}");
+    assert!(
+        handoff <= Duration::from_secs(2),
+        "handoff took {handoff:?}"
+    );
+    assert_eq!(
+        c.clients[leader].ended().await,
+        common::Ended::Close(1012, "service restart".into())
+    );
+    let deadline = Instant::now() + DEADLINE;
+    while !c.nodes[leader].exited() {
+        assert!(Instant::now() < deadline, "the stopped node never exited");
+        c.read_for(Duration::from_millis(20)).await;
+    }
+    c.leader(&[leader]).await;
+    c.converge(&survivors).await;
+    assert_eq!(c.sessions(), 1);
+
+    // A late joiner in its place starts from the books stored in Redis and the stream after
+    // them: its client's books come out true too.
+    c.read_for(Duration::from_millis(1500)).await;
+    c.nodes[leader] = Node::spawn("n4", &c.redis.url(), &c.sim.ws_url());
+    let mut late = Client::connect(&c.nodes[leader].url).await;
+    late.send(subscribe(1, &["orderbook_delta"], &c.markets))
+        .await;
+    late.until("every book's snapshot", |l| l.books.len() == BOOKS)
+        .await;
+    c.clients[leader] = late;
+    c.converge(&[0, 1, 2]).await;
+    assert_eq!(c.sessions(), 1, "the late joiner did not open a session");
+}
