@@ -49,7 +49,7 @@ pub struct RelayProc {
 impl RelayProc {
     /// Spawns the relay and waits for its `relay ready` line (retrying while the port is still
     /// held by the previous process). Its stderr is appended to `log`.
-    pub fn spawn(addr: SocketAddr, upstream_url: &str, log: &Path) -> RelayProc {
+    pub fn spawn(addr: SocketAddr, upstream_url: &str, rest_url: &str, log: &Path) -> RelayProc {
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         loop {
             let err = std::fs::OpenOptions::new()
@@ -65,6 +65,8 @@ impl RelayProc {
                     upstream_url,
                 ])
                 .envs(ENV.iter().copied())
+                // The simulator's REST API, for the relay's backfills.
+                .env("RELAY__UPSTREAM__REST__BASE_URL", rest_url)
                 .env(
                     "RUST_LOG",
                     std::env::var("SOAK_RELAY_LOG").unwrap_or_else(|_| "info".into()),
