@@ -33,7 +33,7 @@ struct Node {
 }
 
 impl Node {
-    fn spawn(id: &str, redis: &str, upstream: &str) -> Node {
+    fn spawn(id: &str, redis: &str, upstream: &str, rest: &str) -> Node {
         let log = log_path(id);
         let stderr = std::fs::File::create(&log).unwrap();
         let lease = LEASE_SECONDS.to_string();
@@ -41,6 +41,7 @@ impl Node {
             .args(["--listen", "127.0.0.1:0", "--upstream-url", upstream])
             .envs([
                 ("RELAY__CLUSTER__REDIS_URL", redis),
+                ("RELAY__UPSTREAM__REST__BASE_URL", rest),
                 ("RELAY__CLUSTER__NODE_ID", id),
                 ("RELAY__CLUSTER__LEASE_SECONDS", lease.as_str()),
                 ("RELAY__UPSTREAM__BACKOFF_BASE_SECONDS", "0.1"),
@@ -140,7 +141,7 @@ impl Cluster {
         let redis = RedisServer::start();
         let nodes: Vec<Node> = ["n1", "n2", "n3"]
             .iter()
-            .map(|id| Node::spawn(id, &redis.url(), &sim.ws_url()))
+            .map(|id| Node::spawn(id, &redis.url(), &sim.ws_url(), &sim.rest_url()))
             .collect();
         let markets: Vec<String> = sim.markets().into_iter().take(BOOKS).collect();
         let mut clients = Vec::new();
@@ -309,6 +310,63 @@ async fn kill_9_on_the_leader_fails_over_within_the_lease_and_3_s_and_books_stay
     );
 }
 
+/// A private subscriber on a surviving node keeps every fill through a failover: the new leader
+/// backfills, over REST, what the account did between the old leader's last entry and its own
+/// first (fills made in that gap by a burst), leaving out those already relayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fills_made_during_a_failover_reach_private_subscribers_once_in_order() {
+    let _serial = SERIAL.lock().await;
+    let mut c = Cluster::start().await;
+    let leader = c.leader(&[]).await;
+    let node = others(3, leader)[0];
+    let mut private = Client::connect(&c.nodes[node].url).await;
+    private
+        .send(serde_json::json!({"id": 1, "cmd": "subscribe", "params": {"channels": ["fill"]}}))
+        .await;
+    let mut fills: Vec<String> = Vec::new();
+    let read = async |private: &mut Client, fills: &mut Vec<String>, until: usize| {
+        let deadline = Instant::now() + DEADLINE;
+        while fills.len() < until {
+            assert!(
+                Instant::now() < deadline,
+                "{} of {until} fills",
+                fills.len()
+            );
+            if let Some(f) = private.step(Duration::from_millis(50)).await {
+                if f["type"] == "fill" {
+                    fills.push(f["msg"]["trade_id"].as_str().unwrap().to_owned());
+                }
+            }
+            assert_eq!(private.ended, None, "the private subscriber was closed");
+        }
+    };
+    read(&mut private, &mut fills, 3).await;
+    c.nodes[leader].child.kill().unwrap();
+    c.sim.fault(exchange_sim::Fault::Burst { count: 2000 });
+    let new_leader = c.leader(&[leader]).await;
+    assert_ne!(new_leader, leader);
+    let have = fills.len();
+    read(&mut private, &mut fills, have + 3).await;
+    c.sim.pause();
+    let (_, body) = http_get(c.sim.admin_addr(), "/admin/fills").await;
+    let truth: Vec<String> = serde_json::from_str::<Value>(&body).unwrap()["fills"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["trade_id"].as_str().unwrap().to_owned())
+        .collect();
+    let start = truth.iter().position(|t| *t == fills[0]).unwrap();
+    let want = truth[start..].to_vec();
+    read(&mut private, &mut fills, want.len()).await;
+    let extra = private.step(Duration::from_millis(300)).await;
+    assert!(
+        extra.as_ref().is_none_or(|f| f["type"] != "fill"),
+        "a fill too many: {extra:?}"
+    );
+    assert_eq!(fills, want, "every fill, once, in exchange order");
+    c.sim.resume();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_paused_past_its_lease_finds_itself_fenced_writes_nothing_and_closes_its_session()
 {
@@ -428,7 +486,7 @@ async fn sigterm_on_the_leader_hands_the_session_off_within_2_s() {
     // A late joiner in its place starts from the books stored in Redis and the stream after
     // them: its client's books come out true too.
     c.read_for(Duration::from_millis(1500)).await;
-    c.nodes[leader] = Node::spawn("n4", &c.redis.url(), &c.sim.ws_url());
+    c.nodes[leader] = Node::spawn("n4", &c.redis.url(), &c.sim.ws_url(), &c.sim.rest_url());
     let mut late = Client::connect(&c.nodes[leader].url).await;
     late.send(subscribe(1, &["orderbook_delta"], &c.markets))
         .await;

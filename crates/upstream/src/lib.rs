@@ -74,7 +74,7 @@ use rand::SeedableRng;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-pub use backfill::{recover, Recovered};
+pub use backfill::{recover, Continuation, Recovered};
 pub use config::{
     ConfigError, Problem, UpstreamConfig, DEFAULT_BACKOFF_BASE_SECONDS,
     DEFAULT_BACKOFF_CAP_SECONDS, DEFAULT_BACKOFF_FACTOR, DEFAULT_CLOSE_TIMEOUT_SECONDS,
@@ -110,7 +110,7 @@ pub fn spawn(
     config: UpstreamConfig,
     shutdown: CancellationToken,
 ) -> Result<(Upstream, mpsc::Receiver<Event>), ConfigError> {
-    spawn_with_rng(config, shutdown, StdRng::from_entropy())
+    spawn_with_rng(config, shutdown, StdRng::from_entropy(), None)
 }
 
 /// [`spawn`] with the backoff jitter drawn from a seeded generator, for reproducible tests.
@@ -119,13 +119,24 @@ pub fn spawn_seeded(
     shutdown: CancellationToken,
     seed: u64,
 ) -> Result<(Upstream, mpsc::Receiver<Event>), ConfigError> {
-    spawn_with_rng(config, shutdown, StdRng::seed_from_u64(seed))
+    spawn_with_rng(config, shutdown, StdRng::seed_from_u64(seed), None)
+}
+
+/// [`spawn`] for a session that takes another's private stream over (with backfill on): what
+/// the private channels missed since `from.since` is fetched at its first `Subscribed`.
+pub fn spawn_continuing(
+    config: UpstreamConfig,
+    shutdown: CancellationToken,
+    from: Continuation,
+) -> Result<(Upstream, mpsc::Receiver<Event>), ConfigError> {
+    spawn_with_rng(config, shutdown, StdRng::from_entropy(), Some(from))
 }
 
 fn spawn_with_rng(
     config: UpstreamConfig,
     shutdown: CancellationToken,
     rng: StdRng,
+    continuing: Option<Continuation>,
 ) -> Result<(Upstream, mpsc::Receiver<Event>), ConfigError> {
     let settings = config.resolve()?;
     let rest = if config.backfill {
@@ -155,6 +166,7 @@ fn spawn_with_rng(
     let recovery = backfill::Recovery {
         rest: rest.clone(),
         overlap: std::time::Duration::from_secs_f64(config.backfill_overlap_seconds),
+        continuing,
     };
     tokio::spawn(tracing::Instrument::instrument(
         backfill::run(session_rx, events_tx, shared.clone(), recovery),

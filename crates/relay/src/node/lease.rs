@@ -79,17 +79,30 @@ async fn lead(ctx: &Arc<Ctx>, token: Token) {
     metrics::counter!(FAILOVERS_TOTAL).increment(1);
 
     let session_stop = CancellationToken::new();
-    let (upstream, events) =
-        match upstream::spawn(ctx.app.config.upstream.clone(), session_stop.clone()) {
-            Ok(pair) => pair,
-            Err(e) => {
-                // Validated at start: unreachable in practice.
-                warn!(error = %e, "upstream did not start; giving the lease up");
-                let _ = ctx.store.release(&token).await;
-                ctx.status.set_leader(None, false);
-                return;
-            }
+    let config = ctx.app.config.upstream.clone();
+    // A successor backfills what the private channels missed between the last leader's last
+    // entry and its own first: at most two leases (the old one running out, this one's
+    // acquisition) plus the overlap; fills this node already relayed are left out.
+    let spawned = if token.epoch > 1 && config.backfill {
+        let window = 2 * lease.as_secs().max(1) as i64;
+        let from = upstream::Continuation {
+            since: crate::app::now_ms() as i64 / 1000 - window,
+            delivered: ctx.app.history.lock().trade_ids(),
         };
+        upstream::spawn_continuing(config, session_stop.clone(), from)
+    } else {
+        upstream::spawn(config, session_stop.clone())
+    };
+    let (upstream, events) = match spawned {
+        Ok(pair) => pair,
+        Err(e) => {
+            // Validated at start: unreachable in practice.
+            warn!(error = %e, "upstream did not start; giving the lease up");
+            let _ = ctx.store.release(&token).await;
+            ctx.status.set_leader(None, false);
+            return;
+        }
+    };
     let writer_stop = CancellationToken::new();
     let mut writer = tokio::spawn(writer::run(
         ctx.clone(),

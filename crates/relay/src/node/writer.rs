@@ -48,7 +48,7 @@ pub async fn run(
     let (released_tx, mut released) = mpsc::unbounded_channel();
     let union = tokio::spawn(follow_union(ctx.clone(), upstream.clone(), released_tx));
     let _union = AbortOnDrop(union);
-    // The old session's books are gone with it; its private messages may be too.
+    // The old session's books are gone with it.
     let old = match ctx.store.take_over(&token).await {
         Ok(markets) => markets,
         Err(e) => {
@@ -60,7 +60,8 @@ pub async fn run(
     if !old.is_empty() {
         batch.push(Event::BookStale { markets: old });
     }
-    if token.epoch > 1 {
+    // A successor without backfill cannot know what the private channels missed meanwhile.
+    if token.epoch > 1 && !ctx.app.config.upstream.backfill {
         batch.extend(
             Channel::ALL
                 .into_iter()

@@ -70,7 +70,7 @@ impl Memo {
         }
     }
 
-    fn remember(&mut self, trade_id: &str) {
+    pub fn remember(&mut self, trade_id: &str) {
         if self.recent_set.insert(trade_id.to_owned()) {
             self.recent.push_back(trade_id.to_owned());
             if self.recent.len() > RECENT_FILLS {

@@ -39,6 +39,18 @@ const MAX_HELD: usize = 100_000;
 pub(crate) struct Recovery {
     pub rest: Option<RestClient>,
     pub overlap: Duration,
+    /// A session taking over another's stream: its first `Subscribed` backfills from here.
+    pub continuing: Option<Continuation>,
+}
+
+/// Where a new session takes the private stream over from another that ended (a cluster
+/// leader's successor): the fills since `since` (Unix s) not among `delivered` are fetched as
+/// after an outage, before any live one.
+#[derive(Clone, Debug, Default)]
+pub struct Continuation {
+    pub since: i64,
+    /// Trade ids the owner's stream already carried (recent ones suffice: `since` bounds it).
+    pub delivered: Vec<String>,
 }
 
 /// Runs the stage until `input` ends, then ends `output`.
@@ -48,15 +60,24 @@ pub(crate) async fn run(
     shared: Arc<Shared>,
     recovery: Recovery,
 ) {
+    let mut memo = Memo::default();
+    let mut outage_from = None;
+    if let (Some(c), Some(_)) = (&recovery.continuing, &recovery.rest) {
+        // Held from the start: what comes live waits for what the predecessor missed.
+        for id in &c.delivered {
+            memo.remember(id);
+        }
+        outage_from = Some(c.since);
+    }
     let mut stage = Stage {
         output,
         shared,
         recovery,
         up: false,
         last_data_s: now_s(),
-        outage_from: None,
+        outage_from,
         held: Vec::new(),
-        memo: Memo::default(),
+        memo,
         task: None,
     };
     loop {
@@ -200,7 +221,16 @@ impl Stage {
     }
 
     fn start(&mut self) {
-        let channels = self.wanted_private();
+        // A successor's owner may not have asked for its private channels yet when the session
+        // first subscribes: it recovers them all (nobody wanting them costs nothing).
+        let channels = if self.recovery.continuing.take().is_some() {
+            Channel::ALL
+                .into_iter()
+                .filter(|c| c.is_private())
+                .collect()
+        } else {
+            self.wanted_private()
+        };
         let (Some(rest), Some(from)) = (self.recovery.rest.clone(), self.outage_from) else {
             return;
         };
