@@ -35,7 +35,7 @@ fn with_tokens(c: &mut RelayConfig) {
         },
     ];
     c.security.allowed_origins = vec!["https://*.example.com".into()];
-    c.security.auth_timeout_seconds = 1;
+    c.security.auth_timeout_seconds = settings::Seconds::from_secs(1);
 }
 
 /// The handshake's HTTP status (101 when it upgrades) with extra headers and a URL suffix.
@@ -255,7 +255,10 @@ async fn connection_caps_and_rate_answer_503_with_retry_after() {
         ..SimConfig::default()
     })
     .await;
-    let relay = relay(&sim, |c| c.security.max_connections_per_ip = 3).await;
+    let relay = relay(&sim, |c| {
+        c.security.max_connections_per_ip = std::num::NonZeroUsize::new(3).unwrap()
+    })
+    .await;
     let mut held = Vec::new();
     for _ in 0..3 {
         held.push(Client::connect(&relay.ws_url()).await);
@@ -525,9 +528,9 @@ async fn when_the_upstream_gives_up_clients_are_told_and_readyz_says_so() {
     })
     .await;
     let relay = relay(&sim, |c| {
-        c.upstream.max_consecutive_failures = 2;
-        c.upstream.backoff_base_seconds = 0.05;
-        c.upstream.backoff_cap_seconds = 0.2;
+        c.upstream.max_consecutive_failures = std::num::NonZeroU32::new(2).unwrap();
+        c.upstream.backoff_base_seconds = settings::Seconds::from_secs_f64(0.05);
+        c.upstream.backoff_cap_seconds = settings::Seconds::from_secs_f64(0.2);
     })
     .await;
     await_ready(relay.addr, 200).await;
@@ -579,3 +582,4 @@ fn the_relay_refuses_to_start_exposed_without_tokens() {
         "{stderr}"
     );
 }
+

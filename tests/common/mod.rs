@@ -32,7 +32,7 @@ pub async fn relay(
     tweak: impl FnOnce(&mut relay::config::RelayConfig),
 ) -> relay::RelayHandle {
     let mut config = relay::config::RelayConfig::with_upstream(&sim.ws_url());
-    config.fanout.linger_seconds = 0;
+    config.fanout.linger_seconds = settings::SecondsOrZero::from_secs(0);
     tweak(&mut config);
     config.validate().expect("a valid test configuration");
     let listeners = relay::Listeners::bind("127.0.0.1:0".parse().unwrap(), None)

@@ -2,32 +2,40 @@
 //!
 //! Precedence: built-in defaults < `configs/relay.toml` (or `--config FILE`) < environment <
 //! flags. Any key can be set from the environment as `RELAY__SECTION__KEY` (double underscores
-//! between levels, the value read as TOML, else as a string): `RELAY__UPSTREAM__URL=wss://...`,
-//! `RELAY__DOWNSTREAM__PING_INTERVAL_SECONDS=15`. Credentials have their usual names:
+//! between levels, the value read as TOML, and as the text itself where that is not TOML or the
+//! key wants a string): `RELAY__UPSTREAM__URL=wss://...`,
+//! `RELAY__DOWNSTREAM__PING_INTERVAL_SECONDS=15`, `RELAY__UPSTREAM__KEY_ID=12345`. Credentials have their usual names:
 //! `KALSHI_API_KEY_ID`, `KALSHI_PRIVATE_KEY_PATH`, `KALSHI_PRIVATE_KEY_PEM`.
+//!
+//! Every duration is a `<name>_seconds` key read into [`settings::Seconds`] (fractions allowed);
+//! counts that must not be zero are `NonZero*`. A renamed key keeps working under its old name
+//! (`RENAMED`), noted in [`Loaded::deprecated`].
 //!
 //! Loading parses everything, then validates everything, and reports every problem at once, each
 //! naming its dotted key: `downstream.pong_timeout_seconds = 0: must be > 0`.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use settings::{Problem, Problems, Renamed, Seconds, SecondsOrZero};
 
 /// The default config file, relative to the working directory.
 pub const DEFAULT_CONFIG_PATH: &str = "configs/relay.toml";
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
-const DEFAULT_PING_INTERVAL_SECONDS: u64 = 30;
-const DEFAULT_PONG_TIMEOUT_SECONDS: u64 = 10;
-const DEFAULT_WRITE_TIMEOUT_SECONDS: u64 = 10;
+const DEFAULT_PING_INTERVAL_SECONDS: Seconds = Seconds::from_secs(30);
+const DEFAULT_PONG_TIMEOUT_SECONDS: Seconds = Seconds::from_secs(10);
+const DEFAULT_WRITE_TIMEOUT_SECONDS: Seconds = Seconds::from_secs(10);
 const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024;
 const DEFAULT_WRITE_BUFFER_BYTES: usize = 16 * 1024;
 const DEFAULT_READ_BUFFER_BYTES: usize = 1024;
-const DEFAULT_SHUTDOWN_DRAIN_SECONDS: u64 = 10;
+const DEFAULT_SHUTDOWN_DRAIN_SECONDS: Seconds = Seconds::from_secs(10);
+/// The longest write-coalescing window: a second of added latency is already more than any
+/// client would accept.
+const MAX_COALESCE_WINDOW: Duration = Duration::from_secs(1);
 const DEFAULT_MAX_MARKETS_PER_CONNECTION: usize = 1_000;
 
 /// Everything the relay needs, composed from each crate's own config.
@@ -65,11 +73,12 @@ pub struct RelayConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct DownstreamConfig {
     /// Seconds between server pings to each client. Default 30.
-    pub ping_interval_seconds: u64,
-    /// Seconds a client has to send anything after a ping before it is closed. Default 10.
-    pub pong_timeout_seconds: u64,
+    pub ping_interval_seconds: Seconds,
+    /// Seconds a client has to send anything after a ping before it is closed; below
+    /// `ping_interval_seconds`. Default 10.
+    pub pong_timeout_seconds: Seconds,
     /// Seconds a write to a client may block before the client is closed. Default 10.
-    pub write_timeout_seconds: u64,
+    pub write_timeout_seconds: Seconds,
     /// Largest inbound message; larger closes with 1009. Default 65536.
     pub max_message_bytes: usize,
     /// Outgoing frames are gathered up to this many bytes before a write. Default 16384.
@@ -77,7 +86,7 @@ pub struct DownstreamConfig {
     /// Initial read buffer per connection (it grows for a larger message). Default 1024.
     pub read_buffer_bytes: usize,
     /// Seconds to wait for clients to take their close frames on shutdown. Default 10.
-    pub shutdown_drain_seconds: u64,
+    pub shutdown_drain_seconds: Seconds,
     /// A second `subscribe` on a channel the client holds: `"merge"` (markets added, `ok`) or
     /// `"error"` (error 6, as older exchange servers). Default `"merge"`.
     pub duplicate_subscribe: DuplicateSubscribe,
@@ -88,10 +97,11 @@ pub struct DownstreamConfig {
     /// `net.ipv4.tcp_wmem`'s maximum, 4 MiB here, per slow client). A cap bounds kernel memory
     /// per client and makes a stalled client show as lagged sooner. Default: unset.
     pub socket_send_buffer_bytes: Option<usize>,
-    /// Write coalescing: market data is held for up to this many milliseconds from its first
-    /// message, then published together, so every client writes the window's frames in one
-    /// socket write (latency grows by up to the window). 0 turns it off. Default 0.
-    pub coalesce_window_ms: u64,
+    /// Write coalescing: market data is held for up to this many seconds (at most 1) from its
+    /// first message, then published together, so every client writes the window's frames in one
+    /// socket write (latency grows by up to the window). 0 turns it off. Default 0. Formerly
+    /// `coalesce_window_ms`, still read (in milliseconds) with a warning.
+    pub coalesce_window_seconds: SecondsOrZero,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -114,26 +124,27 @@ impl Default for DownstreamConfig {
             duplicate_subscribe: DuplicateSubscribe::Merge,
             max_markets_per_connection: DEFAULT_MAX_MARKETS_PER_CONNECTION,
             socket_send_buffer_bytes: None,
-            coalesce_window_ms: 0,
+            coalesce_window_seconds: SecondsOrZero::from_secs(0),
         }
     }
 }
 
 impl DownstreamConfig {
     pub fn ping_interval(&self) -> Duration {
-        Duration::from_secs(self.ping_interval_seconds)
+        self.ping_interval_seconds.get()
     }
     pub fn pong_timeout(&self) -> Duration {
-        Duration::from_secs(self.pong_timeout_seconds)
+        self.pong_timeout_seconds.get()
     }
     pub fn write_timeout(&self) -> Duration {
-        Duration::from_secs(self.write_timeout_seconds)
+        self.write_timeout_seconds.get()
     }
+    /// The write-coalescing window, `None` when off.
     pub fn coalesce_window(&self) -> Option<Duration> {
-        (self.coalesce_window_ms > 0).then(|| Duration::from_millis(self.coalesce_window_ms))
+        self.coalesce_window_seconds.nonzero()
     }
     pub fn shutdown_drain(&self) -> Duration {
-        Duration::from_secs(self.shutdown_drain_seconds)
+        self.shutdown_drain_seconds.get()
     }
 
     /// What a client may do, before any token narrows it.
@@ -174,22 +185,6 @@ fn default_listen() -> SocketAddr {
     DEFAULT_LISTEN.parse().expect("the default address parses")
 }
 
-/// Every problem found, each naming its key.
-#[derive(Debug)]
-pub struct ConfigErrors(pub Vec<String>);
-
-impl fmt::Display for ConfigErrors {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "invalid configuration:")?;
-        for e in &self.0 {
-            writeln!(f, "  {e}")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for ConfigErrors {}
-
 /// Values given on the command line; they win over the file and the environment.
 #[derive(Debug, Default, Clone)]
 pub struct Overrides {
@@ -206,6 +201,24 @@ pub enum Source {
     DefaultIfPresent,
 }
 
+/// Keys that got a new name. The old name keeps working, its value converted, and the binary
+/// logs a warning naming the new key.
+const RENAMED: &[Renamed] = &[Renamed {
+    table: &["downstream"],
+    old: "coalesce_window_ms",
+    new: "coalesce_window_seconds",
+    scale: 0.001,
+}];
+
+/// A configuration that loaded, with the notes the binary logs at start.
+#[derive(Debug)]
+pub struct Loaded {
+    pub config: RelayConfig,
+    /// One line for each old key name used: `downstream.coalesce_window_ms is deprecated: use
+    /// downstream.coalesce_window_seconds (in configs/relay.toml)`.
+    pub deprecated: Vec<String>,
+}
+
 /// Loads and validates. `env` is the process environment (a parameter, so tests pass their own).
 ///
 /// Every problem is reported, not just the first: a key that does not parse is reported and
@@ -215,12 +228,15 @@ pub fn load(
     source: &Source,
     env: &BTreeMap<String, String>,
     overrides: &Overrides,
-) -> Result<RelayConfig, ConfigErrors> {
-    let one = |e: String| ConfigErrors(vec![e]);
+) -> Result<Loaded, Problems> {
     let (text, file) = match source {
         Source::File(path) => (
-            std::fs::read_to_string(path)
-                .map_err(|e| one(format!("--config {}: {e}", path.display())))?,
+            std::fs::read_to_string(path).map_err(|e| {
+                Problems::from(Problem::about(
+                    format!("--config {}", path.display()),
+                    e.to_string(),
+                ))
+            })?,
             path.display().to_string(),
         ),
         Source::DefaultIfPresent => match std::fs::read_to_string(DEFAULT_CONFIG_PATH) {
@@ -228,21 +244,26 @@ pub fn load(
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 (String::new(), "built-in defaults".to_owned())
             }
-            Err(e) => return Err(one(format!("{DEFAULT_CONFIG_PATH}: {e}"))),
+            Err(e) => {
+                return Err(Problem::about(DEFAULT_CONFIG_PATH, e.to_string()).into());
+            }
         },
     };
     let mut table: toml::Table = toml::from_str(&text).map_err(|e| {
         let line = e
             .span()
             .map_or(0, |span| text[..span.start].matches('\n').count() + 1);
-        one(format!("{file} line {line}: {}", e.message().trim()))
+        Problems::from(Problem::about(
+            format!("{file} line {line}"),
+            e.message().trim(),
+        ))
     })?;
     let mut origins = Origins {
         file,
         file_table: table.clone(),
         set: Vec::new(),
     };
-    let mut errors = apply_env(&mut table, env, &mut origins);
+    let (mut problems, mut env_literals) = apply_env(&mut table, env, &mut origins);
     if let Some(listen) = overrides.listen {
         table.insert("listen".into(), toml::Value::String(listen.to_string()));
         origins.set.push((vec!["listen".into()], "--listen".into()));
@@ -258,33 +279,53 @@ pub fn load(
             "--upstream-url".into(),
         ));
     }
+    let (moved, rename_problems) = settings::rename_keys(&mut table, RENAMED);
+    problems.extend(rename_problems.into_iter().map(|p| origins.tag(p, false)));
+    let deprecated = moved
+        .into_iter()
+        .map(|moved| {
+            let line = match origins.of(&moved.old, true) {
+                Some(origin) => format!("{moved} ({origin})"),
+                None => moved.to_string(),
+            };
+            // Later problems with the new key say which key the value came from.
+            let path = moved.new.split('.').map(str::to_owned).collect();
+            origins.set.push((path, moved.old));
+            line
+        })
+        .collect();
     let config = loop {
         match serde_path_to_error::deserialize::<_, RelayConfig>(toml::Value::Table(table.clone()))
         {
             Ok(config) => break config,
             Err(e) => {
                 let key = e.path().to_string();
-                let origin = origins.of(&key, false);
-                errors.push(format!("{key}: {}{origin}", e.inner().message().trim()));
+                // A variable's value reads as TOML first (`15`, `true`, `["A"]`); where the key
+                // wants a string (`RELAY__UPSTREAM__KEY_ID=12345`), it is the string as written.
+                let message = e.inner().message();
+                let wants_string = message.starts_with("invalid type")
+                    && message
+                        .split_once("expected")
+                        .is_some_and(|(_, want)| want.contains("string"));
+                if let Some((path, raw)) = wants_string.then(|| env_literals.remove(&key)).flatten()
+                {
+                    let path: Vec<&str> = path.iter().map(String::as_str).collect();
+                    set_path(&mut table, &path, toml::Value::String(raw));
+                    continue;
+                }
+                let problem = Problem::from_serde(&key, message);
+                problems.push(origins.tag(problem, false));
                 // Bounded: each round removes one key, and a file has only so many.
-                if errors.len() >= MAX_PROBLEMS || !remove_key(&mut table, &segments(&key)) {
-                    return Err(ConfigErrors(errors));
+                if problems.len() >= MAX_PROBLEMS || !remove_key(&mut table, &segments(&key)) {
+                    return Err(Problems(problems));
                 }
             }
         }
     };
-    if let Err(ConfigErrors(problems)) = config.validate() {
-        errors.extend(problems.into_iter().map(|p| {
-            let key = p.split([' ', ':']).next().unwrap_or_default();
-            let origin = origins.of(key, true);
-            format!("{p}{origin}")
-        }));
+    if let Err(invalid) = config.validate() {
+        problems.extend(invalid.into_iter().map(|p| origins.tag(p, true)));
     }
-    if errors.is_empty() {
-        Ok(config)
-    } else {
-        Err(ConfigErrors(errors))
-    }
+    Problems(problems).into_result(Loaded { config, deprecated })
 }
 
 /// More problems than this and the rest would only be noise.
@@ -301,10 +342,18 @@ struct Origins {
 }
 
 impl Origins {
-    /// ` (from VAR)`, ` (in FILE)`, or nothing for a default. A key counts as set by a
-    /// variable if the variable set it or a table holding it. With `leaf_only` (a validation
-    /// message, which may be about a whole section), a key naming a table gets nothing.
-    fn of(&self, key: &str, leaf_only: bool) -> String {
+    /// `problem` saying where its value came from: `from VAR` (or a flag), `in FILE`, or
+    /// nothing for a default. A key counts as set by a variable if the variable set it or a
+    /// table holding it. With `leaf_only` (a validation problem, which may be about a whole
+    /// section), a key naming a table gets nothing.
+    fn tag(&self, problem: Problem, leaf_only: bool) -> Problem {
+        match self.of(&problem.key, leaf_only) {
+            Some(origin) => problem.with_origin(origin),
+            None => problem,
+        }
+    }
+
+    fn of(&self, key: &str, leaf_only: bool) -> Option<String> {
         let path = segments(key);
         let keys: Vec<&str> = path
             .iter()
@@ -319,7 +368,7 @@ impl Origins {
             (keys.len() >= set.len() || !leaf_only) && set.iter().zip(&keys).all(|(a, b)| a == b)
         };
         if let Some((_, by)) = self.set.iter().rev().find(|(set, _)| under(set)) {
-            return format!(" (from {by})");
+            return Some(format!("from {by}"));
         }
         let mut value = None;
         let mut table = Some(&self.file_table);
@@ -333,8 +382,8 @@ impl Origins {
             array = value.and_then(toml::Value::as_array);
         }
         match value {
-            Some(v) if !(leaf_only && v.is_table()) => format!(" (in {})", self.file),
-            _ => String::new(),
+            Some(v) if !(leaf_only && v.is_table()) => Some(format!("in {}", self.file)),
+            _ => None,
         }
     }
 }
@@ -406,13 +455,19 @@ const CREDENTIAL_VARS: [(&str, &str); 3] = [
     ("KALSHI_PRIVATE_KEY_PEM", "private_key_pem"),
 ];
 
-/// Applies the credential and `RELAY__` variables, noting what each set; returns the problems.
+/// A variable's value that read as a TOML number, boolean or array: its key path and the text
+/// as written, by dotted key, in case the key wants a string.
+type EnvLiterals = BTreeMap<String, (Vec<String>, String)>;
+
+/// Applies the credential and `RELAY__` variables, noting what each set; returns the problems
+/// and the values that were not read as strings.
 fn apply_env(
     table: &mut toml::Table,
     env: &BTreeMap<String, String>,
     origins: &mut Origins,
-) -> Vec<String> {
-    let mut errors = Vec::new();
+) -> (Vec<Problem>, EnvLiterals) {
+    let mut problems = Vec::new();
+    let mut literals = EnvLiterals::new();
     for (var, key) in CREDENTIAL_VARS {
         if let Some(value) = env.get(var).filter(|v| !v.is_empty()) {
             set_path(
@@ -431,14 +486,18 @@ fn apply_env(
         };
         let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
         if path.iter().any(String::is_empty) {
-            errors.push(format!("{var}: empty key segment"));
+            problems.push(Problem::about(var.as_str(), "empty key segment"));
             continue;
         }
         let refs: Vec<&str> = path.iter().map(String::as_str).collect();
-        set_path(table, &refs, parse_env_value(raw));
+        let value = parse_env_value(raw);
+        if !value.is_str() {
+            literals.insert(path.join("."), (path.clone(), raw.clone()));
+        }
+        set_path(table, &refs, value);
         origins.set.push((path, var.clone()));
     }
-    errors
+    (problems, literals)
 }
 
 /// A value as TOML (`15`, `true`, `["A","B"]`), else as a plain string.
@@ -465,76 +524,74 @@ fn set_path(table: &mut toml::Table, path: &[&str], value: toml::Value) {
 }
 
 impl RelayConfig {
-    /// Every problem at once, each naming its dotted key.
-    pub fn validate(&self) -> Result<(), ConfigErrors> {
-        let mut errors = Vec::new();
+    /// Every problem at once, each naming its dotted key. Durations and counts that must not be
+    /// zero were checked while parsing (their types).
+    pub fn validate(&self) -> Result<(), Problems> {
+        let mut problems = Problems::new();
         let d = &self.downstream;
-        let mut positive = |key: &str, value: u64| {
-            if value == 0 {
-                errors.push(format!("downstream.{key} = 0: must be > 0"));
-            }
-        };
-        positive("ping_interval_seconds", d.ping_interval_seconds);
-        positive("pong_timeout_seconds", d.pong_timeout_seconds);
-        positive("write_timeout_seconds", d.write_timeout_seconds);
-        if d.pong_timeout_seconds >= d.ping_interval_seconds && d.ping_interval_seconds > 0 {
-            errors.push(format!(
-                "downstream.pong_timeout_seconds = {}: must be below downstream.ping_interval_seconds ({})",
-                d.pong_timeout_seconds, d.ping_interval_seconds
-            ));
+        if d.pong_timeout_seconds >= d.ping_interval_seconds {
+            problems.add(
+                "downstream.pong_timeout_seconds",
+                d.pong_timeout_seconds,
+                format!(
+                    "must be below downstream.ping_interval_seconds ({})",
+                    d.ping_interval_seconds
+                ),
+            );
         }
         if d.max_message_bytes < 256 {
-            errors.push(format!(
-                "downstream.max_message_bytes = {}: must be at least 256",
-                d.max_message_bytes
-            ));
+            problems.add(
+                "downstream.max_message_bytes",
+                d.max_message_bytes,
+                "must be at least 256",
+            );
         }
-        if d.coalesce_window_ms > 1_000 {
-            errors.push(format!(
-                "downstream.coalesce_window_ms = {}: must be at most 1000",
-                d.coalesce_window_ms
-            ));
+        if d.coalesce_window_seconds.get() > MAX_COALESCE_WINDOW {
+            problems.add(
+                "downstream.coalesce_window_seconds",
+                d.coalesce_window_seconds,
+                "must be at most 1",
+            );
         }
         if d.read_buffer_bytes < 256 {
-            errors.push(format!(
-                "downstream.read_buffer_bytes = {}: must be at least 256",
-                d.read_buffer_bytes
-            ));
+            problems.add(
+                "downstream.read_buffer_bytes",
+                d.read_buffer_bytes,
+                "must be at least 256",
+            );
         }
         for (i, m) in self.warm_markets.iter().enumerate() {
             if m.trim().is_empty() {
-                errors.push(format!("warm_markets[{i}] = {m:?}: must not be empty"));
+                problems.add(
+                    format!("warm_markets[{i}]"),
+                    format!("{m:?}"),
+                    "must not be empty",
+                );
             }
         }
-        if self.admin_listen.is_some_and(|a| a == self.listen) {
-            errors.push(format!(
-                "admin_listen = \"{}\": must differ from listen",
-                self.admin_listen.expect("checked")
-            ));
+        if let Some(admin) = self.admin_listen.filter(|a| *a == self.listen) {
+            problems.add(
+                "admin_listen",
+                format!("\"{admin}\""),
+                "must differ from listen",
+            );
         }
-        errors.extend(self.security.problems(self.listen));
+        problems.extend(self.security.problems(self.listen));
         if self.upstream.orderbook_use_yes_price {
-            errors.push(
-                "upstream.orderbook_use_yes_price = true: must be false (the relay keeps books in \
-                 the exchange's form and converts per client that asks)"
-                    .to_owned(),
+            problems.add(
+                "upstream.orderbook_use_yes_price",
+                true,
+                "must be false (the relay keeps books in the exchange's form and converts per \
+                 client that asks)",
             );
         }
         if let Err(e) = self.upstream.validate() {
-            errors.extend(e.problems.iter().map(|p| p.to_string()));
+            problems.extend(e);
         }
         if let Err(e) = self.fanout.validate() {
-            errors.extend(
-                e.problems
-                    .iter()
-                    .map(|p| format!("{} = {}: {}", p.key, p.value, p.reason)),
-            );
+            problems.extend(e);
         }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigErrors(errors))
-        }
+        problems.into_result(())
     }
 }
 

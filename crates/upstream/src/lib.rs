@@ -31,7 +31,7 @@
 //! use tokio_util::sync::CancellationToken;
 //! use upstream::{Event, UpstreamConfig};
 //!
-//! # async fn demo() -> Result<(), upstream::ConfigError> {
+//! # async fn demo() -> Result<(), settings::Problems> {
 //! let config = UpstreamConfig { url: "ws://127.0.0.1:9000/trade-api/ws/v2".into(), ..Default::default() };
 //! let shutdown = CancellationToken::new();
 //! let (upstream, mut events) = upstream::spawn(config, shutdown.clone())?;
@@ -69,13 +69,12 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 pub use config::{
-    ConfigError, Problem, UpstreamConfig, DEFAULT_BACKOFF_BASE_SECONDS,
-    DEFAULT_BACKOFF_CAP_SECONDS, DEFAULT_BACKOFF_FACTOR, DEFAULT_CLOSE_TIMEOUT_SECONDS,
-    DEFAULT_CONNECT_TIMEOUT_SECONDS, DEFAULT_EVENT_CHANNEL_CAPACITY,
-    DEFAULT_HANDSHAKE_TIMEOUT_SECONDS, DEFAULT_HEALTHY_RESET_SECONDS,
-    DEFAULT_LIVENESS_WINDOW_SECONDS, DEFAULT_MAX_CONSECUTIVE_FAILURES,
-    DEFAULT_PING_INTERVAL_SECONDS, DEFAULT_PONG_TIMEOUT_SECONDS, DEFAULT_SNAPSHOT_TIMEOUT_SECONDS,
-    DEFAULT_URL,
+    UpstreamConfig, DEFAULT_BACKOFF_BASE_SECONDS, DEFAULT_BACKOFF_CAP_SECONDS,
+    DEFAULT_BACKOFF_FACTOR, DEFAULT_CLOSE_TIMEOUT_SECONDS, DEFAULT_CONNECT_TIMEOUT_SECONDS,
+    DEFAULT_EVENT_CHANNEL_CAPACITY, DEFAULT_HANDSHAKE_TIMEOUT_SECONDS,
+    DEFAULT_HEALTHY_RESET_SECONDS, DEFAULT_LIVENESS_WINDOW_SECONDS,
+    DEFAULT_MAX_CONSECUTIVE_FAILURES, DEFAULT_PING_INTERVAL_SECONDS, DEFAULT_PONG_TIMEOUT_SECONDS,
+    DEFAULT_SNAPSHOT_TIMEOUT_SECONDS, DEFAULT_URL,
 };
 pub use event::{BookUpdate, Data, DisconnectReason, Event, State, SubId};
 pub use rest::{RestClient, RestConfig, RestError};
@@ -100,7 +99,7 @@ pub struct Upstream {
 pub fn spawn(
     config: UpstreamConfig,
     shutdown: CancellationToken,
-) -> Result<(Upstream, mpsc::Receiver<Event>), ConfigError> {
+) -> Result<(Upstream, mpsc::Receiver<Event>), settings::Problems> {
     spawn_with_rng(config, shutdown, StdRng::from_entropy())
 }
 
@@ -109,7 +108,7 @@ pub fn spawn_seeded(
     config: UpstreamConfig,
     shutdown: CancellationToken,
     seed: u64,
-) -> Result<(Upstream, mpsc::Receiver<Event>), ConfigError> {
+) -> Result<(Upstream, mpsc::Receiver<Event>), settings::Problems> {
     spawn_with_rng(config, shutdown, StdRng::seed_from_u64(seed))
 }
 
@@ -117,7 +116,7 @@ fn spawn_with_rng(
     config: UpstreamConfig,
     shutdown: CancellationToken,
     rng: StdRng,
-) -> Result<(Upstream, mpsc::Receiver<Event>), ConfigError> {
+) -> Result<(Upstream, mpsc::Receiver<Event>), settings::Problems> {
     let settings = config.resolve()?;
     let (events_tx, events_rx) = mpsc::channel(settings.event_channel_capacity);
     let (state_tx, state_rx) = watch::channel(State::Connecting);
