@@ -583,3 +583,71 @@ fn the_relay_refuses_to_start_exposed_without_tokens() {
     );
 }
 
+/// A certificate and key that do not belong together stop the relay at configuration time: exit
+/// 64, one line naming the key, and nothing started (no ready line).
+#[test]
+fn a_bad_tls_pair_is_a_configuration_error() {
+    let dir = std::env::temp_dir().join(format!("relay-badtls-{}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (ca, _) = make_ca();
+    write_leaf(&dir, &ca);
+    // A second leaf's key, written over: a valid key that fits no certificate here.
+    let other = dir.join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    write_leaf(&other, &ca);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let run = |key: &std::path::Path| {
+        let config = dir.join("relay.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "listen = \"127.0.0.1:{port}\"\n[security.tls]\ncert_path = {:?}\nkey_path = {:?}\n",
+                dir.join("cert.pem"),
+                key
+            ),
+        )
+        .unwrap();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_relay"))
+            .args(["--config", config.to_str().unwrap()])
+            .args(["--upstream-url", "ws://127.0.0.1:9/trade-api/ws/v2"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // A relay that accepted the pair would run until stopped.
+        let deadline = std::time::Instant::now() + DEADLINE;
+        while child.try_wait().unwrap().is_none() {
+            if std::time::Instant::now() > deadline {
+                child.kill().unwrap();
+                panic!("the relay started with {key:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child.wait_with_output().unwrap()
+    };
+    for (key, reason) in [
+        (other.join("key.pem"), "does not fit the certificate"),
+        (dir.join("missing.pem"), "cannot read"),
+        (dir.join("cert.pem"), "no PEM private key"),
+    ] {
+        let out = run(&key);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{stderr}");
+        let lines: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.contains("security.tls"))
+            .collect();
+        assert_eq!(lines.len(), 1, "{stderr}");
+        assert!(
+            lines[0].contains(&format!("security.tls.key_path = {key:?}"))
+                && lines[0].contains(reason),
+            "{stderr}"
+        );
+        assert!(out.stdout.is_empty(), "nothing started");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

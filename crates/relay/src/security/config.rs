@@ -163,16 +163,8 @@ impl SecurityConfig {
         if self.max_pending_handshakes == 0 {
             out.add("security.max_pending_handshakes", 0, "must be > 0");
         }
-        if let Some(tls) = &self.tls {
-            for (key, path) in [("cert_path", &tls.cert_path), ("key_path", &tls.key_path)] {
-                if !path.is_file() {
-                    out.add(
-                        format!("security.tls.{key}"),
-                        format!("{:?}", path.display()),
-                        "no such file",
-                    );
-                }
-            }
+        if let Some(problem) = self.tls.as_ref().and_then(crate::tls::problems) {
+            out.push(problem);
         }
         out.0
     }
