@@ -162,18 +162,7 @@ async fn every_way_of_presenting_a_token_works_and_bad_ones_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_frames_get_their_documented_codes() {
-    let sim = sim(SimConfig {
-        markets: 2,
-        rate: 50.0,
-        ..SimConfig::default()
-    })
-    .await;
-    let relay = relay(&sim, |c| {
-        c.security.commands_per_second = 5.0;
-        c.security.command_burst = 5.0;
-        c.security.refused_commands_before_close = 20;
-    })
-    .await;
+    let (sim, relay) = sim_and_rate_limited_relay().await;
     let url = relay.ws_url();
 
     // Malformed JSON: the reference's error reply, and the connection stays.
@@ -194,29 +183,7 @@ async fn hostile_frames_get_their_documented_codes() {
     assert_eq!(c.replies[2]["msg"]["code"], 1);
 
     // A flood: error 27 past the burst, then a reconnectable 1013 close naming the cause.
-    let mut flood = Client::connect(&url).await;
-    for i in 0..40 {
-        flood
-            .send(json!({"id": 100 + i, "cmd": "list_subscriptions"}))
-            .await;
-    }
-    assert_eq!(
-        flood.ended().await,
-        Ended::Close(1013, "rate limited: too many commands".into())
-    );
-    let codes: Vec<i64> = flood
-        .replies
-        .iter()
-        .map(|r| r["msg"]["code"].as_i64().unwrap_or(0))
-        .collect();
-    assert!(
-        codes.iter().take(5).all(|c| *c == 0),
-        "the burst is served: {codes:?}"
-    );
-    assert!(
-        codes.contains(&27),
-        "excess commands get error 27: {codes:?}"
-    );
+    assert_a_flood_is_rate_limited(&url, false).await;
 
     // Over 64 KiB: 1009.
     let mut big = Client::connect(&url).await;
