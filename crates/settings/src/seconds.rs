@@ -82,6 +82,13 @@ impl SecondsOrZero {
     }
 }
 
+/// Zero: off.
+impl Default for SecondsOrZero {
+    fn default() -> Self {
+        DurationSeconds(Duration::ZERO)
+    }
+}
+
 impl<const Z: bool> From<DurationSeconds<Z>> for Duration {
     fn from(s: DurationSeconds<Z>) -> Duration {
         s.0
