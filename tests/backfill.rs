@@ -28,14 +28,14 @@ async fn quick_relay(
     tweak: impl FnOnce(&mut relay::config::RelayConfig),
 ) -> relay::RelayHandle {
     relay(sim, |c| {
-        c.upstream.backoff_base_seconds = 0.2;
-        c.upstream.backoff_cap_seconds = 0.5;
-        c.upstream.liveness_window_seconds = 1.0;
-        c.upstream.ping_interval_seconds = 0.3;
-        c.upstream.pong_timeout_seconds = 0.5;
-        c.upstream.handshake_timeout_seconds = 1.0;
-        c.upstream.rest.backoff_base_seconds = 0.1;
-        c.upstream.rest.backoff_cap_seconds = 0.5;
+        c.upstream.backoff_base_seconds = settings::Seconds::from_secs_f64(0.2);
+        c.upstream.backoff_cap_seconds = settings::Seconds::from_secs_f64(0.5);
+        c.upstream.liveness_window_seconds = settings::Seconds::from_secs_f64(1.0);
+        c.upstream.ping_interval_seconds = settings::Seconds::from_secs_f64(0.3);
+        c.upstream.pong_timeout_seconds = settings::Seconds::from_secs_f64(0.5);
+        c.upstream.handshake_timeout_seconds = settings::Seconds::from_secs_f64(1.0);
+        c.upstream.rest.backoff_base_seconds = settings::Seconds::from_secs_f64(0.1);
+        c.upstream.rest.backoff_cap_seconds = settings::Seconds::from_secs_f64(0.5);
         tweak(c);
     })
     .await
@@ -241,7 +241,10 @@ async fn rest_faults_within_the_bound_still_backfill_exactly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rest_failing_past_its_bound_announces_the_loss() {
     let sim = sim(sim_config()).await;
-    let relay = quick_relay(&sim, |c| c.upstream.rest.max_total_seconds = 1.5).await;
+    let relay = quick_relay(&sim, |c| {
+        c.upstream.rest.max_total_seconds = settings::Seconds::from_secs_f64(1.5)
+    })
+    .await;
     await_ready(relay.addr, 200).await;
     let mut private = Private::connect(&relay, &["fill"]).await;
     private.until("live fills", |f| f.len() >= 2).await;

@@ -148,18 +148,7 @@ async fn every_command_in_a_binary_frame_gets_the_text_frames_reply() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_frames_meet_the_same_limits_as_text_frames() {
-    let sim = sim(SimConfig {
-        markets: 2,
-        rate: 50.0,
-        ..SimConfig::default()
-    })
-    .await;
-    let relay = relay(&sim, |c| {
-        c.security.commands_per_second = 5.0;
-        c.security.command_burst = 5.0;
-        c.security.refused_commands_before_close = 20;
-    })
-    .await;
+    let (sim, relay) = sim_and_rate_limited_relay().await;
     let url = relay.ws_url();
 
     // Invalid UTF-8: 1007, as in a text frame.
@@ -186,26 +175,7 @@ async fn binary_frames_meet_the_same_limits_as_text_frames() {
     );
 
     // A flood: error 27 past the burst, then the rate-limit close.
-    let mut flood = Client::connect(&url).await;
-    for i in 0..40 {
-        let frame = json!({"id": 100 + i, "cmd": "list_subscriptions"}).to_string();
-        flood
-            .ws
-            .send(WsMessage::binary(frame.into_bytes()))
-            .await
-            .unwrap();
-    }
-    assert_eq!(
-        flood.ended().await,
-        Ended::Close(1013, "rate limited: too many commands".into())
-    );
-    let codes: Vec<i64> = flood
-        .replies
-        .iter()
-        .map(|r| r["msg"]["code"].as_i64().unwrap_or(0))
-        .collect();
-    assert!(codes.iter().take(5).all(|c| *c == 0), "{codes:?}");
-    assert!(codes.contains(&27), "{codes:?}");
+    assert_a_flood_is_rate_limited(&url, true).await;
     relay.shutdown().await;
     sim.shutdown().await;
 }

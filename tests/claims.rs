@@ -257,7 +257,7 @@ async fn scripted_exchange() -> ScriptedExchange {
 async fn on_shutdown_the_relay_unsubscribes_upstream_and_closes_with_1000() {
     let exchange = scripted_exchange().await;
     let mut config = relay::config::RelayConfig::with_upstream(&exchange.url);
-    config.fanout.linger_seconds = 0;
+    config.fanout.linger_seconds = settings::SecondsOrZero::from_secs(0);
     let listeners = relay::Listeners::bind("127.0.0.1:0".parse().unwrap(), None)
         .await
         .unwrap();

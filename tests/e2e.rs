@@ -223,9 +223,9 @@ async fn survive(fault: Fault, extra: Option<Fault>) {
     })
     .await;
     let relay = relay(&sim, |c| {
-        c.upstream.liveness_window_seconds = 1.5;
-        c.upstream.backoff_base_seconds = 0.2;
-        c.upstream.backoff_cap_seconds = 1.0;
+        c.upstream.liveness_window_seconds = settings::Seconds::from_secs_f64(1.5);
+        c.upstream.backoff_base_seconds = settings::Seconds::from_secs_f64(0.2);
+        c.upstream.backoff_cap_seconds = settings::Seconds::from_secs(1);
     })
     .await;
     let m: Vec<String> = markets(&sim)[..3].to_vec();
@@ -294,7 +294,7 @@ async fn a_stalled_client_costs_the_others_nothing() {
     let relay = relay(&sim, |c| {
         c.fanout.queue_messages = 128;
         c.fanout.queue_bytes = 32 * 1024;
-        c.downstream.write_timeout_seconds = 60;
+        c.downstream.write_timeout_seconds = settings::Seconds::from_secs(60);
         c.downstream.socket_send_buffer_bytes = Some(8192);
     })
     .await;
@@ -466,7 +466,10 @@ async fn write_coalescing_keeps_every_message_in_order() {
         ..SimConfig::default()
     })
     .await;
-    let relay = relay(&sim, |c| c.downstream.coalesce_window_ms = 5).await;
+    let relay = relay(&sim, |c| {
+        c.downstream.coalesce_window_seconds = settings::SecondsOrZero::from_millis(5)
+    })
+    .await;
     let m = markets(&sim);
     let mut clients = Vec::new();
     for _ in 0..3 {
@@ -533,7 +536,10 @@ async fn a_coalescing_window_delivers_each_windows_frames_together() {
     let plain = relay(&sim, |_| {}).await;
     let without = share_arriving_together(&plain, &m, 300).await;
     plain.shutdown().await;
-    let coalescing = relay(&sim, |c| c.downstream.coalesce_window_ms = 100).await;
+    let coalescing = relay(&sim, |c| {
+        c.downstream.coalesce_window_seconds = settings::SecondsOrZero::from_millis(100)
+    })
+    .await;
     let with = share_arriving_together(&coalescing, &m, 300).await;
     coalescing.shutdown().await;
     println!("frames arriving within 2 ms of the previous one: {without:.2} without a window, {with:.2} with");
@@ -620,8 +626,8 @@ async fn a_client_that_never_answers_pings_is_closed_and_one_that_reads_stays() 
     })
     .await;
     let relay = relay(&sim, |c| {
-        c.downstream.ping_interval_seconds = 2;
-        c.downstream.pong_timeout_seconds = 1;
+        c.downstream.ping_interval_seconds = settings::Seconds::from_secs(2);
+        c.downstream.pong_timeout_seconds = settings::Seconds::from_secs(1);
     })
     .await;
     // tungstenite answers pings while it reads: this one reads, the other never does.
@@ -769,7 +775,7 @@ async fn without_backfill_private_subscribers_are_told_when_the_upstream_connect
     })
     .await;
     let relay = relay(&sim, |c| {
-        c.upstream.backoff_base_seconds = 0.1;
+        c.upstream.backoff_base_seconds = settings::Seconds::from_secs_f64(0.1);
         c.upstream.backfill = false;
     })
     .await;
@@ -890,9 +896,9 @@ async fn data_from_before_an_upstream_loss_arrives_before_the_status_that_report
     })
     .await;
     let relay = relay(&sim, |c| {
-        c.downstream.coalesce_window_ms = 200;
-        c.upstream.backoff_base_seconds = 0.2;
-        c.upstream.backoff_cap_seconds = 1.0;
+        c.downstream.coalesce_window_seconds = settings::SecondsOrZero::from_millis(200);
+        c.upstream.backoff_base_seconds = settings::Seconds::from_secs_f64(0.2);
+        c.upstream.backoff_cap_seconds = settings::Seconds::from_secs(1);
     })
     .await;
     let m = markets(&sim);

@@ -35,7 +35,7 @@ fn with_tokens(c: &mut RelayConfig) {
         },
     ];
     c.security.allowed_origins = vec!["https://*.example.com".into()];
-    c.security.auth_timeout_seconds = 1;
+    c.security.auth_timeout_seconds = settings::Seconds::from_secs(1);
 }
 
 /// The handshake's HTTP status (101 when it upgrades) with extra headers and a URL suffix.
@@ -162,18 +162,7 @@ async fn every_way_of_presenting_a_token_works_and_bad_ones_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_frames_get_their_documented_codes() {
-    let sim = sim(SimConfig {
-        markets: 2,
-        rate: 50.0,
-        ..SimConfig::default()
-    })
-    .await;
-    let relay = relay(&sim, |c| {
-        c.security.commands_per_second = 5.0;
-        c.security.command_burst = 5.0;
-        c.security.refused_commands_before_close = 20;
-    })
-    .await;
+    let (sim, relay) = sim_and_rate_limited_relay().await;
     let url = relay.ws_url();
 
     // Malformed JSON: the reference's error reply, and the connection stays.
@@ -194,29 +183,7 @@ async fn hostile_frames_get_their_documented_codes() {
     assert_eq!(c.replies[2]["msg"]["code"], 1);
 
     // A flood: error 27 past the burst, then a reconnectable 1013 close naming the cause.
-    let mut flood = Client::connect(&url).await;
-    for i in 0..40 {
-        flood
-            .send(json!({"id": 100 + i, "cmd": "list_subscriptions"}))
-            .await;
-    }
-    assert_eq!(
-        flood.ended().await,
-        Ended::Close(1013, "rate limited: too many commands".into())
-    );
-    let codes: Vec<i64> = flood
-        .replies
-        .iter()
-        .map(|r| r["msg"]["code"].as_i64().unwrap_or(0))
-        .collect();
-    assert!(
-        codes.iter().take(5).all(|c| *c == 0),
-        "the burst is served: {codes:?}"
-    );
-    assert!(
-        codes.contains(&27),
-        "excess commands get error 27: {codes:?}"
-    );
+    assert_a_flood_is_rate_limited(&url, false).await;
 
     // Over 64 KiB: 1009.
     let mut big = Client::connect(&url).await;
@@ -255,7 +222,10 @@ async fn connection_caps_and_rate_answer_503_with_retry_after() {
         ..SimConfig::default()
     })
     .await;
-    let relay = relay(&sim, |c| c.security.max_connections_per_ip = 3).await;
+    let relay = relay(&sim, |c| {
+        c.security.max_connections_per_ip = std::num::NonZeroUsize::new(3).unwrap()
+    })
+    .await;
     let mut held = Vec::new();
     for _ in 0..3 {
         held.push(Client::connect(&relay.ws_url()).await);
@@ -525,9 +495,9 @@ async fn when_the_upstream_gives_up_clients_are_told_and_readyz_says_so() {
     })
     .await;
     let relay = relay(&sim, |c| {
-        c.upstream.max_consecutive_failures = 2;
-        c.upstream.backoff_base_seconds = 0.05;
-        c.upstream.backoff_cap_seconds = 0.2;
+        c.upstream.max_consecutive_failures = std::num::NonZeroU32::new(2).unwrap();
+        c.upstream.backoff_base_seconds = settings::Seconds::from_secs_f64(0.05);
+        c.upstream.backoff_cap_seconds = settings::Seconds::from_secs_f64(0.2);
     })
     .await;
     await_ready(relay.addr, 200).await;
@@ -578,4 +548,73 @@ fn the_relay_refuses_to_start_exposed_without_tokens() {
         stderr.contains("not a loopback address and no client tokens"),
         "{stderr}"
     );
+}
+
+/// A certificate and key that do not belong together stop the relay at configuration time: exit
+/// 64, one line naming the key, and nothing started (no ready line).
+#[test]
+fn a_bad_tls_pair_is_a_configuration_error() {
+    let dir = std::env::temp_dir().join(format!("relay-badtls-{}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (ca, _) = make_ca();
+    write_leaf(&dir, &ca);
+    // A second leaf's key, written over: a valid key that fits no certificate here.
+    let other = dir.join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    write_leaf(&other, &ca);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let run = |key: &std::path::Path| {
+        let config = dir.join("relay.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "listen = \"127.0.0.1:{port}\"\n[security.tls]\ncert_path = {:?}\nkey_path = {:?}\n",
+                dir.join("cert.pem"),
+                key
+            ),
+        )
+        .unwrap();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_relay"))
+            .args(["--config", config.to_str().unwrap()])
+            .args(["--upstream-url", "ws://127.0.0.1:9/trade-api/ws/v2"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // A relay that accepted the pair would run until stopped.
+        let deadline = std::time::Instant::now() + DEADLINE;
+        while child.try_wait().unwrap().is_none() {
+            if std::time::Instant::now() > deadline {
+                child.kill().unwrap();
+                panic!("the relay started with {key:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child.wait_with_output().unwrap()
+    };
+    for (key, reason) in [
+        (other.join("key.pem"), "does not fit the certificate"),
+        (dir.join("missing.pem"), "cannot read"),
+        (dir.join("cert.pem"), "no PEM private key"),
+    ] {
+        let out = run(&key);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{stderr}");
+        let lines: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.contains("security.tls"))
+            .collect();
+        assert_eq!(lines.len(), 1, "{stderr}");
+        assert!(
+            lines[0].contains(&format!("security.tls.key_path = {key:?}"))
+                && lines[0].contains(reason),
+            "{stderr}"
+        );
+        assert!(out.stdout.is_empty(), "nothing started");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -900,9 +900,9 @@ async fn an_upstream_drop_never_leaves_a_private_subscriber_with_a_silent_fill_g
     use tokio_tungstenite::tungstenite::Message as WsMessage;
 
     let (sim, relay) = busy_private_pair(3, |c| {
-        c.upstream.backoff_base_seconds = 0.2;
-        c.upstream.backoff_cap_seconds = 0.5;
-        c.upstream.liveness_window_seconds = 2.0;
+        c.upstream.backoff_base_seconds = settings::Seconds::from_secs_f64(0.2);
+        c.upstream.backoff_cap_seconds = settings::Seconds::from_secs_f64(0.5);
+        c.upstream.liveness_window_seconds = settings::Seconds::from_secs(2);
     })
     .await;
     let (mut ws, _) = tokio_tungstenite::connect_async(relay.ws_url())
@@ -967,9 +967,9 @@ async fn a_private_subscription_made_during_an_upstream_outage_never_misses_fill
     use tokio_tungstenite::tungstenite::Message as WsMessage;
 
     let (sim, relay) = busy_private_pair(4, |c| {
-        c.upstream.backoff_base_seconds = 0.1;
-        c.upstream.backoff_cap_seconds = 0.2;
-        c.upstream.handshake_timeout_seconds = 2.0;
+        c.upstream.backoff_base_seconds = settings::Seconds::from_secs_f64(0.1);
+        c.upstream.backoff_cap_seconds = settings::Seconds::from_secs_f64(0.2);
+        c.upstream.handshake_timeout_seconds = settings::Seconds::from_secs(2);
     })
     .await;
     assert!(await_ready(relay.addr, Duration::from_secs(10)).await);
@@ -1082,7 +1082,7 @@ async fn busy_private_pair(
     .await
     .unwrap();
     let mut config = relay::config::RelayConfig::with_upstream(&sim.ws_url());
-    config.fanout.linger_seconds = 0;
+    config.fanout.linger_seconds = settings::SecondsOrZero::from_secs(0);
     config.upstream.rest.base_url = Some(sim.rest_url());
     tweak(&mut config);
     let listeners = relay::Listeners::bind("127.0.0.1:0".parse().unwrap(), None)

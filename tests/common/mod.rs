@@ -32,7 +32,7 @@ pub async fn relay(
     tweak: impl FnOnce(&mut relay::config::RelayConfig),
 ) -> relay::RelayHandle {
     let mut config = relay::config::RelayConfig::with_upstream(&sim.ws_url());
-    config.fanout.linger_seconds = 0;
+    config.fanout.linger_seconds = settings::SecondsOrZero::from_secs(0);
     config.upstream.rest.base_url = Some(sim.rest_url());
     tweak(&mut config);
     config.validate().expect("a valid test configuration");
@@ -40,6 +40,57 @@ pub async fn relay(
         .await
         .unwrap();
     relay::spawn(config, listeners).await.unwrap()
+}
+
+/// The simulator and relay of the command-limit tests: 2 markets, and at most 5 commands a second
+/// per client (burst 5), closed after 20 refused.
+pub async fn sim_and_rate_limited_relay() -> (Sim, relay::RelayHandle) {
+    let sim = sim(SimConfig {
+        markets: 2,
+        rate: 50.0,
+        ..SimConfig::default()
+    })
+    .await;
+    let relay = relay(&sim, |c| {
+        c.security.commands_per_second = 5.0;
+        c.security.command_burst = 5.0;
+        c.security.refused_commands_before_close = 20;
+    })
+    .await;
+    (sim, relay)
+}
+
+/// Floods a relay of [`sim_and_rate_limited_relay`] with 40 commands (in binary frames if
+/// `binary`): the burst is served, the excess gets error 27, then a reconnectable 1013 close
+/// names the cause.
+pub async fn assert_a_flood_is_rate_limited(url: &str, binary: bool) {
+    let mut flood = Client::connect(url).await;
+    for i in 0..40 {
+        let frame = serde_json::json!({"id": 100 + i, "cmd": "list_subscriptions"}).to_string();
+        let frame = if binary {
+            WsMessage::binary(frame.into_bytes())
+        } else {
+            WsMessage::text(frame)
+        };
+        flood.ws.send(frame).await.unwrap();
+    }
+    assert_eq!(
+        flood.ended().await,
+        Ended::Close(1013, "rate limited: too many commands".into())
+    );
+    let codes: Vec<i64> = flood
+        .replies
+        .iter()
+        .map(|r| r["msg"]["code"].as_i64().unwrap_or(0))
+        .collect();
+    assert!(
+        codes.iter().take(5).all(|c| *c == 0),
+        "the burst is served: {codes:?}"
+    );
+    assert!(
+        codes.contains(&27),
+        "excess commands get error 27: {codes:?}"
+    );
 }
 
 /// A plain HTTP GET on the relay's listener: (status, body). Panics after `DEADLINE`.

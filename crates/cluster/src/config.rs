@@ -3,8 +3,9 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use settings::{Problems, Seconds};
 
-pub const DEFAULT_LEASE_SECONDS: f64 = 5.0;
+pub const DEFAULT_LEASE_SECONDS: Seconds = Seconds::from_secs(5);
 pub const DEFAULT_STREAM_MAX_ENTRIES: u64 = 100_000;
 
 /// Cluster mode. Present: the relay runs as one node of a cluster sharing one upstream session
@@ -20,14 +21,14 @@ pub struct ClusterConfig {
     /// Seconds a leader's lease lasts without renewal (renewed every third of it); a dead
     /// leader is replaced within about this. Fractions allowed. Default 5.
     #[serde(default = "default_lease_seconds")]
-    pub lease_seconds: f64,
+    pub lease_seconds: Seconds,
     /// Approximate bound on the event stream's length in Redis (`XADD MAXLEN ~`). A node that
     /// falls further behind reloads the stored books. Default 100000.
     #[serde(default = "default_stream_max_entries")]
     pub stream_max_entries: u64,
 }
 
-fn default_lease_seconds() -> f64 {
+fn default_lease_seconds() -> Seconds {
     DEFAULT_LEASE_SECONDS
 }
 
@@ -47,38 +48,43 @@ impl ClusterConfig {
     }
 
     /// Every problem, each naming its key under `cluster.`.
-    pub fn problems(&self) -> Vec<String> {
-        let mut out = Vec::new();
+    pub fn problems(&self) -> Problems {
+        let mut out = Problems::new();
         if let Err(e) = redis::Client::open(self.redis_url.as_str()) {
-            out.push(format!(
-                "cluster.redis_url = {:?}: {e}",
-                redact(&self.redis_url)
-            ));
+            out.add(
+                "cluster.redis_url",
+                format!("{:?}", redact(&self.redis_url)),
+                e.to_string(),
+            );
         }
         if let Some(id) = &self.node_id {
             if id.is_empty() || id.contains(char::is_whitespace) {
-                out.push(format!(
-                    "cluster.node_id = {id:?}: must be non-empty, without spaces"
-                ));
+                out.add(
+                    "cluster.node_id",
+                    format!("{id:?}"),
+                    "must be non-empty, without spaces",
+                );
             }
         }
-        if !(self.lease_seconds.is_finite() && (0.3..=600.0).contains(&self.lease_seconds)) {
-            out.push(format!(
-                "cluster.lease_seconds = {}: must be between 0.3 and 600",
-                self.lease_seconds
-            ));
+        if !(0.3..=600.0).contains(&self.lease_seconds.as_secs_f64()) {
+            out.add(
+                "cluster.lease_seconds",
+                self.lease_seconds.as_secs_f64(),
+                "must be between 0.3 and 600",
+            );
         }
         if self.stream_max_entries < 1_000 {
-            out.push(format!(
-                "cluster.stream_max_entries = {}: must be at least 1000",
-                self.stream_max_entries
-            ));
+            out.add(
+                "cluster.stream_max_entries",
+                self.stream_max_entries,
+                "must be at least 1000",
+            );
         }
         out
     }
 
     pub fn lease(&self) -> Duration {
-        Duration::from_secs_f64(self.lease_seconds)
+        self.lease_seconds.get()
     }
 
     /// The configured id, else `host-pid`.
@@ -112,17 +118,17 @@ mod tests {
     #[test]
     fn problems_name_their_keys() {
         let mut c = ClusterConfig::new("http://x");
-        c.lease_seconds = 0.0;
+        c.lease_seconds = Seconds::from_millis(100);
         c.stream_max_entries = 10;
         c.node_id = Some("a b".into());
-        let p = c.problems();
+        let p: Vec<String> = c.problems().iter().map(ToString::to_string).collect();
         assert_eq!(p.len(), 4, "{p:?}");
         assert!(
             p[0].starts_with("cluster.redis_url = \"http://x\""),
             "{p:?}"
         );
         assert!(p[1].starts_with("cluster.node_id"), "{p:?}");
-        assert!(p[2].starts_with("cluster.lease_seconds = 0:"), "{p:?}");
+        assert!(p[2].starts_with("cluster.lease_seconds = 0.1:"), "{p:?}");
         assert!(
             p[3].starts_with("cluster.stream_max_entries = 10:"),
             "{p:?}"

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use protocol::Verifier;
+use settings::Problems;
 
 /// Default number of markets.
 pub const DEFAULT_MARKETS: usize = 8;
@@ -90,26 +91,28 @@ impl Default for SimConfig {
 }
 
 impl SimConfig {
-    /// Every problem with the configuration, one line each naming the field and the bad value.
-    pub fn problems(&self) -> Vec<String> {
-        let mut problems = Vec::new();
+    /// Every problem with the configuration, each naming the field and the bad value.
+    pub fn problems(&self) -> Problems {
+        let mut problems = Problems::new();
         if self.markets == 0 || self.markets > MAX_MARKETS {
-            problems.push(format!(
-                "markets = {}: must be 1..={MAX_MARKETS}",
-                self.markets
-            ));
+            problems.add(
+                "markets",
+                self.markets,
+                format!("must be 1..={MAX_MARKETS}"),
+            );
         }
         if !(self.rate.is_finite() && (0.0..=MAX_RATE).contains(&self.rate)) {
-            problems.push(format!(
-                "rate = {}: must be a number in 0..={MAX_RATE}",
-                self.rate
-            ));
+            problems.add(
+                "rate",
+                self.rate,
+                format!("must be a number in 0..={MAX_RATE}"),
+            );
         }
         if self.ping_interval.is_zero() {
-            problems.push("ping_interval = 0: must be > 0".to_owned());
+            problems.add("ping_interval", 0, "must be > 0");
         }
         if self.max_markets_per_subscription == Some(0) {
-            problems.push("max_markets_per_subscription = 0: must be > 0".to_owned());
+            problems.add("max_markets_per_subscription", 0, "must be > 0");
         }
         problems
     }

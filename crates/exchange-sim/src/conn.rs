@@ -61,15 +61,7 @@ pub(crate) async fn accept_loop(
         };
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            accepted = accept::next(&listener) => accepted,
         };
         let id = shared.next_conn_id();
         let span = tracing::info_span!("conn", id, %peer);

@@ -8,11 +8,11 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::{CommandFactory, Parser, ValueEnum};
 use exchange_sim::{DuplicatePolicy, SimAuth, SimConfig};
 use protocol::Verifier;
+use settings::Seconds;
 use tokio::net::TcpListener;
 
 /// Exit code for a bad configuration (sysexits EX_USAGE).
@@ -101,16 +101,16 @@ fn config(args: &Args) -> Result<SimConfig, String> {
         }
         SimAuth::Verifier(verifier)
     };
-    let ping_interval =
-        if args.ping_interval.is_finite() && args.ping_interval > 0.0 && args.ping_interval < 1e9 {
-            Duration::from_secs_f64(args.ping_interval)
-        } else {
+    let ping_interval = match Seconds::new(args.ping_interval) {
+        Ok(s) => s.get(),
+        Err(must) => {
             problems.push(format!(
-                "--ping-interval {}: must be a number of seconds > 0",
+                "--ping-interval {}: must be {must}",
                 args.ping_interval
             ));
-            Duration::from_secs(10)
-        };
+            exchange_sim::config::DEFAULT_PING_INTERVAL
+        }
+    };
     let config = SimConfig {
         markets: args.markets,
         rate: args.rate,
@@ -127,12 +127,10 @@ fn config(args: &Args) -> Result<SimConfig, String> {
         max_markets_per_subscription: args.max_markets_per_subscription,
         reject_origin: args.reject_origin,
     };
-    problems.extend(
-        config
-            .problems()
-            .into_iter()
-            .map(|p| format!("--{}", p.replace('_', "-"))),
-    );
+    problems.extend(config.problems().into_iter().map(|p| {
+        let value = p.value.unwrap_or_default();
+        format!("--{} {value}: {}", p.key.replace('_', "-"), p.reason)
+    }));
     if problems.is_empty() {
         Ok(config)
     } else {

@@ -232,7 +232,11 @@ pub async fn start(mut config: SimConfig, ws: TcpListener, admin: TcpListener) -
     if !problems.is_empty() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            problems.join("; "),
+            problems
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; "),
         ));
     }
     if let SimAuth::Verifier(v) = &mut config.auth {

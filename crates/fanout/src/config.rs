@@ -1,9 +1,9 @@
 //! The fanout's configuration: one struct, serde defaults from named constants, validated once.
 
-use std::fmt;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use settings::{Problems, Seconds, SecondsOrZero};
 
 /// Default for [`FanoutConfig::queue_messages`].
 pub const DEFAULT_QUEUE_MESSAGES: usize = 4096;
@@ -12,9 +12,9 @@ pub const DEFAULT_QUEUE_BYTES: u64 = 1024 * 1024;
 /// Default for [`FanoutConfig::slow_consumer_lags`].
 pub const DEFAULT_SLOW_CONSUMER_LAGS: u32 = 3;
 /// Default for [`FanoutConfig::slow_consumer_window_seconds`].
-pub const DEFAULT_SLOW_CONSUMER_WINDOW_SECONDS: u64 = 60;
+pub const DEFAULT_SLOW_CONSUMER_WINDOW_SECONDS: Seconds = Seconds::from_secs(60);
 /// Default for [`FanoutConfig::linger_seconds`].
-pub const DEFAULT_LINGER_SECONDS: u64 = 60;
+pub const DEFAULT_LINGER_SECONDS: SecondsOrZero = SecondsOrZero::from_secs(60);
 
 /// How deep a subscriber may fall behind, when it is cut off, and how long an unwanted topic is kept
 /// upstream. Composed into the relay's TOML config (`[fanout]`); every field has a default.
@@ -32,10 +32,10 @@ pub struct FanoutConfig {
     /// disconnected as a slow consumer. Default 3.
     pub slow_consumer_lags: u32,
     /// The window of the slow-consumer policy, in seconds. Default 60.
-    pub slow_consumer_window_seconds: u64,
+    pub slow_consumer_window_seconds: Seconds,
     /// How long a topic nobody subscribes to any more stays wanted upstream (so a reconnecting
     /// client does not churn the upstream subscription), in seconds. 0 drops it at once. Default 60.
-    pub linger_seconds: u64,
+    pub linger_seconds: SecondsOrZero,
 }
 
 impl Default for FanoutConfig {
@@ -57,69 +57,27 @@ const MAX_QUEUE_MESSAGES: usize = 1 << 24;
 impl FanoutConfig {
     /// Checks every field and reports every problem at once, each naming its key (under
     /// `fanout.`) and the bad value.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        let mut problems = Vec::new();
+    pub fn validate(&self) -> Result<(), Problems> {
+        let mut problems = Problems::new();
         if self.queue_messages == 0 || self.queue_messages > MAX_QUEUE_MESSAGES {
-            problems.push(Problem {
-                key: "fanout.queue_messages",
-                value: self.queue_messages.to_string(),
-                reason: "must be between 1 and 16777216",
-            });
+            problems.add(
+                "fanout.queue_messages",
+                self.queue_messages,
+                "must be between 1 and 16777216",
+            );
         }
         if self.queue_bytes == 0 {
-            problems.push(Problem {
-                key: "fanout.queue_bytes",
-                value: "0".into(),
-                reason: "must be > 0",
-            });
+            problems.add("fanout.queue_bytes", 0, "must be > 0");
         }
-        if self.slow_consumer_window_seconds == 0 {
-            problems.push(Problem {
-                key: "fanout.slow_consumer_window_seconds",
-                value: "0".into(),
-                reason: "must be > 0",
-            });
-        }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigError { problems })
-        }
+        problems.into_result(())
     }
 
     pub(crate) fn slow_consumer_window(&self) -> Duration {
-        Duration::from_secs(self.slow_consumer_window_seconds)
+        self.slow_consumer_window_seconds.get()
     }
 
     pub(crate) fn linger(&self) -> Duration {
-        Duration::from_secs(self.linger_seconds)
-    }
-}
-
-/// One bad configuration value.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Problem {
-    /// The dotted key, e.g. `fanout.queue_bytes`.
-    pub key: &'static str,
-    pub value: String,
-    pub reason: &'static str,
-}
-
-/// Every problem [`FanoutConfig::validate`] found.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub struct ConfigError {
-    pub problems: Vec<Problem>,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, p) in self.problems.iter().enumerate() {
-            if i > 0 {
-                f.write_str("; ")?;
-            }
-            write!(f, "{} = {}: {}", p.key, p.value, p.reason)?;
-        }
-        Ok(())
+        self.linger_seconds.get()
     }
 }
 
@@ -141,14 +99,18 @@ mod tests {
         let c = FanoutConfig {
             queue_messages: 0,
             queue_bytes: 0,
-            slow_consumer_window_seconds: 0,
             ..FanoutConfig::default()
         };
         let err = c.validate().unwrap_err();
-        assert_eq!(err.problems.len(), 3);
-        assert!(err
+        assert_eq!(err.len(), 2);
+        assert!(err.0[0]
             .to_string()
             .starts_with("fanout.queue_messages = 0: must be"));
         assert!(serde_json::from_str::<FanoutConfig>(r#"{"queue_mesages":1}"#).is_err());
+        // A zero window is refused while parsing; a zero linger means "at once".
+        let zero = r#"{"slow_consumer_window_seconds":0}"#;
+        assert!(serde_json::from_str::<FanoutConfig>(zero).is_err());
+        let c: FanoutConfig = serde_json::from_str(r#"{"linger_seconds":0}"#).unwrap();
+        assert_eq!(c.linger(), Duration::ZERO);
     }
 }

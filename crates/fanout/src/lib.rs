@@ -103,8 +103,8 @@ use parking_lot::Mutex;
 use tokio::sync::broadcast;
 
 pub use crate::config::{
-    ConfigError, FanoutConfig, Problem, DEFAULT_LINGER_SECONDS, DEFAULT_QUEUE_BYTES,
-    DEFAULT_QUEUE_MESSAGES, DEFAULT_SLOW_CONSUMER_LAGS, DEFAULT_SLOW_CONSUMER_WINDOW_SECONDS,
+    FanoutConfig, DEFAULT_LINGER_SECONDS, DEFAULT_QUEUE_BYTES, DEFAULT_QUEUE_MESSAGES,
+    DEFAULT_SLOW_CONSUMER_LAGS, DEFAULT_SLOW_CONSUMER_WINDOW_SECONDS,
 };
 pub use crate::item::{write_envelope, Item, Topic};
 pub use crate::publisher::{PublishError, Publisher};

@@ -277,7 +277,7 @@ async fn more_than_k_lags_in_the_window_is_a_slow_consumer() {
     let config = FanoutConfig {
         queue_messages: 4,
         slow_consumer_lags: 3,
-        slow_consumer_window_seconds: 60,
+        slow_consumer_window_seconds: settings::Seconds::from_secs(60),
         ..FanoutConfig::default()
     };
     let (mut p, f, _r) = fanout::new(config);

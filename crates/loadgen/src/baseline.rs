@@ -43,15 +43,7 @@ pub async fn serve(
     loop {
         let (stream, _) = tokio::select! {
             _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Usually EMFILE: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            accepted = accept::next(&listener) => accepted,
         };
         tasks.spawn(client(stream, tx.subscribe(), shutdown.clone()));
     }

@@ -141,8 +141,10 @@ impl Driver<'_> {
         match s.kind {
             Kind::Steady | Kind::Idle => {
                 load.ramped(ramp_limit(s.clients, s.connect_rate)).await;
-                sleep(s.warmup_secs).await;
-                let m = self.window(&load, s.duration_secs, s.clients).await;
+                sleep(s.warmup_seconds.as_secs_f64()).await;
+                let m = self
+                    .window(&load, s.duration_seconds.as_secs_f64(), s.clients)
+                    .await;
                 self.steady_metrics(&m);
                 if s.kind == Kind::Idle {
                     self.idle_metrics(&m, rss_before);
@@ -176,19 +178,21 @@ impl Driver<'_> {
     async fn ramp(&mut self, load: &mut Load) -> Result<()> {
         let s = self.scenario;
         load.ramped(ramp_limit(s.clients, s.connect_rate)).await;
-        sleep(s.warmup_secs).await;
+        sleep(s.warmup_seconds.as_secs_f64()).await;
         let mut last_good = 0.0;
         let mut good_metrics = BTreeMap::new();
         for &rate in &s.ramp_rates {
             let body = format!(r#"{{"msgs_per_sec":{rate}}}"#);
             admin::sim_fault(self.admin_url, "rate", Some(&body)).await?;
-            sleep(s.settle_secs).await;
+            sleep(s.settle_seconds.as_secs_f64()).await;
             self.metrics.remove("delivered_ratio");
-            let m = self.window(load, s.duration_secs, s.clients).await;
+            let m = self
+                .window(load, s.duration_seconds.as_secs_f64(), s.clients)
+                .await;
             let delivered = self.metrics.get("delivered_ratio").copied().unwrap_or(0.0);
             let p99 = m.total.latency_ms.p99;
             let good = m.total.latency_ms.count > 0
-                && p99 <= s.p99_limit_ms
+                && p99 <= s.p99_limit_seconds.as_secs_f64() * 1000.0
                 && delivered >= s.min_delivered;
             self.notes.push(format!(
                 "rate {rate}: p99 {p99:.2} ms, delivered {:.3}, {:.0} frames/s, server cpu/frame {} -> {}",
@@ -215,8 +219,10 @@ impl Driver<'_> {
     async fn slow_consumer(&mut self, load: &mut Load, cfg: &LoadConfig) -> Result<()> {
         let s = self.scenario;
         load.ramped(ramp_limit(s.clients, s.connect_rate)).await;
-        sleep(s.warmup_secs).await;
-        let alone = self.window(load, s.duration_secs, s.clients).await;
+        sleep(s.warmup_seconds.as_secs_f64()).await;
+        let alone = self
+            .window(load, s.duration_seconds.as_secs_f64(), s.clients)
+            .await;
         let stalled = Load::start(LoadConfig {
             clients: s.stalled,
             stalled_share: 1.0,
@@ -225,8 +231,10 @@ impl Driver<'_> {
             ..cfg.clone()
         })
         .await?;
-        sleep(s.settle_secs).await;
-        let with = self.window(load, s.duration_secs, s.clients).await;
+        sleep(s.settle_seconds.as_secs_f64()).await;
+        let with = self
+            .window(load, s.duration_seconds.as_secs_f64(), s.clients)
+            .await;
         stalled.stop().await;
         self.steady_metrics(&with);
         let (a, b) = (alone.total.latency_ms.p99, with.total.latency_ms.p99);
@@ -267,9 +275,11 @@ impl Driver<'_> {
             })
         };
         let all = load
-            .all_receiving(Duration::from_secs_f64(s.deadline_secs))
+            .all_receiving(Duration::from_secs_f64(s.deadline_seconds.as_secs_f64()))
             .await;
-        let m = self.window(load, s.duration_secs, s.clients).await;
+        let m = self
+            .window(load, s.duration_seconds.as_secs_f64(), s.clients)
+            .await;
         poll.abort();
         let after = admin::sim_stats(self.admin_url).await.ok();
         self.steady_metrics(&m);
@@ -281,7 +291,9 @@ impl Driver<'_> {
         } else {
             self.notes.push(format!(
                 "only {} of {} clients received data within {} s",
-                m.connections.receiving, s.clients, s.deadline_secs
+                m.connections.receiving,
+                s.clients,
+                s.deadline_seconds.as_secs_f64()
             ));
         }
         self.set("connect_p99_ms", m.connections.connect_ms.p99);
@@ -305,12 +317,15 @@ impl Driver<'_> {
     async fn upstream_drop(&mut self, load: &mut Load) -> Result<()> {
         let s = self.scenario;
         load.ramped(ramp_limit(s.clients, s.connect_rate)).await;
-        sleep(s.warmup_secs).await;
-        let m = self.window(load, s.duration_secs, s.clients).await;
+        sleep(s.warmup_seconds.as_secs_f64()).await;
+        let m = self
+            .window(load, s.duration_seconds.as_secs_f64(), s.clients)
+            .await;
         self.steady_metrics(&m);
         load.mark_fault();
         admin::sim_fault(self.admin_url, "drop", None).await?;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(s.deadline_secs);
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_secs_f64(s.deadline_seconds.as_secs_f64());
         while load.recovery().count < s.clients as u64 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -324,7 +339,9 @@ impl Driver<'_> {
         if r.count < s.clients as u64 {
             self.notes.push(format!(
                 "{} of {} clients had fresh snapshots within {} s of the drop",
-                r.count, s.clients, s.deadline_secs
+                r.count,
+                s.clients,
+                s.deadline_seconds.as_secs_f64()
             ));
         }
         let after = load.stats().connections();

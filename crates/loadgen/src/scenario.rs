@@ -4,6 +4,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
+use settings::{Moved, Renamed, Seconds, SecondsOrZero};
 
 /// The built-in scenarios, in suite order.
 pub const PRESETS: [(&str, &str); 7] = [
@@ -58,25 +59,27 @@ pub struct Scenario {
     pub channels: Vec<String>,
     /// Each client subscribes to the simulator's first `markets` markets.
     pub markets: usize,
+    /// Seconds before the first window. Default 0.
     #[serde(default)]
-    pub warmup_secs: f64,
-    /// The measurement window (per step or per phase where there are several).
-    pub duration_secs: f64,
-    /// Wait before a window after a change (ramp step, stalled clients added).
+    pub warmup_seconds: SecondsOrZero,
+    /// The measurement window (per step or per phase where there are several), in seconds.
+    pub duration_seconds: Seconds,
+    /// Seconds to wait before a window after a change (ramp step, stalled clients added).
+    /// Default 0.
     #[serde(default)]
-    pub settle_secs: f64,
+    pub settle_seconds: SecondsOrZero,
     /// `slow_consumer`: stalled clients added for the second window.
     #[serde(default)]
     pub stalled: usize,
     /// `storm`, `upstream_drop`: give up waiting after this many seconds.
     #[serde(default = "default_deadline")]
-    pub deadline_secs: f64,
+    pub deadline_seconds: Seconds,
     /// `ramp`: the rates tried, in order.
     #[serde(default)]
     pub ramp_rates: Vec<f64>,
-    /// `ramp`: a step fails above this p99.
+    /// `ramp`: a step fails above this p99 latency, in seconds. Default 0.1.
     #[serde(default = "default_p99_limit")]
-    pub p99_limit_ms: f64,
+    pub p99_limit_seconds: Seconds,
     /// `ramp`: a step fails when delivered / sent falls below this.
     #[serde(default = "default_min_delivered")]
     pub min_delivered: f64,
@@ -87,12 +90,46 @@ pub struct Scenario {
     pub read_buffer_bytes: usize,
 }
 
-fn default_deadline() -> f64 {
-    30.0
+fn default_deadline() -> Seconds {
+    Seconds::from_secs(30)
 }
-fn default_p99_limit() -> f64 {
-    100.0
+fn default_p99_limit() -> Seconds {
+    Seconds::from_millis(100)
 }
+
+/// Keys that got the `_seconds` convention; the old names still work, with a warning.
+const RENAMED: &[Renamed] = &[
+    Renamed {
+        table: &[],
+        old: "warmup_secs",
+        new: "warmup_seconds",
+        scale: 1.0,
+    },
+    Renamed {
+        table: &[],
+        old: "duration_secs",
+        new: "duration_seconds",
+        scale: 1.0,
+    },
+    Renamed {
+        table: &[],
+        old: "settle_secs",
+        new: "settle_seconds",
+        scale: 1.0,
+    },
+    Renamed {
+        table: &[],
+        old: "deadline_secs",
+        new: "deadline_seconds",
+        scale: 1.0,
+    },
+    Renamed {
+        table: &[],
+        old: "p99_limit_ms",
+        new: "p99_limit_seconds",
+        scale: 0.001,
+    },
+];
 fn default_min_delivered() -> f64 {
     0.95
 }
@@ -101,10 +138,25 @@ fn default_read_buffer() -> usize {
 }
 
 impl Scenario {
+    /// Parses and validates; an old key name is logged as a warning naming the new one.
     pub fn parse(text: &str) -> Result<Scenario> {
-        let s: Scenario = toml::from_str(text)?;
+        let (scenario, moved) = Scenario::parse_noting(text)?;
+        for m in moved {
+            tracing::warn!("scenario: {m}");
+        }
+        Ok(scenario)
+    }
+
+    /// Parses and validates, and says which old key names were used.
+    pub fn parse_noting(text: &str) -> Result<(Scenario, Vec<Moved>)> {
+        let mut table: toml::Table = toml::from_str(text)?;
+        let (moved, problems) = settings::rename_keys(&mut table, RENAMED);
+        if !problems.is_empty() {
+            bail!("{}", settings::Problems(problems));
+        }
+        let s: Scenario = toml::Value::Table(table).try_into()?;
         s.validate()?;
-        Ok(s)
+        Ok((s, moved))
     }
 
     /// A preset by name, or a TOML file by path.
@@ -141,12 +193,6 @@ impl Scenario {
                 problems.push(format!("channels: unknown channel {c:?}"));
             }
         }
-        if self.duration_secs.is_nan() || self.duration_secs <= 0.0 {
-            problems.push(format!(
-                "duration_secs = {}: must be > 0",
-                self.duration_secs
-            ));
-        }
         if self.kind == Kind::Ramp && self.ramp_rates.is_empty() {
             problems.push("ramp_rates: a ramp needs at least one rate".to_owned());
         }
@@ -171,10 +217,12 @@ impl Scenario {
             self.connect_rate = (self.connect_rate * clients).max(1.0);
         }
         let t = |s: f64| s * time;
-        self.warmup_secs = t(self.warmup_secs);
-        self.duration_secs = t(self.duration_secs).max(0.5);
-        self.settle_secs = t(self.settle_secs);
-        self.deadline_secs = t(self.deadline_secs).max(5.0);
+        self.warmup_seconds = SecondsOrZero::from_secs_f64(t(self.warmup_seconds.as_secs_f64()));
+        self.duration_seconds =
+            Seconds::from_secs_f64(t(self.duration_seconds.as_secs_f64()).max(0.5));
+        self.settle_seconds = SecondsOrZero::from_secs_f64(t(self.settle_seconds.as_secs_f64()));
+        self.deadline_seconds =
+            Seconds::from_secs_f64(t(self.deadline_seconds.as_secs_f64()).max(5.0));
         self
     }
 
@@ -204,6 +252,37 @@ mod tests {
     fn scaling_keeps_at_least_one() {
         let s = Scenario::load("slow-consumer").unwrap().scaled(0.001, 0.1);
         assert_eq!((s.clients, s.stalled), (1, 1));
-        assert!(s.duration_secs >= 0.5);
+        assert!(s.duration_seconds.as_secs_f64() >= 0.5);
+    }
+
+    #[test]
+    fn old_key_names_still_work_and_name_the_new_ones() {
+        let base = "name = \"x\"\nkind = \"ramp\"\ndescription = \"\"\nsim_markets = 2\n\
+                    sim_rate = 10.0\nclients = 1\nchannels = [\"ticker\"]\nmarkets = 1\n\
+                    ramp_rates = [10.0]\n";
+        let (new, moved) = Scenario::parse_noting(&format!(
+            "{base}duration_seconds = 4.0\nsettle_seconds = 2\np99_limit_seconds = 0.05\n"
+        ))
+        .unwrap();
+        assert!(moved.is_empty());
+        let (old, moved) = Scenario::parse_noting(&format!(
+            "{base}duration_secs = 4.0\nsettle_secs = 2\np99_limit_ms = 50\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            serde_json::to_value(&old).unwrap(),
+            serde_json::to_value(&new).unwrap()
+        );
+        let moved: Vec<String> = moved.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            moved,
+            [
+                "duration_secs is deprecated: use duration_seconds",
+                "settle_secs is deprecated: use settle_seconds",
+                "p99_limit_ms is deprecated: use p99_limit_seconds"
+            ]
+        );
+        let zero = Scenario::parse_noting(&format!("{base}duration_seconds = 0\n"));
+        assert!(zero.unwrap_err().to_string().contains("duration_seconds"));
     }
 }

@@ -150,8 +150,8 @@ impl App {
         tls: Option<crate::tls::Tls>,
     ) -> App {
         let history = crate::resume::History::new(
-            config.downstream.resume_history_fills,
-            config.downstream.resume_history_seconds as i64,
+            config.downstream.resume_history_fills.get(),
+            config.downstream.resume_history_seconds.get().as_secs() as i64,
         );
         let heartbeat = Heartbeat::new(
             config.downstream.ping_interval(),

@@ -34,7 +34,7 @@ use crate::breakage::{self, Breakage, Every};
 /// items in a continuous stream), so a client woken by a batch finds all of it and writes it in
 /// one socket write.
 ///
-/// With a write-coalescing window (`downstream.coalesce_window_ms`), the release waits until the
+/// With a write-coalescing window (`downstream.coalesce_window_seconds`), the release waits until the
 /// window, opened by the first market-data message after a release, closes: every client then
 /// writes the whole window's frames at once, and one timer serves them all. Everything else (a
 /// state change, a lost-messages notice, a released book) is released at once. The cache is
@@ -352,7 +352,7 @@ mod tests {
         const TRADES: usize = 100;
         let mut config = crate::config::RelayConfig::with_upstream("ws://127.0.0.1:9/");
         config.fanout.queue_bytes = 4096;
-        config.downstream.coalesce_window_ms = 100;
+        config.downstream.coalesce_window_seconds = settings::SecondsOrZero::from_millis(100);
         let (publisher, fanout, _registry) = fanout::new(config.fanout.clone());
         let (upstream, _upstream_events) =
             upstream::spawn(config.upstream.clone(), CancellationToken::new()).unwrap();

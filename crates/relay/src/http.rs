@@ -22,7 +22,7 @@ use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::WebSocketStream;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::app::App;
 use crate::breakage::{self, Breakage};
@@ -64,15 +64,7 @@ const SHUTDOWN_RETRY_AFTER_SECONDS: u32 = 5;
 /// but they are not tracked: the drain waits for clients, not for probes.
 pub async fn serve(app: Arc<App>, listener: TcpListener, role: ListenerRole) {
     loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(pair) => pair,
-            Err(e) => {
-                // Out of file descriptors and the like: back off a little instead of spinning.
-                warn!(error = %e, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+        let (stream, peer) = accept::next(&listener).await;
         let draining = app.shutdown.is_cancelled();
         let Ok(permit) = app.handshakes.clone().try_acquire_owned() else {
             metrics::counter!(crate::metrics::HANDSHAKES_REJECTED_TOTAL, "reason" => "pending handshakes")

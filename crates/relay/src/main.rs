@@ -68,7 +68,12 @@ fn main() -> ExitCode {
         upstream_url: cli.upstream_url.clone(),
     };
     let config = match config::load(&source, &env, &overrides) {
-        Ok(config) => config,
+        Ok(loaded) => {
+            for line in &loaded.deprecated {
+                tracing::warn!("{line}");
+            }
+            loaded.config
+        }
         Err(e) => {
             eprint!("relay: {e}");
             return ExitCode::from(EXIT_CONFIG);

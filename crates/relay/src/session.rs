@@ -519,7 +519,12 @@ where
             return Ok(());
         }
         let app = self.app;
-        let overlap = app.config.upstream.backfill_overlap_seconds.ceil() as i64;
+        let overlap = app
+            .config
+            .upstream
+            .backfill_overlap_seconds
+            .as_secs_f64()
+            .ceil() as i64;
         let fetched =
             resume::fetch(&app.history, app.upstream.rest(), overlap, &from, &private).await;
         self.position = Some(from.clone());

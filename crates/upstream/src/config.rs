@@ -2,6 +2,7 @@
 //! after validation, with the key loaded and every duration typed.
 
 use std::fmt;
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,25 +11,26 @@ use protocol::Signer;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 use serde::{Deserialize, Serialize};
+use settings::{Problem, Problems, Seconds};
 
 /// Production endpoint of the exchange.
 pub const DEFAULT_URL: &str = "wss://external-api-ws.kalshi.com/trade-api/ws/v2";
-pub const DEFAULT_CONNECT_TIMEOUT_SECONDS: f64 = 10.0;
-pub const DEFAULT_BACKFILL_OVERLAP_SECONDS: f64 = 5.0;
-pub const DEFAULT_HANDSHAKE_TIMEOUT_SECONDS: f64 = 10.0;
-pub const DEFAULT_BACKOFF_BASE_SECONDS: f64 = 1.0;
+pub const DEFAULT_CONNECT_TIMEOUT_SECONDS: Seconds = Seconds::from_secs(10);
+pub const DEFAULT_BACKFILL_OVERLAP_SECONDS: Seconds = Seconds::from_secs(5);
+pub const DEFAULT_HANDSHAKE_TIMEOUT_SECONDS: Seconds = Seconds::from_secs(10);
+pub const DEFAULT_BACKOFF_BASE_SECONDS: Seconds = Seconds::from_secs(1);
 pub const DEFAULT_BACKOFF_FACTOR: f64 = 2.0;
-pub const DEFAULT_BACKOFF_CAP_SECONDS: f64 = 30.0;
-pub const DEFAULT_HEALTHY_RESET_SECONDS: f64 = 60.0;
-pub const DEFAULT_MAX_CONSECUTIVE_FAILURES: u32 = 10;
+pub const DEFAULT_BACKOFF_CAP_SECONDS: Seconds = Seconds::from_secs(30);
+pub const DEFAULT_HEALTHY_RESET_SECONDS: Seconds = Seconds::from_secs(60);
+pub const DEFAULT_MAX_CONSECUTIVE_FAILURES: NonZeroU32 = NonZeroU32::new(10).unwrap();
 /// Three server ping periods (the exchange pings every 10 s).
-pub const DEFAULT_LIVENESS_WINDOW_SECONDS: f64 = 30.0;
-pub const DEFAULT_PING_INTERVAL_SECONDS: f64 = 30.0;
-pub const DEFAULT_PONG_TIMEOUT_SECONDS: f64 = 10.0;
-pub const DEFAULT_SNAPSHOT_TIMEOUT_SECONDS: f64 = 10.0;
-pub const DEFAULT_CLOSE_TIMEOUT_SECONDS: f64 = 2.0;
+pub const DEFAULT_LIVENESS_WINDOW_SECONDS: Seconds = Seconds::from_secs(30);
+pub const DEFAULT_PING_INTERVAL_SECONDS: Seconds = Seconds::from_secs(30);
+pub const DEFAULT_PONG_TIMEOUT_SECONDS: Seconds = Seconds::from_secs(10);
+pub const DEFAULT_SNAPSHOT_TIMEOUT_SECONDS: Seconds = Seconds::from_secs(10);
+pub const DEFAULT_CLOSE_TIMEOUT_SECONDS: Seconds = Seconds::from_secs(2);
 /// Room for a burst of a few thousand messages while the owner catches up.
-pub const DEFAULT_EVENT_CHANNEL_CAPACITY: usize = 4096;
+pub const DEFAULT_EVENT_CHANNEL_CAPACITY: NonZeroUsize = NonZeroUsize::new(4096).unwrap();
 
 /// The upstream session's configuration (the `upstream` section of the relay's config).
 ///
@@ -52,36 +54,36 @@ pub struct UpstreamConfig {
     /// Default: none.
     pub extra_ca_file: Option<PathBuf>,
     /// Seconds allowed for the TCP connect. Default: 10.
-    pub connect_timeout_seconds: f64,
+    pub connect_timeout_seconds: Seconds,
     /// Seconds allowed for TLS and the WebSocket upgrade after TCP connected. Default: 10.
-    pub handshake_timeout_seconds: f64,
+    pub handshake_timeout_seconds: Seconds,
     /// Upper bound of the first reconnect delay, in seconds (full jitter below it). Default: 1.
-    pub backoff_base_seconds: f64,
+    pub backoff_base_seconds: Seconds,
     /// Growth of the delay bound per consecutive failure. Default: 2.
     pub backoff_factor: f64,
     /// Largest reconnect delay bound, in seconds; also the probe period after giving up.
     /// Default: 30.
-    pub backoff_cap_seconds: f64,
+    pub backoff_cap_seconds: Seconds,
     /// Seconds a connection must stay up to reset the backoff and the failure count. Default: 60.
-    pub healthy_reset_seconds: f64,
+    pub healthy_reset_seconds: Seconds,
     /// Consecutive failures before the session reports `GaveUp` (it keeps probing at the cap).
     /// Default: 10.
-    pub max_consecutive_failures: u32,
+    pub max_consecutive_failures: NonZeroU32,
     /// Seconds without any frame (pings included) after which the connection is dead.
     /// Default: 30.
-    pub liveness_window_seconds: f64,
+    pub liveness_window_seconds: Seconds,
     /// Seconds between our own WebSocket pings. Default: 30.
-    pub ping_interval_seconds: f64,
+    pub ping_interval_seconds: Seconds,
     /// Seconds to wait for the pong of our ping. Default: 10.
-    pub pong_timeout_seconds: f64,
+    pub pong_timeout_seconds: Seconds,
     /// Seconds a gap repair (`get_snapshot`) may take before the channel is resubscribed.
     /// Default: 10.
-    pub snapshot_timeout_seconds: f64,
+    pub snapshot_timeout_seconds: Seconds,
     /// Seconds to wait for the exchange's close echo on shutdown. Default: 2.
-    pub close_timeout_seconds: f64,
+    pub close_timeout_seconds: Seconds,
     /// Capacity of the event channel to the owner, in events; when full the session waits (and
     /// measures the wait). Default: 4096.
-    pub event_channel_capacity: usize,
+    pub event_channel_capacity: NonZeroUsize,
     /// `use_yes_price` sent on orderbook subscriptions (always sent explicitly). Default: false.
     pub orderbook_use_yes_price: bool,
     /// After an outage, fetch the fills, orders and positions the private channels missed over
@@ -90,7 +92,7 @@ pub struct UpstreamConfig {
     pub backfill: bool,
     /// How far before the last message received the backfill looks, in seconds: covers the
     /// time it took to notice the loss and clock skew with the exchange. Default: 5.
-    pub backfill_overlap_seconds: f64,
+    pub backfill_overlap_seconds: Seconds,
     /// The REST client the backfill uses (`upstream.rest.*`).
     pub rest: crate::rest::RestConfig,
 }
@@ -156,31 +158,6 @@ impl fmt::Debug for UpstreamConfig {
     }
 }
 
-/// One bad setting: the dotted key, the value as given, and what is wrong.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Problem {
-    pub key: &'static str,
-    pub value: String,
-    pub message: String,
-}
-
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "upstream.{} = {}: {}",
-            self.key, self.value, self.message
-        )
-    }
-}
-
-/// The configuration was refused; every problem found is listed.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("invalid upstream configuration:\n  {}", problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n  "))]
-pub struct ConfigError {
-    pub problems: Vec<Problem>,
-}
-
 /// The validated configuration the session runs with.
 #[derive(Clone, Debug)]
 pub(crate) struct Settings {
@@ -205,18 +182,14 @@ pub(crate) struct Settings {
 
 impl UpstreamConfig {
     /// Checks every setting (reading the key and CA files) and reports all problems at once.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub fn validate(&self) -> Result<(), Problems> {
         self.resolve().map(drop)
     }
 
-    pub(crate) fn resolve(&self) -> Result<Settings, ConfigError> {
-        let mut problems = Vec::new();
-        let mut bad = |key: &'static str, value: String, message: &str| {
-            problems.push(Problem {
-                key,
-                value,
-                message: message.to_owned(),
-            })
+    pub(crate) fn resolve(&self) -> Result<Settings, Problems> {
+        let mut problems = Problems::new();
+        let mut bad = |key: &str, value: String, message: &str| {
+            problems.add(format!("upstream.{key}"), value, message)
         };
 
         let url_ok = match self.url.split_once("://") {
@@ -238,27 +211,6 @@ impl UpstreamConfig {
             );
         }
 
-        let mut seconds = |key: &'static str, v: f64| -> Duration {
-            if v.is_finite() && v > 0.0 && v < 1e9 {
-                Duration::from_secs_f64(v)
-            } else {
-                bad(key, v.to_string(), "must be a number of seconds > 0");
-                Duration::from_secs(1)
-            }
-        };
-        let connect_timeout = seconds("connect_timeout_seconds", self.connect_timeout_seconds);
-        let handshake_timeout =
-            seconds("handshake_timeout_seconds", self.handshake_timeout_seconds);
-        let backoff_base = seconds("backoff_base_seconds", self.backoff_base_seconds);
-        let backoff_cap = seconds("backoff_cap_seconds", self.backoff_cap_seconds);
-        let healthy_reset = seconds("healthy_reset_seconds", self.healthy_reset_seconds);
-        let liveness_window = seconds("liveness_window_seconds", self.liveness_window_seconds);
-        let ping_interval = seconds("ping_interval_seconds", self.ping_interval_seconds);
-        let pong_timeout = seconds("pong_timeout_seconds", self.pong_timeout_seconds);
-        let snapshot_timeout = seconds("snapshot_timeout_seconds", self.snapshot_timeout_seconds);
-        seconds("backfill_overlap_seconds", self.backfill_overlap_seconds);
-        let close_timeout = seconds("close_timeout_seconds", self.close_timeout_seconds);
-
         if !(self.backoff_factor.is_finite() && self.backoff_factor >= 1.0) {
             bad(
                 "backoff_factor",
@@ -266,18 +218,12 @@ impl UpstreamConfig {
                 "must be >= 1",
             );
         }
-        if backoff_cap < backoff_base {
+        if self.backoff_cap_seconds < self.backoff_base_seconds {
             bad(
                 "backoff_cap_seconds",
                 self.backoff_cap_seconds.to_string(),
                 "must be >= backoff_base_seconds",
             );
-        }
-        if self.max_consecutive_failures == 0 {
-            bad("max_consecutive_failures", "0".into(), "must be > 0");
-        }
-        if self.event_channel_capacity == 0 {
-            bad("event_channel_capacity", "0".into(), "must be > 0");
         }
 
         let pem = match (&self.private_key_path, &self.private_key_pem) {
@@ -372,37 +318,31 @@ impl UpstreamConfig {
         }
 
         if !problems.is_empty() {
-            return Err(ConfigError { problems });
+            return Err(problems);
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let tls = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .map_err(|e| ConfigError {
-                problems: vec![Problem {
-                    key: "extra_ca_file",
-                    value: String::new(),
-                    message: e.to_string(),
-                }],
-            })?
+            .map_err(|e| Problems::from(Problem::about("upstream.extra_ca_file", e.to_string())))?
             .with_root_certificates(roots)
             .with_no_client_auth();
         Ok(Settings {
             url: self.url.clone(),
             signer,
             tls: Arc::new(tls),
-            connect_timeout,
-            handshake_timeout,
-            backoff_base,
+            connect_timeout: self.connect_timeout_seconds.get(),
+            handshake_timeout: self.handshake_timeout_seconds.get(),
+            backoff_base: self.backoff_base_seconds.get(),
             backoff_factor: self.backoff_factor,
-            backoff_cap,
-            healthy_reset,
-            max_consecutive_failures: self.max_consecutive_failures,
-            liveness_window,
-            ping_interval,
-            pong_timeout,
-            snapshot_timeout,
-            close_timeout,
-            event_channel_capacity: self.event_channel_capacity,
+            backoff_cap: self.backoff_cap_seconds.get(),
+            healthy_reset: self.healthy_reset_seconds.get(),
+            max_consecutive_failures: self.max_consecutive_failures.get(),
+            liveness_window: self.liveness_window_seconds.get(),
+            ping_interval: self.ping_interval_seconds.get(),
+            pong_timeout: self.pong_timeout_seconds.get(),
+            snapshot_timeout: self.snapshot_timeout_seconds.get(),
+            close_timeout: self.close_timeout_seconds.get(),
+            event_channel_capacity: self.event_channel_capacity.get(),
             use_yes_price: self.orderbook_use_yes_price,
         })
     }
@@ -417,10 +357,35 @@ mod tests {
         UpstreamConfig::default().validate().unwrap();
         let parsed: UpstreamConfig =
             serde_json::from_str(r#"{"url":"ws://127.0.0.1:1/x"}"#).unwrap();
-        assert_eq!(parsed.backoff_cap_seconds, 30.0);
-        assert_eq!(parsed.max_consecutive_failures, 10);
+        assert_eq!(parsed.backoff_cap_seconds, Seconds::from_secs(30));
+        assert_eq!(parsed.max_consecutive_failures.get(), 10);
         let err = serde_json::from_str::<UpstreamConfig>(r#"{"urll":"ws://x"}"#).unwrap_err();
         assert!(err.to_string().contains("unknown field `urll`"), "{err}");
+    }
+
+    #[test]
+    fn durations_are_fractional_seconds_and_zero_is_refused_where_it_is_invalid() {
+        let parsed: UpstreamConfig =
+            serde_json::from_str(r#"{"backoff_base_seconds":0.25,"close_timeout_seconds":3}"#)
+                .unwrap();
+        let settings = parsed.resolve().unwrap();
+        assert_eq!(settings.backoff_base, Duration::from_millis(250));
+        assert_eq!(settings.close_timeout, Duration::from_secs(3));
+        for zero in [
+            r#"{"pong_timeout_seconds":0}"#,
+            r#"{"max_consecutive_failures":0}"#,
+            r#"{"event_channel_capacity":0}"#,
+        ] {
+            let err = serde_json::from_str::<UpstreamConfig>(zero).unwrap_err();
+            let key = zero.split('"').nth(1).unwrap();
+            let problem = Problem::from_serde(key, &err.to_string());
+            assert!(
+                problem
+                    .to_string()
+                    .starts_with(&format!("{key} = 0: must be > 0")),
+                "{problem}"
+            );
+        }
     }
 
     #[test]
@@ -429,21 +394,20 @@ mod tests {
             url: "http://x".into(),
             key_id: Some("k".into()),
             private_key_path: Some("/nonexistent/key.pem".into()),
-            pong_timeout_seconds: 0.0,
+            backoff_base_seconds: Seconds::from_secs(5),
+            backoff_cap_seconds: Seconds::from_secs(1),
             backoff_factor: 0.5,
-            max_consecutive_failures: 0,
             ..UpstreamConfig::default()
         };
         let err = config.validate().unwrap_err();
-        let keys: Vec<_> = err.problems.iter().map(|p| p.key).collect();
+        let keys: Vec<_> = err.iter().map(|p| p.key.as_str()).collect();
         assert_eq!(
             keys,
             [
-                "url",
-                "pong_timeout_seconds",
-                "backoff_factor",
-                "max_consecutive_failures",
-                "private_key_path"
+                "upstream.url",
+                "upstream.backoff_factor",
+                "upstream.backoff_cap_seconds",
+                "upstream.private_key_path"
             ]
         );
         let text = err.to_string();
@@ -452,7 +416,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("upstream.pong_timeout_seconds = 0: must be"),
+            text.contains("upstream.backoff_cap_seconds = 1: must be >= backoff_base_seconds"),
             "{text}"
         );
         assert!(
@@ -469,14 +433,14 @@ mod tests {
             key_id: Some("k".into()),
             ..UpstreamConfig::default()
         };
-        assert_eq!(only_id.validate().unwrap_err().problems[0].key, "key_id");
+        assert_eq!(only_id.validate().unwrap_err().0[0].key, "upstream.key_id");
         let bad_pem = UpstreamConfig {
             key_id: Some("k".into()),
             private_key_pem: Some("not a key".into()),
             ..UpstreamConfig::default()
         };
         let err = bad_pem.validate().unwrap_err();
-        assert_eq!(err.problems[0].key, "private_key_pem");
+        assert_eq!(err.0[0].key, "upstream.private_key_pem");
         assert!(
             !err.to_string().contains("not a key"),
             "the PEM is never printed"

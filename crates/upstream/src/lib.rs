@@ -36,7 +36,7 @@
 //! use tokio_util::sync::CancellationToken;
 //! use upstream::{Event, UpstreamConfig};
 //!
-//! # async fn demo() -> Result<(), upstream::ConfigError> {
+//! # async fn demo() -> Result<(), settings::Problems> {
 //! let config = UpstreamConfig { url: "ws://127.0.0.1:9000/trade-api/ws/v2".into(), ..Default::default() };
 //! let shutdown = CancellationToken::new();
 //! let (upstream, mut events) = upstream::spawn(config, shutdown.clone())?;
@@ -76,13 +76,12 @@ use tokio_util::sync::CancellationToken;
 
 pub use backfill::{recover, Continuation, Recovered};
 pub use config::{
-    ConfigError, Problem, UpstreamConfig, DEFAULT_BACKOFF_BASE_SECONDS,
-    DEFAULT_BACKOFF_CAP_SECONDS, DEFAULT_BACKOFF_FACTOR, DEFAULT_CLOSE_TIMEOUT_SECONDS,
-    DEFAULT_CONNECT_TIMEOUT_SECONDS, DEFAULT_EVENT_CHANNEL_CAPACITY,
-    DEFAULT_HANDSHAKE_TIMEOUT_SECONDS, DEFAULT_HEALTHY_RESET_SECONDS,
-    DEFAULT_LIVENESS_WINDOW_SECONDS, DEFAULT_MAX_CONSECUTIVE_FAILURES,
-    DEFAULT_PING_INTERVAL_SECONDS, DEFAULT_PONG_TIMEOUT_SECONDS, DEFAULT_SNAPSHOT_TIMEOUT_SECONDS,
-    DEFAULT_URL,
+    UpstreamConfig, DEFAULT_BACKOFF_BASE_SECONDS, DEFAULT_BACKOFF_CAP_SECONDS,
+    DEFAULT_BACKOFF_FACTOR, DEFAULT_CLOSE_TIMEOUT_SECONDS, DEFAULT_CONNECT_TIMEOUT_SECONDS,
+    DEFAULT_EVENT_CHANNEL_CAPACITY, DEFAULT_HANDSHAKE_TIMEOUT_SECONDS,
+    DEFAULT_HEALTHY_RESET_SECONDS, DEFAULT_LIVENESS_WINDOW_SECONDS,
+    DEFAULT_MAX_CONSECUTIVE_FAILURES, DEFAULT_PING_INTERVAL_SECONDS, DEFAULT_PONG_TIMEOUT_SECONDS,
+    DEFAULT_SNAPSHOT_TIMEOUT_SECONDS, DEFAULT_URL,
 };
 pub use event::{BookUpdate, Data, DisconnectReason, Event, State, SubId};
 pub use rest::{RestClient, RestConfig, RestError};
@@ -109,7 +108,7 @@ pub struct Upstream {
 pub fn spawn(
     config: UpstreamConfig,
     shutdown: CancellationToken,
-) -> Result<(Upstream, mpsc::Receiver<Event>), ConfigError> {
+) -> Result<(Upstream, mpsc::Receiver<Event>), settings::Problems> {
     spawn_with_rng(config, shutdown, StdRng::from_entropy(), None)
 }
 
@@ -118,7 +117,7 @@ pub fn spawn_seeded(
     config: UpstreamConfig,
     shutdown: CancellationToken,
     seed: u64,
-) -> Result<(Upstream, mpsc::Receiver<Event>), ConfigError> {
+) -> Result<(Upstream, mpsc::Receiver<Event>), settings::Problems> {
     spawn_with_rng(config, shutdown, StdRng::seed_from_u64(seed), None)
 }
 
@@ -128,7 +127,7 @@ pub fn spawn_continuing(
     config: UpstreamConfig,
     shutdown: CancellationToken,
     from: Continuation,
-) -> Result<(Upstream, mpsc::Receiver<Event>), ConfigError> {
+) -> Result<(Upstream, mpsc::Receiver<Event>), settings::Problems> {
     spawn_with_rng(config, shutdown, StdRng::from_entropy(), Some(from))
 }
 
@@ -137,7 +136,7 @@ fn spawn_with_rng(
     shutdown: CancellationToken,
     rng: StdRng,
     continuing: Option<Continuation>,
-) -> Result<(Upstream, mpsc::Receiver<Event>), ConfigError> {
+) -> Result<(Upstream, mpsc::Receiver<Event>), settings::Problems> {
     let settings = config.resolve()?;
     let rest = if config.backfill {
         Some(RestClient::new(&config, &config.rest)?)
@@ -165,7 +164,7 @@ fn spawn_with_rng(
     let span = tracing::info_span!("upstream");
     let recovery = backfill::Recovery {
         rest: rest.clone(),
-        overlap: std::time::Duration::from_secs_f64(config.backfill_overlap_seconds),
+        overlap: config.backfill_overlap_seconds.get(),
         continuing,
     };
     tokio::spawn(tracing::Instrument::instrument(

@@ -198,10 +198,10 @@ async fn backoff_follows_the_curve_gives_up_and_recovers() {
     })
     .await;
     let cfg = UpstreamConfig {
-        backoff_base_seconds: 1.0,
+        backoff_base_seconds: settings::Seconds::from_secs(1),
         backoff_factor: 2.0,
-        backoff_cap_seconds: 8.0,
-        max_consecutive_failures: 5,
+        backoff_cap_seconds: settings::Seconds::from_secs(8),
+        max_consecutive_failures: std::num::NonZeroU32::new(5).unwrap(),
         ..config(&fake.url)
     };
     let shutdown = CancellationToken::new();
@@ -313,7 +313,7 @@ async fn unauthorized_is_auth_failed_with_backoff() {
 async fn stalled_upgrade_times_out_and_is_retried() {
     let mut fake = Fake::start(Mode::Stall).await;
     let cfg = UpstreamConfig {
-        handshake_timeout_seconds: 5.0,
+        handshake_timeout_seconds: settings::Seconds::from_secs(5),
         ..config(&fake.url)
     };
     let shutdown = CancellationToken::new();
@@ -339,7 +339,7 @@ async fn stalled_upgrade_times_out_and_is_retried() {
 async fn silence_is_death_but_exchange_pings_keep_a_quiet_market_alive() {
     let mut fake = Fake::start(Mode::Accept).await;
     let cfg = UpstreamConfig {
-        ping_interval_seconds: 1000.0,
+        ping_interval_seconds: settings::Seconds::from_secs(1000),
         ..config(&fake.url)
     };
     let shutdown = CancellationToken::new();
@@ -377,9 +377,9 @@ async fn silence_is_death_but_exchange_pings_keep_a_quiet_market_alive() {
 async fn unanswered_ping_is_death() {
     let mut fake = Fake::start(Mode::Accept).await;
     let cfg = UpstreamConfig {
-        ping_interval_seconds: 30.0,
-        pong_timeout_seconds: 10.0,
-        liveness_window_seconds: 1000.0,
+        ping_interval_seconds: settings::Seconds::from_secs(30),
+        pong_timeout_seconds: settings::Seconds::from_secs(10),
+        liveness_window_seconds: settings::Seconds::from_secs(1000),
         ..config(&fake.url)
     };
     let shutdown = CancellationToken::new();
@@ -633,7 +633,7 @@ async fn market_limit_splits_and_a_gap_resnapshots_one_market() {
     let mut fake = Fake::start(Mode::Accept).await;
     let shutdown = CancellationToken::new();
     let cfg = UpstreamConfig {
-        snapshot_timeout_seconds: 0.3,
+        snapshot_timeout_seconds: settings::Seconds::from_secs_f64(0.3),
         ..config(&fake.url)
     };
     let (up, mut events) = upstream::spawn(cfg, shutdown.clone()).unwrap();
@@ -694,14 +694,14 @@ async fn failures_after_a_connection_that_lived(up: Duration) -> (Vec<State>, Op
     })
     .await;
     let cfg = UpstreamConfig {
-        backoff_base_seconds: 1.0,
+        backoff_base_seconds: settings::Seconds::from_secs(1),
         backoff_factor: 2.0,
-        backoff_cap_seconds: 64.0,
-        max_consecutive_failures: 4,
-        healthy_reset_seconds: 10.0,
+        backoff_cap_seconds: settings::Seconds::from_secs(64),
+        max_consecutive_failures: std::num::NonZeroU32::new(4).unwrap(),
+        healthy_reset_seconds: settings::Seconds::from_secs(10),
         // A silent, idle connection must survive `up` on the paused clock.
-        liveness_window_seconds: 3600.0,
-        ping_interval_seconds: 3600.0,
+        liveness_window_seconds: settings::Seconds::from_secs(3600),
+        ping_interval_seconds: settings::Seconds::from_secs(3600),
         ..config(&fake.url)
     };
     let shutdown = CancellationToken::new();

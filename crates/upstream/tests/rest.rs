@@ -31,12 +31,12 @@ fn rest_config(sim: &Sim) -> RestConfig {
     RestConfig {
         base_url: Some(sim.rest_url()),
         reads_per_second: 1000.0,
-        read_burst: 1000,
+        read_burst: std::num::NonZeroU32::new(1000).unwrap(),
         page_limit: 7,
-        request_timeout_seconds: 2.0,
-        max_total_seconds: 30.0,
-        backoff_base_seconds: 0.2,
-        backoff_cap_seconds: 0.2,
+        request_timeout_seconds: settings::Seconds::from_secs(2),
+        max_total_seconds: settings::Seconds::from_secs(30),
+        backoff_base_seconds: settings::Seconds::from_secs_f64(0.2),
+        backoff_cap_seconds: settings::Seconds::from_secs_f64(0.2),
     }
 }
 
@@ -261,7 +261,7 @@ async fn a_slow_answer_is_awaited_up_to_the_request_timeout_then_retried() {
 async fn failing_past_the_bound_returns_gave_up_with_the_last_error() {
     let sim = sim(SimAuth::None).await;
     let config = RestConfig {
-        max_total_seconds: 5.0,
+        max_total_seconds: settings::Seconds::from_secs(5),
         ..rest_config(&sim)
     };
     let rest = RestClient::new(&UpstreamConfig::default(), &config).unwrap();
@@ -295,7 +295,7 @@ async fn requests_are_paced_by_the_token_bucket() {
     let truth = make_fills(&sim, 10_000).await;
     let config = RestConfig {
         reads_per_second: 2.0,
-        read_burst: 1,
+        read_burst: std::num::NonZeroU32::new(1).unwrap(),
         page_limit: 10,
         ..rest_config(&sim)
     };

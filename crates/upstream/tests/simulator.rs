@@ -23,8 +23,8 @@ async fn sim(config: SimConfig) -> Sim {
 fn config(sim: &Sim) -> UpstreamConfig {
     UpstreamConfig {
         url: sim.ws_url(),
-        backoff_base_seconds: 0.2,
-        backoff_cap_seconds: 1.0,
+        backoff_base_seconds: settings::Seconds::from_secs_f64(0.2),
+        backoff_cap_seconds: settings::Seconds::from_secs(1),
         ..UpstreamConfig::default()
     }
 }
@@ -175,7 +175,7 @@ async fn blackhole_is_detected_within_the_liveness_window() {
     .await;
     let shutdown = CancellationToken::new();
     let cfg = UpstreamConfig {
-        liveness_window_seconds: 2.0,
+        liveness_window_seconds: settings::Seconds::from_secs(2),
         ..config(&sim)
     };
     let (up, mut events) = upstream::spawn(cfg, shutdown.clone()).unwrap();
@@ -214,7 +214,7 @@ async fn stalled_handshake_times_out_and_is_retried() {
     sim.fault(Fault::StallHandshake { count: 1 });
     let shutdown = CancellationToken::new();
     let cfg = UpstreamConfig {
-        handshake_timeout_seconds: 0.5,
+        handshake_timeout_seconds: settings::Seconds::from_secs_f64(0.5),
         ..config(&sim)
     };
     let (up, mut events) = upstream::spawn(cfg, shutdown.clone()).unwrap();

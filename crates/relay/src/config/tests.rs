@@ -1,8 +1,14 @@
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 
 use super::*;
 
-fn load_text(text: &str, env: &[(&str, &str)]) -> Result<RelayConfig, ConfigErrors> {
+fn load_text(text: &str, env: &[(&str, &str)]) -> Result<RelayConfig, Problems> {
+    load_noting(text, env).map(|loaded| loaded.config)
+}
+
+/// The configuration and its deprecation notes.
+fn load_noting(text: &str, env: &[(&str, &str)]) -> Result<Loaded, Problems> {
     let dir = std::env::temp_dir().join(format!("relay-config-{}", rand::random::<u64>()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("relay.toml");
@@ -116,12 +122,16 @@ fn an_unknown_key_is_named_with_its_section() {
     let err = load_text("[downstream]\nping_interval_secs = 5\n", &[]).unwrap_err();
     assert_eq!(err.0.len(), 1);
     assert!(
-        err.0[0].starts_with("downstream.ping_interval_secs: unknown field"),
+        err.0[0]
+            .to_string()
+            .starts_with("downstream.ping_interval_secs: unknown field"),
         "{err}"
     );
     let err = load_text("[upstream]\nurll = \"ws://x\"\n", &[]).unwrap_err();
     assert!(
-        err.0[0].starts_with("upstream.urll: unknown field"),
+        err.0[0]
+            .to_string()
+            .starts_with("upstream.urll: unknown field"),
         "{err}"
     );
 }
@@ -130,11 +140,13 @@ fn an_unknown_key_is_named_with_its_section() {
 fn a_bad_value_is_named() {
     let err = load_text("[downstream]\nping_interval_seconds = \"soon\"\n", &[]).unwrap_err();
     assert!(
-        err.0[0].starts_with("downstream.ping_interval_seconds: invalid type"),
+        err.0[0]
+            .to_string()
+            .starts_with("downstream.ping_interval_seconds: invalid type"),
         "{err}"
     );
     let err = load_text("listen = \"nowhere\"\n", &[]).unwrap_err();
-    assert!(err.0[0].starts_with("listen: "), "{err}");
+    assert!(err.0[0].to_string().starts_with("listen: "), "{err}");
 }
 
 #[test]
@@ -184,9 +196,14 @@ fn the_environment_overrides_the_file_and_flags_override_both() {
         listen: Some("127.0.0.1:3000".parse().unwrap()),
         upstream_url: Some("ws://127.0.0.1:9/trade-api/ws/v2".into()),
     };
-    let config = load(&Source::DefaultIfPresent, &env, &flags).unwrap();
+    let config = load(&Source::DefaultIfPresent, &env, &flags)
+        .unwrap()
+        .config;
     assert_eq!(config.listen.port(), 3000);
-    assert_eq!(config.downstream.ping_interval_seconds, 15);
+    assert_eq!(
+        config.downstream.ping_interval_seconds,
+        Seconds::from_secs(15)
+    );
     assert_eq!(
         config.warm_markets,
         vec!["A-1".to_owned(), "B-2".to_owned()]
@@ -208,7 +225,7 @@ fn every_parse_problem_is_reported_with_where_it_came_from() {
         ],
     )
     .unwrap_err();
-    let lines = &err.0;
+    let lines: Vec<String> = err.iter().map(ToString::to_string).collect();
     let has = |start: &str, end: &str| {
         assert!(
             lines
@@ -240,7 +257,9 @@ fn a_bad_field_of_a_token_is_one_problem() {
     let err = load_text(text, &[]).unwrap_err();
     assert_eq!(err.0.len(), 1, "{err}");
     assert!(
-        err.0[0].starts_with("security.tokens[0].permission: unknown variant `admin`"),
+        err.0[0]
+            .to_string()
+            .starts_with("security.tokens[0].permission: unknown variant `admin`"),
         "{err}"
     );
 }
@@ -267,9 +286,10 @@ fn validation_problems_name_where_the_value_came_from() {
     };
     let err = load(&Source::DefaultIfPresent, &BTreeMap::new(), &flags).unwrap_err();
     assert!(
-        err.0
-            .iter()
-            .any(|l| l.starts_with("upstream.url") && l.ends_with("(from --upstream-url)")),
+        err.iter().any(|p| {
+            let l = p.to_string();
+            l.starts_with("upstream.url") && l.ends_with("(from --upstream-url)")
+        }),
         "{err}"
     );
 }
@@ -278,5 +298,132 @@ fn validation_problems_name_where_the_value_came_from() {
 fn a_toml_syntax_error_names_the_file_and_line() {
     let err = load_text("listen = \"127.0.0.1:1\"\n[downstream\n", &[]).unwrap_err();
     assert_eq!(err.0.len(), 1);
-    assert!(err.0[0].contains("relay.toml line 2: "), "{err}");
+    assert!(
+        err.0[0].to_string().contains("relay.toml line 2: "),
+        "{err}"
+    );
+}
+
+#[test]
+fn durations_may_be_fractional_seconds() {
+    let config = load_text(
+        "[downstream]\nping_interval_seconds = 2.5\npong_timeout_seconds = 0.75\n\
+         coalesce_window_seconds = 0.005\n[upstream]\nbackoff_base_seconds = 0.25\n",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        config.downstream.ping_interval(),
+        Duration::from_millis(2500)
+    );
+    assert_eq!(config.downstream.pong_timeout(), Duration::from_millis(750));
+    assert_eq!(
+        config.downstream.coalesce_window(),
+        Some(Duration::from_millis(5))
+    );
+    let err = load_text("[security]\nauth_timeout_seconds = -1\n", &[]).unwrap_err();
+    assert!(
+        err.0[0]
+            .to_string()
+            .starts_with("security.auth_timeout_seconds = -1: must be > 0 (in "),
+        "{err}"
+    );
+    let err = load_text("[downstream]\ncoalesce_window_seconds = 2\n", &[]).unwrap_err();
+    assert!(
+        err.0[0]
+            .to_string()
+            .starts_with("downstream.coalesce_window_seconds = 2: must be at most 1"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_old_key_name_still_works_and_names_the_new_one() {
+    // The new name: no note.
+    let loaded = load_noting("[downstream]\ncoalesce_window_seconds = 0.02\n", &[]).unwrap();
+    assert_eq!(
+        loaded.config.downstream.coalesce_window(),
+        Some(Duration::from_millis(20))
+    );
+    assert!(loaded.deprecated.is_empty(), "{:?}", loaded.deprecated);
+
+    // The old name, in milliseconds, from the file or a variable: the same window, one note each.
+    let loaded = load_noting("[downstream]\ncoalesce_window_ms = 20\n", &[]).unwrap();
+    assert_eq!(
+        loaded.config.downstream.coalesce_window(),
+        Some(Duration::from_millis(20))
+    );
+    assert_eq!(loaded.deprecated.len(), 1);
+    assert!(
+        loaded.deprecated[0].starts_with(
+            "downstream.coalesce_window_ms is deprecated: use downstream.coalesce_window_seconds (in "
+        ),
+        "{:?}",
+        loaded.deprecated
+    );
+    let loaded = load_noting("", &[("RELAY__DOWNSTREAM__COALESCE_WINDOW_MS", "5")]).unwrap();
+    assert_eq!(
+        loaded.config.downstream.coalesce_window(),
+        Some(Duration::from_millis(5))
+    );
+    assert_eq!(
+        loaded.deprecated,
+        [
+            "downstream.coalesce_window_ms is deprecated: use downstream.coalesce_window_seconds \
+          (from RELAY__DOWNSTREAM__COALESCE_WINDOW_MS)"
+        ]
+    );
+
+    // A bad value under the old name is named by the old name; both names at once is refused.
+    let err = load_text("[downstream]\ncoalesce_window_ms = 2000\n", &[]).unwrap_err();
+    assert_eq!(
+        err.0[0].to_string(),
+        "downstream.coalesce_window_seconds = 2: must be at most 1 \
+         (from downstream.coalesce_window_ms)"
+    );
+    let err = load_text(
+        "[downstream]\ncoalesce_window_ms = 5\ncoalesce_window_seconds = 0.005\n",
+        &[],
+    )
+    .unwrap_err();
+    assert!(
+        err.0[0].to_string().starts_with(
+            "downstream.coalesce_window_ms: deprecated and replaced by \
+             downstream.coalesce_window_seconds"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_string_key_set_from_the_environment_stays_a_string() {
+    let (pem, _public) = protocol::sign::generate_key_pair(2048);
+    let config = load_text(
+        "",
+        &[
+            ("RELAY__UPSTREAM__KEY_ID", "12345"),
+            ("RELAY__UPSTREAM__PRIVATE_KEY_PEM", &pem),
+            ("RELAY__WARM_MARKETS", r#"["A-1"]"#),
+        ],
+    )
+    .unwrap();
+    assert_eq!(config.upstream.key_id.as_deref(), Some("12345"));
+    assert_eq!(config.warm_markets, ["A-1"]);
+    // A number where a number belongs is still checked as one, and named by its variable.
+    let err = load_text("", &[("RELAY__DOWNSTREAM__WRITE_TIMEOUT_SECONDS", "true")]).unwrap_err();
+    assert_eq!(
+        err.0[0].to_string(),
+        "downstream.write_timeout_seconds: invalid type: boolean `true`, expected a number of \
+         seconds (from RELAY__DOWNSTREAM__WRITE_TIMEOUT_SECONDS)"
+    );
+    let err = load_text("", &[("RELAY__SECURITY__MAX_CONNECTIONS", "0")]).unwrap_err();
+    assert_eq!(
+        err.0[0].to_string(),
+        "security.max_connections = 0: must be > 0 (from RELAY__SECURITY__MAX_CONNECTIONS)"
+    );
+    let err = load_text("", &[("RELAY__UPSTREAM____URL", "x")]).unwrap_err();
+    assert_eq!(
+        err.0[0].to_string(),
+        "RELAY__UPSTREAM____URL: empty key segment"
+    );
 }

@@ -52,7 +52,7 @@ pub fn register_metrics() {
 /// Each blocking read waits at most this long, so a loop notices shutdown and Redis's return.
 const BLOCK: Duration = Duration::from_millis(500);
 /// The upstream's event channel: as the upstream's own default.
-const EVENT_CAPACITY: usize = upstream::DEFAULT_EVENT_CHANNEL_CAPACITY;
+const EVENT_CAPACITY: usize = upstream::DEFAULT_EVENT_CHANNEL_CAPACITY.get();
 
 /// The node's role and Redis's health, for `/status`, `/readyz` and the metrics.
 pub struct Status {

@@ -60,8 +60,8 @@ impl Gate {
             tokens,
             anonymous,
             origins: Origins::new(&config.allowed_origins, config.allow_missing_origin),
-            max_connections: config.max_connections,
-            max_per_ip: config.max_connections_per_ip,
+            max_connections: config.max_connections.get(),
+            max_per_ip: config.max_connections_per_ip.get(),
             open: AtomicUsize::new(0),
             per_ip: Mutex::new(HashMap::new()),
             new_connections: Mutex::new(TokenBucket::new(
@@ -174,6 +174,8 @@ impl Drop for Admission {
 
 #[cfg(test)]
 mod tests {
+    use std::num::NonZeroUsize;
+
     use super::*;
     use crate::security::{hash_token, TokenConfig};
 
@@ -226,7 +228,9 @@ mod tests {
         let no_tokens = SecurityConfig::default();
         let public: SocketAddr = "0.0.0.0:8080".parse().unwrap();
         let loopback: SocketAddr = "127.0.0.1:8080".parse().unwrap();
-        assert!(no_tokens.problems(public)[0].contains("not a loopback address"));
+        assert!(no_tokens.problems(public)[0]
+            .to_string()
+            .contains("not a loopback address"));
         assert!(no_tokens.problems(loopback).is_empty());
         assert_eq!(
             Gate::new(&no_tokens, loopback).identify(None),
@@ -246,8 +250,8 @@ mod tests {
     #[test]
     fn admission_caps_per_ip_globally_and_by_rate() {
         let g = gate(SecurityConfig {
-            max_connections_per_ip: 2,
-            max_connections: 3,
+            max_connections_per_ip: NonZeroUsize::new(2).unwrap(),
+            max_connections: NonZeroUsize::new(3).unwrap(),
             new_connection_burst: 4.0,
             new_connections_per_second: 0.001,
             ..with_tokens()
@@ -290,7 +294,7 @@ mod tests {
     #[test]
     fn ipv6_addresses_share_a_cap_per_64() {
         let g = gate(SecurityConfig {
-            max_connections_per_ip: 1,
+            max_connections_per_ip: NonZeroUsize::new(1).unwrap(),
             ..with_tokens()
         });
         let _a = g.admit("2001:db8:1:2::1".parse().unwrap()).unwrap();

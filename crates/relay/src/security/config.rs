@@ -1,20 +1,22 @@
 //! The `[security]` section: settings, defaults and the problems `relay` refuses to start with.
 
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use settings::{Problem, Seconds};
 
 use super::origin::OriginPattern;
 use super::tokens::{decode_hash, Permission};
 
-const DEFAULT_AUTH_TIMEOUT_SECONDS: u64 = 5;
+const DEFAULT_AUTH_TIMEOUT_SECONDS: Seconds = Seconds::from_secs(5);
 const DEFAULT_COMMANDS_PER_SECOND: f64 = 20.0;
 const DEFAULT_COMMAND_BURST: f64 = 50.0;
 const DEFAULT_REFUSED_COMMANDS_BEFORE_CLOSE: u32 = 50;
-const DEFAULT_MAX_CONNECTIONS: usize = 15_000;
-const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 1_000;
+const DEFAULT_MAX_CONNECTIONS: NonZeroUsize = NonZeroUsize::new(15_000).unwrap();
+const DEFAULT_MAX_CONNECTIONS_PER_IP: NonZeroUsize = NonZeroUsize::new(1_000).unwrap();
 const DEFAULT_NEW_CONNECTIONS_PER_SECOND: f64 = 500.0;
 const DEFAULT_NEW_CONNECTION_BURST: f64 = 2_000.0;
 const DEFAULT_MAX_PENDING_HANDSHAKES: usize = 1_024;
@@ -58,7 +60,7 @@ pub struct SecurityConfig {
     /// Whether requests without an Origin header (bots, servers) are allowed. Default: true.
     pub allow_missing_origin: bool,
     /// Seconds a client without a handshake token has to send `{"cmd":"auth"}`. Default: 5.
-    pub auth_timeout_seconds: u64,
+    pub auth_timeout_seconds: Seconds,
     /// Commands per second per connection (token bucket rate); excess gets error 27. Default: 20.
     pub commands_per_second: f64,
     /// Token bucket size. Default: 50.
@@ -67,9 +69,9 @@ pub struct SecurityConfig {
     /// Default: 50.
     pub refused_commands_before_close: u32,
     /// Open client connections at most; more get HTTP 503. Default: 15000.
-    pub max_connections: usize,
+    pub max_connections: NonZeroUsize,
     /// Open client connections per source IP at most. Default: 1000.
-    pub max_connections_per_ip: usize,
+    pub max_connections_per_ip: NonZeroUsize,
     /// New connections per second (token bucket rate) over all clients. Default: 500.
     pub new_connections_per_second: f64,
     /// Token bucket size for new connections. Default: 2000.
@@ -106,71 +108,69 @@ impl Default for SecurityConfig {
 
 impl SecurityConfig {
     /// Problems with this section, each naming its key. `listen` decides the anonymous rule.
-    pub fn problems(&self, listen: SocketAddr) -> Vec<String> {
-        let mut out = Vec::new();
+    pub fn problems(&self, listen: SocketAddr) -> Vec<Problem> {
+        let mut out = settings::Problems::new();
         for (i, t) in self.tokens.iter().enumerate() {
             if decode_hash(&t.sha256).is_none() {
-                out.push(format!(
-                    "security.tokens[{i}].sha256 = {:?}: must be 64 hex digits (relay --hash-token)",
-                    t.sha256
-                ));
+                out.add(
+                    format!("security.tokens[{i}].sha256"),
+                    format!("{:?}", t.sha256),
+                    "must be 64 hex digits (relay --hash-token)",
+                );
             }
             if t.name.trim().is_empty() {
-                out.push(format!("security.tokens[{i}].name: must not be empty"));
+                out.push(Problem::about(
+                    format!("security.tokens[{i}].name"),
+                    "must not be empty",
+                ));
             }
         }
         if self.tokens.is_empty() && !listen.ip().is_loopback() {
             match self.allow_anonymous {
-                None => out.push(format!(
-                    "security: listen = \"{listen}\" is not a loopback address and no client tokens \
-                     are configured; add [[security.tokens]] or set security.allow_anonymous = true \
-                     explicitly (anyone who can reach the port could read the account's data)"
+                None => out.push(Problem::about(
+                    "security",
+                    format!(
+                        "listen = \"{listen}\" is not a loopback address and no client tokens \
+                         are configured; add [[security.tokens]] or set security.allow_anonymous \
+                         = true explicitly (anyone who can reach the port could read the \
+                         account's data)"
+                    ),
                 )),
-                Some(false) => out.push(
-                    "security.allow_anonymous = false with no security.tokens: nobody could connect"
-                        .to_owned(),
+                Some(false) => out.add(
+                    "security.allow_anonymous",
+                    false,
+                    "nobody could connect with no security.tokens",
                 ),
                 Some(true) => {}
             }
         }
         for (i, o) in self.allowed_origins.iter().enumerate() {
             if OriginPattern::parse(o).is_none() {
-                out.push(format!(
-                    "security.allowed_origins[{i}] = {o:?}: must be scheme://host[:port], host may start with *."
-                ));
+                out.add(
+                    format!("security.allowed_origins[{i}]"),
+                    format!("{o:?}"),
+                    "must be scheme://host[:port], host may start with *.",
+                );
             }
         }
-        let mut positive = |key: &str, v: f64| {
-            if !(v.is_finite() && v > 0.0) {
-                out.push(format!("security.{key} = {v}: must be > 0"));
-            }
-        };
-        positive("commands_per_second", self.commands_per_second);
-        positive("command_burst", self.command_burst);
-        positive(
-            "new_connections_per_second",
+        out.positive("security.commands_per_second", self.commands_per_second);
+        out.positive("security.command_burst", self.command_burst);
+        out.positive(
+            "security.new_connections_per_second",
             self.new_connections_per_second,
         );
-        positive("new_connection_burst", self.new_connection_burst);
-        positive("auth_timeout_seconds", self.auth_timeout_seconds as f64);
-        positive("max_connections", self.max_connections as f64);
-        positive("max_connections_per_ip", self.max_connections_per_ip as f64);
-        positive("max_pending_handshakes", self.max_pending_handshakes as f64);
-        if let Some(tls) = &self.tls {
-            for (key, path) in [("cert_path", &tls.cert_path), ("key_path", &tls.key_path)] {
-                if !path.is_file() {
-                    out.push(format!(
-                        "security.tls.{key} = {:?}: no such file",
-                        path.display()
-                    ));
-                }
-            }
+        out.positive("security.new_connection_burst", self.new_connection_burst);
+        if self.max_pending_handshakes == 0 {
+            out.add("security.max_pending_handshakes", 0, "must be > 0");
         }
-        out
+        if let Some(problem) = self.tls.as_ref().and_then(crate::tls::problems) {
+            out.push(problem);
+        }
+        out.0
     }
 
     pub fn auth_timeout(&self) -> Duration {
-        Duration::from_secs(self.auth_timeout_seconds)
+        self.auth_timeout_seconds.get()
     }
 }
 
@@ -190,7 +190,9 @@ mod tests {
             commands_per_second: 0.0,
             ..SecurityConfig::default()
         };
-        let problems = config.problems("127.0.0.1:1".parse().unwrap()).join("\n");
+        let problems = config.problems("127.0.0.1:1".parse().unwrap());
+        let problems: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        let problems = problems.join("\n");
         assert!(problems.contains("security.tokens[0].sha256"), "{problems}");
         assert!(
             problems.contains("security.allowed_origins[0]"),

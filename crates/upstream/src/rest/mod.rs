@@ -22,12 +22,13 @@ use hyper_util::rt::TokioIo;
 use protocol::Signer;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
+use settings::{Problem, Problems};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::{Duration, Instant};
 
 use crate::backoff::{parse_retry_after, Backoff};
-use crate::config::{ConfigError, Problem, UpstreamConfig};
+use crate::config::UpstreamConfig;
 use crate::ratelimit::TokenBucket;
 
 mod config;
@@ -150,15 +151,8 @@ impl std::fmt::Debug for RestClient {
 impl RestClient {
     /// A client signing with the upstream's key and trusting its CA roots. Reports every problem
     /// of `config` (and of the upstream's key settings) at once.
-    pub fn new(upstream: &UpstreamConfig, config: &RestConfig) -> Result<RestClient, ConfigError> {
-        let mut problems = Vec::new();
-        let mut bad = |key: &'static str, value: String, message: &str| {
-            problems.push(Problem {
-                key,
-                value,
-                message: message.to_owned(),
-            })
-        };
+    pub fn new(upstream: &UpstreamConfig, config: &RestConfig) -> Result<RestClient, Problems> {
+        let mut problems = Problems::new();
         let base_url = config
             .base_url
             .clone()
@@ -169,60 +163,36 @@ impl RestClient {
                 && u.host().is_some_and(|h| !h.is_empty())
         });
         if uri.is_none() {
-            bad(
-                "rest.base_url",
+            problems.add(
+                "upstream.rest.base_url",
                 format!("{base_url:?}"),
                 "must be an http:// or https:// URL with a host",
             );
         }
-        let mut seconds = |key: &'static str, v: f64| -> Duration {
-            if v.is_finite() && v > 0.0 && v < 1e9 {
-                Duration::from_secs_f64(v)
-            } else {
-                bad(key, v.to_string(), "must be a number of seconds > 0");
-                Duration::from_secs(1)
-            }
-        };
-        let request_timeout = seconds(
-            "rest.request_timeout_seconds",
-            config.request_timeout_seconds,
-        );
-        let max_total = seconds("rest.max_total_seconds", config.max_total_seconds);
-        let backoff_base = seconds("rest.backoff_base_seconds", config.backoff_base_seconds);
-        let backoff_cap = seconds("rest.backoff_cap_seconds", config.backoff_cap_seconds);
-        if backoff_cap < backoff_base {
-            bad(
-                "rest.backoff_cap_seconds",
-                config.backoff_cap_seconds.to_string(),
+        if config.backoff_cap_seconds < config.backoff_base_seconds {
+            problems.add(
+                "upstream.rest.backoff_cap_seconds",
+                config.backoff_cap_seconds,
                 "must be >= rest.backoff_base_seconds",
             );
         }
-        if !(config.reads_per_second.is_finite() && config.reads_per_second > 0.0) {
-            bad(
-                "rest.reads_per_second",
-                config.reads_per_second.to_string(),
-                "must be > 0",
-            );
-        }
-        if config.read_burst == 0 {
-            bad("rest.read_burst", "0".into(), "must be > 0");
-        }
+        problems.positive("upstream.rest.reads_per_second", config.reads_per_second);
         if !(1..=1000).contains(&config.page_limit) {
-            bad(
-                "rest.page_limit",
-                config.page_limit.to_string(),
+            problems.add(
+                "upstream.rest.page_limit",
+                config.page_limit,
                 "must be 1..=1000",
             );
         }
         let settings = match upstream.resolve() {
             Ok(s) => Some(s),
             Err(e) => {
-                problems.extend(e.problems);
+                problems.extend(e);
                 None
             }
         };
         let (Some(uri), Some(settings), true) = (uri, settings, problems.is_empty()) else {
-            return Err(ConfigError { problems });
+            return Err(problems);
         };
         let https = uri.scheme_str() == Some("https");
         let host = uri
@@ -232,15 +202,16 @@ impl RestClient {
             .to_owned();
         let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
         let authority = uri.authority().map(|a| a.as_str()).unwrap_or(&host);
+        let bad_url = |reason: String| {
+            Problems::from(Problem::new(
+                "upstream.rest.base_url",
+                format!("{base_url:?}"),
+                reason,
+            ))
+        };
         let tls = if https {
-            let name =
-                rustls_pki_types::ServerName::try_from(host.clone()).map_err(|e| ConfigError {
-                    problems: vec![Problem {
-                        key: "rest.base_url",
-                        value: format!("{base_url:?}"),
-                        message: format!("bad host name: {e}"),
-                    }],
-                })?;
+            let name = rustls_pki_types::ServerName::try_from(host.clone())
+                .map_err(|e| bad_url(format!("bad host name: {e}")))?;
             Some((tokio_rustls::TlsConnector::from(settings.tls.clone()), name))
         } else {
             None
@@ -248,23 +219,17 @@ impl RestClient {
         Ok(RestClient {
             inner: Arc::new(Inner {
                 tls,
-                authority: HeaderValue::from_str(authority).map_err(|e| ConfigError {
-                    problems: vec![Problem {
-                        key: "rest.base_url",
-                        value: format!("{base_url:?}"),
-                        message: e.to_string(),
-                    }],
-                })?,
+                authority: HeaderValue::from_str(authority).map_err(|e| bad_url(e.to_string()))?,
                 host,
                 port,
                 base_path: uri.path().trim_end_matches('/').to_owned(),
                 signer: settings.signer,
                 page_limit: config.page_limit.to_string(),
-                request_timeout,
-                max_total,
-                backoff_base,
-                backoff_cap,
-                bucket: TokenBucket::new(config.reads_per_second, config.read_burst),
+                request_timeout: config.request_timeout_seconds.get(),
+                max_total: config.max_total_seconds.get(),
+                backoff_base: config.backoff_base_seconds.get(),
+                backoff_cap: config.backoff_cap_seconds.get(),
+                bucket: TokenBucket::new(config.reads_per_second, config.read_burst.get()),
             }),
         })
     }
@@ -547,6 +512,8 @@ where
 
 #[cfg(test)]
 mod tests {
+    use settings::Seconds;
+
     use super::*;
 
     #[test]
@@ -554,26 +521,29 @@ mod tests {
         let config = RestConfig {
             base_url: Some("ftp://x".into()),
             reads_per_second: 0.0,
-            read_burst: 0,
             page_limit: 0,
-            request_timeout_seconds: -1.0,
-            backoff_base_seconds: 5.0,
-            backoff_cap_seconds: 1.0,
+            backoff_base_seconds: Seconds::from_secs(5),
+            backoff_cap_seconds: Seconds::from_secs(1),
             ..RestConfig::default()
         };
         let err = RestClient::new(&UpstreamConfig::default(), &config).unwrap_err();
-        let keys: Vec<_> = err.problems.iter().map(|p| p.key).collect();
+        let keys: Vec<_> = err.iter().map(|p| p.key.as_str()).collect();
         assert_eq!(
             keys,
             [
-                "rest.base_url",
-                "rest.request_timeout_seconds",
-                "rest.backoff_cap_seconds",
-                "rest.reads_per_second",
-                "rest.read_burst",
-                "rest.page_limit"
+                "upstream.rest.base_url",
+                "upstream.rest.backoff_cap_seconds",
+                "upstream.rest.reads_per_second",
+                "upstream.rest.page_limit"
             ]
         );
+        // Zero where it is invalid, or a negative duration, is refused while parsing.
+        for bad in [r#"{"read_burst":0}"#, r#"{"request_timeout_seconds":-1}"#] {
+            let err = serde_json::from_str::<RestConfig>(bad)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("expected"), "{bad}: {err}");
+        }
         assert!(err
             .to_string()
             .contains("upstream.rest.page_limit = 0: must be 1..=1000"));
