@@ -49,6 +49,9 @@ impl Node {
                 ("RELAY__UPSTREAM__CLOSE_TIMEOUT_SECONDS", "1"),
                 ("RELAY__FANOUT__LINGER_SECONDS", "0"),
                 ("RELAY__DOWNSTREAM__SHUTDOWN_DRAIN_SECONDS", "2"),
+                // A node frozen by SIGSTOP (seconds, more on a loaded machine) reads no pong
+                // meanwhile: a long pong timeout keeps its clients through the freeze.
+                ("RELAY__DOWNSTREAM__PONG_TIMEOUT_SECONDS", "25"),
                 ("RELAY__WARM_PRIVATE_CHANNELS", "false"),
                 ("RUST_LOG", "info"),
             ])
