@@ -18,6 +18,9 @@ pub enum Breakage {
     SkipFill,
     /// `leak`: every upgrade leaks 256 KiB of touched heap.
     Leak,
+    /// `no_backfill`: the upstream runs with `backfill = false`, so outages close private
+    /// subscribers instead of being recovered.
+    NoBackfill,
 }
 
 impl Breakage {
@@ -28,6 +31,7 @@ impl Breakage {
             "no_resnapshot" => Breakage::NoResnapshot,
             "skip_fill" => Breakage::SkipFill,
             "leak" => Breakage::Leak,
+            "no_backfill" => Breakage::NoBackfill,
             _ => return None,
         })
     }

@@ -180,8 +180,11 @@ pub async fn spawn(config: RelayConfig, listeners: Listeners) -> anyhow::Result<
     // In cluster mode the events come from Redis, fed by `node`.
     let (upstream, events, cluster_events) = match &cluster {
         None => {
-            let (upstream, events) =
-                upstream::spawn(config.upstream.clone(), upstream_shutdown.clone())
+            let mut upstream_config = config.upstream.clone();
+            if breakage::is(breakage::Breakage::NoBackfill) {
+                upstream_config.backfill = false;
+            }
+            let (upstream, events) = upstream::spawn(upstream_config, upstream_shutdown.clone())
                     .map_err(|e| anyhow::anyhow!("invalid upstream configuration: {e}"))?;
             (upstream, events, None)
         }
