@@ -11,17 +11,20 @@ use protocol::{Channel, MessageType, OrderBook};
 use tokio::sync::broadcast;
 
 use crate::config::FanoutConfig;
-use crate::item::{Item, Payload, Topic};
+use crate::item::{Entry, Item, Payload, Topic};
 use crate::metrics::Metrics;
 use crate::registry::RegistryShared;
 
 /// What the publisher and every subscriber share.
-pub(crate) struct Shared {
+pub(crate) struct Shared<N> {
     pub config: FanoutConfig,
     /// A weak handle on the stream ring, to attach new subscribers. The only strong
     /// [`broadcast::Sender`] is the [`Publisher`](crate::Publisher)'s: when it is dropped, every
     /// subscriber drains what is left and then sees the end of the stream.
-    pub tx: broadcast::WeakSender<Arc<Item>>,
+    pub tx: broadcast::WeakSender<Entry<N>>,
+    /// The latest notice with its number, kept for subscribers that start or skip ahead after it
+    /// was sent: they are handed it instead. Written by the publisher before it sends the notice.
+    pub notice: Mutex<Option<(u64, Arc<N>)>>,
     /// Parked subscribers wait here, not on the ring: the publisher wakes them when it releases
     /// what it sent ([`Publisher::release`](crate::Publisher::release)), so a batch of items
     /// costs each subscriber one wake-up.
@@ -215,7 +218,7 @@ pub(crate) fn snapshot_item(
 
 impl BookCut {
     /// The snapshot item, encoding it if needed (call without the cache lock).
-    pub fn into_item(self, shared: &Shared, market: &Arc<str>) -> Option<Arc<Item>> {
+    pub fn into_item<N>(self, shared: &Shared<N>, market: &Arc<str>) -> Option<Arc<Item>> {
         match self {
             BookCut::Ready(item) => Some(item),
             BookCut::Build {

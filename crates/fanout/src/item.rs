@@ -42,6 +42,36 @@ impl fmt::Debug for Topic {
     }
 }
 
+/// One slot of the stream ring: a message, or a notice the publisher's owner gives every
+/// subscriber in order with the messages ([`Publisher::notice`](crate::Publisher::notice)).
+pub(crate) enum Entry<N> {
+    Item(Arc<Item>),
+    Notice {
+        /// Stream position, numbered with the items (a notice counts toward the ring's bound).
+        position: u64,
+        /// 1 for the first notice, +1 per notice: a subscriber skips the ones it has.
+        number: u64,
+        notice: Arc<N>,
+    },
+}
+
+impl<N> Clone for Entry<N> {
+    fn clone(&self) -> Self {
+        match self {
+            Entry::Item(item) => Entry::Item(item.clone()),
+            Entry::Notice {
+                position,
+                number,
+                notice,
+            } => Entry::Notice {
+                position: *position,
+                number: *number,
+                notice: notice.clone(),
+            },
+        }
+    }
+}
+
 /// The parsed book message an item carries, kept for the `use_yes_price` variant.
 #[derive(Debug)]
 pub(crate) enum Payload {

@@ -37,6 +37,13 @@
 //!   broadcast waking the subscriber tasks parked on the ring (about 0.7 µs each on the 2-core
 //!   bench machine; see the README). Subscribers that are busy or have a backlog are not parked
 //!   and cost the publisher nothing; under load most are in that state.
+//! - **Notices.** The publisher's owner can put a notice of its own type in the stream
+//!   ([`Publisher::notice`]): every subscriber, whatever its topics, gets it as
+//!   [`Delivery::Notice`] in order with the messages, so what was published before it is
+//!   delivered before it and what came after, after. A subscriber that starts, or skips ahead
+//!   after a lag, is handed the latest notice instead of the ones it missed (right after the
+//!   [`Delivery::Lagged`] report): a notice should therefore say everything its subscribers must
+//!   know (cumulative counts rather than increments).
 //! - **Registry.** Which topics have subscribers, with counts ([`Fanout::topics`]), and a stream of
 //!   [`TopicChange`]s ([`RegistryEvents::next`]): `Unwanted` only after the linger delay, cancelled
 //!   if the topic is wanted again meanwhile.
@@ -67,7 +74,8 @@
 //!
 //! # tokio_test();
 //! # fn tokio_test() { tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
-//! let (mut publisher, fanout, _registry) = fanout::new(FanoutConfig::default());
+//! // The notices here are plain strings; the relay's are its upstream status.
+//! let (mut publisher, fanout, _registry) = fanout::new::<&str>(FanoutConfig::default());
 //! let body = Bytes::from_static(br#"{"market_ticker":"M","yes_dollars_fp":[["0.0800","300.00"]]}"#);
 //! let snap: OrderbookSnapshot = serde_json::from_slice(&body).unwrap();
 //! publisher.snapshot("M", snap, body).unwrap();
@@ -81,6 +89,8 @@
 //!     }
 //!     other => panic!("{other:?}"),
 //! }
+//! publisher.notice("upstream lost");
+//! assert!(matches!(sub.recv().await, Some(Delivery::Notice(n)) if *n == "upstream lost"));
 //! assert!(frame.starts_with(br#"{"type":"orderbook_snapshot","sid":1,"seq":1,"msg":"#));
 //! # }) }
 //! ```
@@ -126,14 +136,18 @@ use crate::registry::RegistryShared;
 
 /// Builds a fanout: the one [`Publisher`], a cloneable [`Fanout`] handle to attach subscribers,
 /// and the one [`RegistryEvents`] stream. `config` should have been validated
-/// ([`FanoutConfig::validate`]); a zero `queue_messages` is treated as 1.
-pub fn new(config: FanoutConfig) -> (Publisher, Fanout, RegistryEvents) {
+/// ([`FanoutConfig::validate`]); a zero `queue_messages` is treated as 1. `N` is the type of the
+/// notices the publisher's owner sends in band ([`Publisher::notice`]); `()` when it sends none.
+pub fn new<N: Send + Sync + 'static>(
+    config: FanoutConfig,
+) -> (Publisher<N>, Fanout<N>, RegistryEvents) {
     // The ring: the publisher holds the only strong sender; subscribers each hold a cursor.
     let (tx, _) = broadcast::channel(config.queue_messages.max(1));
     let registry = Arc::new(RegistryShared::new(config.linger()));
     let shared = Arc::new(Shared {
         config,
         tx: tx.downgrade(),
+        notice: Mutex::new(None),
         wake: tokio::sync::Notify::new(),
         closed: std::sync::atomic::AtomicBool::new(false),
         cache: Mutex::new(Cache::default()),
@@ -150,15 +164,28 @@ pub fn new(config: FanoutConfig) -> (Publisher, Fanout, RegistryEvents) {
 }
 
 /// A handle on the fanout for the relay's connection tasks and status pages. Cheap to clone.
-#[derive(Clone)]
-pub struct Fanout {
-    shared: Arc<Shared>,
+pub struct Fanout<N = ()> {
+    shared: Arc<Shared<N>>,
 }
 
-impl Fanout {
-    /// A new subscriber with no topics, positioned at the head of the stream.
-    pub fn subscriber(&self) -> Subscriber {
+impl<N> Clone for Fanout<N> {
+    fn clone(&self) -> Self {
+        Fanout {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<N: Send + Sync + 'static> Fanout<N> {
+    /// A new subscriber with no topics, positioned at the head of the stream. Its first delivery
+    /// is the latest notice, if one was ever sent.
+    pub fn subscriber(&self) -> Subscriber<N> {
         Subscriber::new(self.shared.clone())
+    }
+
+    /// The latest notice sent ([`Publisher::notice`]), if any.
+    pub fn notice(&self) -> Option<Arc<N>> {
+        self.shared.notice.lock().as_ref().map(|(_, n)| n.clone())
     }
 
     /// Every topic with at least one subscriber, with its count, sorted.

@@ -11,13 +11,13 @@ use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
 use tokio::time::Instant;
 
 use crate::cache::Shared;
-use crate::item::{Item, Topic};
+use crate::item::{Entry, Item, Topic};
 use crate::repair::Repair;
 use crate::topics::{Decision, TopicState, TopicTable};
 
 /// What a subscriber receives, in order.
 #[derive(Debug)]
-pub enum Delivery {
+pub enum Delivery<N = ()> {
     /// A message of the stream for one of the subscriber's topics. A reset snapshot (the end of a
     /// stale period) arrives this way; like every `orderbook_snapshot`, it replaces the book.
     Data(Arc<Item>),
@@ -36,6 +36,9 @@ pub enum Delivery {
     /// The subscriber must be disconnected (the relay closes the client with 4008). This is the
     /// last delivery: [`Subscriber::recv`] returns `None` afterwards.
     Disconnect(Verdict),
+    /// A notice of the publisher's owner ([`Publisher::notice`](crate::Publisher::notice)), in
+    /// order with the messages; or, first thing and after a lag, the latest one.
+    Notice(Arc<N>),
 }
 
 /// Why a cached snapshot or ticker is delivered.
@@ -121,19 +124,18 @@ const DELIVERED_FLUSH: u64 = 256;
 ///
 /// Owned by the connection's writer task; `recv` is cancel-safe, so it can sit in a `select!`.
 /// Dropping it removes its topics from the registry.
-pub struct Subscriber {
-    shared: Arc<Shared>,
+pub struct Subscriber<N = ()> {
+    shared: Arc<Shared<N>>,
     /// This subscriber's cursor into the shared ring. The ring keeps `queue_messages` items; when
     /// this cursor falls further behind (or more than `queue_bytes` behind), it jumps to the head
     /// and the subscriber repairs itself from the cache.
-    rx: broadcast::Receiver<Arc<Item>>,
+    rx: broadcast::Receiver<Entry<N>>,
     topics: TopicTable,
     /// Deliveries made locally (cached snapshots, notices), emitted before the next stream item.
     /// Bounded by the number of topics (one snapshot or ticker per topic per event, plus notices).
-    pending: VecDeque<Delivery>,
-    /// A stream item read past the bound of [`Subscriber::try_recv_until`], handed out first
-    /// by the next read.
-    stash: Option<Arc<Item>>,
+    pending: VecDeque<Delivery<N>>,
+    /// The number of the last notice delivered (0: none): older ones met in the ring are skipped.
+    notice_seen: u64,
     /// Instants of recent lags, for the slow-consumer policy (at most `slow_consumer_lags + 1`).
     lags: VecDeque<Instant>,
     /// The stream ended or a verdict was given: `recv` yields what is pending, then `None`.
@@ -142,23 +144,38 @@ pub struct Subscriber {
     received: u32,
 }
 
-impl Subscriber {
-    pub(crate) fn new(shared: Arc<Shared>) -> Subscriber {
+impl<N> Subscriber<N> {
+    pub(crate) fn new(shared: Arc<Shared<N>>) -> Subscriber<N> {
         let rx = match shared.tx.upgrade() {
             Some(tx) => tx.subscribe(),
             // The publisher is gone: a receiver of a closed channel ends at once.
             None => broadcast::channel(1).1,
         };
-        Subscriber {
+        let mut sub = Subscriber {
             shared,
             rx,
             topics: TopicTable::default(),
             pending: VecDeque::new(),
-            stash: None,
+            notice_seen: 0,
             lags: VecDeque::new(),
             done: false,
             delivered: 0,
             received: 0,
+        };
+        // After the cursor exists: a notice sent from here on is in the ring (and skipped there
+        // if it is this one).
+        sub.catch_up_notice();
+        sub
+    }
+
+    /// Queues the latest notice if this subscriber has not had it.
+    fn catch_up_notice(&mut self) {
+        let latest = self.shared.notice.lock().clone();
+        if let Some((number, notice)) = latest {
+            if number > self.notice_seen {
+                self.notice_seen = number;
+                self.pending.push_back(Delivery::Notice(notice));
+            }
         }
     }
 
@@ -263,9 +280,9 @@ impl Subscriber {
 
     /// The next delivery, waiting for one. `None` once the stream has ended (the publisher was
     /// dropped and everything was drained) or after a [`Delivery::Disconnect`]. Cancel-safe.
-    pub async fn recv(&mut self) -> Option<Delivery> {
+    pub async fn recv(&mut self) -> Option<Delivery<N>> {
         loop {
-            if let Poll::Ready(d) = self.poll_ready(u64::MAX) {
+            if let Poll::Ready(d) = self.poll_ready() {
                 return d;
             }
             self.flush_metrics();
@@ -275,7 +292,7 @@ impl Subscriber {
             let woken = shared.wake.notified();
             tokio::pin!(woken);
             woken.as_mut().enable();
-            if let Poll::Ready(d) = self.poll_ready(u64::MAX) {
+            if let Poll::Ready(d) = self.poll_ready() {
                 return d;
             }
             woken.await;
@@ -284,16 +301,8 @@ impl Subscriber {
 
     /// The next delivery if one is ready now; `None` when the subscriber is caught up with the
     /// stream (or it has ended: see [`Subscriber::is_done`]).
-    pub fn try_recv(&mut self) -> Option<Delivery> {
-        self.try_recv_until(u64::MAX)
-    }
-
-    /// Like [`Subscriber::try_recv`], but stops before a stream item published after `position`
-    /// ([`Publisher::position`](crate::Publisher::position) at some moment): what was published
-    /// up to then can be drained before acting on something that happened then. The item that
-    /// stopped it is the next one delivered.
-    pub fn try_recv_until(&mut self, position: u64) -> Option<Delivery> {
-        match self.poll_ready(position) {
+    pub fn try_recv(&mut self) -> Option<Delivery<N>> {
+        match self.poll_ready() {
             Poll::Ready(d) => d,
             Poll::Pending => {
                 self.flush_metrics();
@@ -304,11 +313,11 @@ impl Subscriber {
 
     /// Whether the stream ended or a verdict was given.
     pub fn is_done(&self) -> bool {
-        self.done && self.pending.is_empty() && self.stash.is_none()
+        self.done && self.pending.is_empty()
     }
 
-    /// The next delivery, not reading stream items past `limit`.
-    fn poll_ready(&mut self, limit: u64) -> Poll<Option<Delivery>> {
+    /// The next delivery.
+    fn poll_ready(&mut self) -> Poll<Option<Delivery<N>>> {
         loop {
             if let Some(d) = self.pending.pop_front() {
                 if self.pending.is_empty() {
@@ -318,25 +327,18 @@ impl Subscriber {
                 }
                 return Poll::Ready(Some(d));
             }
-            if let Some(item) = self.stash.take() {
-                if item.position > limit {
-                    self.stash = Some(item);
-                    return Poll::Pending;
-                }
-                match self.on_result(Ok(item)) {
-                    Some(d) => return Poll::Ready(Some(d)),
-                    None => continue,
-                }
-            }
             if self.done {
                 return Poll::Ready(None);
             }
             let result = match self.rx.try_recv() {
-                Ok(item) if item.position > limit => {
-                    self.stash = Some(item);
-                    return Poll::Pending;
+                Ok(Entry::Item(item)) => Ok(item),
+                Ok(Entry::Notice { number, notice, .. }) => {
+                    if number > self.notice_seen {
+                        self.notice_seen = number;
+                        return Poll::Ready(Some(Delivery::Notice(notice)));
+                    }
+                    continue;
                 }
-                Ok(item) => Ok(item),
                 Err(TryRecvError::Empty) if self.shared.closed.load(Ordering::Acquire) => {
                     Err(RecvError::Closed)
                 }
@@ -350,7 +352,7 @@ impl Subscriber {
         }
     }
 
-    fn on_result(&mut self, result: Result<Arc<Item>, RecvError>) -> Option<Delivery> {
+    fn on_result(&mut self, result: Result<Arc<Item>, RecvError>) -> Option<Delivery<N>> {
         match result {
             Ok(item) => self.on_item(item),
             // On purpose: the ring overwrote items this subscriber had not read. Repair.
@@ -366,7 +368,7 @@ impl Subscriber {
         }
     }
 
-    fn on_item(&mut self, item: Arc<Item>) -> Option<Delivery> {
+    fn on_item(&mut self, item: Arc<Item>) -> Option<Delivery<N>> {
         let cfg = &self.shared.config;
         let head = self.shared.head.load(Ordering::Acquire);
         if head.saturating_sub(item.position) >= cfg.queue_messages as u64 {
@@ -469,6 +471,9 @@ impl Subscriber {
         m.repairs_ticker.increment(plan.tickers.len() as u64);
         tracing::debug!(report = ?plan.report, "subscriber lagged; repairing");
         self.pending.push_back(Delivery::Lagged(plan.report));
+        // What the skipped notices said, summed up by the latest one (read after the cursor
+        // moved, like the cut).
+        self.catch_up_notice();
         for market in plan.newly_stale {
             self.pending.push_back(Delivery::Stale { market });
         }
@@ -509,13 +514,13 @@ impl Subscriber {
     }
 
     /// Whether a queued delivery still belongs to one of the topics.
-    fn still_wanted(&self, d: &Delivery) -> bool {
+    fn still_wanted(&self, d: &Delivery<N>) -> bool {
         match d {
             Delivery::Cached { item, .. } | Delivery::Data(item) => {
                 self.topics.wants(item.channel, item.market())
             }
             Delivery::Stale { market } => self.topics.wants(Channel::OrderbookDelta, Some(market)),
-            Delivery::Lagged(_) | Delivery::Disconnect(_) => true,
+            Delivery::Lagged(_) | Delivery::Disconnect(_) | Delivery::Notice(_) => true,
         }
     }
 
@@ -527,7 +532,7 @@ impl Subscriber {
     }
 }
 
-impl Drop for Subscriber {
+impl<N> Drop for Subscriber<N> {
     fn drop(&mut self) {
         self.flush_metrics();
         for topic in self.topics() {

@@ -61,15 +61,6 @@ impl Heartbeat {
         }
     }
 
-    /// Wakes every connection without a ping: the upstream status or the lost-message counts
-    /// changed. Connections wait on one signal for pings and these changes, so each wake-up
-    /// registers one wait instead of three; a poke does not advance the ping count.
-    pub fn poke_all(&self) {
-        for bucket in &self.ping {
-            bucket.send_modify(|_| {});
-        }
-    }
-
     /// Ticks until `shutdown`.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let tick = (self.interval / BUCKETS as u32).max(Duration::from_millis(1));

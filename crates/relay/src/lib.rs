@@ -35,6 +35,7 @@ pub mod http;
 pub mod metrics;
 pub mod security;
 pub mod session;
+pub mod status;
 pub mod throughput;
 pub mod tls;
 
@@ -168,7 +169,9 @@ pub async fn spawn(config: RelayConfig, listeners: Listeners) -> anyhow::Result<
     let upstream_shutdown = CancellationToken::new();
     let (upstream, events) = upstream::spawn(config.upstream.clone(), upstream_shutdown.clone())
         .map_err(|e| anyhow::anyhow!("invalid upstream configuration: {e}"))?;
-    let (publisher, fanout, registry) = fanout::new(config.fanout.clone());
+    let (mut publisher, fanout, registry) = fanout::new(config.fanout.clone());
+    // Every session starts from a status, even before the upstream's first event.
+    publisher.notice(status::UpstreamStatus::starting(app::now_ms()));
     let warm = config.warm_markets.clone();
     let warm_private = config.warm_private_channels;
     let app = Arc::new(App::new(

@@ -1,9 +1,9 @@
 //! One client connection: commands in, deliveries out, pings, limits and the close.
 //!
-//! One task per client owns both halves of its WebSocket. It waits on five things at once: the
+//! One task per client owns both halves of its WebSocket. It waits on four things at once: the
 //! client's frames (commands; reading also answers the client's pings), the client's fanout
-//! subscriber (data to write), its heartbeat bucket (server ping and pong deadline), the
-//! upstream's status, and the relay's shutdown. Deliveries are written as they come: every ready
+//! subscriber (data to write, and the upstream's status in order with it), its heartbeat bucket
+//! (server ping and pong deadline), and the relay's shutdown. Deliveries are written as they come: every ready
 //! one is fed, then one flush, so a burst costs one write. A client that cannot keep up is the
 //! fanout's business (lag, repair, or a slow-consumer verdict): nothing queues here without bound, and a
 //! write that blocks longer than `write_timeout_seconds` ends the connection.
@@ -28,13 +28,13 @@ use tokio_tungstenite::tungstenite::protocol::frame::{CloseFrame, Frame};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, Instrument};
-use upstream::State;
 
-use crate::app::{App, UpstreamStatus};
+use crate::app::App;
 use crate::client::{ClientState, Effect, Limits};
 use crate::close::{CloseReason, Ending};
 use crate::metrics as m;
 use crate::security::{Admission, Identity, Permission, TokenBucket};
+use crate::status::{Health, UpstreamStatus};
 
 /// Per-connection choices made at the handshake.
 pub struct SessionOptions {
@@ -139,14 +139,9 @@ where
 /// What woke a session.
 enum Wake {
     Frame(Option<Result<Message, WsError>>),
-    Delivery(Option<Delivery>),
-    /// The connection's heartbeat bucket signalled: a ping is due, the upstream status changed,
-    /// or lost-message counts changed (any of them, handled in that order: lost, status, ping).
-    Control {
-        ping: bool,
-        lost: Option<[u64; protocol::Channel::COUNT]>,
-        status: Option<UpstreamStatus>,
-    },
+    Delivery(Option<Delivery<UpstreamStatus>>),
+    /// The connection's heartbeat bucket: a ping is due.
+    Ping,
     Check,
 }
 
@@ -155,7 +150,7 @@ struct Session<'a, S> {
     ws: WebSocketStream<S>,
     options: SessionOptions,
     state: ClientState,
-    sub: Subscriber,
+    sub: Subscriber<UpstreamStatus>,
     /// Every outgoing frame is written here and split off; tungstenite copies it into its own
     /// buffer and drops it, so within a batch the space is reused without an allocation per
     /// frame. It is released after each flush: an idle client keeps no buffer.
@@ -176,14 +171,10 @@ struct Session<'a, S> {
     /// The client holds a private channel and the upstream was up since it subscribed: if the
     /// upstream connection is lost, fills may be missed and the client must be told (a `private messages lost` close).
     private_exposed: bool,
-    /// `UpstreamStatus::losses` as of the last status this session acted on.
-    losses_seen: u64,
-    /// `UpstreamStatus::changes` of the last status this session acted on.
-    changes_seen: u64,
+    /// The last upstream status this session acted on (`None` before the first).
+    status: Option<std::sync::Arc<UpstreamStatus>>,
     /// The code of the client's own close frame, if it closed.
     client_close: Option<u16>,
-    /// The per-channel loss counts already accounted for (see `App::lost`).
-    lost_seen: [u64; protocol::Channel::COUNT],
     /// Commands held until the upstream is subscribed (a private subscription, and whatever
     /// the client sent after it), at most `MAX_DEFERRED`.
     deferred: Vec<Command>,
@@ -212,10 +203,8 @@ where
             latency_sample: None,
             sent: [(0, 0); KINDS.len()],
             private_exposed: false,
-            losses_seen: app.status.borrow().losses,
-            changes_seen: 0,
+            status: None,
             client_close: None,
-            lost_seen: *app.lost.borrow(),
             deferred: Vec::new(),
         }
     }
@@ -228,22 +217,8 @@ where
                 result = Box::pin(self.authenticate_first()) => if let Err(close) = result { return close },
             }
         }
-        // The slot first: a status or loss change after the receivers below are taken pokes it.
         let mut slot = app.heartbeat.slot();
         let mut pings_seen = *slot.ping.borrow_and_update();
-        let mut status = app.status.subscribe();
-        let mut lost = app.lost.subscribe();
-        lost.borrow_and_update();
-        let initial = status.borrow_and_update().clone();
-        self.losses_seen = initial.losses;
-        self.changes_seen = initial.changes;
-        if self.options.relay_events {
-            if let Err(close) = Box::pin(self.send_event("relay_status", initial.to_json())).await {
-                return close;
-            }
-        } else if matches!(initial.state, State::GaveUp { .. }) {
-            return UPSTREAM_UNAVAILABLE;
-        }
         // Pinned once: a wake-up does not register with the shutdown token again.
         let stopping = app.shutdown.cancelled();
         tokio::pin!(stopping);
@@ -253,30 +228,19 @@ where
             let awaiting_pong = self.awaiting_pong;
             // The select only says what woke the session; the work happens in one boxed handler,
             // so the task's resting allocation holds just these waits (an idle client's cost).
-            // Biased, in this order: a status change is acted on before data published after
-            // it (a client is told the upstream came back before it gets the new data), and
-            // the client's own frames (pongs, commands) are never starved by a busy stream.
+            // Biased: the client's own frames (pongs, commands) are never starved by a busy
+            // stream. Status changes come in the stream, in order with the data.
             let wake = tokio::select! {
                 biased;
                 () = &mut stopping => return RESTART,
                 Ok(()) = slot.ping.changed() => {
                     let pings = *slot.ping.borrow_and_update();
-                    let ping = pings != pings_seen;
+                    if pings == pings_seen {
+                        continue;
+                    }
                     pings_seen = pings;
-                    if ping {
-                        slot.check.borrow_and_update();
-                    }
-                    Wake::Control {
-                        ping,
-                        lost: lost
-                            .has_changed()
-                            .unwrap_or(false)
-                            .then(|| *lost.borrow_and_update()),
-                        status: status
-                            .has_changed()
-                            .unwrap_or(false)
-                            .then(|| status.borrow_and_update().clone()),
-                    }
+                    slot.check.borrow_and_update();
+                    Wake::Ping
                 }
                 Ok(()) = slot.check.changed(), if awaiting_pong => Wake::Check,
                 frame = self.ws.next() => Wake::Frame(frame),
@@ -292,80 +256,42 @@ where
         match wake {
             Wake::Frame(frame) => self.on_frame(frame).await,
             Wake::Delivery(delivery) => self.on_delivery(delivery).await,
-            Wake::Control { ping, lost, status } => {
-                if lost.is_some() || status.is_some() {
-                    // What the upstream sent before the change is in the ring (perhaps held for a
-                    // coalescing window): it goes out before the change is acted on, so a client
-                    // never sees data after the status that says it stopped, nor is closed
-                    // before fills that arrived in time. What came after the change waits.
-                    let until = status.as_ref().map_or(u64::MAX, |s| s.position);
-                    self.write_ready(self.app.config.fanout.queue_messages, until)
-                        .await?;
-                }
-                if let Some(counts) = lost {
-                    self.on_lost(counts)?;
-                }
-                // Acted on already if data published after it came first (`write_delivery`).
-                if let Some(now) = status.filter(|s| s.changes != self.changes_seen) {
-                    self.on_status_change(now).await?;
-                }
-                if ping {
-                    self.ping().await?;
-                }
-                Ok(())
-            }
+            Wake::Ping => self.ping().await,
             Wake::Check if self.awaiting_pong => Err(Some(CloseReason::PongTimeout)),
             // A frame arrived between the check and this handler.
             Wake::Check => Ok(()),
         }
     }
 
-    async fn on_status_change(&mut self, now: UpstreamStatus) -> Result<(), Close> {
-        self.changes_seen = now.changes;
-        self.on_status(&now)?;
-        if now.state == State::Subscribed && !self.deferred.is_empty() {
+    /// An upstream status from the stream: the first one, a change, or a loss notice (or,
+    /// after a lag, the latest, which sums up those skipped).
+    async fn on_notice(&mut self, now: std::sync::Arc<UpstreamStatus>) -> Result<(), Close> {
+        // The first status is the one as of the session's start: nothing to compare it with.
+        if let Some(before) = self.status.replace(now.clone()) {
+            let lost_held_private = protocol::Channel::ALL.iter().any(|c| {
+                c.is_private()
+                    && now.lost[c.index()] > before.lost[c.index()]
+                    && self.state.subscriptions().any(|s| s.channel == *c)
+            });
+            let outage = now.outages != before.outages || now.health.is_outage();
+            if private_messages_lost(self.private_exposed, outage, lost_held_private) {
+                return Err(PRIVATE_GAP);
+            }
+            if now.changes == before.changes {
+                return Ok(());
+            }
+        }
+        if now.health.is_up() {
+            self.private_exposed |= self.holds_private();
+        }
+        if now.health == Health::Subscribed && !self.deferred.is_empty() {
             self.release_deferred().await?;
         }
         if self.options.relay_events {
             self.send_event("relay_status", now.to_json()).await
-        } else if matches!(now.state, State::GaveUp { .. }) {
+        } else if matches!(now.health, Health::GaveUp { .. }) {
             // Those who did not ask for events are not left hanging on a dead feed.
             Err(UPSTREAM_UNAVAILABLE)
-        } else {
-            Ok(())
-        }
-    }
-
-    /// Private channels carry no seq and the exchange does not replay them: a client holding
-    /// one while the upstream connection is lost may have missed fills, and is told so.
-    /// Statuses can be collapsed (a busy session sees only the latest), so an outage is known
-    /// by the loss count having moved, not only by a down state.
-    fn on_status(&mut self, now: &UpstreamStatus) -> Result<(), Close> {
-        let outage_since = now.losses != self.losses_seen;
-        self.losses_seen = now.losses;
-        if self.private_exposed && (outage_since || crate::app::is_outage(&now.state)) {
-            return Err(PRIVATE_GAP);
-        }
-        if now.state.is_up() {
-            self.private_exposed |= self.holds_private();
-        }
-        Ok(())
-    }
-
-    /// Messages of a channel were lost upstream: a private one this client holds cannot be
-    /// repaired, so it is told (closed); counts of channels it does not hold are just noted.
-    fn on_lost(&mut self, counts: [u64; protocol::Channel::COUNT]) -> Result<(), Close> {
-        let hit = protocol::Channel::ALL
-            .iter()
-            .zip(counts.iter().zip(self.lost_seen.iter()))
-            .any(|(channel, (now, seen))| {
-                now > seen
-                    && channel.is_private()
-                    && self.state.subscriptions().any(|s| s.channel == *channel)
-            });
-        self.lost_seen = counts;
-        if hit {
-            Err(PRIVATE_GAP)
         } else {
             Ok(())
         }
@@ -451,7 +377,9 @@ where
     }
 
     fn upstream_subscribed(&self) -> bool {
-        self.app.status.borrow().state == State::Subscribed
+        self.status
+            .as_ref()
+            .is_some_and(|s| s.health == Health::Subscribed)
     }
 
     /// Answers the commands held while the upstream was not subscribed.
@@ -501,13 +429,9 @@ where
                 }
             }
         }
-        // Exposed from now on if the upstream is up, unless an outage this session has not
-        // acted on yet came first (that status change will set it).
-        let live = {
-            let status = self.app.status.borrow();
-            status.state.is_up() && status.losses == self.losses_seen
-        };
-        if live {
+        // Exposed from now on if the upstream is up as far as this session has been told (an
+        // outage that comes later in the stream closes it).
+        if self.status.as_ref().is_some_and(|s| s.health.is_up()) {
             self.private_exposed |= self.holds_private();
         }
         self.flush().await
@@ -558,7 +482,10 @@ where
         .await
     }
 
-    async fn on_delivery(&mut self, delivery: Option<Delivery>) -> Result<(), Close> {
+    async fn on_delivery(
+        &mut self,
+        delivery: Option<Delivery<UpstreamStatus>>,
+    ) -> Result<(), Close> {
         let Some(first) = delivery else {
             // The fanout's stream ended: the relay is stopping.
             return Err(RESTART);
@@ -566,15 +493,15 @@ where
         self.write_delivery(first).await?;
         // With a coalescing window, the feed publishes a window's messages together, so this
         // batch already holds them all: no timer per client.
-        self.write_ready(MAX_BATCH - 1, u64::MAX).await
+        self.write_ready(MAX_BATCH - 1).await
     }
 
     /// Writes up to `limit` deliveries that are ready now, flushing every [`MAX_BATCH`] and at
     /// the end.
-    async fn write_ready(&mut self, limit: usize, until: u64) -> Result<(), Close> {
+    async fn write_ready(&mut self, limit: usize) -> Result<(), Close> {
         let mut written = 0;
         while written < limit {
-            match self.sub.try_recv_until(until) {
+            match self.sub.try_recv() {
                 Some(next) => self.write_delivery(next).await?,
                 None => break,
             }
@@ -586,20 +513,10 @@ where
         self.flush().await
     }
 
-    async fn write_delivery(&mut self, delivery: Delivery) -> Result<(), Close> {
+    async fn write_delivery(&mut self, delivery: Delivery<UpstreamStatus>) -> Result<(), Close> {
         match delivery {
+            Delivery::Notice(status) => Box::pin(self.on_notice(status)).await,
             Delivery::Data(item) | Delivery::Cached { item, .. } => {
-                // Data published after a status change this session has not acted on yet (the
-                // change and the data raced to wake it): the change goes out first.
-                if self.app.status_changes.load(Ordering::Acquire) != self.changes_seen {
-                    let now = {
-                        let status = self.app.status.borrow();
-                        (item.position() > status.position).then(|| status.clone())
-                    };
-                    if let Some(now) = now {
-                        Box::pin(self.on_status_change(now)).await?;
-                    }
-                }
                 let Some(sub) = self.state.by_channel(item.channel()) else {
                     return Ok(()); // unsubscribed while the item was in flight
                 };
@@ -733,6 +650,14 @@ where
         })
         .await;
     }
+}
+
+/// Whether an upstream status closes a client holding private channels (`private messages
+/// lost`): their messages carry no seq and the exchange does not replay them. `exposed`: it held
+/// one while the upstream was up; `outage`: the upstream went down since the last status;
+/// `lost_held_private`: messages of a private channel it holds were lost upstream.
+fn private_messages_lost(exposed: bool, outage: bool, lost_held_private: bool) -> bool {
+    lost_held_private || (exposed && outage)
 }
 
 /// Whether a command subscribes to a private channel (answered only with the upstream live).
