@@ -106,17 +106,18 @@ mod repair;
 mod subscriber;
 mod topics;
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 use tokio::sync::broadcast;
 
+pub use crate::cache::Signal;
 pub use crate::config::{
     ConfigError, FanoutConfig, Problem, DEFAULT_LINGER_SECONDS, DEFAULT_QUEUE_BYTES,
     DEFAULT_QUEUE_MESSAGES, DEFAULT_SLOW_CONSUMER_LAGS, DEFAULT_SLOW_CONSUMER_WINDOW_SECONDS,
 };
-pub use crate::item::{write_envelope, Item, Topic};
+pub use crate::item::{envelope_len, write_envelope, Item, Topic};
 pub use crate::publisher::{PublishError, Publisher};
 pub use crate::registry::{RegistryEvents, TopicChange};
 pub use crate::subscriber::{
@@ -134,6 +135,9 @@ pub mod metric_names {
 use crate::cache::{Cache, Shared};
 use crate::registry::RegistryShared;
 
+/// How many wake groups parked subscribers are spread over (see [`Subscriber::signal`]).
+pub const WAKE_GROUPS: usize = 32;
+
 /// Builds a fanout: the one [`Publisher`], a cloneable [`Fanout`] handle to attach subscribers,
 /// and the one [`RegistryEvents`] stream. `config` should have been validated
 /// ([`FanoutConfig::validate`]); a zero `queue_messages` is treated as 1. `N` is the type of the
@@ -148,10 +152,13 @@ pub fn new<N: Send + Sync + 'static>(
         config,
         tx: tx.downgrade(),
         notice: Mutex::new(None),
-        wake: tokio::sync::Notify::new(),
+        wake: (0..WAKE_GROUPS)
+            .map(|_| tokio::sync::Notify::new())
+            .collect(),
         closed: std::sync::atomic::AtomicBool::new(false),
         cache: Mutex::new(Cache::default()),
         head: AtomicU64::new(0),
+        next_group: std::sync::atomic::AtomicUsize::new(0),
         bytes_published: AtomicU64::new(0),
         registry: registry.clone(),
         metrics: crate::metrics::Metrics::new(),
@@ -177,10 +184,23 @@ impl<N> Clone for Fanout<N> {
 }
 
 impl<N: Send + Sync + 'static> Fanout<N> {
-    /// A new subscriber with no topics, positioned at the head of the stream. Its first delivery
-    /// is the latest notice, if one was ever sent.
+    /// A new subscriber with no topics, positioned at the head of the stream, in a wake group
+    /// chosen in turn. Its first delivery is the latest notice, if one was ever sent.
     pub fn subscriber(&self) -> Subscriber<N> {
-        Subscriber::new(self.shared.clone())
+        let group = self.shared.next_group.fetch_add(1, Ordering::Relaxed) % WAKE_GROUPS;
+        Subscriber::new(self.shared.clone(), group)
+    }
+
+    /// Wakes the parked subscribers of one wake group (`group % WAKE_GROUPS`), as a release
+    /// would: each looks for deliveries and goes back to sleep if there are none. For the
+    /// owner's own reasons to wake them (a timer shared by the group).
+    pub fn wake(&self, group: usize) {
+        self.shared.wake[group % WAKE_GROUPS].notify_waiters();
+    }
+
+    /// Wakes every parked subscriber (see [`Fanout::wake`]).
+    pub fn wake_all(&self) {
+        self.shared.wake_all();
     }
 
     /// The latest notice sent ([`Publisher::notice`]), if any.

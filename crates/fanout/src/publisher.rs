@@ -91,7 +91,7 @@ impl<N> Publisher<N> {
         if self.unreleased > 0 {
             self.unreleased = 0;
             self.unreleased_bytes = 0;
-            self.shared.wake.notify_waiters();
+            self.shared.wake_all();
         }
     }
 
@@ -376,7 +376,7 @@ impl<N> Publisher<N> {
             self.unreleased += 1;
             self.unreleased_bytes += len;
         } else {
-            self.shared.wake.notify_waiters();
+            self.shared.wake_all();
         }
         let m = &self.shared.metrics;
         if let Some(channel) = channel {
@@ -392,6 +392,6 @@ impl<N> Drop for Publisher<N> {
     /// see the end (the sender itself is dropped right after).
     fn drop(&mut self) {
         self.shared.closed.store(true, Ordering::Release);
-        self.shared.wake.notify_waiters();
+        self.shared.wake_all();
     }
 }

@@ -10,7 +10,7 @@ use protocol::Channel;
 use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
 use tokio::time::Instant;
 
-use crate::cache::Shared;
+use crate::cache::{Shared, Signal};
 use crate::item::{Entry, Item, Topic};
 use crate::repair::Repair;
 use crate::topics::{Decision, TopicState, TopicTable};
@@ -142,10 +142,15 @@ pub struct Subscriber<N = ()> {
     done: bool,
     delivered: u64,
     received: u32,
+    /// The wake group this subscriber parks in.
+    group: usize,
+    /// The position of the last entry read from the ring (0: unknown, at the start and after a
+    /// lag). When it is the publisher's head, nothing is unread: the ring is not asked.
+    read: u64,
 }
 
 impl<N> Subscriber<N> {
-    pub(crate) fn new(shared: Arc<Shared<N>>) -> Subscriber<N> {
+    pub(crate) fn new(shared: Arc<Shared<N>>, group: usize) -> Subscriber<N> {
         let rx = match shared.tx.upgrade() {
             Some(tx) => tx.subscribe(),
             // The publisher is gone: a receiver of a closed channel ends at once.
@@ -161,6 +166,8 @@ impl<N> Subscriber<N> {
             done: false,
             delivered: 0,
             received: 0,
+            group,
+            read: 0,
         };
         // After the cursor exists: a notice sent from here on is in the ring (and skipped there
         // if it is this one).
@@ -289,7 +296,7 @@ impl<N> Subscriber<N> {
             // Park on the publisher's wake-up, registered before looking again: an item sent
             // and released in between is seen by the second look, a later one wakes us.
             let shared = Arc::clone(&self.shared);
-            let woken = shared.wake.notified();
+            let woken = shared.wake[self.group].notified();
             tokio::pin!(woken);
             woken.as_mut().enable();
             if let Poll::Ready(d) = self.poll_ready() {
@@ -297,6 +304,12 @@ impl<N> Subscriber<N> {
             }
             woken.await;
         }
+    }
+
+    /// Where this subscriber parks, for a task that waits on it together with other things of
+    /// the same group: enable a `notified()`, look with [`Subscriber::try_recv`], then wait.
+    pub fn signal(&self) -> Signal {
+        Signal::new(&self.shared, self.group)
     }
 
     /// The next delivery if one is ready now; `None` when the subscriber is caught up with the
@@ -330,9 +343,24 @@ impl<N> Subscriber<N> {
             if self.done {
                 return Poll::Ready(None);
             }
+            // The head is stored before an entry is sent: an entry past `read` raises it first.
+            if self.read != 0
+                && self.read >= self.shared.head.load(Ordering::Acquire)
+                && !self.shared.closed.load(Ordering::Acquire)
+            {
+                return Poll::Pending;
+            }
             let result = match self.rx.try_recv() {
-                Ok(Entry::Item(item)) => Ok(item),
-                Ok(Entry::Notice { number, notice, .. }) => {
+                Ok(Entry::Item(item)) => {
+                    self.read = item.position;
+                    Ok(item)
+                }
+                Ok(Entry::Notice {
+                    position,
+                    number,
+                    notice,
+                }) => {
+                    self.read = position;
                     if number > self.notice_seen {
                         self.notice_seen = number;
                         return Poll::Ready(Some(Delivery::Notice(notice)));
@@ -420,6 +448,7 @@ impl<N> Subscriber<N> {
         // Everything still unread is older than the cut below: skip it. Items published after
         // this line are all newer than the cut, so they reach the new cursor.
         self.rx = self.rx.resubscribe();
+        self.read = 0;
         let m = &self.shared.metrics;
         match cause {
             LagCause::Messages => m.lags_messages.increment(1),

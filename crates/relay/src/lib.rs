@@ -211,7 +211,12 @@ pub async fn spawn(config: RelayConfig, listeners: Listeners) -> anyhow::Result<
             warm_private,
             released_tx,
         )),
-        tokio::spawn(app.heartbeat.clone().run(app.shutdown.clone())),
+        tokio::spawn({
+            let fanout = app.fanout.clone();
+            app.heartbeat
+                .clone()
+                .run(app.shutdown.clone(), move |group| fanout.wake(group))
+        }),
         tokio::spawn(metrics::upkeep(metrics, app.shutdown.clone())),
         tokio::spawn(throughput::sample(app.clone())),
         tokio::spawn(http::serve(app.clone(), listeners.main, ListenerRole::Main)),
