@@ -33,10 +33,13 @@
 //! - **Stale books.** [`Publisher::mark_stale`] (gap, reconnect) puts a marker in the stream: each
 //!   subscriber of that book gets [`Delivery::Stale`] in order and no delta until the reset
 //!   snapshot. A subscriber that adds a stale book waits for that reset snapshot.
-//! - **Wake-ups.** The one cost that grows with subscribers on the publishing side is tokio's
-//!   broadcast waking the subscriber tasks parked on the ring (about 0.7 µs each on the 2-core
-//!   bench machine; see the README). Subscribers that are busy or have a backlog are not parked
-//!   and cost the publisher nothing; under load most are in that state.
+//! - **Wake-ups.** The one cost that grows with subscribers on the publishing side is waking the
+//!   subscriber tasks parked on the stream (about 0.7 µs each on the 2-core bench machine; see
+//!   the README). Subscribers that are busy or have a backlog are not parked and cost the
+//!   publisher nothing; under load most are in that state. Parked subscribers are spread over
+//!   [`WAKE_GROUPS`] groups: a release wakes them all, [`Fanout::wake`] one group, so the owner
+//!   can send its own reasons to wake (the relay's heartbeat) through the same wait
+//!   ([`Subscriber::signal`]).
 //! - **Notices.** The publisher's owner can put a notice of its own type in the stream
 //!   ([`Publisher::notice`]): every subscriber, whatever its topics, gets it as
 //!   [`Delivery::Notice`] in order with the messages, so what was published before it is
