@@ -124,7 +124,7 @@ impl<N> Shared<N> {
     }
 }
 
-/// Where one subscriber parks: its wake group (see [`Shared::wake`]).
+/// Where one subscriber parks: its wake group (see [`Fanout::wake`](crate::Fanout::wake)).
 #[derive(Clone)]
 pub struct Signal {
     groups: Arc<[tokio::sync::Notify]>,
