@@ -958,3 +958,128 @@ async fn data_from_before_an_upstream_loss_arrives_before_the_status_that_report
     relay.shutdown().await;
     sim.shutdown().await;
 }
+
+/// A relay's shared state whose stream the test publishes itself (no feed: the upstream handle
+/// points nowhere), and clients served by real sessions over real sockets.
+struct Bare {
+    app: std::sync::Arc<relay::app::App>,
+    publisher: fanout::Publisher<relay::status::UpstreamStatus>,
+    listener: tokio::net::TcpListener,
+}
+
+impl Bare {
+    async fn new(tweak: impl FnOnce(&mut relay::config::RelayConfig)) -> Bare {
+        let mut config = relay::config::RelayConfig::with_upstream("ws://127.0.0.1:9/");
+        tweak(&mut config);
+        let (publisher, fanout, _registry) = fanout::new(config.fanout.clone());
+        let (upstream, _events) = upstream::spawn(
+            config.upstream.clone(),
+            tokio_util::sync::CancellationToken::new(),
+        )
+        .unwrap();
+        let app = std::sync::Arc::new(relay::app::App::new(
+            config,
+            fanout,
+            upstream,
+            relay::metrics::handle(),
+            None,
+        ));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Bare {
+            app,
+            publisher,
+            listener,
+        }
+    }
+
+    async fn client(&self) -> Client {
+        let url = format!("ws://{}/", self.listener.local_addr().unwrap());
+        let connecting = tokio::spawn(tokio_tungstenite::connect_async(url));
+        let (socket, peer) = self.listener.accept().await.unwrap();
+        let app = self.app.clone();
+        tokio::spawn(async move {
+            let ws = tokio_tungstenite::accept_async_with_config(socket, Some(app.ws_config()))
+                .await
+                .unwrap();
+            let options = relay::session::SessionOptions {
+                relay_events: false,
+                peer,
+                limits: app.config.downstream.limits(),
+                identity: relay::security::Identity::Anonymous(
+                    relay::security::Permission::Private,
+                ),
+                admission: app.gate.admit(peer.ip()).ok().unwrap(),
+            };
+            relay::session::run(app, ws, options).await
+        });
+        Client::from_ws(connecting.await.unwrap().unwrap().0)
+    }
+
+    fn trades(&mut self, from: u64, n: u64) {
+        for i in from..from + n {
+            self.publisher.message(
+                protocol::Channel::Trade,
+                Some("M"),
+                protocol::MessageType::Trade,
+                bytes::Bytes::from(format!(r#"{{"market_ticker":"M","trade_id":"{i}"}}"#)),
+            );
+        }
+    }
+}
+
+/// A session that sees only the latest upstream status (it lagged past a loss notice, an outage
+/// and the recovery) still learns that private messages were lost, and closes a private holder
+/// (`private messages lost`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loss_seen_only_through_the_latest_status_still_closes_private_holders() {
+    use relay::status::UpstreamStatus;
+    use upstream::{DisconnectReason, State};
+    let mut bare = Bare::new(|c| c.fanout.queue_messages = 16).await;
+    let up = UpstreamStatus::starting(0)
+        .entered(&State::Connected, 1)
+        .entered(&State::Subscribed, 2);
+    bare.publisher.notice(up.clone());
+    let mut private = bare.client().await;
+    private
+        .send(json!({"id": 1, "cmd": "subscribe", "params": {"channels": ["fill"]}}))
+        .await;
+    private.replies_until(1).await;
+    let mut public = bare.client().await;
+    public
+        .send(json!({"id": 1, "cmd": "subscribe", "params": {"channels": ["trade"]}}))
+        .await;
+    public.replies_until(1).await;
+    // The loss (a backfill that failed), an outage and its recovery, then more than the ring
+    // holds, released together: both sessions wake up lagged and see only the latest status.
+    bare.publisher.hold();
+    let down = up.lost(protocol::Channel::Fill).entered(
+        &State::Disconnected {
+            reason: DisconnectReason::StreamError,
+        },
+        3,
+    );
+    bare.publisher.notice(down.clone());
+    bare.publisher.notice(
+        down.entered(&State::Connecting, 4)
+            .entered(&State::Connected, 5)
+            .entered(&State::Subscribed, 6),
+    );
+    bare.trades(0, 40);
+    bare.publisher.release();
+    match private.ended().await {
+        Ended::Close(1013, reason) if reason.starts_with("private messages lost") => {}
+        other => panic!("expected a private-loss close, got {other:?}"),
+    }
+    // A public client has nothing to reconcile: it stays.
+    let trades = tokio::spawn(async move {
+        let mut i = 100;
+        loop {
+            bare.trades(i, 1);
+            bare.publisher.release();
+            i += 1;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    trades_keep_flowing(&mut public).await;
+    trades.abort();
+}

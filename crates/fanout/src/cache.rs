@@ -11,21 +11,27 @@ use protocol::{Channel, MessageType, OrderBook};
 use tokio::sync::broadcast;
 
 use crate::config::FanoutConfig;
-use crate::item::{Item, Payload, Topic};
+use crate::item::{Entry, Item, Payload, Topic};
 use crate::metrics::Metrics;
 use crate::registry::RegistryShared;
+use crate::WAKE_GROUPS;
 
 /// What the publisher and every subscriber share.
-pub(crate) struct Shared {
+pub(crate) struct Shared<N> {
     pub config: FanoutConfig,
     /// A weak handle on the stream ring, to attach new subscribers. The only strong
     /// [`broadcast::Sender`] is the [`Publisher`](crate::Publisher)'s: when it is dropped, every
     /// subscriber drains what is left and then sees the end of the stream.
-    pub tx: broadcast::WeakSender<Arc<Item>>,
-    /// Parked subscribers wait here, not on the ring: the publisher wakes them when it releases
-    /// what it sent ([`Publisher::release`](crate::Publisher::release)), so a batch of items
-    /// costs each subscriber one wake-up.
-    pub wake: tokio::sync::Notify,
+    pub tx: broadcast::WeakSender<Entry<N>>,
+    /// The latest notice with its number, kept for subscribers that start or skip ahead after it
+    /// was sent: they are handed it instead. Written by the publisher before it sends the notice.
+    pub notice: Mutex<Option<(u64, Arc<N>)>>,
+    /// Parked subscribers wait here, not on the ring, each in one of [`WAKE_GROUPS`] groups:
+    /// the publisher wakes every group when it releases what it sent
+    /// ([`Publisher::release`](crate::Publisher::release)), so a batch of items costs each
+    /// subscriber one wake-up; the owner can wake one group ([`Fanout::wake`](crate::Fanout::wake),
+    /// the relay's heartbeat), so a subscriber's task has one thing to wait on.
+    pub wake: Arc<[tokio::sync::Notify]>,
     /// Set when the publisher is dropped, before it wakes the parked subscribers: one that finds
     /// the ring empty then ends, even if a subscriber being created still holds a sender.
     pub closed: std::sync::atomic::AtomicBool,
@@ -33,6 +39,8 @@ pub(crate) struct Shared {
     /// while sending or encoding): the publisher updates it once per item, subscribers read a
     /// consistent cut of it when they add a topic, ask for a snapshot or repair after a lag.
     pub cache: Mutex<Cache>,
+    /// The wake group of the next subscriber (groups are handed out in turn).
+    pub next_group: std::sync::atomic::AtomicUsize,
     /// Position of the last item sent (written by the publisher after each send; read by
     /// subscribers for the message bound).
     pub head: AtomicU64,
@@ -105,6 +113,43 @@ pub(crate) struct Cut {
     pub tickers: Vec<Arc<Item>>,
     /// The interned market name, when the topic has a market.
     pub market: Option<Arc<str>>,
+}
+
+impl<N> Shared<N> {
+    /// Wakes every parked subscriber.
+    pub fn wake_all(&self) {
+        for group in self.wake.iter() {
+            group.notify_waiters();
+        }
+    }
+}
+
+/// Where one subscriber parks: its wake group (see [`Fanout::wake`](crate::Fanout::wake)).
+#[derive(Clone)]
+pub struct Signal {
+    groups: Arc<[tokio::sync::Notify]>,
+    group: usize,
+}
+
+impl Signal {
+    pub(crate) fn new<N>(shared: &Shared<N>, group: usize) -> Signal {
+        debug_assert_eq!(shared.wake.len(), WAKE_GROUPS);
+        Signal {
+            groups: shared.wake.clone(),
+            group,
+        }
+    }
+
+    /// Resolves at the next wake-up of the group. Enable it (`Notified::enable`) before the
+    /// last look for work, or a wake-up in between is missed.
+    pub fn notified(&self) -> tokio::sync::futures::Notified<'_> {
+        self.groups[self.group].notified()
+    }
+
+    /// The group, in `0..WAKE_GROUPS`.
+    pub fn group(&self) -> usize {
+        self.group
+    }
 }
 
 impl Cache {
@@ -215,7 +260,7 @@ pub(crate) fn snapshot_item(
 
 impl BookCut {
     /// The snapshot item, encoding it if needed (call without the cache lock).
-    pub fn into_item(self, shared: &Shared, market: &Arc<str>) -> Option<Arc<Item>> {
+    pub fn into_item<N>(self, shared: &Shared<N>, market: &Arc<str>) -> Option<Arc<Item>> {
         match self {
             BookCut::Ready(item) => Some(item),
             BookCut::Build {

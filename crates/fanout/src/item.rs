@@ -42,6 +42,36 @@ impl fmt::Debug for Topic {
     }
 }
 
+/// One slot of the stream ring: a message, or a notice the publisher's owner gives every
+/// subscriber in order with the messages ([`Publisher::notice`](crate::Publisher::notice)).
+pub(crate) enum Entry<N> {
+    Item(Arc<Item>),
+    Notice {
+        /// Stream position, numbered with the items (a notice counts toward the ring's bound).
+        position: u64,
+        /// 1 for the first notice, +1 per notice: a subscriber skips the ones it has.
+        number: u64,
+        notice: Arc<N>,
+    },
+}
+
+impl<N> Clone for Entry<N> {
+    fn clone(&self) -> Self {
+        match self {
+            Entry::Item(item) => Entry::Item(item.clone()),
+            Entry::Notice {
+                position,
+                number,
+                notice,
+            } => Entry::Notice {
+                position: *position,
+                number: *number,
+                notice: notice.clone(),
+            },
+        }
+    }
+}
+
 /// The parsed book message an item carries, kept for the `use_yes_price` variant.
 #[derive(Debug)]
 pub(crate) enum Payload {
@@ -157,6 +187,11 @@ impl Item {
         envelope_max_len(self.kind.as_str(), self.body_for(yes).len())
     }
 
+    /// The bytes [`Item::write_envelope`] writes with these arguments.
+    pub fn envelope_len(&self, sid: u64, seq: Option<u64>, yes: bool) -> usize {
+        envelope_len(self.kind.as_str(), sid, seq, self.body_for(yes).len())
+    }
+
     pub fn write_envelope<B: BufMut>(&self, buf: &mut B, sid: u64, seq: Option<u64>, yes: bool) {
         write_envelope(buf, self.kind.as_str(), sid, seq, self.body_for(yes));
     }
@@ -184,6 +219,18 @@ fn encode<T: serde::Serialize>(value: &T) -> Bytes {
 pub fn envelope_max_len(kind: &str, body_len: usize) -> usize {
     const FIXED: usize = r#"{"type":"","sid":,"seq":,"msg":}"#.len();
     FIXED + kind.len() + 2 * 20 + body_len
+}
+
+/// The bytes [`write_envelope`] writes with these arguments (a frame header needs the exact
+/// length before the payload).
+pub fn envelope_len(kind: &str, sid: u64, seq: Option<u64>, body_len: usize) -> usize {
+    const FIXED: usize = r#"{"type":"","sid":,"msg":}"#.len();
+    const SEQ: usize = r#","seq":"#.len();
+    FIXED + kind.len() + digits(sid) + seq.map_or(0, |s| SEQ + digits(s)) + body_len
+}
+
+fn digits(n: u64) -> usize {
+    n.checked_ilog10().map_or(1, |d| d as usize + 1)
 }
 
 /// Appends one server envelope around an already-encoded body. `kind` must not need JSON
@@ -219,6 +266,24 @@ fn push_u64<B: BufMut>(buf: &mut B, mut n: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn envelope_len_is_exact() {
+        for (sid, seq) in [
+            (0, None),
+            (9, Some(10)),
+            (10, Some(0)),
+            (u64::MAX, Some(u64::MAX)),
+        ] {
+            let mut buf = Vec::new();
+            write_envelope(&mut buf, "trade", sid, seq, b"{\"a\":1}");
+            assert_eq!(
+                buf.len(),
+                envelope_len("trade", sid, seq, 7),
+                "{sid} {seq:?}"
+            );
+        }
+    }
 
     #[test]
     fn envelope_is_the_exchange_form() {

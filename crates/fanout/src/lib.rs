@@ -33,10 +33,20 @@
 //! - **Stale books.** [`Publisher::mark_stale`] (gap, reconnect) puts a marker in the stream: each
 //!   subscriber of that book gets [`Delivery::Stale`] in order and no delta until the reset
 //!   snapshot. A subscriber that adds a stale book waits for that reset snapshot.
-//! - **Wake-ups.** The one cost that grows with subscribers on the publishing side is tokio's
-//!   broadcast waking the subscriber tasks parked on the ring (about 0.7 µs each on the 2-core
-//!   bench machine; see the README). Subscribers that are busy or have a backlog are not parked
-//!   and cost the publisher nothing; under load most are in that state.
+//! - **Wake-ups.** The one cost that grows with subscribers on the publishing side is waking the
+//!   subscriber tasks parked on the stream (about 0.7 µs each on the 2-core bench machine; see
+//!   the README). Subscribers that are busy or have a backlog are not parked and cost the
+//!   publisher nothing; under load most are in that state. Parked subscribers are spread over
+//!   [`WAKE_GROUPS`] groups: a release wakes them all, [`Fanout::wake`] one group, so the owner
+//!   can send its own reasons to wake (the relay's heartbeat) through the same wait
+//!   ([`Subscriber::signal`]).
+//! - **Notices.** The publisher's owner can put a notice of its own type in the stream
+//!   ([`Publisher::notice`]): every subscriber, whatever its topics, gets it as
+//!   [`Delivery::Notice`] in order with the messages, so what was published before it is
+//!   delivered before it and what came after, after. A subscriber that starts, or skips ahead
+//!   after a lag, is handed the latest notice instead of the ones it missed (right after the
+//!   [`Delivery::Lagged`] report): a notice should therefore say everything its subscribers must
+//!   know (cumulative counts rather than increments).
 //! - **Registry.** Which topics have subscribers, with counts ([`Fanout::topics`]), and a stream of
 //!   [`TopicChange`]s ([`RegistryEvents::next`]): `Unwanted` only after the linger delay, cancelled
 //!   if the topic is wanted again meanwhile.
@@ -67,7 +77,8 @@
 //!
 //! # tokio_test();
 //! # fn tokio_test() { tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
-//! let (mut publisher, fanout, _registry) = fanout::new(FanoutConfig::default());
+//! // The notices here are plain strings; the relay's are its upstream status.
+//! let (mut publisher, fanout, _registry) = fanout::new::<&str>(FanoutConfig::default());
 //! let body = Bytes::from_static(br#"{"market_ticker":"M","yes_dollars_fp":[["0.0800","300.00"]]}"#);
 //! let snap: OrderbookSnapshot = serde_json::from_slice(&body).unwrap();
 //! publisher.snapshot("M", snap, body).unwrap();
@@ -81,6 +92,8 @@
 //!     }
 //!     other => panic!("{other:?}"),
 //! }
+//! publisher.notice("upstream lost");
+//! assert!(matches!(sub.recv().await, Some(Delivery::Notice(n)) if *n == "upstream lost"));
 //! assert!(frame.starts_with(br#"{"type":"orderbook_snapshot","sid":1,"seq":1,"msg":"#));
 //! # }) }
 //! ```
@@ -96,17 +109,18 @@ mod repair;
 mod subscriber;
 mod topics;
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 use tokio::sync::broadcast;
 
+pub use crate::cache::Signal;
 pub use crate::config::{
     FanoutConfig, DEFAULT_LINGER_SECONDS, DEFAULT_QUEUE_BYTES, DEFAULT_QUEUE_MESSAGES,
     DEFAULT_SLOW_CONSUMER_LAGS, DEFAULT_SLOW_CONSUMER_WINDOW_SECONDS,
 };
-pub use crate::item::{write_envelope, Item, Topic};
+pub use crate::item::{envelope_len, write_envelope, Item, Topic};
 pub use crate::publisher::{PublishError, Publisher};
 pub use crate::registry::{RegistryEvents, TopicChange};
 pub use crate::subscriber::{
@@ -124,20 +138,30 @@ pub mod metric_names {
 use crate::cache::{Cache, Shared};
 use crate::registry::RegistryShared;
 
+/// How many wake groups parked subscribers are spread over (see [`Subscriber::signal`]).
+pub const WAKE_GROUPS: usize = 32;
+
 /// Builds a fanout: the one [`Publisher`], a cloneable [`Fanout`] handle to attach subscribers,
 /// and the one [`RegistryEvents`] stream. `config` should have been validated
-/// ([`FanoutConfig::validate`]); a zero `queue_messages` is treated as 1.
-pub fn new(config: FanoutConfig) -> (Publisher, Fanout, RegistryEvents) {
+/// ([`FanoutConfig::validate`]); a zero `queue_messages` is treated as 1. `N` is the type of the
+/// notices the publisher's owner sends in band ([`Publisher::notice`]); `()` when it sends none.
+pub fn new<N: Send + Sync + 'static>(
+    config: FanoutConfig,
+) -> (Publisher<N>, Fanout<N>, RegistryEvents) {
     // The ring: the publisher holds the only strong sender; subscribers each hold a cursor.
     let (tx, _) = broadcast::channel(config.queue_messages.max(1));
     let registry = Arc::new(RegistryShared::new(config.linger()));
     let shared = Arc::new(Shared {
         config,
         tx: tx.downgrade(),
-        wake: tokio::sync::Notify::new(),
+        notice: Mutex::new(None),
+        wake: (0..WAKE_GROUPS)
+            .map(|_| tokio::sync::Notify::new())
+            .collect(),
         closed: std::sync::atomic::AtomicBool::new(false),
         cache: Mutex::new(Cache::default()),
         head: AtomicU64::new(0),
+        next_group: std::sync::atomic::AtomicUsize::new(0),
         bytes_published: AtomicU64::new(0),
         registry: registry.clone(),
         metrics: crate::metrics::Metrics::new(),
@@ -150,15 +174,41 @@ pub fn new(config: FanoutConfig) -> (Publisher, Fanout, RegistryEvents) {
 }
 
 /// A handle on the fanout for the relay's connection tasks and status pages. Cheap to clone.
-#[derive(Clone)]
-pub struct Fanout {
-    shared: Arc<Shared>,
+pub struct Fanout<N = ()> {
+    shared: Arc<Shared<N>>,
 }
 
-impl Fanout {
-    /// A new subscriber with no topics, positioned at the head of the stream.
-    pub fn subscriber(&self) -> Subscriber {
-        Subscriber::new(self.shared.clone())
+impl<N> Clone for Fanout<N> {
+    fn clone(&self) -> Self {
+        Fanout {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<N: Send + Sync + 'static> Fanout<N> {
+    /// A new subscriber with no topics, positioned at the head of the stream, in a wake group
+    /// chosen in turn. Its first delivery is the latest notice, if one was ever sent.
+    pub fn subscriber(&self) -> Subscriber<N> {
+        let group = self.shared.next_group.fetch_add(1, Ordering::Relaxed) % WAKE_GROUPS;
+        Subscriber::new(self.shared.clone(), group)
+    }
+
+    /// Wakes the parked subscribers of one wake group (`group % WAKE_GROUPS`), as a release
+    /// would: each looks for deliveries and goes back to sleep if there are none. For the
+    /// owner's own reasons to wake them (a timer shared by the group).
+    pub fn wake(&self, group: usize) {
+        self.shared.wake[group % WAKE_GROUPS].notify_waiters();
+    }
+
+    /// Wakes every parked subscriber (see [`Fanout::wake`]).
+    pub fn wake_all(&self) {
+        self.shared.wake_all();
+    }
+
+    /// The latest notice sent ([`Publisher::notice`]), if any.
+    pub fn notice(&self) -> Option<Arc<N>> {
+        self.shared.notice.lock().as_ref().map(|(_, n)| n.clone())
     }
 
     /// Every topic with at least one subscriber, with its count, sorted.

@@ -9,7 +9,7 @@ use protocol::{BookError, Channel, MessageType, OrderbookDelta, OrderbookSnapsho
 use tokio::sync::broadcast;
 
 use crate::cache::{Cache, Shared};
-use crate::item::{Item, Payload};
+use crate::item::{Entry, Item, Payload};
 use crate::metrics::Metrics;
 
 /// Why a book message was not published. Nothing was sent and, except where said, nothing changed.
@@ -44,12 +44,12 @@ pub enum PublishError {
 /// After [`Publisher::hold`], items are appended without waking anyone until
 /// [`Publisher::release`]: a batch of items then costs each parked subscriber one wake-up, and
 /// it finds the whole batch ready. A subscriber that is awake reads held items as usual.
-pub struct Publisher {
-    shared: Arc<Shared>,
+pub struct Publisher<N = ()> {
+    shared: Arc<Shared<N>>,
     /// The only strong sender of the ring (the ring itself is sized by
     /// `FanoutConfig::queue_messages`; when full, the oldest item is overwritten and subscribers
     /// that had not read it are lagged, which they repair on their own).
-    tx: broadcast::Sender<Arc<Item>>,
+    tx: broadcast::Sender<Entry<N>>,
     /// Position of the last item published.
     position: u64,
     /// Bytes of bodies published so far.
@@ -64,8 +64,8 @@ pub struct Publisher {
     unreleased_bytes: u64,
 }
 
-impl Publisher {
-    pub(crate) fn new(shared: Arc<Shared>, tx: broadcast::Sender<Arc<Item>>) -> Publisher {
+impl<N> Publisher<N> {
+    pub(crate) fn new(shared: Arc<Shared<N>>, tx: broadcast::Sender<Entry<N>>) -> Publisher<N> {
         Publisher {
             shared,
             tx,
@@ -91,7 +91,7 @@ impl Publisher {
         if self.unreleased > 0 {
             self.unreleased = 0;
             self.unreleased_bytes = 0;
-            self.shared.wake.notify_waiters();
+            self.shared.wake_all();
         }
     }
 
@@ -140,7 +140,7 @@ impl Publisher {
             m.book_item = Some(item.clone());
             item
         };
-        Ok(self.send(item, start))
+        Ok(self.send_item(item, start))
     }
 
     /// Publishes a delta after applying it to the cached book. A delta that does not apply is
@@ -188,10 +188,10 @@ impl Publisher {
             }
         };
         match result {
-            Ok(item) => Ok(self.send(item, start)),
+            Ok(item) => Ok(self.send_item(item, start)),
             Err((marker, source)) => {
                 if let Some(marker) = marker {
-                    self.send(marker, start);
+                    self.send_item(marker, start);
                 }
                 Err(PublishError::Inconsistent {
                     market: market.to_owned(),
@@ -222,7 +222,36 @@ impl Publisher {
             }
             item
         };
-        self.send(item, start)
+        self.send_item(item, start)
+    }
+
+    /// Sends `notice` to every subscriber, in order with the messages (see the crate docs,
+    /// "Notices"). Like an item, it wakes parked subscribers at once unless holding. Returns
+    /// its position.
+    pub fn notice(&mut self, notice: N) -> u64 {
+        let start = Instant::now();
+        let notice = Arc::new(notice);
+        let number = {
+            let mut latest = self.shared.notice.lock();
+            let number = latest.as_ref().map_or(1, |(n, _)| n + 1);
+            *latest = Some((number, notice.clone()));
+            number
+        };
+        let position = self.position + 1;
+        self.send(
+            Entry::Notice {
+                position,
+                number,
+                notice,
+            },
+            start,
+        );
+        position
+    }
+
+    /// The latest notice sent, if any.
+    pub fn last_notice(&self) -> Option<Arc<N>> {
+        self.shared.notice.lock().as_ref().map(|(_, n)| n.clone())
     }
 
     /// Marks books stale (a sequence gap, or the upstream connection was lost): subscribers get
@@ -236,7 +265,7 @@ impl Publisher {
                 self.stale_marker(&mut cache, market.as_ref())
             };
             if let Some(marker) = marker {
-                self.send(marker, start);
+                self.send_item(marker, start);
             }
         }
     }
@@ -325,36 +354,44 @@ impl Publisher {
         self.received_at = at;
     }
 
+    fn send_item(&mut self, item: Arc<Item>, start: Instant) -> u64 {
+        self.send(Entry::Item(item), start)
+    }
+
     /// Appends to the ring (outside the cache lock: the wake-ups happen here).
-    fn send(&mut self, item: Arc<Item>, start: Instant) -> u64 {
-        self.position = item.position;
-        let len = item.body.len() as u64;
+    fn send(&mut self, entry: Entry<N>, start: Instant) -> u64 {
+        let (position, len, channel) = match &entry {
+            Entry::Item(item) => (item.position, item.body.len() as u64, Some(item.channel)),
+            Entry::Notice { position, .. } => (*position, 0, None),
+        };
+        self.position = position;
         self.bytes += len;
-        let channel = item.channel;
         self.shared.head.store(self.position, Ordering::Release);
         self.shared
             .bytes_published
             .store(self.bytes, Ordering::Release);
         // Err only when no subscriber exists: nobody to deliver to, and the cache is up to date.
-        let _ = self.tx.send(item);
+        let _ = self.tx.send(entry);
         if self.holding {
             self.unreleased += 1;
             self.unreleased_bytes += len;
         } else {
-            self.shared.wake.notify_waiters();
+            self.shared.wake_all();
         }
         let m = &self.shared.metrics;
-        m.published[channel.index()].increment(1);
+        if let Some(channel) = channel {
+            m.published[channel.index()].increment(1);
+        }
         m.publish_duration.record(start.elapsed().as_secs_f64());
         self.position
     }
 }
 
-impl Drop for Publisher {
+impl<N> Drop for Publisher<N> {
     /// Ends the stream: the parked subscribers are woken and, once they find the ring empty,
     /// see the end (the sender itself is dropped right after).
     fn drop(&mut self) {
         self.shared.closed.store(true, Ordering::Release);
-        self.shared.wake.notify_waiters();
+        self.shared.wake_all();
     }
 }

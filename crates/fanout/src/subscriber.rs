@@ -10,14 +10,14 @@ use protocol::Channel;
 use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
 use tokio::time::Instant;
 
-use crate::cache::Shared;
-use crate::item::{Item, Topic};
+use crate::cache::{Shared, Signal};
+use crate::item::{Entry, Item, Topic};
 use crate::repair::Repair;
 use crate::topics::{Decision, TopicState, TopicTable};
 
 /// What a subscriber receives, in order.
 #[derive(Debug)]
-pub enum Delivery {
+pub enum Delivery<N = ()> {
     /// A message of the stream for one of the subscriber's topics. A reset snapshot (the end of a
     /// stale period) arrives this way; like every `orderbook_snapshot`, it replaces the book.
     Data(Arc<Item>),
@@ -36,6 +36,9 @@ pub enum Delivery {
     /// The subscriber must be disconnected (the relay closes the client with 4008). This is the
     /// last delivery: [`Subscriber::recv`] returns `None` afterwards.
     Disconnect(Verdict),
+    /// A notice of the publisher's owner ([`Publisher::notice`](crate::Publisher::notice)), in
+    /// order with the messages; or, first thing and after a lag, the latest one.
+    Notice(Arc<N>),
 }
 
 /// Why a cached snapshot or ticker is delivered.
@@ -121,44 +124,65 @@ const DELIVERED_FLUSH: u64 = 256;
 ///
 /// Owned by the connection's writer task; `recv` is cancel-safe, so it can sit in a `select!`.
 /// Dropping it removes its topics from the registry.
-pub struct Subscriber {
-    shared: Arc<Shared>,
+pub struct Subscriber<N = ()> {
+    shared: Arc<Shared<N>>,
     /// This subscriber's cursor into the shared ring. The ring keeps `queue_messages` items; when
     /// this cursor falls further behind (or more than `queue_bytes` behind), it jumps to the head
     /// and the subscriber repairs itself from the cache.
-    rx: broadcast::Receiver<Arc<Item>>,
+    rx: broadcast::Receiver<Entry<N>>,
     topics: TopicTable,
     /// Deliveries made locally (cached snapshots, notices), emitted before the next stream item.
     /// Bounded by the number of topics (one snapshot or ticker per topic per event, plus notices).
-    pending: VecDeque<Delivery>,
-    /// A stream item read past the bound of [`Subscriber::try_recv_until`], handed out first
-    /// by the next read.
-    stash: Option<Arc<Item>>,
+    pending: VecDeque<Delivery<N>>,
+    /// The number of the last notice delivered (0: none): older ones met in the ring are skipped.
+    notice_seen: u64,
     /// Instants of recent lags, for the slow-consumer policy (at most `slow_consumer_lags + 1`).
     lags: VecDeque<Instant>,
     /// The stream ended or a verdict was given: `recv` yields what is pending, then `None`.
     done: bool,
     delivered: u64,
     received: u32,
+    /// The wake group this subscriber parks in.
+    group: usize,
+    /// The position of the last entry read from the ring (0: unknown, at the start and after a
+    /// lag). When it is the publisher's head, nothing is unread: the ring is not asked.
+    read: u64,
 }
 
-impl Subscriber {
-    pub(crate) fn new(shared: Arc<Shared>) -> Subscriber {
+impl<N> Subscriber<N> {
+    pub(crate) fn new(shared: Arc<Shared<N>>, group: usize) -> Subscriber<N> {
         let rx = match shared.tx.upgrade() {
             Some(tx) => tx.subscribe(),
             // The publisher is gone: a receiver of a closed channel ends at once.
             None => broadcast::channel(1).1,
         };
-        Subscriber {
+        let mut sub = Subscriber {
             shared,
             rx,
             topics: TopicTable::default(),
             pending: VecDeque::new(),
-            stash: None,
+            notice_seen: 0,
             lags: VecDeque::new(),
             done: false,
             delivered: 0,
             received: 0,
+            group,
+            read: 0,
+        };
+        // After the cursor exists: a notice sent from here on is in the ring (and skipped there
+        // if it is this one).
+        sub.catch_up_notice();
+        sub
+    }
+
+    /// Queues the latest notice if this subscriber has not had it.
+    fn catch_up_notice(&mut self) {
+        let latest = self.shared.notice.lock().clone();
+        if let Some((number, notice)) = latest {
+            if number > self.notice_seen {
+                self.notice_seen = number;
+                self.pending.push_back(Delivery::Notice(notice));
+            }
         }
     }
 
@@ -263,37 +287,35 @@ impl Subscriber {
 
     /// The next delivery, waiting for one. `None` once the stream has ended (the publisher was
     /// dropped and everything was drained) or after a [`Delivery::Disconnect`]. Cancel-safe.
-    pub async fn recv(&mut self) -> Option<Delivery> {
+    pub async fn recv(&mut self) -> Option<Delivery<N>> {
         loop {
-            if let Poll::Ready(d) = self.poll_ready(u64::MAX) {
+            if let Poll::Ready(d) = self.poll_ready() {
                 return d;
             }
             self.flush_metrics();
             // Park on the publisher's wake-up, registered before looking again: an item sent
             // and released in between is seen by the second look, a later one wakes us.
             let shared = Arc::clone(&self.shared);
-            let woken = shared.wake.notified();
+            let woken = shared.wake[self.group].notified();
             tokio::pin!(woken);
             woken.as_mut().enable();
-            if let Poll::Ready(d) = self.poll_ready(u64::MAX) {
+            if let Poll::Ready(d) = self.poll_ready() {
                 return d;
             }
             woken.await;
         }
     }
 
-    /// The next delivery if one is ready now; `None` when the subscriber is caught up with the
-    /// stream (or it has ended: see [`Subscriber::is_done`]).
-    pub fn try_recv(&mut self) -> Option<Delivery> {
-        self.try_recv_until(u64::MAX)
+    /// Where this subscriber parks, for a task that waits on it together with other things of
+    /// the same group: enable a `notified()`, look with [`Subscriber::try_recv`], then wait.
+    pub fn signal(&self) -> Signal {
+        Signal::new(&self.shared, self.group)
     }
 
-    /// Like [`Subscriber::try_recv`], but stops before a stream item published after `position`
-    /// ([`Publisher::position`](crate::Publisher::position) at some moment): what was published
-    /// up to then can be drained before acting on something that happened then. The item that
-    /// stopped it is the next one delivered.
-    pub fn try_recv_until(&mut self, position: u64) -> Option<Delivery> {
-        match self.poll_ready(position) {
+    /// The next delivery if one is ready now; `None` when the subscriber is caught up with the
+    /// stream (or it has ended: see [`Subscriber::is_done`]).
+    pub fn try_recv(&mut self) -> Option<Delivery<N>> {
+        match self.poll_ready() {
             Poll::Ready(d) => d,
             Poll::Pending => {
                 self.flush_metrics();
@@ -304,11 +326,11 @@ impl Subscriber {
 
     /// Whether the stream ended or a verdict was given.
     pub fn is_done(&self) -> bool {
-        self.done && self.pending.is_empty() && self.stash.is_none()
+        self.done && self.pending.is_empty()
     }
 
-    /// The next delivery, not reading stream items past `limit`.
-    fn poll_ready(&mut self, limit: u64) -> Poll<Option<Delivery>> {
+    /// The next delivery.
+    fn poll_ready(&mut self) -> Poll<Option<Delivery<N>>> {
         loop {
             if let Some(d) = self.pending.pop_front() {
                 if self.pending.is_empty() {
@@ -318,25 +340,33 @@ impl Subscriber {
                 }
                 return Poll::Ready(Some(d));
             }
-            if let Some(item) = self.stash.take() {
-                if item.position > limit {
-                    self.stash = Some(item);
-                    return Poll::Pending;
-                }
-                match self.on_result(Ok(item)) {
-                    Some(d) => return Poll::Ready(Some(d)),
-                    None => continue,
-                }
-            }
             if self.done {
                 return Poll::Ready(None);
             }
+            // The head is stored before an entry is sent: an entry past `read` raises it first.
+            if self.read != 0
+                && self.read >= self.shared.head.load(Ordering::Acquire)
+                && !self.shared.closed.load(Ordering::Acquire)
+            {
+                return Poll::Pending;
+            }
             let result = match self.rx.try_recv() {
-                Ok(item) if item.position > limit => {
-                    self.stash = Some(item);
-                    return Poll::Pending;
+                Ok(Entry::Item(item)) => {
+                    self.read = item.position;
+                    Ok(item)
                 }
-                Ok(item) => Ok(item),
+                Ok(Entry::Notice {
+                    position,
+                    number,
+                    notice,
+                }) => {
+                    self.read = position;
+                    if number > self.notice_seen {
+                        self.notice_seen = number;
+                        return Poll::Ready(Some(Delivery::Notice(notice)));
+                    }
+                    continue;
+                }
                 Err(TryRecvError::Empty) if self.shared.closed.load(Ordering::Acquire) => {
                     Err(RecvError::Closed)
                 }
@@ -350,7 +380,7 @@ impl Subscriber {
         }
     }
 
-    fn on_result(&mut self, result: Result<Arc<Item>, RecvError>) -> Option<Delivery> {
+    fn on_result(&mut self, result: Result<Arc<Item>, RecvError>) -> Option<Delivery<N>> {
         match result {
             Ok(item) => self.on_item(item),
             // On purpose: the ring overwrote items this subscriber had not read. Repair.
@@ -366,7 +396,7 @@ impl Subscriber {
         }
     }
 
-    fn on_item(&mut self, item: Arc<Item>) -> Option<Delivery> {
+    fn on_item(&mut self, item: Arc<Item>) -> Option<Delivery<N>> {
         let cfg = &self.shared.config;
         let head = self.shared.head.load(Ordering::Acquire);
         if head.saturating_sub(item.position) >= cfg.queue_messages as u64 {
@@ -418,6 +448,7 @@ impl Subscriber {
         // Everything still unread is older than the cut below: skip it. Items published after
         // this line are all newer than the cut, so they reach the new cursor.
         self.rx = self.rx.resubscribe();
+        self.read = 0;
         let m = &self.shared.metrics;
         match cause {
             LagCause::Messages => m.lags_messages.increment(1),
@@ -469,6 +500,9 @@ impl Subscriber {
         m.repairs_ticker.increment(plan.tickers.len() as u64);
         tracing::debug!(report = ?plan.report, "subscriber lagged; repairing");
         self.pending.push_back(Delivery::Lagged(plan.report));
+        // What the skipped notices said, summed up by the latest one (read after the cursor
+        // moved, like the cut).
+        self.catch_up_notice();
         for market in plan.newly_stale {
             self.pending.push_back(Delivery::Stale { market });
         }
@@ -509,13 +543,13 @@ impl Subscriber {
     }
 
     /// Whether a queued delivery still belongs to one of the topics.
-    fn still_wanted(&self, d: &Delivery) -> bool {
+    fn still_wanted(&self, d: &Delivery<N>) -> bool {
         match d {
             Delivery::Cached { item, .. } | Delivery::Data(item) => {
                 self.topics.wants(item.channel, item.market())
             }
             Delivery::Stale { market } => self.topics.wants(Channel::OrderbookDelta, Some(market)),
-            Delivery::Lagged(_) | Delivery::Disconnect(_) => true,
+            Delivery::Lagged(_) | Delivery::Disconnect(_) | Delivery::Notice(_) => true,
         }
     }
 
@@ -527,7 +561,7 @@ impl Subscriber {
     }
 }
 
-impl Drop for Subscriber {
+impl<N> Drop for Subscriber<N> {
     fn drop(&mut self) {
         self.flush_metrics();
         for topic in self.topics() {

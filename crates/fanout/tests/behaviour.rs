@@ -232,7 +232,7 @@ fn the_byte_bound_lags_too_and_counts_trades_exactly() {
 
 #[test]
 fn private_channel_loss_is_a_disconnect_never_a_gap() {
-    let (mut p, f, _r) = fanout::new(small(4));
+    let (mut p, f, _r) = fanout::new::<()>(small(4));
     let mut sub = f.subscriber();
     sub.add(Topic::channel(Channel::Fill), false).unwrap();
     sub.add(book_topic("M"), false).unwrap();
@@ -409,7 +409,7 @@ fn tickers_initial_and_channel_wide() {
 
 #[test]
 fn yes_price_bodies_and_envelopes() {
-    let (mut p, f, _r) = fanout::new(FanoutConfig::default());
+    let (mut p, f, _r) = fanout::new::<()>(FanoutConfig::default());
     publish_snapshot(&mut p, "M", &[(Side::No, 4000, 100)]);
     let mut sub = f.subscriber();
     sub.add(book_topic("M"), false).unwrap();
@@ -430,7 +430,7 @@ fn yes_price_bodies_and_envelopes() {
 
 #[tokio::test]
 async fn dropping_the_publisher_ends_every_stream_after_the_drain() {
-    let (mut p, f, _r) = fanout::new(FanoutConfig::default());
+    let (mut p, f, _r) = fanout::new::<()>(FanoutConfig::default());
     let mut sub = f.subscriber();
     sub.add(Topic::channel(Channel::Trade), false).unwrap();
     publish_trade(&mut p, "M", 1);
@@ -460,7 +460,7 @@ fn removing_a_topic_stops_its_items_and_drops_its_queued_snapshot() {
 
 #[tokio::test(start_paused = true)]
 async fn registry_wants_and_unwants_after_the_linger() {
-    let (_p, f, mut events) = fanout::new(FanoutConfig::default());
+    let (_p, f, mut events) = fanout::new::<()>(FanoutConfig::default());
     let topic = book_topic("M");
     let mut a = f.subscriber();
     let mut b = f.subscriber();
@@ -541,7 +541,7 @@ fn held_items_wake_a_parked_subscriber_once_on_release_and_it_finds_them_all() {
     use std::sync::atomic::Ordering::SeqCst;
     use std::task::{Context, Poll, Waker};
 
-    let (mut p, f, _r) = fanout::new(FanoutConfig::default());
+    let (mut p, f, _r) = fanout::new::<()>(FanoutConfig::default());
     publish_snapshot(&mut p, "M", &[(Side::Yes, 800, 30000)]);
     let mut sub = f.subscriber();
     sub.add(book_topic("M"), false).unwrap();
@@ -586,32 +586,64 @@ fn held_items_wake_a_parked_subscriber_once_on_release_and_it_finds_them_all() {
     assert!(matches!(recv.as_mut().poll(&mut cx), Poll::Ready(None)));
 }
 
+/// The market of a data delivery, or the notice.
+fn seen(d: Delivery<&'static str>) -> String {
+    match d {
+        Delivery::Data(item) => item.market().unwrap().to_owned(),
+        Delivery::Notice(n) => format!("notice {n}"),
+        other => panic!("{other:?}"),
+    }
+}
+
 #[test]
-fn try_recv_until_stops_before_what_was_published_after_the_position() {
-    let (mut p, f, _r) = fanout::new(FanoutConfig::default());
+fn notices_reach_every_subscriber_in_order_with_the_messages() {
+    let (mut p, f, _r) = fanout::new::<&'static str>(FanoutConfig::default());
+    let mut trades = f.subscriber();
+    trades.add(Topic::channel(Channel::Trade), false).unwrap();
+    // A subscriber with no topic gets notices too.
+    let mut bare = f.subscriber();
+    publish_trade(&mut p, "A", 1);
+    p.notice("down");
+    publish_trade(&mut p, "B", 2);
+    p.hold();
+    p.notice("up");
+    assert_eq!(p.unreleased(), 1, "held like an item");
+    let got: Vec<String> = std::iter::from_fn(|| trades.try_recv()).map(seen).collect();
+    assert_eq!(got, ["A", "notice down", "B", "notice up"]);
+    let got: Vec<String> = std::iter::from_fn(|| bare.try_recv()).map(seen).collect();
+    assert_eq!(got, ["notice down", "notice up"]);
+    // A subscriber that starts later is handed the latest notice first, once.
+    let mut late = f.subscriber();
+    late.add(Topic::channel(Channel::Trade), false).unwrap();
+    publish_trade(&mut p, "C", 3);
+    let got: Vec<String> = std::iter::from_fn(|| late.try_recv()).map(seen).collect();
+    assert_eq!(got, ["notice up", "C"]);
+    assert_eq!(f.notice().as_deref(), Some(&"up"));
+}
+
+#[test]
+fn a_lagged_subscriber_gets_the_latest_notice_right_after_its_report() {
+    let (mut p, f, _r) = fanout::new::<&'static str>(small(8));
     let mut sub = f.subscriber();
     sub.add(Topic::channel(Channel::Trade), false).unwrap();
-    publish_trade(&mut p, "A", 1);
-    publish_trade(&mut p, "B", 2);
-    let before = p.position();
-    publish_trade(&mut p, "C", 3);
-    let market = |d: Delivery| match d {
-        Delivery::Data(item) => item.market().map(str::to_owned),
-        other => panic!("{other:?}"),
+    p.notice("down");
+    for n in 0..20 {
+        publish_trade(&mut p, "A", n);
+    }
+    p.notice("down and up again");
+    for n in 20..40 {
+        publish_trade(&mut p, "A", n);
+    }
+    let Some(Delivery::Lagged(report)) = sub.try_recv() else {
+        panic!("expected a lag")
     };
-    assert_eq!(
-        market(sub.try_recv_until(before).unwrap()),
-        Some("A".into())
+    assert!(report.trades_lost > 0);
+    assert!(
+        matches!(sub.try_recv(), Some(Delivery::Notice(n)) if *n == "down and up again"),
+        "the latest notice sums up the ones skipped"
     );
-    assert_eq!(
-        market(sub.try_recv_until(before).unwrap()),
-        Some("B".into())
-    );
-    assert!(sub.try_recv_until(before).is_none(), "C came after");
-    assert!(!sub.is_done());
-    // The item that stopped it is the next one delivered, then the stream goes on.
-    assert_eq!(market(sub.try_recv().unwrap()), Some("C".into()));
-    publish_trade(&mut p, "D", 4);
-    assert_eq!(market(sub.try_recv().unwrap()), Some("D".into()));
-    assert!(sub.try_recv().is_none());
+    // Then only data: neither notice again.
+    while let Some(d) = sub.try_recv() {
+        assert!(matches!(d, Delivery::Data(_)), "{d:?}");
+    }
 }

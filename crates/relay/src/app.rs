@@ -1,5 +1,5 @@
-//! What every part of the running relay shares: configuration, the fanout, the upstream handle,
-//! the upstream's status as clients and probes see it, and the shutdown machinery.
+//! What every part of the running relay shares: configuration, the fanout, the upstream handle
+//! and the shutdown machinery.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -8,70 +8,14 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use metrics_exporter_prometheus::PrometheusHandle;
 use parking_lot::Mutex;
-use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use upstream::State;
 
 use crate::config::RelayConfig;
 use crate::heartbeat::Heartbeat;
 use crate::security::Gate;
-
-/// The upstream's state as the relay reports it (`/status`, `/readyz`, `relay_status` events).
-#[derive(Clone, Debug, PartialEq)]
-pub struct UpstreamStatus {
-    pub state: State,
-    /// Unix milliseconds when `state` was entered.
-    pub since_ms: u64,
-    /// How many times the upstream went down (disconnected, refused or gave up) so far. A
-    /// session that sees only the latest status (a `watch` keeps one value) still knows that
-    /// an outage happened since it last looked.
-    pub losses: u64,
-    /// Upstream connections established so far (each `Connected`).
-    pub connects: u64,
-    /// The last disconnect or refusal: why, and when (Unix ms).
-    pub last_loss: Option<(String, u64)>,
-    /// State changes so far: a session knows which changes it has acted on.
-    pub changes: u64,
-    /// The fanout stream's position when `state` was entered: a session drains what came up to
-    /// there before it acts on the change, and leaves what came after for later, so a client
-    /// never gets data from before a change after the change's report, nor data from after it
-    /// before.
-    pub position: u64,
-}
-
-impl UpstreamStatus {
-    pub fn name(&self) -> &'static str {
-        match self.state {
-            State::Connecting => "connecting",
-            State::Connected => "connected",
-            State::Subscribed => "subscribed",
-            State::Disconnected { .. } => "disconnected",
-            State::GaveUp { .. } => "gave_up",
-            State::AuthFailed => "auth_failed",
-        }
-    }
-
-    /// The `msg` of a `relay_status` event.
-    pub fn to_json(&self) -> serde_json::Value {
-        let mut msg = serde_json::json!({ "upstream": self.name(), "since_ms": self.since_ms });
-        match &self.state {
-            State::Disconnected { reason } => msg["reason"] = reason.to_string().into(),
-            State::GaveUp { failures } => msg["failures"] = (*failures).into(),
-            _ => {}
-        }
-        msg
-    }
-}
-
-/// Whether the upstream is down in this state (an outage: `UpstreamStatus::losses` counts them).
-pub fn is_outage(state: &State) -> bool {
-    matches!(
-        state,
-        State::Disconnected { .. } | State::AuthFailed | State::GaveUp { .. }
-    )
-}
+use crate::status::{Health, UpstreamStatus};
 
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -82,7 +26,8 @@ pub fn now_ms() -> u64 {
 /// Shared by the listeners, the sessions and the feed.
 pub struct App {
     pub config: RelayConfig,
-    pub fanout: fanout::Fanout,
+    /// The stream clients read: data, and the upstream's status as notices ([`App::status`]).
+    pub fanout: fanout::Fanout<UpstreamStatus>,
     pub upstream: upstream::Upstream,
     pub metrics: PrometheusHandle,
     pub heartbeat: Arc<Heartbeat>,
@@ -98,16 +43,9 @@ pub struct App {
     pub shutdown: CancellationToken,
     /// Every connection task; shutdown waits on it (bounded by the drain time).
     pub tracker: TaskTracker,
-    /// The upstream's status; sessions that asked for `relay_events` watch it. Written by the feed.
-    pub status: watch::Sender<UpstreamStatus>,
-    /// `status.changes`, written after `status`: a session writing data checks it with one load.
-    pub status_changes: AtomicU64,
     /// The recent private stream, for clients that resume (`resume`): written by the feed as
     /// it publishes, read by a session answering `resume_from`.
     pub history: Mutex<crate::resume::History>,
-    /// Per channel (at `Channel::index()`), how many times its messages were lost upstream (a
-    /// dead sid). Sessions holding a private channel watch it: a loss there is told with a `private messages lost` close.
-    pub lost: watch::Sender<[u64; protocol::Channel::COUNT]>,
     /// Books currently stale upstream (gap or reconnect), for readiness. Written by the feed.
     pub stale: Mutex<BTreeSet<String>>,
     pub clients: AtomicUsize,
@@ -144,7 +82,7 @@ pub struct SentCounters {
 impl App {
     pub fn new(
         config: RelayConfig,
-        fanout: fanout::Fanout,
+        fanout: fanout::Fanout<UpstreamStatus>,
         upstream: upstream::Upstream,
         metrics: PrometheusHandle,
         tls: Option<crate::tls::Tls>,
@@ -172,20 +110,8 @@ impl App {
             heartbeat,
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
-            status: watch::channel(UpstreamStatus {
-                state: State::Connecting,
-                since_ms: now_ms(),
-                losses: 0,
-                connects: 0,
-                last_loss: None,
-                changes: 0,
-                position: 0,
-            })
-            .0,
-            status_changes: AtomicU64::new(0),
             history: Mutex::new(history),
             stale: Mutex::new(BTreeSet::new()),
-            lost: watch::channel([0; protocol::Channel::COUNT]).0,
             clients: AtomicUsize::new(0),
             upstream_messages: AtomicU64::new(0),
             downstream_messages: AtomicU64::new(0),
@@ -201,6 +127,13 @@ impl App {
                 })
                 .collect(),
         }
+    }
+
+    /// The upstream's latest status (the last notice the feed sent).
+    pub fn status(&self) -> Arc<UpstreamStatus> {
+        self.fanout
+            .notice()
+            .unwrap_or_else(|| Arc::new(UpstreamStatus::starting(now_ms())))
     }
 
     /// tungstenite's buffers sized for many connections (its defaults cost ~256 KiB a client).
@@ -223,16 +156,15 @@ impl App {
         if let Some(reason) = self.cluster.get().and_then(|c| c.not_ready()) {
             return (false, reason);
         }
-        let status = self.status.borrow().clone();
-        let reason = match &status.state {
-            State::Subscribed => None,
-            State::GaveUp { failures } => Some(format!(
+        let reason = match &self.status().health {
+            Health::Subscribed => None,
+            Health::GaveUp { failures } => Some(format!(
                 "upstream gave up after {failures} consecutive failures"
             )),
-            State::AuthFailed => Some("upstream refused the credentials".into()),
-            State::Disconnected { reason } => Some(format!("upstream disconnected: {reason}")),
-            State::Connected => Some("upstream subscribing".into()),
-            State::Connecting => Some("upstream connecting".into()),
+            Health::AuthFailed => Some("upstream refused the credentials".into()),
+            Health::Disconnected { reason } => Some(format!("upstream disconnected: {reason}")),
+            Health::Connected => Some("upstream subscribing".into()),
+            Health::Connecting => Some("upstream connecting".into()),
         };
         if let Some(reason) = reason {
             return (false, reason);
@@ -253,7 +185,7 @@ impl App {
 
     /// The `/status` document.
     pub fn status_json(&self) -> String {
-        let status = self.status.borrow().clone();
+        let status = self.status();
         let (ready, reason) = self.readiness();
         let topics = self.fanout.topics();
         let by_channel = protocol::Channel::ALL.map(|c| {

@@ -18,8 +18,9 @@ use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 use upstream::{BookUpdate, Event, State, SubId, Upstream};
 
-use crate::app::{now_ms, App, UpstreamStatus};
+use crate::app::{now_ms, App};
 use crate::breakage::{self, Breakage, Every};
+use crate::status::UpstreamStatus;
 
 /// Feeds the fanout until the upstream's event stream ends (after its shutdown).
 ///
@@ -44,7 +45,7 @@ pub async fn publish(
     app: Arc<App>,
     mut events: mpsc::Receiver<Event>,
     mut released: mpsc::UnboundedReceiver<String>,
-    mut publisher: Publisher,
+    mut publisher: Publisher<UpstreamStatus>,
 ) {
     let window = app.config.downstream.coalesce_window();
     // Held items must stay well inside both bounds of the ring, or the clients parked while
@@ -117,7 +118,7 @@ static FILLS: Every = Every::new();
 static BROKEN: parking_lot::Mutex<BTreeSet<String>> = parking_lot::Mutex::new(BTreeSet::new());
 
 /// Publishes one upstream event, or applies it to the relay's state.
-fn apply_event(app: &App, publisher: &mut Publisher, event: Event) {
+fn apply_event(app: &App, publisher: &mut Publisher<UpstreamStatus>, event: Event) {
     match event {
         Event::Data(data) => {
             app.upstream_messages.fetch_add(1, Ordering::Relaxed);
@@ -190,8 +191,7 @@ fn apply_event(app: &App, publisher: &mut Publisher, event: Event) {
             if channel.is_private() {
                 app.history.lock().lost();
             }
-            app.lost.send_modify(|counts| counts[channel.index()] += 1);
-            app.heartbeat.poke_all();
+            publisher.notice(last_status(publisher).lost(channel));
         }
         Event::State(state) => {
             match &state {
@@ -205,27 +205,16 @@ fn apply_event(app: &App, publisher: &mut Publisher, event: Event) {
                 State::Disconnected { reason } => warn!(%reason, "upstream disconnected"),
                 other => info!(state = ?other, "upstream state"),
             }
-            let before = app.status.borrow().clone();
-            let since_ms = now_ms();
-            let last_loss = match &state {
-                State::Disconnected { reason } => Some((reason.to_string(), since_ms)),
-                State::AuthFailed => Some(("upstream refused the credentials".into(), since_ms)),
-                _ => before.last_loss,
-            };
-            app.status.send_replace(UpstreamStatus {
-                losses: before.losses + u64::from(crate::app::is_outage(&state)),
-                connects: before.connects + u64::from(state == State::Connected),
-                last_loss,
-                state,
-                since_ms,
-                changes: before.changes + 1,
-                position: publisher.position(),
-            });
-            app.status_changes
-                .store(before.changes + 1, Ordering::Release);
-            app.heartbeat.poke_all();
+            publisher.notice(last_status(publisher).entered(&state, now_ms()));
         }
     }
+}
+
+/// The status the feed last sent (every relay sends one at start).
+fn last_status(publisher: &Publisher<UpstreamStatus>) -> UpstreamStatus {
+    publisher
+        .last_notice()
+        .map_or_else(|| UpstreamStatus::starting(now_ms()), |s| (*s).clone())
 }
 
 /// The upstream subscriptions the relay holds for one channel.

@@ -37,6 +37,7 @@ pub mod node;
 pub mod resume;
 pub mod security;
 pub mod session;
+pub mod status;
 pub mod throughput;
 pub mod tls;
 
@@ -185,7 +186,7 @@ pub async fn spawn(config: RelayConfig, listeners: Listeners) -> anyhow::Result<
                 upstream_config.backfill = false;
             }
             let (upstream, events) = upstream::spawn(upstream_config, upstream_shutdown.clone())
-                    .map_err(|e| anyhow::anyhow!("invalid upstream configuration: {e}"))?;
+                .map_err(|e| anyhow::anyhow!("invalid upstream configuration: {e}"))?;
             (upstream, events, None)
         }
         Some(_) => {
@@ -193,7 +194,9 @@ pub async fn spawn(config: RelayConfig, listeners: Listeners) -> anyhow::Result<
             (upstream, events, Some(tx))
         }
     };
-    let (publisher, fanout, registry) = fanout::new(config.fanout.clone());
+    let (mut publisher, fanout, registry) = fanout::new(config.fanout.clone());
+    // Every session starts from a status, even before the upstream's first event.
+    publisher.notice(status::UpstreamStatus::starting(app::now_ms()));
     let warm = config.warm_markets.clone();
     let warm_private = config.warm_private_channels;
     let app = Arc::new(App::new(
@@ -246,7 +249,12 @@ pub async fn spawn(config: RelayConfig, listeners: Listeners) -> anyhow::Result<
         ))),
     }
     tasks.extend([
-        tokio::spawn(app.heartbeat.clone().run(app.shutdown.clone())),
+        tokio::spawn({
+            let fanout = app.fanout.clone();
+            app.heartbeat
+                .clone()
+                .run(app.shutdown.clone(), move |group| fanout.wake(group))
+        }),
         tokio::spawn(metrics::upkeep(metrics, app.shutdown.clone())),
         tokio::spawn(throughput::sample(app.clone())),
         tokio::spawn(http::serve(app.clone(), listeners.main, ListenerRole::Main)),

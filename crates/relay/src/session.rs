@@ -1,41 +1,48 @@
-//! One client connection: commands in, deliveries out, pings, limits and the close.
+//! One client connection: a thin I/O loop around the session's [`Core`].
 //!
-//! One task per client owns both halves of its WebSocket. It waits on five things at once: the
-//! client's frames (commands; reading also answers the client's pings), the client's fanout
-//! subscriber (data to write), its heartbeat bucket (server ping and pong deadline), the
-//! upstream's status, and the relay's shutdown. Deliveries are written as they come: every ready
-//! one is fed, then one flush, so a burst costs one write. A client that cannot keep up is the
-//! fanout's business (lag, repair, or a slow-consumer verdict): nothing queues here without bound, and a
-//! write that blocks longer than `write_timeout_seconds` ends the connection.
+//! One task per client owns both halves of its WebSocket and waits on two things: the client's
+//! frames (commands; reading also answers the client's pings) and its fanout subscriber's wake
+//! group. Everything else the session acts on arrives through that one wake-up: data, the
+//! upstream's status in order with it (fanout notices), heartbeat pings and pong checks (the
+//! heartbeat wakes the group; see `heartbeat.rs`) and the relay's shutdown.
 //!
-//! Per frame the hot path is: find the client's sid for the item's channel, write the small
-//! envelope around the shared body into one reused buffer, hand it to tungstenite. Counters are
-//! kept locally and flushed to the metrics once per batch.
+//! On each wake-up the loop looks at what is due, in order: shutdown, the pong check, a ping,
+//! then up to [`MAX_BATCH`] deliveries, written by the core straight into one outgoing buffer
+//! that goes to the socket in one write. A client that cannot keep up is the fanout's business
+//! (lag, repair, or a slow-consumer verdict): nothing queues here without bound, and a write
+//! that blocks longer than `write_timeout_seconds` ends the connection.
+//!
+//! Frames the session sends are written to the socket directly (`session/out.rs`), after
+//! tungstenite's own (its answers to the client's pings, its close echo) are flushed whole;
+//! tungstenite reads, answers pings and runs the close handshake.
+
+mod commands;
+mod core;
+mod out;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
-use fanout::{Delivery, Subscriber, Topic, Verdict};
-use futures_util::{SinkExt, StreamExt};
-use protocol::{reply, Action, Command, ErrorCode, MessageType};
-use tokio::io::{AsyncRead, AsyncWrite};
+use futures_util::{FutureExt, SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::error::{Error as WsError, ProtocolError};
-use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
-use tokio_tungstenite::tungstenite::protocol::frame::{CloseFrame, Frame};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
-use tracing::{debug, Instrument};
-use upstream::State;
+use tracing::debug;
 
-use crate::app::{App, UpstreamStatus};
-use crate::client::{ClientState, Effect, Limits};
+use self::core::{Close, CommandLimits, Core, Incoming};
+use crate::app::App;
+use crate::client::Limits;
 use crate::close::{CloseReason, Ending};
+use crate::heartbeat::Beat;
 use crate::metrics as m;
-use crate::resume;
-use crate::security::{Admission, Identity, Permission, TokenBucket};
+use crate::security::{Admission, Identity};
+
+pub(crate) use self::out::KINDS;
 
 /// Per-connection choices made at the handshake.
 pub struct SessionOptions {
@@ -50,144 +57,56 @@ pub struct SessionOptions {
     pub admission: Admission,
 }
 
-/// How a session ends: a close frame to send, or nothing (the client is gone).
-type Close = Option<CloseReason>;
-
-const RESTART: Close = Some(CloseReason::Restart);
-const UPSTREAM_UNAVAILABLE: Close = Some(CloseReason::UpstreamUnavailable);
-const UNAUTHORIZED: Close = Some(CloseReason::Unauthorized);
-const PRIVATE_GAP: Close = Some(CloseReason::PrivateLost);
-
-/// Most deliveries written before a flush, so one busy client cannot starve its own reads.
+/// Most deliveries written before a socket write and a look at the client's frames, so one busy
+/// client cannot starve its own reads.
 const MAX_BATCH: usize = 256;
-/// Record the relay latency of one frame in this many (the histogram is a distribution; every
-/// frame would cost an atomic append each).
-const LATENCY_SAMPLE: u64 = 8;
-/// Most commands held for a live upstream; more get error 27.
-const MAX_DEFERRED: usize = 64;
-/// The window over which rate-limited commands are counted toward the `rate limited` close.
-const REFUSAL_WINDOW: Duration = Duration::from_secs(10);
 /// How long a close handshake may take before the socket is simply dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
-
-/// Frame kinds counted per batch (`relay_downstream_messages_sent_total{type}` and bytes).
-pub(crate) const KINDS: [&str; 10] = [
-    "orderbook_snapshot",
-    "orderbook_delta",
-    "ticker",
-    "trade",
-    "fill",
-    "user_order",
-    "market_position",
-    "lifecycle",
-    "other",
-    "reply",
-];
-const REPLY: usize = 9;
-
-fn kind_index(kind: &MessageType) -> usize {
-    match kind {
-        MessageType::OrderbookSnapshot => 0,
-        MessageType::OrderbookDelta => 1,
-        MessageType::Ticker => 2,
-        MessageType::Trade => 3,
-        MessageType::Fill => 4,
-        MessageType::UserOrder => 5,
-        MessageType::MarketPosition => 6,
-        MessageType::MarketLifecycleV2
-        | MessageType::EventLifecycle
-        | MessageType::EventFeeUpdate => 7,
-        _ => 8,
-    }
-}
 
 /// Runs one client session to its end.
 pub async fn run<S>(app: Arc<App>, ws: WebSocketStream<S>, options: SessionOptions)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let span = tracing::debug_span!("client", peer = %options.peer);
-    async move {
-        app.clients.fetch_add(1, Ordering::Relaxed);
-        metrics::gauge!(m::CONNECTIONS).increment(1.0);
-        metrics::counter!(m::CONNECTIONS_TOTAL).increment(1);
-        debug!("connected");
-        let mut session = Session::new(&app, ws, options);
-        let close = session.run_loop().await;
-        let ending = match (close, session.client_close) {
-            (Some(reason), _) => Ending::Relay(reason),
-            (None, Some(code)) => Ending::Client(code),
-            (None, None) => Ending::Abrupt,
-        };
-        // Cold paths are boxed: a task's allocation is sized for its largest state, and every
-        // idle client would otherwise pay for the close handshake's.
-        Box::pin(session.close(close)).await;
-        session.flush_counters();
-        metrics::counter!(
-            m::DISCONNECTS_TOTAL,
-            "code" => ending.code_label(),
-            "reason" => ending.reason_label()
-        )
-        .increment(1);
-        metrics::gauge!(m::CONNECTIONS).decrement(1.0);
-        app.clients.fetch_sub(1, Ordering::Relaxed);
-        debug!(?ending, "disconnected");
-    }
-    .instrument(span)
-    .await
-}
-
-/// What woke a session.
-enum Wake {
-    Frame(Option<Result<Message, WsError>>),
-    Delivery(Option<Delivery>),
-    /// The connection's heartbeat bucket signalled: a ping is due, the upstream status changed,
-    /// or lost-message counts changed (any of them, handled in that order: lost, status, ping).
-    Control {
-        ping: bool,
-        lost: Option<[u64; protocol::Channel::COUNT]>,
-        status: Option<UpstreamStatus>,
-    },
-    Check,
+    app.clients.fetch_add(1, Ordering::Relaxed);
+    metrics::gauge!(m::CONNECTIONS).increment(1.0);
+    metrics::counter!(m::CONNECTIONS_TOTAL).increment(1);
+    let peer = options.peer;
+    debug!(%peer, "connected");
+    let mut session = Session::new(&app, ws, options);
+    let close = session.run_loop().await;
+    let ending = match (close, session.client_close) {
+        (Some(reason), _) => Ending::Relay(reason),
+        (None, Some(code)) => Ending::Client(code),
+        (None, None) => Ending::Abrupt,
+    };
+    // Cold paths are boxed: a task's allocation is sized for its largest state, and every
+    // idle client would otherwise pay for the close handshake's.
+    Box::pin(session.close(close)).await;
+    session.flush_counters();
+    metrics::counter!(
+        m::DISCONNECTS_TOTAL,
+        "code" => ending.code_label(),
+        "reason" => ending.reason_label()
+    )
+    .increment(1);
+    metrics::gauge!(m::CONNECTIONS).decrement(1.0);
+    app.clients.fetch_sub(1, Ordering::Relaxed);
+    debug!(%peer, ?ending, "disconnected");
 }
 
 struct Session<'a, S> {
     app: &'a App,
     ws: WebSocketStream<S>,
-    options: SessionOptions,
-    state: ClientState,
-    sub: Subscriber,
-    /// Every outgoing frame is written here and split off; tungstenite copies it into its own
-    /// buffer and drops it, so within a batch the space is reused without an allocation per
-    /// frame. It is released after each flush: an idle client keeps no buffer.
-    out: BytesMut,
-    /// A server ping is outstanding and nothing has arrived since it was sent.
-    awaiting_pong: bool,
-    frames_written: u64,
-    /// The upstream arrival time of the sampled frame of the current batch, recorded once the
-    /// batch is flushed to the socket.
-    latency_sample: Option<Instant>,
-    /// Frames and bytes written per kind since the last flush of the counters.
-    sent: [(u64, u64); KINDS.len()],
-    /// Commands per second (token bucket); excess commands get error 27.
-    commands: TokenBucket,
-    /// Rate-limited commands in the current refusal window, and when it began.
-    refused: u32,
-    refused_since: Instant,
-    /// `UpstreamStatus::changes` of the last status this session acted on.
-    changes_seen: u64,
+    core: Core,
+    /// The subscriber's wake group, which is also the heartbeat bucket.
+    signal: fanout::Signal,
+    /// The heartbeat counts already acted on.
+    seen: Beat,
     /// The code of the client's own close frame, if it closed.
     client_close: Option<u16>,
-    /// The per-channel loss counts already accounted for (see `App::lost`).
-    lost_seen: [u64; protocol::Channel::COUNT],
-    /// Commands held until the upstream is subscribed (a private subscription, and whatever
-    /// the client sent after it), at most `MAX_DEFERRED`.
-    deferred: Vec<Command>,
-    /// The client's place in the private stream, once it asked for positions (`relay_events`,
-    /// or a `resume_from`): stamped on each private message as `relay_position`.
-    position: Option<resume::Position>,
-    /// Trade ids a resume replayed: left out when they also arrive live, until one that was not.
-    replayed: std::collections::HashSet<String>,
+    /// Held for the session's life: dropping it frees the client's slot.
+    _admission: Admission,
 }
 
 impl<'a, S> Session<'a, S>
@@ -196,328 +115,129 @@ where
 {
     fn new(app: &'a App, ws: WebSocketStream<S>, options: SessionOptions) -> Self {
         let security = &app.config.security;
-        let mut limits = options.limits.clone();
-        limits.private_allowed = options.identity.permission() == Some(Permission::Private);
-        let position = options.relay_events.then(resume::Position::now);
+        let sub = app.fanout.subscriber();
+        let signal = sub.signal();
+        let core = Core::new(
+            sub,
+            app.gate.clone(),
+            options.identity,
+            options.limits,
+            CommandLimits {
+                commands_per_second: security.commands_per_second,
+                command_burst: security.command_burst,
+                refused_before_close: security.refused_commands_before_close,
+            },
+            options.relay_events,
+        );
         Session {
             app,
             ws,
-            commands: TokenBucket::new(security.commands_per_second, security.command_burst),
-            refused: 0,
-            refused_since: Instant::now(),
-            state: ClientState::new(limits),
-            options,
-            sub: app.fanout.subscriber(),
-            out: BytesMut::new(),
-            awaiting_pong: false,
-            frames_written: 0,
-            latency_sample: None,
-            sent: [(0, 0); KINDS.len()],
-            changes_seen: 0,
+            core,
+            seen: app.heartbeat.beat(signal.group()),
+            signal,
             client_close: None,
-            lost_seen: *app.lost.borrow(),
-            deferred: Vec::new(),
-            position,
-            replayed: std::collections::HashSet::new(),
+            _admission: options.admission,
         }
     }
 
     async fn run_loop(&mut self) -> Close {
-        let app = self.app;
-        if self.options.identity == Identity::Pending {
+        if self.core.pending_auth() {
             tokio::select! {
-                _ = app.shutdown.cancelled() => return RESTART,
+                _ = self.app.shutdown.cancelled() => return Some(CloseReason::Restart),
                 result = Box::pin(self.authenticate_first()) => if let Err(close) = result { return close },
             }
         }
-        // The slot first: a status or loss change after the receivers below are taken pokes it.
-        let mut slot = app.heartbeat.slot();
-        let mut pings_seen = *slot.ping.borrow_and_update();
-        let mut status = app.status.subscribe();
-        let mut lost = app.lost.subscribe();
-        lost.borrow_and_update();
-        let initial = status.borrow_and_update().clone();
-        self.changes_seen = initial.changes;
-        if self.options.relay_events {
-            if let Err(close) = Box::pin(self.send_event("relay_status", initial.to_json())).await {
-                return close;
-            }
-        } else if matches!(initial.state, State::GaveUp { .. }) {
-            return UPSTREAM_UNAVAILABLE;
-        }
-        // Pinned once: a wake-up does not register with the shutdown token again.
-        let stopping = app.shutdown.cancelled();
-        tokio::pin!(stopping);
+        let signal = self.signal.clone();
         loop {
-            // Only a connection still waiting for its pong listens for its bucket's check: a
-            // live one is not woken for it. The check is marked seen when the ping goes out.
-            let awaiting_pong = self.awaiting_pong;
-            // The select only says what woke the session; the work happens in one boxed handler,
-            // so the task's resting allocation holds just these waits (an idle client's cost).
-            // Biased, in this order: a status change is acted on before data published after
-            // it (a client is told the upstream came back before it gets the new data), and
-            // the client's own frames (pongs, commands) are never starved by a busy stream.
-            let wake = tokio::select! {
-                biased;
-                () = &mut stopping => return RESTART,
-                Ok(()) = slot.ping.changed() => {
-                    let pings = *slot.ping.borrow_and_update();
-                    let ping = pings != pings_seen;
-                    pings_seen = pings;
-                    if ping {
-                        slot.check.borrow_and_update();
-                    }
-                    Wake::Control {
-                        ping,
-                        lost: lost
-                            .has_changed()
-                            .unwrap_or(false)
-                            .then(|| *lost.borrow_and_update()),
-                        status: status
-                            .has_changed()
-                            .unwrap_or(false)
-                            .then(|| status.borrow_and_update().clone()),
-                    }
-                }
-                Ok(()) = slot.check.changed(), if awaiting_pong => Wake::Check,
-                frame = self.ws.next() => Wake::Frame(frame),
-                delivery = self.sub.recv() => Wake::Delivery(delivery),
-            };
-            if let Err(close) = Box::pin(self.on_wake(wake)).await {
+            if let Err(close) = self.step().await {
                 return close;
             }
-        }
-    }
-
-    async fn on_wake(&mut self, wake: Wake) -> Result<(), Close> {
-        match wake {
-            Wake::Frame(frame) => self.on_frame(frame).await,
-            Wake::Delivery(delivery) => self.on_delivery(delivery).await,
-            Wake::Control { ping, lost, status } => {
-                if lost.is_some() || status.is_some() {
-                    // What the upstream sent before the change is in the ring (perhaps held for a
-                    // coalescing window): it goes out before the change is acted on, so a client
-                    // never sees data after the status that says it stopped, nor is closed
-                    // before fills that arrived in time. What came after the change waits.
-                    let until = status.as_ref().map_or(u64::MAX, |s| s.position);
-                    self.write_ready(self.app.config.fanout.queue_messages, until)
-                        .await?;
-                }
-                if let Some(counts) = lost {
-                    self.on_lost(counts)?;
-                }
-                // Acted on already if data published after it came first (`write_delivery`).
-                if let Some(now) = status.filter(|s| s.changes != self.changes_seen) {
-                    self.on_status_change(now).await?;
-                }
-                if ping {
-                    self.ping().await?;
-                }
-                Ok(())
+            // Nothing was due: park. The wake-up is armed before the last look, so one that
+            // comes in between is not missed.
+            let woken = signal.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            match self.step().await {
+                Err(close) => return close,
+                Ok(true) => continue,
+                Ok(false) => {}
             }
-            Wake::Check if self.awaiting_pong => Err(Some(CloseReason::PongTimeout)),
-            // A frame arrived between the check and this handler.
-            Wake::Check => Ok(()),
+            // Biased: the client's frames (pongs, commands) go first.
+            tokio::select! {
+                biased;
+                frame = self.ws.next() => if let Err(close) = self.on_frame(frame).await {
+                    return close;
+                },
+                () = woken => {}
+            }
         }
     }
 
-    async fn on_status_change(&mut self, now: UpstreamStatus) -> Result<(), Close> {
-        self.changes_seen = now.changes;
-        if now.state == State::Subscribed && !self.deferred.is_empty() {
-            self.release_deferred().await?;
+    /// Does what is due now: shutdown, the pong check, a ping, the deliveries that are ready.
+    /// True if there was anything; then the client's frames that arrived meanwhile are read too,
+    /// so a busy stream never starves them.
+    async fn step(&mut self) -> Result<bool, Close> {
+        let heartbeat = &self.app.heartbeat;
+        if heartbeat.stopping() {
+            return Err(Some(CloseReason::Restart));
         }
-        if self.options.relay_events {
-            self.send_event("relay_status", now.to_json()).await
-        } else if matches!(now.state, State::GaveUp { .. }) {
-            // Those who did not ask for events are not left hanging on a dead feed.
-            Err(UPSTREAM_UNAVAILABLE)
-        } else {
-            Ok(())
+        let beat = heartbeat.beat(self.signal.group());
+        if beat.checks != self.seen.checks {
+            self.seen.checks = beat.checks;
+            if self.core.pong_overdue() {
+                return Err(Some(CloseReason::PongTimeout));
+            }
         }
-    }
-
-    /// Messages of a private channel this client holds were lost upstream (an outage the
-    /// upstream could not backfill, or a subscription that died at the exchange): the client
-    /// is told (closed); counts of channels it does not hold are just noted.
-    fn on_lost(&mut self, counts: [u64; protocol::Channel::COUNT]) -> Result<(), Close> {
-        let hit = protocol::Channel::ALL
-            .iter()
-            .zip(counts.iter().zip(self.lost_seen.iter()))
-            .any(|(channel, (now, seen))| {
-                now > seen
-                    && channel.is_private()
-                    && self.state.subscriptions().any(|s| s.channel == *channel)
-            });
-        self.lost_seen = counts;
-        if hit {
-            Err(PRIVATE_GAP)
-        } else {
-            Ok(())
+        if beat.pings != self.seen.pings {
+            // The check that follows this ping is the one that counts.
+            self.seen = beat;
+            self.core.ping();
         }
+        self.core.drain(MAX_BATCH)?;
+        self.resume_if_asked().await;
+        if self.core.out.is_empty() {
+            return Ok(false);
+        }
+        self.write_out().await?;
+        while let Some(frame) = self.ws.next().now_or_never() {
+            Box::pin(self.on_frame(frame)).await?;
+        }
+        Ok(true)
     }
 
     async fn on_frame(&mut self, frame: Option<Result<Message, WsError>>) -> Result<(), Close> {
-        self.awaiting_pong = false;
         let message = match frame {
             None => return Err(None),
             Some(Ok(message)) => message,
             Some(Err(e)) => return Err(classify_read_error(&e)),
         };
-        match message {
-            Message::Text(text) => self.on_command(text.as_bytes()).await,
+        let incoming = match &message {
+            Message::Text(text) => Incoming::Command(text.as_bytes()),
             // Some clients send their JSON commands as binary frames, as the exchange accepts.
-            Message::Binary(data) => match std::str::from_utf8(&data) {
-                Ok(_) => self.on_command(&data).await,
-                Err(_) => Err(Some(CloseReason::InvalidUtf8)),
+            Message::Binary(data) => match std::str::from_utf8(data) {
+                Ok(_) => Incoming::Command(data),
+                Err(_) => Incoming::InvalidUtf8,
             },
             // tungstenite answers pings itself while we keep reading; pongs only prove liveness.
-            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Ok(()),
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Incoming::Control,
             Message::Close(frame) => {
                 // tungstenite queued the echo: send it, so the client's close completes cleanly.
-                self.client_close = Some(frame.map_or(1005, |f| u16::from(f.code)));
+                self.client_close = Some(frame.as_ref().map_or(1005, |f| u16::from(f.code)));
                 let _ = tokio::time::timeout(CLOSE_GRACE, self.ws.flush()).await;
-                Err(None)
-            }
-        }
-    }
-
-    async fn on_command(&mut self, frame: &[u8]) -> Result<(), Close> {
-        let parsed = Command::parse(frame);
-        let now = Instant::now();
-        if !self.commands.try_take(now) {
-            if now.duration_since(self.refused_since) > REFUSAL_WINDOW {
-                self.refused = 0;
-                self.refused_since = now;
-            }
-            self.refused += 1;
-            metrics::counter!(m::COMMANDS_TOTAL, "command" => "any", "result" => "rate_limited")
-                .increment(1);
-            if self.refused >= self.app.config.security.refused_commands_before_close {
-                return Err(Some(CloseReason::RateLimited));
-            }
-            let id = parsed.as_ref().map_or_else(|e| e.id, |c| c.id);
-            return self
-                .send_now(reply::error(id, ErrorCode::TooManyRequests, None))
-                .await;
-        }
-        let command = match parsed {
-            Ok(Command {
-                id,
-                action: Action::Auth { token },
-            }) => {
-                return self.reauthenticate(id, &token).await;
-            }
-            Ok(command) => command,
-            Err(e) => {
-                metrics::counter!(m::COMMANDS_TOTAL, "command" => "invalid", "result" => "error")
-                    .increment(1);
-                return self.send_now(e.reply()).await;
+                return Err(None);
             }
         };
-        // A subscription to the account's fills, orders or positions is answered only once the
-        // upstream has them live, as the exchange would: acknowledging it earlier would promise
-        // messages nobody is receiving. Later commands wait behind it, so replies keep their order.
-        if !self.deferred.is_empty()
-            || (needs_live_upstream(&command) && !self.upstream_subscribed())
-        {
-            if self.deferred.len() >= MAX_DEFERRED {
-                return self
-                    .send_now(reply::error(command.id, ErrorCode::TooManyRequests, None))
-                    .await;
-            }
-            self.deferred.push(command);
-            return Ok(());
-        }
-        self.apply_command(command).await
+        self.core.on_incoming(incoming, Instant::now())?;
+        self.resume_if_asked().await;
+        self.write_out().await
     }
 
-    fn upstream_subscribed(&self) -> bool {
-        self.app.status.borrow().state == State::Subscribed
-    }
-
-    /// Answers the commands held while the upstream was not subscribed.
-    async fn release_deferred(&mut self) -> Result<(), Close> {
-        for command in std::mem::take(&mut self.deferred) {
-            self.apply_command(command).await?;
-        }
-        Ok(())
-    }
-
-    /// Applies one validated command: replies, topic changes, one flush.
-    async fn apply_command(&mut self, command: Command) -> Result<(), Close> {
-        let name = command_name(&command);
-        let resume = match &command.action {
-            Action::Subscribe(s) => match s.resume_from.as_deref().map(resume::Position::parse) {
-                None => None,
-                Some(Some(from)) => Some((from, s.channels.clone())),
-                Some(None) => {
-                    metrics::counter!(m::COMMANDS_TOTAL, "command" => name, "result" => "error")
-                        .increment(1);
-                    let id = command.id;
-                    self.feed_reply(reply::error(id, ErrorCode::InvalidParameter, None))
-                        .await?;
-                    return self.flush().await;
-                }
-            },
-            _ => None,
+    /// Serves a `resume_from` the last command asked for. A REST fetch holds the session (at
+    /// most `upstream.rest.max_total_seconds`); the live stream queues meanwhile.
+    async fn resume_if_asked(&mut self) {
+        let Some((from, channels)) = self.core.take_resume() else {
+            return;
         };
-        let effects = self.state.handle(command);
-        let ok = !effects.iter().any(|e| matches!(e, Effect::Error(_)));
-        let result = if ok { "ok" } else { "error" };
-        metrics::counter!(m::COMMANDS_TOTAL, "command" => name, "result" => result).increment(1);
-        for effect in effects {
-            match effect {
-                Effect::Reply(frame) | Effect::Error(frame) => self.feed_reply(frame).await?,
-                Effect::Pong(id) => self.feed_reply(reply::pong(id)).await?,
-                Effect::Add {
-                    channel,
-                    market,
-                    initial,
-                } => {
-                    let topic = match &market {
-                        Some(m) => Topic::market(channel, m),
-                        None => Topic::channel(channel),
-                    };
-                    if self.sub.add(topic, initial).is_err() {
-                        // Only a disconnected subscriber refuses; its verdict is next in recv.
-                        debug!(%channel, "topic refused");
-                    }
-                }
-                Effect::Remove { channel, market } => {
-                    let topic = match &market {
-                        Some(m) => Topic::market(channel, m),
-                        None => Topic::channel(channel),
-                    };
-                    self.sub.remove(&topic);
-                }
-                Effect::Snapshot { market } => {
-                    if let Err(e) = self.sub.request_snapshot(&market) {
-                        debug!(%market, error = %e, "snapshot request refused");
-                    }
-                }
-            }
-        }
-        if let (Some((from, channels)), true) = (resume, ok) {
-            self.resume(from, &channels).await?;
-        }
-        self.flush().await
-    }
-
-    /// Sends what followed `from` on the private `channels` just subscribed (their live data
-    /// queues meanwhile), then `relay_resume` saying whether it is complete.
-    async fn resume(
-        &mut self,
-        from: resume::Position,
-        channels: &[protocol::Channel],
-    ) -> Result<(), Close> {
-        let private: Vec<protocol::Channel> = channels
-            .iter()
-            .copied()
-            .filter(|c| c.is_private())
-            .collect();
-        if private.is_empty() {
-            return Ok(());
-        }
         let app = self.app;
         let overlap = app
             .config
@@ -526,70 +246,9 @@ where
             .as_secs_f64()
             .ceil() as i64;
         let fetched =
-            resume::fetch(&app.history, app.upstream.rest(), overlap, &from, &private).await;
-        self.position = Some(from.clone());
-        let msg = match fetched {
-            Ok((replay, source)) => {
-                self.replayed = replay.trade_ids().collect();
-                let counts = (
-                    replay.fills.len(),
-                    replay.orders.len(),
-                    replay.positions.len(),
-                );
-                for kept in replay
-                    .fills
-                    .into_iter()
-                    .chain(replay.orders)
-                    .chain(replay.positions)
-                {
-                    let Some(sub) = self.state.by_channel(kept.channel) else {
-                        continue;
-                    };
-                    let (sid, seq) = (sub.sid, sub.next_seq());
-                    fanout::write_envelope(&mut self.out, kept.kind.as_str(), sid, seq, &kept.body);
-                    self.stamp_private(&kept.kind, &kept.body);
-                    let frame = self.out.split().freeze();
-                    self.feed(Message::Frame(Frame::message(
-                        frame,
-                        OpCode::Data(Data::Text),
-                        true,
-                    )))
-                    .await?;
-                }
-                serde_json::json!({
-                    "recovered": true,
-                    "source": source.as_str(),
-                    "from": from.to_string(),
-                    "fills": counts.0,
-                    "orders": counts.1,
-                    "positions": counts.2,
-                    "position": self.position.as_ref().map(ToString::to_string),
-                })
-            }
-            Err(reason) => {
-                debug!(%from, %reason, "resume not recoverable");
-                serde_json::json!({ "recovered": false, "from": from.to_string(), "reason": reason })
-            }
-        };
-        self.send_event("relay_resume", msg).await
-    }
-
-    /// For a client that asked for positions: moves its position past a fill and stamps it on
-    /// the private message just written to `out`.
-    fn stamp_private(&mut self, kind: &MessageType, body: &[u8]) {
-        let Some(position) = self.position.as_mut() else {
-            return;
-        };
-        match kind {
-            MessageType::Fill => {
-                if let Some(next) = resume::Position::of_fill(body) {
-                    *position = next;
-                }
-            }
-            MessageType::UserOrder | MessageType::MarketPosition => {}
-            _ => return,
-        }
-        resume::stamp(&mut self.out, position);
+            crate::resume::fetch(&app.history, app.upstream.rest(), overlap, &from, &channels)
+                .await;
+        self.core.finish_resume(from, fetched);
     }
 
     /// A client with no handshake token must send `{"cmd":"auth"}` first, within the timeout.
@@ -605,205 +264,48 @@ where
             Some(Ok(Message::Text(text))) => bytes::Bytes::from(text),
             Some(Ok(Message::Binary(data))) if std::str::from_utf8(&data).is_ok() => data,
             Some(Ok(Message::Binary(_))) => return Err(Some(CloseReason::InvalidUtf8)),
-            Some(Ok(_)) => return Err(UNAUTHORIZED),
+            Some(Ok(_)) => return Err(Some(CloseReason::Unauthorized)),
         };
-        match Command::parse(&bytes) {
-            Ok(Command {
-                id,
-                action: Action::Auth { token },
-            }) => self.reauthenticate(id, &token).await,
-            _ => Err(UNAUTHORIZED),
+        self.core.on_first(&bytes)?;
+        self.write_out().await
+    }
+
+    /// Writes what the core put out: tungstenite's own frames first (its answers to the
+    /// client's pings, whole), then ours, in one write.
+    async fn write_out(&mut self) -> Result<(), Close> {
+        if self.core.out.is_empty() {
+            return Ok(());
         }
-    }
-
-    /// `{"cmd":"auth"}`: a valid token sets the client's permission; a bad one closes with 4001.
-    async fn reauthenticate(&mut self, id: u64, token: &str) -> Result<(), Close> {
-        let Some(identity) = self.app.gate.check_token(token) else {
-            metrics::counter!(m::COMMANDS_TOTAL, "command" => "auth", "result" => "error")
-                .increment(1);
-            return Err(UNAUTHORIZED);
-        };
-        if let Identity::Token { name, .. } = &identity {
-            debug!(token = %name, "authenticated");
-        }
-        self.state
-            .set_private_allowed(identity.permission() == Some(Permission::Private));
-        self.options.identity = identity;
-        metrics::counter!(m::COMMANDS_TOTAL, "command" => "auth", "result" => "ok").increment(1);
-        self.send_now(reply::ok(
-            id,
-            Some(serde_json::json!({ "authenticated": true })),
-        ))
-        .await
-    }
-
-    async fn on_delivery(&mut self, delivery: Option<Delivery>) -> Result<(), Close> {
-        let Some(first) = delivery else {
-            // The fanout's stream ended: the relay is stopping.
-            return Err(RESTART);
-        };
-        self.write_delivery(first).await?;
-        // With a coalescing window, the feed publishes a window's messages together, so this
-        // batch already holds them all: no timer per client.
-        self.write_ready(MAX_BATCH - 1, u64::MAX).await
-    }
-
-    /// Writes up to `limit` deliveries that are ready now, flushing every [`MAX_BATCH`] and at
-    /// the end.
-    async fn write_ready(&mut self, limit: usize, until: u64) -> Result<(), Close> {
-        let mut written = 0;
-        while written < limit {
-            match self.sub.try_recv_until(until) {
-                Some(next) => self.write_delivery(next).await?,
-                None => break,
-            }
-            written += 1;
-            if written % MAX_BATCH == 0 {
-                self.flush().await?;
-            }
-        }
-        self.flush().await
-    }
-
-    async fn write_delivery(&mut self, delivery: Delivery) -> Result<(), Close> {
-        match delivery {
-            Delivery::Data(item) | Delivery::Cached { item, .. } => {
-                // Data published after a status change this session has not acted on yet (the
-                // change and the data raced to wake it): the change goes out first.
-                if self.app.status_changes.load(Ordering::Acquire) != self.changes_seen {
-                    let now = {
-                        let status = self.app.status.borrow();
-                        (item.position() > status.position).then(|| status.clone())
-                    };
-                    if let Some(now) = now {
-                        Box::pin(self.on_status_change(now)).await?;
-                    }
-                }
-                if !self.replayed.is_empty() && *item.kind() == MessageType::Fill {
-                    let id = resume::Position::of_fill(item.body()).and_then(|p| p.trade_id);
-                    match id {
-                        Some(id) if self.replayed.remove(&id) => return Ok(()),
-                        _ => self.replayed.clear(),
-                    }
-                }
-                let Some(sub) = self.state.by_channel(item.channel()) else {
-                    return Ok(()); // unsubscribed while the item was in flight
-                };
-                let (sid, seq, yes) = (sub.sid, sub.next_seq(), sub.use_yes_price);
-                self.out.reserve(item.envelope_max_len(yes));
-                item.write_envelope(&mut self.out, sid, seq, yes);
-                if item.channel().is_private() {
-                    self.stamp_private(item.kind(), item.body());
-                }
-                self.frames_written += 1;
-                if self.frames_written % LATENCY_SAMPLE == 0 && self.latency_sample.is_none() {
-                    self.latency_sample = item.received_at();
-                }
-                let frame = self.out.split().freeze();
-                let counter = &mut self.sent[kind_index(item.kind())];
-                counter.0 += 1;
-                counter.1 += frame.len() as u64;
-                self.feed(Message::Frame(Frame::message(
-                    frame,
-                    OpCode::Data(Data::Text),
-                    true,
-                )))
-                .await
-            }
-            Delivery::Stale { .. } => Ok(()),
-            Delivery::Lagged(report) => {
-                if !self.options.relay_events {
-                    return Ok(());
-                }
-                let msg = serde_json::json!({
-                    "cause": format!("{:?}", report.cause).to_lowercase(),
-                    "messages_lost": report.messages_lost,
-                    "trades_lost": report.trades_lost,
-                    "books_repaired": report.books_repaired.iter().map(|b| b.as_ref()).collect::<Vec<_>>(),
-                    "books_stale": report.books_stale.iter().map(|b| b.as_ref()).collect::<Vec<_>>(),
-                });
-                self.send_event("relay_lagged", msg).await
-            }
-            Delivery::Disconnect(verdict) => Err(Some(match verdict {
-                Verdict::SlowConsumer { .. } => CloseReason::SlowConsumer,
-                Verdict::PrivateChannelLag { .. } => CloseReason::PrivateLag,
-            })),
-        }
-    }
-
-    async fn send_event(&mut self, kind: &str, msg: serde_json::Value) -> Result<(), Close> {
-        let frame = serde_json::json!({ "type": kind, "msg": msg }).to_string();
-        self.send_now(frame).await
-    }
-
-    async fn ping(&mut self) -> Result<(), Close> {
-        self.awaiting_pong = true;
-        self.feed(Message::Ping(bytes::Bytes::from_static(b"relay")))
-            .await?;
-        self.flush().await
-    }
-
-    /// Queues a reply (every piece is valid text already: no UTF-8 re-validation).
-    async fn feed_reply(&mut self, frame: String) -> Result<(), Close> {
-        let counter = &mut self.sent[REPLY];
-        counter.0 += 1;
-        counter.1 += frame.len() as u64;
-        let frame = Frame::message(frame.into_bytes(), OpCode::Data(Data::Text), true);
-        self.feed(Message::Frame(frame)).await
-    }
-
-    async fn send_now(&mut self, frame: String) -> Result<(), Close> {
-        self.feed_reply(frame).await?;
-        self.flush().await
-    }
-
-    /// One socket operation, bounded by the write timeout and abandoned at shutdown.
-    async fn io<T>(
-        app: &App,
-        op: impl std::future::Future<Output = Result<T, WsError>>,
-    ) -> Result<T, Close> {
-        let timeout = tokio::time::timeout(app.config.downstream.write_timeout(), op);
-        tokio::select! {
-            biased;
-            result = timeout => match result {
-                Ok(Ok(value)) => Ok(value),
-                // A failed write means the peer is gone or the socket is broken.
-                Ok(Err(_)) => Err(None),
-                Err(_) => Err(Some(CloseReason::WriteTimeout)),
-            },
-            _ = app.shutdown.cancelled() => Err(RESTART),
-        }
-    }
-
-    async fn feed(&mut self, message: Message) -> Result<(), Close> {
-        Self::io(self.app, self.ws.feed(message)).await
-    }
-
-    async fn flush(&mut self) -> Result<(), Close> {
-        Self::io(self.app, self.ws.flush()).await?;
-        self.out = BytesMut::new();
-        if let Some(at) = self.latency_sample.take() {
-            metrics::histogram!(m::LATENCY_SECONDS).record(at.elapsed().as_secs_f64());
-        }
+        let bytes = self.core.out.take();
+        io(self.app, self.ws.flush()).await?;
+        let socket = self.ws.get_mut();
+        io(self.app, async {
+            socket.write_all(&bytes).await?;
+            socket.flush().await
+        })
+        .await?;
         self.flush_counters();
         Ok(())
     }
 
     /// Adds the frames and bytes written since the last call to the shared counters.
     fn flush_counters(&mut self) {
+        let written = self.core.out.written();
         let mut total = 0;
-        for ((frames, bytes), counters) in self.sent.iter_mut().zip(&self.app.sent_counters) {
+        for ((frames, bytes), counters) in written.sent.iter().zip(&self.app.sent_counters) {
             if *frames > 0 {
                 total += *frames;
                 counters.frames.increment(*frames);
                 counters.bytes.increment(*bytes);
-                (*frames, *bytes) = (0, 0);
             }
         }
         if total > 0 {
             self.app
                 .downstream_messages
                 .fetch_add(total, Ordering::Relaxed);
+        }
+        if let Some(at) = written.latency_sample {
+            metrics::histogram!(m::LATENCY_SECONDS).record(at.elapsed().as_secs_f64());
         }
     }
 
@@ -824,19 +326,21 @@ where
     }
 }
 
-/// Whether a command subscribes to a private channel (answered only with the upstream live).
-fn needs_live_upstream(command: &Command) -> bool {
-    matches!(&command.action, Action::Subscribe(s) if s.channels.iter().any(|c| c.is_private()))
-}
-
-fn command_name(command: &Command) -> &'static str {
-    match command.action {
-        Action::Subscribe(_) => "subscribe",
-        Action::Unsubscribe { .. } => "unsubscribe",
-        Action::UpdateSubscription(_) => "update_subscription",
-        Action::ListSubscriptions => "list_subscriptions",
-        Action::Ping => "ping",
-        Action::Auth { .. } => "auth",
+/// One socket operation, bounded by the write timeout and abandoned at shutdown.
+async fn io<T, E>(
+    app: &App,
+    op: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, Close> {
+    let timeout = tokio::time::timeout(app.config.downstream.write_timeout(), op);
+    tokio::select! {
+        biased;
+        result = timeout => match result {
+            Ok(Ok(value)) => Ok(value),
+            // A failed write means the peer is gone or the socket is broken.
+            Ok(Err(_)) => Err(None),
+            Err(_) => Err(Some(CloseReason::WriteTimeout)),
+        },
+        _ = app.shutdown.cancelled() => Err(Some(CloseReason::Restart)),
     }
 }
 
@@ -852,3 +356,6 @@ fn classify_read_error(e: &WsError) -> Close {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -50,17 +50,23 @@ pub fn trade_body(market: &str, n: u64) -> Bytes {
     ))
 }
 
-pub fn publish_snapshot(p: &mut Publisher, market: &str, levels: &[(Side, i64, i64)]) -> u64 {
+pub fn publish_snapshot<N>(p: &mut Publisher<N>, market: &str, levels: &[(Side, i64, i64)]) -> u64 {
     let (s, b) = snapshot(market, levels);
     p.snapshot(market, s, b).unwrap()
 }
 
-pub fn publish_delta(p: &mut Publisher, market: &str, side: Side, price: i64, change: i64) -> u64 {
+pub fn publish_delta<N>(
+    p: &mut Publisher<N>,
+    market: &str,
+    side: Side,
+    price: i64,
+    change: i64,
+) -> u64 {
     let (d, b) = delta(market, side, price, change);
     p.delta(market, d, b).unwrap()
 }
 
-pub fn publish_ticker(p: &mut Publisher, market: &str, n: u64) -> u64 {
+pub fn publish_ticker<N>(p: &mut Publisher<N>, market: &str, n: u64) -> u64 {
     p.message(
         Channel::Ticker,
         Some(market),
@@ -69,7 +75,7 @@ pub fn publish_ticker(p: &mut Publisher, market: &str, n: u64) -> u64 {
     )
 }
 
-pub fn publish_trade(p: &mut Publisher, market: &str, n: u64) -> u64 {
+pub fn publish_trade<N>(p: &mut Publisher<N>, market: &str, n: u64) -> u64 {
     p.message(
         Channel::Trade,
         Some(market),
@@ -93,7 +99,7 @@ pub struct ClientView {
 }
 
 impl ClientView {
-    pub fn apply(&mut self, d: Delivery) {
+    pub fn apply<N>(&mut self, d: Delivery<N>) {
         match d {
             Delivery::Data(item) | Delivery::Cached { item, .. } => {
                 self.data += 1;
@@ -130,6 +136,7 @@ impl ClientView {
                 self.trades_lost += report.trades_lost;
             }
             Delivery::Disconnect(v) => self.disconnect = Some(v),
+            Delivery::Notice(_) => {}
         }
     }
 }
