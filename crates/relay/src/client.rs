@@ -137,8 +137,6 @@ pub struct Limits {
     pub duplicate_subscribe: DuplicateSubscribe,
     /// Whether private channels (fill, user_orders, market_positions) are allowed.
     pub private_allowed: bool,
-    /// Most subscriptions (sids) one connection may hold.
-    pub max_subscriptions: usize,
     /// Most markets over all of one connection's subscriptions.
     pub max_markets: usize,
 }
@@ -148,7 +146,6 @@ impl Default for Limits {
         Limits {
             duplicate_subscribe: DuplicateSubscribe::Merge,
             private_allowed: true,
-            max_subscriptions: 64,
             max_markets: 10_000,
         }
     }
@@ -235,15 +232,8 @@ impl ClientState {
             return Err(err(ErrorCode::AuthRequired));
         }
         let new_markets: BTreeSet<String> = s.markets.iter().flatten().cloned().collect();
-        // Check every limit before changing anything: a refused command changes nothing.
-        let new_channels = s
-            .channels
-            .iter()
-            .filter(|c| self.channel_sid(**c).is_none())
-            .count();
-        if self.subs.len() + new_channels > self.limits.max_subscriptions {
-            return Err(err(ErrorCode::MarketLimitExceeded));
-        }
+        // Check every limit before changing anything: a refused command changes nothing. (Sids
+        // need no limit: one per channel at most.)
         if self.market_count() + new_markets.len() * s.channels.len() > self.limits.max_markets {
             return Err(err(ErrorCode::MarketLimitExceeded));
         }

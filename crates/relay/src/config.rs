@@ -167,7 +167,6 @@ impl DownstreamConfig {
         crate::client::Limits {
             duplicate_subscribe: self.duplicate_subscribe,
             private_allowed: true,
-            max_subscriptions: protocol::Channel::ALL.len(),
             max_markets: self.max_markets_per_connection,
         }
     }
