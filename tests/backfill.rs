@@ -209,6 +209,19 @@ async fn fills_made_while_the_exchange_restarted_all_arrive_once_in_order() {
     .await;
 }
 
+/// A terminal error kills the private sids at the exchange (the relay resubscribes them): the
+/// fills of the gap are fetched once the subscription is live again, and nobody is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fills_made_while_a_private_sid_was_dead_all_arrive_once_in_order() {
+    fills_survive(|sim| {
+        sim.fault(Fault::Error {
+            code: 25,
+            sid: None,
+        });
+    })
+    .await;
+}
+
 /// Slow answers, 429 with Retry-After, 5xx and truncated pages are retried within the bound:
 /// the backfill still completes exactly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -839,14 +839,14 @@ async fn fill_and_trade_clients(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fills_lost_to_a_dead_upstream_sid_are_announced_with_a_close() {
+async fn without_backfill_fills_lost_to_a_dead_upstream_sid_are_announced_with_a_close() {
     let sim = sim(SimConfig {
         markets: 2,
         rate: 200.0,
         ..SimConfig::default()
     })
     .await;
-    let relay = relay(&sim, |_| {}).await;
+    let relay = relay(&sim, |c| c.upstream.backfill = false).await;
     let (mut private, mut public) = fill_and_trade_clients(&relay, &sim).await;
 
     let fill_sid = || {

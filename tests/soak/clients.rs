@@ -25,10 +25,6 @@ type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// How long a quiet-point check may take for one client to catch up with the paused simulator.
 pub const CATCH_UP: Duration = Duration::from_secs(20);
-/// A `private messages lost` close this soon after an `error_25` fault (a private sid killed at
-/// the exchange, which REST backfill does not cover) is that fault's announcement.
-const SID_KILL_ANNOUNCED_WITHIN_MS: i64 = 10_000;
-
 /// A fill-chain break is announced only by a close that follows it within this long (the relay
 /// closes a subscriber as soon as it knows the subscriber lost something).
 pub const ANNOUNCE_WITHIN: Duration = Duration::from_secs(5);
@@ -634,14 +630,11 @@ impl Conn {
         self.tally
             .chain_links
             .fetch_add(self.fills.links, Ordering::Relaxed);
-        let sid_killed = fills::now_ms() - self.tally.last_sid_kill_ms.load(Ordering::SeqCst)
-            <= SID_KILL_ANNOUNCED_WITHIN_MS;
         match &end {
-            End::Close(1013, reason)
-                if reason.starts_with("private messages lost") && !sid_killed =>
-            {
+            // The soak's REST API never fails: every outage and dead sid must be backfilled.
+            End::Close(1013, reason) if reason.starts_with("private messages lost") => {
                 self.tally.violation(format!(
-                    "{who}: closed {reason:?} with no sid killed: an outage must be backfilled"
+                    "{who}: closed {reason:?}: outages and dead sids must be backfilled"
                 ));
             }
             End::Close(code, reason) if !spec.kind.allowed_close(*code, reason) => {

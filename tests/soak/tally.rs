@@ -47,9 +47,6 @@ pub struct Tally {
     /// Fills checked against the position chain (every relayed fill but each connection's first
     /// per market).
     pub chain_links: AtomicU64,
-    /// Unix ms of the last fault that killed the simulator's sids (`error_25`): the only cause
-    /// for which a `private messages lost` close is allowed (outages are backfilled).
-    pub last_sid_kill_ms: std::sync::atomic::AtomicI64,
 }
 
 impl Tally {
@@ -61,7 +58,6 @@ impl Tally {
             live: AtomicU64::new(0),
             session_samples: AtomicU64::new(0),
             chain_links: AtomicU64::new(0),
-            last_sid_kill_ms: std::sync::atomic::AtomicI64::new(i64::MIN / 2),
         })
     }
 

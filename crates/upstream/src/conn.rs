@@ -195,11 +195,17 @@ impl Conn<'_> {
             | MessageType::Ok
             | MessageType::Error => {
                 for outcome in self.actual.on_reply(&env) {
-                    let Outcome::Dead {
-                        sid,
-                        channel,
-                        markets,
-                    } = outcome;
+                    let (sid, channel, markets) = match outcome {
+                        Outcome::Dead {
+                            sid,
+                            channel,
+                            markets,
+                        } => (sid, channel, markets),
+                        Outcome::Live { channel } => {
+                            self.ctx.out.live(channel).await;
+                            continue;
+                        }
+                    };
                     warn!(%sid, %channel, "subscription died at the exchange: resubscribing");
                     self.repairs.remove(&sid);
                     let stale = self.ctx.books.mark_stale(&markets);

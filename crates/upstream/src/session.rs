@@ -4,6 +4,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
+use protocol::Channel;
 use rand::rngs::StdRng;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, watch, Notify};
@@ -37,12 +38,22 @@ impl Shared {
     }
 }
 
+/// What the session sends toward the owner, through the backfill stage.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Internal {
+    /// For the owner.
+    Event(Event),
+    /// A subscription of this channel was confirmed (for the stage: a private channel that
+    /// died at the exchange is live again, so what it missed can be fetched).
+    Live(Channel),
+}
+
 /// The owner's side: the bounded event channel and the state watch.
 pub(crate) struct Output {
     /// Bounded (`event_channel_capacity`); owned by the session, closed when it ends. When full
     /// the session waits, which stops reading the socket: the exchange sees a slow reader, the
     /// owner sees the wait in `relay_upstream_owner_wait_seconds` and a warning.
-    events: mpsc::Sender<Event>,
+    events: mpsc::Sender<Internal>,
     capacity: usize,
     state: watch::Sender<State>,
     shutdown: CancellationToken,
@@ -51,7 +62,7 @@ pub(crate) struct Output {
 
 impl Output {
     pub fn new(
-        events: mpsc::Sender<Event>,
+        events: mpsc::Sender<Internal>,
         capacity: usize,
         state: watch::Sender<State>,
         shutdown: CancellationToken,
@@ -68,6 +79,15 @@ impl Output {
     /// Hands one event to the owner, waiting for room (but not past shutdown). Reports whether
     /// the event was waited for, so the caller can discount the wait from its liveness clock.
     pub async fn emit(&mut self, event: Event) -> bool {
+        self.send(Internal::Event(event)).await
+    }
+
+    /// Tells the backfill stage that a subscription of `channel` is live again.
+    pub async fn live(&mut self, channel: Channel) {
+        self.send(Internal::Live(channel)).await;
+    }
+
+    async fn send(&mut self, event: Internal) -> bool {
         let event = match self.events.try_send(event) {
             Ok(()) => {
                 metrics::events_pending(self.capacity - self.events.capacity());
@@ -125,7 +145,7 @@ impl Output {
     pub fn finish(&mut self, state: State) {
         metrics::state(&state);
         self.state.send_replace(state.clone());
-        let _ = self.events.try_send(Event::State(state));
+        let _ = self.events.try_send(Internal::Event(Event::State(state)));
     }
 
     pub fn state(&self) -> State {

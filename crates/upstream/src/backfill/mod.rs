@@ -10,6 +10,9 @@
 //! touched, and the held live messages (fills already emitted left out). Public data and states
 //! pass straight through.
 //!
+//! A private subscription that dies at the exchange (a terminal error; the session resubscribes
+//! it) is a gap of the same kind: held from the death, fetched once it is live again.
+//!
 //! When REST fails past its bound (`upstream.rest.max_total_seconds`), or backfill is off, the
 //! loss is announced instead: [`Event::MessagesLost`] for each private channel wanted.
 
@@ -28,7 +31,7 @@ use tracing::{info, warn};
 use crate::event::{Data, Event, State};
 use crate::metrics;
 use crate::rest::{Fill, MarketPosition, Order, OrderQuery, PositionQuery, RestClient, RestError};
-use crate::session::Shared;
+use crate::session::{Internal, Shared};
 use convert::{LiveFill, Memo};
 
 /// Private messages held while a backfill runs; past this the backfill is abandoned and the
@@ -55,7 +58,7 @@ pub struct Continuation {
 
 /// Runs the stage until `input` ends, then ends `output`.
 pub(crate) async fn run(
-    mut input: mpsc::Receiver<Event>,
+    mut input: mpsc::Receiver<Internal>,
     output: mpsc::Sender<Event>,
     shared: Arc<Shared>,
     recovery: Recovery,
@@ -79,6 +82,7 @@ pub(crate) async fn run(
         held: Vec::new(),
         memo,
         task: None,
+        dead: HashSet::new(),
     };
     loop {
         let event = tokio::select! {
@@ -95,7 +99,14 @@ pub(crate) async fn run(
                 continue;
             }
         };
-        if stage.on_event(event).await.is_err() {
+        let handled = match event {
+            Internal::Event(event) => stage.on_event(event).await,
+            Internal::Live(channel) => {
+                stage.on_live(channel);
+                Ok(())
+            }
+        };
+        if handled.is_err() {
             return;
         }
     }
@@ -123,6 +134,8 @@ struct Stage {
     held: Vec<Data>,
     memo: Memo,
     task: Option<Task>,
+    /// Private channels whose subscription died at the exchange and is not live again yet.
+    dead: HashSet<Channel>,
 }
 
 struct Task {
@@ -195,13 +208,42 @@ impl Stage {
                 }
                 Ok(())
             }
+            Event::MessagesLost { channel }
+                if channel.is_private() && self.recovery.rest.is_some() =>
+            {
+                // A subscription died at the exchange and is being re-established: what it
+                // misses meanwhile is fetched once it is live again.
+                warn!(%channel, "private subscription died at the exchange; backfilling it");
+                if let Some(task) = self.task.take() {
+                    // Started before this gap: fetch again once the channel is live.
+                    task.handle.abort();
+                }
+                self.dead.insert(channel);
+                self.outage_from.get_or_insert(self.last_data_s);
+                Ok(())
+            }
             other => self.send(other).await,
+        }
+    }
+
+    /// A subscription of `channel` is live: once no private channel is still dead, the backfill
+    /// for their gap starts (an outage meanwhile defers it to the next `Subscribed`).
+    fn on_live(&mut self, channel: Channel) {
+        if self.dead.remove(&channel)
+            && self.dead.is_empty()
+            && self.up
+            && self.task.is_none()
+            && self.outage_from.is_some()
+        {
+            self.start();
         }
     }
 
     /// The connection was lost: private messages from now on are held until what was missed is
     /// known, or the loss is announced at once when there is no way to know.
     async fn on_outage(&mut self) -> Result<(), Gone> {
+        // Every subscription is re-established on the next connection.
+        self.dead.clear();
         if let Some(task) = self.task.take() {
             // Another loss while fetching: fetch again, from the first outage, once up.
             task.handle.abort();

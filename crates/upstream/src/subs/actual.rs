@@ -60,6 +60,8 @@ pub(crate) enum Outcome {
         channel: Channel,
         markets: Vec<String>,
     },
+    /// A subscription of `channel` was confirmed.
+    Live { channel: Channel },
 }
 
 /// The subscriptions of one connection. Dropped with it: sids never survive a reconnect.
@@ -99,10 +101,8 @@ impl Actual {
     }
 
     /// The exchange confirmed `key` as `sid`.
-    fn confirm(&mut self, key: SubKey, sid: Sid) {
-        let Some(sub) = self.subs.get_mut(&key) else {
-            return;
-        };
+    fn confirm(&mut self, key: SubKey, sid: Sid) -> Option<Channel> {
+        let sub = self.subs.get_mut(&key)?;
         sub.sid = Some(sid);
         self.by_sid.insert(sid, key);
         self.seq.remove(sid.0);
@@ -110,6 +110,7 @@ impl Actual {
             self.seq.add_markets(sid.0, markets.iter().cloned());
         }
         tracing::debug!(sid = sid.0, channel = %sub.channel, "subscribed");
+        Some(sub.channel)
     }
 
     /// Drops a subscription and everything kept about its sid.
@@ -365,17 +366,17 @@ impl Actual {
     pub fn on_reply(&mut self, env: &Envelope) -> Vec<Outcome> {
         let pending = env.id.and_then(|id| self.pending.remove(&CmdId(id)));
         match env.message_type() {
-            MessageType::Subscribed => {
-                match (pending, env.body::<Subscribed>()) {
-                    (Some(Pending::Subscribe { key }), Ok(body)) => {
-                        self.confirm(key, Sid(body.sid))
-                    }
-                    _ => {
-                        tracing::warn!(id = ?env.id, "subscribed reply for no subscribe of ours");
-                    }
+            MessageType::Subscribed => match (pending, env.body::<Subscribed>()) {
+                (Some(Pending::Subscribe { key }), Ok(body)) => self
+                    .confirm(key, Sid(body.sid))
+                    .map(|channel| Outcome::Live { channel })
+                    .into_iter()
+                    .collect(),
+                _ => {
+                    tracing::warn!(id = ?env.id, "subscribed reply for no subscribe of ours");
+                    Vec::new()
                 }
-                Vec::new()
-            }
+            },
             MessageType::Unsubscribed => {
                 let key = match (env.sid, pending) {
                     (Some(sid), _) => self.by_sid.get(&Sid(sid)).copied(),
