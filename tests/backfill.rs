@@ -138,6 +138,28 @@ impl Private {
             "a fill beyond the account's: {extra:?}"
         );
         assert_eq!(self.ids(), want, "every fill, once, in exchange order");
+        // Every field REST lacks and the relay derived is the exchange's own value.
+        let (_, body) = http_get(sim.admin_addr(), "/admin/fills").await;
+        let all: Value = serde_json::from_str(&body).unwrap();
+        let by_id: std::collections::HashMap<&str, &Value> = all["fills"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| (f["trade_id"].as_str().unwrap(), f))
+            .collect();
+        for f in &self.fills {
+            let got = &f["msg"];
+            let want = by_id[got["trade_id"].as_str().unwrap()];
+            for key in [
+                "post_position_fp",
+                "client_order_id",
+                "count_fp",
+                "ts",
+                "market_ticker",
+            ] {
+                assert_eq!(got[key], want[key], "{key} of {got}");
+            }
+        }
         let sids: Vec<&Value> = self.fills.iter().map(|f| &f["sid"]).collect();
         assert!(sids.windows(2).all(|w| w[0] == w[1]), "one sid: {sids:?}");
     }
@@ -218,6 +240,21 @@ async fn fills_made_while_a_private_sid_was_dead_all_arrive_once_in_order() {
             code: 25,
             sid: None,
         });
+    })
+    .await;
+}
+
+/// Fills keep coming while the relay reads REST (every answer a second late): the positions it
+/// walks `post_position_fp` back from must count exactly the fills it listed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fills_made_while_rest_is_read_do_not_skew_the_derived_positions() {
+    fills_survive(|sim| {
+        sim.fault(Fault::RestSlow {
+            delay_ms: 1000,
+            count: 3,
+        });
+        sim.fault(Fault::StallHandshake { count: 1 });
+        sim.fault(Fault::Drop);
     })
     .await;
 }

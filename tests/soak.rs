@@ -501,6 +501,13 @@ async fn chaos_soak() {
             c.messages, c.snapshots, c.relay_lagged_events
         ),
     );
+    line(
+        &mut out,
+        format!(
+            "private reconnections resumed (relay_resume recovered, fill chain carried on): {}",
+            c.resumes
+        ),
+    );
     line(&mut out, format!("quiet points: {}", c.quiet_points));
     line(&mut out, format!("books checked: {}", c.books_checked));
     line(&mut out, format!("books wrong: {}", c.books_wrong));

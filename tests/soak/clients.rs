@@ -64,6 +64,11 @@ impl Kind {
         matches!(self, Kind::Private { .. } | Kind::StalledPrivate)
     }
 
+    /// Reconnects with `resume_from` (it asks for relay events, so it gets positions).
+    fn resumes(self) -> bool {
+        self == Kind::Private { events: true }
+    }
+
     fn stalls(self) -> bool {
         matches!(self, Kind::Stalled | Kind::StalledPrivate)
     }
@@ -159,6 +164,8 @@ async fn wait_not_quiet(env: &mut Env, ctl: &mut mpsc::Receiver<Ctl>) {
 async fn run(spec: Spec, mut env: Env, seed: u64, mut ctl: mpsc::Receiver<Ctl>) {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut conn_no = 0u64;
+    // The fills seen so far and the last position, for the next connection to resume from.
+    let mut carried: Option<(FillTrack, String)> = None;
     while !env.stop.is_cancelled() {
         wait_not_quiet(&mut env, &mut ctl).await;
         let url = match spec.kind {
@@ -186,9 +193,19 @@ async fn run(spec: Spec, mut env: Env, seed: u64, mut ctl: mpsc::Receiver<Ctl>) 
         env.tally.with(|c| c.connections += 1);
         env.tally.live.fetch_add(1, Ordering::SeqCst);
         let mut conn = Conn::new(&spec, ws, conn_no, env.tally.clone(), env.epoch.clone());
+        if let Some((fills, position)) = carried.take() {
+            conn.fills = fills;
+            conn.resume_from = Some(position);
+        }
         let ended = conn.session(&spec, &mut env, &mut rng, &mut ctl).await;
         env.tally.live.fetch_sub(1, Ordering::SeqCst);
         conn.finish(&spec, ended);
+        // A client with positions resumes where it left off: its fill chain goes on.
+        if spec.kind.resumes() {
+            if let Some(position) = conn.position.take() {
+                carried = Some((std::mem::take(&mut conn.fills), position));
+            }
+        }
         let until = Instant::now() + Duration::from_millis(rng.gen_range(20..200));
         while let Ok(Some(c)) =
             timeout(until.saturating_duration_since(Instant::now()), ctl.recv()).await
@@ -261,6 +278,10 @@ struct Conn {
     first_break_at: Option<Instant>,
     /// Set when a check saw the connection end.
     ended: Option<End>,
+    /// The last `relay_position` received.
+    position: Option<String>,
+    /// The position this connection resumes from (its fills carried over from the last one).
+    resume_from: Option<String>,
 }
 
 impl Conn {
@@ -286,6 +307,8 @@ impl Conn {
             epoch,
             first_break_at: None,
             ended: None,
+            position: None,
+            resume_from: None,
         }
     }
 
@@ -317,6 +340,10 @@ impl Conn {
             let mut params = json!({"channels":["fill","user_orders","market_positions"]});
             if let Some(m) = &spec.private_markets {
                 params["market_tickers"] = json!(m);
+            }
+            if let Some(from) = &self.resume_from {
+                params["resume_from"] = json!(from);
+                self.position = Some(from.clone());
             }
             if !self
                 .send(json!({"id":2,"cmd":"subscribe","params":params}))
@@ -450,6 +477,26 @@ impl Conn {
             "relay_lagged" => {
                 self.tally.with(|c| c.relay_lagged_events += 1);
                 return Ok(());
+            }
+            "relay_resume" => {
+                let v: serde_json::Value = serde_json::from_slice(raw).unwrap_or_default();
+                if v["msg"]["recovered"] == true {
+                    self.tally.with(|c| c.resumes += 1);
+                } else {
+                    self.broken(spec, format!("a resume not recovered: {}", v["msg"]));
+                    return Err(End::Broken);
+                }
+                return Ok(());
+            }
+            "fill" | "user_order" | "market_position" if spec.kind.resumes() => {
+                let v: serde_json::Value = serde_json::from_slice(raw).unwrap_or_default();
+                match v["relay_position"].as_str() {
+                    Some(p) => self.position = Some(p.to_owned()),
+                    None => {
+                        self.broken(spec, format!("a {} without relay_position", env.kind));
+                        return Err(End::Broken);
+                    }
+                }
             }
             _ => {}
         }
@@ -627,9 +674,10 @@ impl Conn {
             End::Broken => format!("{}:violation", spec.kind.label()),
         };
         self.tally.end(key);
+        // Counted once: a resuming client carries its track to the next connection.
         self.tally
             .chain_links
-            .fetch_add(self.fills.links, Ordering::Relaxed);
+            .fetch_add(std::mem::take(&mut self.fills.links), Ordering::Relaxed);
         match &end {
             // The soak's REST API never fails: every outage and dead sid must be backfilled.
             End::Close(1013, reason) if reason.starts_with("private messages lost") => {
@@ -656,23 +704,23 @@ impl Conn {
             && self
                 .first_break_at
                 .is_some_and(|t| t.elapsed() <= ANNOUNCE_WITHIN);
-        let gaps = self.fills.breaks.len() as u64;
+        let breaks = std::mem::take(&mut self.fills.breaks);
+        let gaps = breaks.len() as u64;
         if gaps > 0 {
             if announced {
                 self.tally.with(|c| c.fill_gaps_announced += gaps);
             } else {
-                let (m, expected, got, trade) = &self.fills.breaks[0];
+                let (m, expected, got, trade) = &breaks[0];
                 self.tally.with(|c| c.fill_gaps_silent += gaps);
                 self.tally.violation(format!(
                     "{who}: {gaps} silent gap(s) in the fill stream (first on {m}: position {expected} then a fill from {got}, trade {trade}); connection ended {end:?}"
                 ));
             }
         }
-        if self.fills.duplicates > 0 {
-            self.tally.violation(format!(
-                "{who}: {} duplicated fill(s)",
-                self.fills.duplicates
-            ));
+        let duplicates = std::mem::take(&mut self.fills.duplicates);
+        if duplicates > 0 {
+            self.tally
+                .violation(format!("{who}: {duplicates} duplicated fill(s)"));
         }
     }
 }

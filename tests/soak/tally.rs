@@ -14,6 +14,8 @@ pub struct Counts {
     pub messages: u64,
     pub snapshots: u64,
     pub relay_lagged_events: u64,
+    /// Reconnections that resumed their private stream (`relay_resume` recovered).
+    pub resumes: u64,
     /// How connections ended, by `kind:code`.
     pub ends: BTreeMap<String, u64>,
     /// Hostile outcomes, by `attack:outcome`.
@@ -102,6 +104,7 @@ impl Tally {
             messages: self.messages.load(Ordering::Relaxed),
             snapshots: c.snapshots,
             relay_lagged_events: c.relay_lagged_events,
+            resumes: c.resumes,
             ends: c.ends.clone(),
             hostile: c.hostile.clone(),
             books_checked: c.books_checked,

@@ -147,6 +147,15 @@ impl History {
         self.evict(now);
     }
 
+    /// The bodies of the fills kept made at or after `since` (Unix s), oldest first.
+    pub fn fill_bodies_since(&self, since: i64) -> Vec<Bytes> {
+        self.fills
+            .iter()
+            .filter(|(p, _, _)| p.ts >= since)
+            .map(|(_, _, k)| k.body.clone())
+            .collect()
+    }
+
     /// The trade ids of the fills kept, oldest first.
     pub fn trade_ids(&self) -> Vec<String> {
         self.fills
@@ -265,7 +274,9 @@ pub async fn fetch(
     let Some(rest) = rest else {
         return Err("the position is older than the relay's history and backfill is off".into());
     };
-    match upstream::recover(rest, from.ts - overlap, from.trade_id.as_deref(), channels).await {
+    let since = from.ts - overlap;
+    let live = history.lock().fill_bodies_since(since);
+    match upstream::recover(rest, since, from.trade_id.as_deref(), channels, &live).await {
         Ok(Some(recovered)) => Ok((from_recovered(recovered), Source::Exchange)),
         Ok(None) => Err("the exchange no longer lists the position's fill".into()),
         Err(e) => Err(format!("the exchange's REST API failed: {e}")),

@@ -282,11 +282,7 @@ impl Core {
         let msg = match fetched {
             Ok((replay, source)) => {
                 self.replayed = replay.trade_ids().collect();
-                let counts = (
-                    replay.fills.len(),
-                    replay.orders.len(),
-                    replay.positions.len(),
-                );
+                let mut counts = (0, 0, 0);
                 let kept = replay
                     .fills
                     .into_iter()
@@ -296,7 +292,20 @@ impl Core {
                     let Some(sub) = self.state.by_channel(k.channel) else {
                         continue;
                     };
+                    // A market-filtered subscription replays its own markets only.
+                    let outside = match (&sub.markets, &k.market) {
+                        (Some(markets), Some(m)) => !markets.contains(m),
+                        _ => false,
+                    };
+                    if outside {
+                        continue;
+                    }
                     let (sid, seq) = (sub.sid, sub.next_seq());
+                    match k.kind {
+                        MessageType::Fill => counts.0 += 1,
+                        MessageType::UserOrder => counts.1 += 1,
+                        _ => counts.2 += 1,
+                    }
                     let position = self
                         .advance(&k.kind, &k.body)
                         .unwrap_or_else(|| from.clone());

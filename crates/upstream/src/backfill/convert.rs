@@ -35,6 +35,11 @@ pub(super) struct Memo {
 }
 
 impl Memo {
+    /// Fills were lost: the positions known from delivered fills no longer chain on.
+    pub fn forget_positions(&mut self) {
+        self.post_position.clear();
+    }
+
     pub fn delivered(&self, trade_id: &str) -> bool {
         self.recent_set.contains(trade_id)
     }
@@ -84,6 +89,18 @@ impl Memo {
     /// The recovered fills (oldest first, none already delivered) as `fill` messages.
     /// `positions` (REST, now) anchors markets the stage saw no fill for; `orders` gives
     /// `client_order_id`.
+    /// What of `fills` (oldest first) the owner has not had: everything after the last fill it
+    /// was delivered. Fills before that one are its past even when never delivered here (a
+    /// relay started since, or the owner's window reaches back before its start); delivering
+    /// them would put older fills after newer ones.
+    pub fn missing<'a>(&self, fills: &'a [Fill]) -> &'a [Fill] {
+        let cut = fills
+            .iter()
+            .rposition(|f| self.delivered(&f.trade_id))
+            .map_or(0, |i| i + 1);
+        &fills[cut..]
+    }
+
     pub fn fills(
         &mut self,
         fills: &[Fill],
@@ -91,6 +108,7 @@ impl Memo {
         positions: &[MarketPosition],
         held: &[LiveFill],
     ) -> Vec<Data> {
+        let fills = self.missing(fills);
         let client_ids: HashMap<&str, &str> = orders
             .iter()
             .filter_map(|o| Some((o.order_id.as_str(), o.client_order_id.as_deref()?)))
@@ -347,7 +365,11 @@ pub(super) struct LiveFill {
 
 impl LiveFill {
     pub fn parse(data: &Data) -> Option<LiveFill> {
-        let m: LiveFillMsg = serde_json::from_slice(&data.body).ok()?;
+        LiveFill::from_body(&data.body)
+    }
+
+    pub fn from_body(body: &[u8]) -> Option<LiveFill> {
+        let m: LiveFillMsg = serde_json::from_slice(body).ok()?;
         let signed = direction(
             m.count_fp,
             m.book_side.as_deref(),
@@ -510,6 +532,21 @@ mod tests {
             memo.fills(&rest, &[], &[], &[]).is_empty(),
             "each fill once"
         );
+    }
+
+    #[test]
+    fn fills_before_the_last_one_delivered_are_the_past_not_a_gap() {
+        // A relay started after `a` and `b`: it never delivered them, and its owner holds `c`.
+        let mut memo = Memo::default();
+        memo.note(&live("c", "A", 5));
+        let rest = [
+            fill("a", "A", "bid", 1),
+            fill("b", "B", "bid", 1),
+            fill("c", "A", "bid", 1),
+            fill("d", "A", "bid", 2),
+        ];
+        let out = memo.fills(&rest, &[], &[position("A", 7)], &[]);
+        assert_eq!(posts(&out), [("d".into(), "7.00".into())]);
     }
 
     #[test]

@@ -285,10 +285,10 @@ impl Stage {
         );
         info!(since, ?channels, "backfilling private channels over REST");
         let handle = tokio::spawn(async move {
-            let fills = if fills {
-                rest.fills_since(Some(since), None).await?
+            let (fills, positions) = if fills || positions {
+                fills_and_positions(&rest, since).await?
             } else {
-                Vec::new()
+                (Vec::new(), Vec::new())
             };
             let orders = if orders {
                 let query = OrderQuery {
@@ -296,13 +296,6 @@ impl Stage {
                     ..OrderQuery::default()
                 };
                 rest.orders(&query).await?
-            } else {
-                Vec::new()
-            };
-            let positions = if positions {
-                rest.positions(&PositionQuery::default())
-                    .await?
-                    .market_positions
             } else {
                 Vec::new()
             };
@@ -332,11 +325,7 @@ impl Stage {
         let mut out = Vec::new();
         // The markets the missing fills touched, and the contracts they add to each volume.
         let mut volume: HashMap<String, Count> = HashMap::new();
-        for f in fetched
-            .fills
-            .iter()
-            .filter(|f| !self.memo.delivered(&f.trade_id))
-        {
+        for f in self.memo.missing(&fetched.fills) {
             let v = volume.entry(f.ticker.clone()).or_insert(Count::ZERO);
             *v = Count::from_units(v.units() + f.count_fp.units());
         }
@@ -411,6 +400,7 @@ impl Stage {
     }
 
     async fn announce(&mut self, channels: &[Channel]) -> Result<(), Gone> {
+        self.memo.forget_positions();
         for &channel in channels {
             self.send(Event::MessagesLost { channel }).await?;
         }
@@ -432,14 +422,17 @@ pub struct Recovered {
 
 /// The account's private messages after the fill `after` (made at `since`, Unix seconds), or
 /// since `since` when `after` is `None`, from the exchange's REST history, for the `channels`
-/// asked. `Ok(None)`: REST no longer lists `after`, so what followed it cannot be told exactly.
+/// asked. `live`: `fill` bodies the owner received live since `since`, oldest first (they anchor
+/// each market's `post_position_fp` exactly; without one REST's current position is walked
+/// back). `Ok(None)`: REST no longer lists `after`, so what followed it cannot be told exactly.
 pub async fn recover(
     rest: &RestClient,
     since: i64,
     after: Option<&str>,
     channels: &[Channel],
+    live: &[bytes::Bytes],
 ) -> Result<Option<Recovered>, RestError> {
-    let mut fills = rest.fills_since(Some(since), None).await?;
+    let (mut fills, positions) = fills_and_positions(rest, since).await?;
     if let Some(after) = after {
         let Some(i) = fills.iter().position(|f| f.trade_id == after) else {
             return Ok(None);
@@ -451,10 +444,6 @@ pub async fn recover(
         ..OrderQuery::default()
     };
     let orders = rest.orders(&query).await?;
-    let positions = rest
-        .positions(&PositionQuery::default())
-        .await?
-        .market_positions;
     let mut memo = Memo::default();
     let mut volume: HashMap<String, Count> = HashMap::new();
     for f in &fills {
@@ -464,9 +453,10 @@ pub async fn recover(
     let mut touched: HashSet<String> = volume.keys().cloned().collect();
     touched.extend(orders.iter().map(|o| o.ticker.clone()));
     let wants = |c: Channel| channels.contains(&c);
+    let live: Vec<LiveFill> = live.iter().filter_map(|b| LiveFill::from_body(b)).collect();
     Ok(Some(Recovered {
         fills: if wants(Channel::Fill) {
-            memo.fills(&fills, &orders, &positions, &[])
+            memo.fills(&fills, &orders, &positions, &live)
         } else {
             Vec::new()
         },
@@ -481,6 +471,42 @@ pub async fn recover(
             Vec::new()
         },
     }))
+}
+
+/// Reads of fills and positions that agree, at most this many times over.
+const MAX_READS: usize = 5;
+
+/// The fills since `since` (oldest first) and the positions they lead to, read so that they
+/// agree: a market's `post_position_fp` is walked back from its position, which must count
+/// exactly the fills listed. Fills, then positions, then the fills again: a fill that arrived in
+/// between may be counted in the positions, so it joins the list and the positions are read
+/// again.
+async fn fills_and_positions(
+    rest: &RestClient,
+    since: i64,
+) -> Result<(Vec<Fill>, Vec<MarketPosition>), RestError> {
+    let mut fills = rest.fills_since(Some(since), None).await?;
+    let mut positions = Vec::new();
+    for _ in 0..MAX_READS {
+        positions = rest
+            .positions(&PositionQuery::default())
+            .await?
+            .market_positions;
+        let from = fills.last().and_then(convert::fill_ts).unwrap_or(since);
+        let known: HashSet<String> = fills.iter().map(|f| f.trade_id.clone()).collect();
+        let newer: Vec<Fill> = rest
+            .fills_since(Some(from), None)
+            .await?
+            .into_iter()
+            .filter(|f| !known.contains(&f.trade_id))
+            .collect();
+        if newer.is_empty() {
+            return Ok((fills, positions));
+        }
+        fills.extend(newer);
+    }
+    warn!("fills kept coming while reading positions; positions walked back may be off");
+    Ok((fills, positions))
 }
 
 fn now_s() -> i64 {
