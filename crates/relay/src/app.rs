@@ -23,47 +23,49 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Shared by the listeners, the sessions and the feed.
+/// The running relay's shared state; the listeners, the sessions and the feed each use their
+/// part. Outside the crate it is what [`crate::session::run`] serves a client against: built by
+/// [`App::new`] around a fanout the caller publishes into, its configuration and gate readable.
 pub struct App {
     pub config: RelayConfig,
     /// The stream clients read: data, and the upstream's status as notices ([`App::status`]).
-    pub fanout: fanout::Fanout<UpstreamStatus>,
-    pub upstream: upstream::Upstream,
-    pub metrics: PrometheusHandle,
-    pub heartbeat: Arc<Heartbeat>,
+    pub(crate) fanout: fanout::Fanout<UpstreamStatus>,
+    pub(crate) upstream: upstream::Upstream,
+    pub(crate) metrics: PrometheusHandle,
+    pub(crate) heartbeat: Arc<Heartbeat>,
     /// Tokens, Origins, caps and the new-connection rate.
     pub gate: Arc<Gate>,
     /// TLS on the client listener, when configured.
-    pub tls: Option<crate::tls::Tls>,
+    pub(crate) tls: Option<crate::tls::Tls>,
     /// One permit per accepted socket until it upgrades or closes (`max_pending_handshakes`);
     /// when none is left, new sockets are closed at once.
-    pub handshakes: Arc<tokio::sync::Semaphore>,
+    pub(crate) handshakes: Arc<tokio::sync::Semaphore>,
     /// Cancelled when the relay stops: `/readyz` turns 503, upgrades are refused, sessions close
     /// with 1012.
-    pub shutdown: CancellationToken,
+    pub(crate) shutdown: CancellationToken,
     /// Every connection task; shutdown waits on it (bounded by the drain time).
-    pub tracker: TaskTracker,
+    pub(crate) tracker: TaskTracker,
     /// The recent private stream, for clients that resume (`resume`): written by the feed as
     /// it publishes, read by a session answering `resume_from`.
-    pub history: Mutex<crate::resume::History>,
+    pub(crate) history: Mutex<crate::resume::History>,
     /// Books currently stale upstream (gap or reconnect), for readiness. Written by the feed.
-    pub stale: Mutex<BTreeSet<String>>,
-    pub clients: AtomicUsize,
+    pub(crate) stale: Mutex<BTreeSet<String>>,
+    pub(crate) clients: AtomicUsize,
     /// Upstream data messages received; the feed counts, `/status` derives a rate.
-    pub upstream_messages: AtomicU64,
+    pub(crate) upstream_messages: AtomicU64,
     /// Frames written to clients; each session adds once per flush, `/status` derives a rate.
-    pub downstream_messages: AtomicU64,
+    pub(crate) downstream_messages: AtomicU64,
     /// Messages per second in and out, one sample a second (the dashboard's chart).
-    pub throughput: crate::throughput::History,
+    pub(crate) throughput: crate::throughput::History,
     /// The bound ports (client, admin), set once when the listeners are known: the dashboard's
     /// own origins and the WebSocket port it connects to.
-    pub ports: OnceLock<Ports>,
-    pub started: Instant,
+    pub(crate) ports: OnceLock<Ports>,
+    pub(crate) started: Instant,
     /// This node's role and Redis's health, in cluster mode (set once at start).
-    pub cluster: OnceLock<Arc<crate::node::Status>>,
+    pub(crate) cluster: OnceLock<Arc<crate::node::Status>>,
     /// Per frame kind (`session::KINDS`), registered once: a session's flush adds to them
     /// without a registry lookup per batch.
-    pub sent_counters: Vec<SentCounters>,
+    pub(crate) sent_counters: Vec<SentCounters>,
 }
 
 /// The ports the relay listens on.

@@ -349,7 +349,7 @@ mod tests {
             config,
             fanout,
             upstream,
-            crate::metrics::handle(),
+            crate::metrics::install_metrics_recorder(),
             None,
         ));
         let mut sub = app.fanout.subscriber();
