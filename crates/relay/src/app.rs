@@ -2,7 +2,7 @@
 //! and the shutdown machinery.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -16,6 +16,7 @@ use crate::config::RelayConfig;
 use crate::heartbeat::Heartbeat;
 use crate::security::Gate;
 use crate::status::{Health, UpstreamStatus};
+use crate::throughput::Traffic;
 
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -47,16 +48,12 @@ pub struct App {
     pub(crate) tracker: TaskTracker,
     /// The recent private stream, for clients that resume (`resume`): written by the feed as
     /// it publishes, read by a session answering `resume_from`.
-    pub(crate) history: Mutex<crate::resume::History>,
+    pub(crate) history: Arc<Mutex<crate::resume::History>>,
     /// Books currently stale upstream (gap or reconnect), for readiness. Written by the feed.
     pub(crate) stale: Mutex<BTreeSet<String>>,
     pub(crate) clients: AtomicUsize,
-    /// Upstream data messages received; the feed counts, `/status` derives a rate.
-    pub(crate) upstream_messages: AtomicU64,
-    /// Frames written to clients; each session adds once per flush, `/status` derives a rate.
-    pub(crate) downstream_messages: AtomicU64,
-    /// Messages per second in and out, one sample a second (the dashboard's chart).
-    pub(crate) throughput: crate::throughput::History,
+    /// Messages in and out and their rates (`/status`, the dashboard's chart).
+    pub(crate) traffic: Arc<Traffic>,
     /// The bound ports (client, admin), set once when the listeners are known: the dashboard's
     /// own origins and the WebSocket port it connects to.
     pub(crate) ports: OnceLock<Ports>,
@@ -112,12 +109,10 @@ impl App {
             heartbeat,
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
-            history: Mutex::new(history),
+            history: Arc::new(Mutex::new(history)),
             stale: Mutex::new(BTreeSet::new()),
             clients: AtomicUsize::new(0),
-            upstream_messages: AtomicU64::new(0),
-            downstream_messages: AtomicU64::new(0),
-            throughput: crate::throughput::History::default(),
+            traffic: Arc::default(),
             ports: OnceLock::new(),
             started: now,
             cluster: OnceLock::new(),
@@ -200,7 +195,8 @@ impl App {
             Some((reason, at_ms)) => serde_json::json!({ "reason": reason, "at_ms": at_ms }),
             None => serde_json::Value::Null,
         };
-        let (rate_in, rate_out) = self.throughput.latest();
+        let traffic = &self.traffic;
+        let (rate_in, rate_out) = traffic.rates.latest();
         let ports = self.ports.get();
         serde_json::json!({
             "upstream": upstream,
@@ -213,11 +209,11 @@ impl App {
             ),
             "stale_books": self.stale.lock().len(),
             "cached_markets": self.fanout.cached_markets(),
-            "upstream_messages_total": self.upstream_messages.load(Ordering::Relaxed),
+            "upstream_messages_total": traffic.upstream_messages.load(Ordering::Relaxed),
             "upstream_messages_per_second": rate_in,
-            "downstream_messages_total": self.downstream_messages.load(Ordering::Relaxed),
+            "downstream_messages_total": traffic.downstream_messages.load(Ordering::Relaxed),
             "downstream_messages_per_second": rate_out,
-            "throughput": self.throughput.to_json(),
+            "throughput": traffic.rates.to_json(),
             "websocket": {
                 "port": ports.map(|p| p.main),
                 "path": protocol::sign::WS_PATH,

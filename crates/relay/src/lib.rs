@@ -260,7 +260,7 @@ pub async fn spawn(config: RelayConfig, listeners: Listeners) -> anyhow::Result<
     let mut cluster_lease = None;
     match (cluster, cluster_events) {
         (Some(cluster), Some(events)) => {
-            let node = node::start(cluster, app.clone(), events, registry, released_tx)?;
+            let node = node::start(cluster, &app, events, registry, released_tx)?;
             tasks.extend(node.tasks);
             cluster_lease = Some(node.lease);
         }
@@ -280,7 +280,10 @@ pub async fn spawn(config: RelayConfig, listeners: Listeners) -> anyhow::Result<
                 .run(app.shutdown.clone(), move |group| fanout.wake(group))
         }),
         tokio::spawn(metrics::upkeep(metrics, app.shutdown.clone())),
-        tokio::spawn(throughput::sample(app.clone())),
+        tokio::spawn(throughput::sample(
+            app.traffic.clone(),
+            app.shutdown.clone(),
+        )),
         tokio::spawn(http::serve(app.clone(), listeners.main, ListenerRole::Main)),
     ]);
     if let Some(admin) = listeners.admin {

@@ -307,6 +307,7 @@ where
         }
         if total > 0 {
             self.app
+                .traffic
                 .downstream_messages
                 .fetch_add(total, Ordering::Relaxed);
         }
