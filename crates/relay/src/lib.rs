@@ -5,7 +5,7 @@
 //!
 //! - [`spawn`] a relay on [`Listeners`] you bound, and get a [`RelayHandle`] (its URLs, TLS
 //!   reload, graceful [`shutdown`](RelayHandle::shutdown)); [`start`] is the binary's whole run
-//!   (demo simulator, binding, the ready line, signals).
+//!   (demo simulator, binding, the ready line, until the shutdown future the caller passes).
 //! - [`config`]: the one TOML file with environment overrides and flags, validated up front
 //!   ([`RelayConfig`], [`config::load`]).
 //! - [`security`]: client tokens, Origins, connection caps ([`security::Gate`]).
