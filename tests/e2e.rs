@@ -962,8 +962,8 @@ async fn data_from_before_an_upstream_loss_arrives_before_the_status_that_report
 /// A relay's shared state whose stream the test publishes itself (no feed: the upstream handle
 /// points nowhere), and clients served by real sessions over real sockets.
 struct Bare {
-    app: std::sync::Arc<relay::app::App>,
-    publisher: fanout::Publisher<relay::status::UpstreamStatus>,
+    app: std::sync::Arc<relay::App>,
+    publisher: fanout::Publisher<relay::UpstreamStatus>,
     listener: tokio::net::TcpListener,
 }
 
@@ -977,11 +977,11 @@ impl Bare {
             tokio_util::sync::CancellationToken::new(),
         )
         .unwrap();
-        let app = std::sync::Arc::new(relay::app::App::new(
+        let app = std::sync::Arc::new(relay::App::new(
             config,
             fanout,
             upstream,
-            relay::metrics::handle(),
+            relay::install_metrics_recorder(),
             None,
         ));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -1032,7 +1032,7 @@ impl Bare {
 /// (`private messages lost`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_loss_seen_only_through_the_latest_status_still_closes_private_holders() {
-    use relay::status::UpstreamStatus;
+    use relay::UpstreamStatus;
     use upstream::{DisconnectReason, State};
     let mut bare = Bare::new(|c| c.fanout.queue_messages = 16).await;
     let up = UpstreamStatus::starting(0)

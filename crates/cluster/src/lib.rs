@@ -18,8 +18,8 @@
 //!   control stream ([`Store::send_control`]) wakes it at once on a change.
 //!
 //! Layout: [`config`] (`[cluster]`), [`codec`] (events as stream entries), [`testing`] (a real
-//! `redis-server` for tests), `store` (every Redis
-//! operation; the Lua scripts are in `src/scripts/`).
+//! `redis-server` for tests), `store` (every Redis operation; the Lua scripts are in
+//! `src/scripts/`).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), cluster::Error> {

@@ -29,7 +29,7 @@
 //!   repaired: a lag that lost any of their messages ends with [`Delivery::Disconnect`]
 //!   ([`Verdict::PrivateChannelLag`]), never a silent gap. More than `slow_consumer_lags` lags
 //!   within `slow_consumer_window_seconds` ends with [`Verdict::SlowConsumer`]. The relay closes
-//!   such a client with 4008.
+//!   such a client with 1013.
 //! - **Stale books.** [`Publisher::mark_stale`] (gap, reconnect) puts a marker in the stream: each
 //!   subscriber of that book gets [`Delivery::Stale`] in order and no delta until the reset
 //!   snapshot. A subscriber that adds a stale book waits for that reset snapshot.

@@ -33,7 +33,7 @@ pub enum Delivery<N = ()> {
     /// The subscriber fell behind, skipped to the head of the stream and is being repaired: the
     /// [`CacheReason::Repair`] snapshots and tickers follow, before any further delta.
     Lagged(LagReport),
-    /// The subscriber must be disconnected (the relay closes the client with 4008). This is the
+    /// The subscriber must be disconnected (the relay closes the client with 1013). This is the
     /// last delivery: [`Subscriber::recv`] returns `None` afterwards.
     Disconnect(Verdict),
     /// A notice of the publisher's owner ([`Publisher::notice`](crate::Publisher::notice)), in

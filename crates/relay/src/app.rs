@@ -2,7 +2,7 @@
 //! and the shutdown machinery.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -16,6 +16,7 @@ use crate::config::RelayConfig;
 use crate::heartbeat::Heartbeat;
 use crate::security::Gate;
 use crate::status::{Health, UpstreamStatus};
+use crate::throughput::Traffic;
 
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -23,47 +24,45 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Shared by the listeners, the sessions and the feed.
+/// The running relay's shared state; the listeners, the sessions and the feed each use their
+/// part. Outside the crate it is what [`crate::session::run`] serves a client against: built by
+/// [`App::new`] around a fanout the caller publishes into, its configuration and gate readable.
 pub struct App {
     pub config: RelayConfig,
     /// The stream clients read: data, and the upstream's status as notices ([`App::status`]).
-    pub fanout: fanout::Fanout<UpstreamStatus>,
-    pub upstream: upstream::Upstream,
-    pub metrics: PrometheusHandle,
-    pub heartbeat: Arc<Heartbeat>,
+    pub(crate) fanout: fanout::Fanout<UpstreamStatus>,
+    pub(crate) upstream: upstream::Upstream,
+    pub(crate) metrics: PrometheusHandle,
+    pub(crate) heartbeat: Arc<Heartbeat>,
     /// Tokens, Origins, caps and the new-connection rate.
     pub gate: Arc<Gate>,
     /// TLS on the client listener, when configured.
-    pub tls: Option<crate::tls::Tls>,
+    pub(crate) tls: Option<crate::tls::Tls>,
     /// One permit per accepted socket until it upgrades or closes (`max_pending_handshakes`);
     /// when none is left, new sockets are closed at once.
-    pub handshakes: Arc<tokio::sync::Semaphore>,
+    pub(crate) handshakes: Arc<tokio::sync::Semaphore>,
     /// Cancelled when the relay stops: `/readyz` turns 503, upgrades are refused, sessions close
     /// with 1012.
-    pub shutdown: CancellationToken,
+    pub(crate) shutdown: CancellationToken,
     /// Every connection task; shutdown waits on it (bounded by the drain time).
-    pub tracker: TaskTracker,
+    pub(crate) tracker: TaskTracker,
     /// The recent private stream, for clients that resume (`resume`): written by the feed as
     /// it publishes, read by a session answering `resume_from`.
-    pub history: Mutex<crate::resume::History>,
+    pub(crate) history: Arc<Mutex<crate::resume::History>>,
     /// Books currently stale upstream (gap or reconnect), for readiness. Written by the feed.
-    pub stale: Mutex<BTreeSet<String>>,
-    pub clients: AtomicUsize,
-    /// Upstream data messages received; the feed counts, `/status` derives a rate.
-    pub upstream_messages: AtomicU64,
-    /// Frames written to clients; each session adds once per flush, `/status` derives a rate.
-    pub downstream_messages: AtomicU64,
-    /// Messages per second in and out, one sample a second (the dashboard's chart).
-    pub throughput: crate::throughput::History,
+    pub(crate) stale: Mutex<BTreeSet<String>>,
+    pub(crate) clients: AtomicUsize,
+    /// Messages in and out and their rates (`/status`, the dashboard's chart).
+    pub(crate) traffic: Arc<Traffic>,
     /// The bound ports (client, admin), set once when the listeners are known: the dashboard's
     /// own origins and the WebSocket port it connects to.
-    pub ports: OnceLock<Ports>,
-    pub started: Instant,
+    pub(crate) ports: OnceLock<Ports>,
+    pub(crate) started: Instant,
     /// This node's role and Redis's health, in cluster mode (set once at start).
-    pub cluster: OnceLock<Arc<crate::node::Status>>,
+    pub(crate) cluster: OnceLock<Arc<crate::node::Status>>,
     /// Per frame kind (`session::KINDS`), registered once: a session's flush adds to them
     /// without a registry lookup per batch.
-    pub sent_counters: Vec<SentCounters>,
+    pub(crate) sent_counters: Vec<SentCounters>,
 }
 
 /// The ports the relay listens on.
@@ -110,12 +109,10 @@ impl App {
             heartbeat,
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
-            history: Mutex::new(history),
+            history: Arc::new(Mutex::new(history)),
             stale: Mutex::new(BTreeSet::new()),
             clients: AtomicUsize::new(0),
-            upstream_messages: AtomicU64::new(0),
-            downstream_messages: AtomicU64::new(0),
-            throughput: crate::throughput::History::default(),
+            traffic: Arc::default(),
             ports: OnceLock::new(),
             started: now,
             cluster: OnceLock::new(),
@@ -198,7 +195,8 @@ impl App {
             Some((reason, at_ms)) => serde_json::json!({ "reason": reason, "at_ms": at_ms }),
             None => serde_json::Value::Null,
         };
-        let (rate_in, rate_out) = self.throughput.latest();
+        let traffic = &self.traffic;
+        let (rate_in, rate_out) = traffic.rates.latest();
         let ports = self.ports.get();
         serde_json::json!({
             "upstream": upstream,
@@ -211,11 +209,11 @@ impl App {
             ),
             "stale_books": self.stale.lock().len(),
             "cached_markets": self.fanout.cached_markets(),
-            "upstream_messages_total": self.upstream_messages.load(Ordering::Relaxed),
+            "upstream_messages_total": traffic.upstream_messages.load(Ordering::Relaxed),
             "upstream_messages_per_second": rate_in,
-            "downstream_messages_total": self.downstream_messages.load(Ordering::Relaxed),
+            "downstream_messages_total": traffic.downstream_messages.load(Ordering::Relaxed),
             "downstream_messages_per_second": rate_out,
-            "throughput": self.throughput.to_json(),
+            "throughput": traffic.rates.to_json(),
             "websocket": {
                 "port": ports.map(|p| p.main),
                 "path": protocol::sign::WS_PATH,

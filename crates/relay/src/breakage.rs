@@ -24,6 +24,7 @@ pub enum Breakage {
 }
 
 impl Breakage {
+    #[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
     pub fn parse(name: &str) -> Option<Breakage> {
         Some(match name {
             "refuse_upgrades" => Breakage::RefuseUpgrades,

@@ -117,14 +117,17 @@ impl CloseReason {
     }
 
     /// Whether a client should reconnect (with backoff) after this close. Permanent causes
-    /// need the client, its token or its messages changed first.
+    /// need the client, its token or its messages changed first. The README's table says the
+    /// same (checked below).
+    #[cfg(test)]
     pub fn reconnect(self) -> bool {
         is_reconnect_code(self.code())
     }
 }
 
 /// The codes after which published client libraries reconnect by themselves.
-pub fn is_reconnect_code(code: u16) -> bool {
+#[cfg(test)]
+fn is_reconnect_code(code: u16) -> bool {
     matches!(code, 1000 | 1001 | 1006 | 1011..=1014)
 }
 

@@ -121,7 +121,9 @@ static BROKEN: parking_lot::Mutex<BTreeSet<String>> = parking_lot::Mutex::new(BT
 fn apply_event(app: &App, publisher: &mut Publisher<UpstreamStatus>, event: Event) {
     match event {
         Event::Data(data) => {
-            app.upstream_messages.fetch_add(1, Ordering::Relaxed);
+            app.traffic
+                .upstream_messages
+                .fetch_add(1, Ordering::Relaxed);
             publisher.set_received_at(Some(data.received_at));
             let market = data.market.as_deref();
             match (data.book, market) {
@@ -349,7 +351,7 @@ mod tests {
             config,
             fanout,
             upstream,
-            crate::metrics::handle(),
+            crate::metrics::install_metrics_recorder(),
             None,
         ));
         let mut sub = app.fanout.subscriber();

@@ -1,45 +1,69 @@
 //! The relay: one resilient upstream session to a Kalshi-style exchange, served to many
 //! downstream WebSocket clients that speak the exchange's own protocol.
 //!
-//! Data flows one way: exchange -> [`upstream`] (one session) -> [`feed`] -> [`fanout`] (one
-//! ring, a state cache, lag repair) -> [`session`] (one task per client) -> clients. Commands flow
-//! back: a client's `subscribe` becomes fanout topics, the fanout registry's wanted topics become
-//! upstream subscriptions ([`feed::follow_registry`]).
+//! What the crate offers:
 //!
-//! Layout: [`config`] (one TOML file, env overrides, validation), [`http`] (listeners, health,
-//! readiness, metrics, status, the upgrade), [`dashboard`] (the embedded page), [`session`] and [`client`] (one client: socket loop
-//! and command logic), [`heartbeat`] (shared ping ticker), [`feed`], [`app`] (shared state),
-//! [`metrics`] (names and the Prometheus recorder), [`throughput`] (message rates over the last
-//! minutes), [`demo`] (the embedded simulator).
+//! - [`spawn`] a relay on [`Listeners`] you bound, and get a [`RelayHandle`] (its URLs, TLS
+//!   reload, graceful [`shutdown`](RelayHandle::shutdown)); [`start`] is the binary's whole run
+//!   (demo simulator, binding, the ready line, until the shutdown future the caller passes).
+//! - [`config`]: the one TOML file with environment overrides and flags, validated up front
+//!   ([`RelayConfig`], [`config::load`]).
+//! - [`security`]: client tokens, Origins, connection caps ([`security::Gate`]).
+//! - [`session::run`]: one client served on a WebSocket you accepted yourself, against an [`App`]
+//!   (the shared state) whose fanout you may publish into directly ([`UpstreamStatus`] notices
+//!   included); the integration tests drive sessions this way.
+//! - [`install_metrics_recorder`]: the process-wide Prometheus recorder behind `/metrics`.
+//!
+//! Data flows one way: exchange -> [`upstream`] (one session) -> `feed` -> [`fanout`] (one ring,
+//! a state cache, lag repair) -> `session` (one task per client) -> clients. Commands flow back:
+//! a client's `subscribe` becomes fanout topics, and the fanout registry's wanted topics become
+//! upstream subscriptions (`feed::follow_registry`; in cluster mode, `node`).
+//!
+//! Layout: `config` (settings and their loading), `http` (listeners, health, readiness,
+//! metrics, status, the upgrade and where its token comes from), `security` (the gate),
+//! `session` (one client's socket loop around a sans-IO core) and `client` (its subscriptions
+//! and replies), `resume` (private history for `resume_from`), `heartbeat` (the shared ping
+//! ticker), `feed` (upstream events into the fanout, wanted topics into upstream
+//! subscriptions), `node` (cluster mode: lease, Redis writer and reader), `app` (the shared
+//! state), `status` (the upstream's health as clients see it), `close` (every close code),
+//! `metrics` (names and the recorder), `throughput` (message rates), `dashboard` (the embedded
+//! page), `tls`, `demo` (the embedded simulator), `breakage` (test-only faults).
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
-//! let config = relay::config::RelayConfig::with_upstream("ws://127.0.0.1:9001/trade-api/ws/v2");
-//! let handle = relay::spawn(config, relay::Listeners::bind("127.0.0.1:0".parse()?, None).await?).await?;
+//! let config = relay::RelayConfig::with_upstream("ws://127.0.0.1:9001/trade-api/ws/v2");
+//! let listeners = relay::Listeners::bind("127.0.0.1:0".parse()?, None).await?;
+//! let handle = relay::spawn(config, listeners).await?;
 //! println!("clients connect to {}", handle.ws_url());
 //! handle.shutdown().await;
 //! # Ok(()) }
 //! ```
 #![forbid(unsafe_code)]
 
-pub mod app;
-pub mod breakage;
-pub mod client;
-pub mod close;
+mod app;
+mod breakage;
+mod client;
+mod close;
 pub mod config;
-pub mod dashboard;
-pub mod demo;
-pub mod feed;
-pub mod heartbeat;
-pub mod http;
-pub mod metrics;
-pub mod node;
-pub mod resume;
+mod dashboard;
+mod demo;
+mod feed;
+mod heartbeat;
+mod http;
+mod metrics;
+mod node;
+mod resume;
 pub mod security;
 pub mod session;
-pub mod status;
-pub mod throughput;
-pub mod tls;
+mod status;
+mod throughput;
+mod tls;
+
+pub use app::App;
+pub use client::Limits;
+pub use config::RelayConfig;
+pub use metrics::install_metrics_recorder;
+pub use status::{Health, UpstreamStatus};
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -52,8 +76,6 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::app::App;
-use crate::config::RelayConfig;
 use crate::http::ListenerRole;
 
 /// The relay's bound sockets.
@@ -166,7 +188,9 @@ impl RelayHandle {
 /// The part of the shutdown budget kept for the upstream's unsubscribe and close handshake.
 const UPSTREAM_CLOSE_RESERVE: std::time::Duration = std::time::Duration::from_secs(3);
 
-/// Starts the relay on bound listeners and returns at once.
+/// Starts the relay on listeners the caller bound and returns at once. It binds nothing and
+/// waits for no signal; its one process-wide effect is the metrics recorder, installed on the
+/// first call ([`install_metrics_recorder`]).
 pub async fn spawn(config: RelayConfig, listeners: Listeners) -> anyhow::Result<RelayHandle> {
     let tls = config
         .security
@@ -174,8 +198,8 @@ pub async fn spawn(config: RelayConfig, listeners: Listeners) -> anyhow::Result<
         .as_ref()
         .map(tls::Tls::load)
         .transpose()?;
-    let metrics = metrics::handle();
-    metrics::register();
+    // The one process-wide effect of the library (idempotent: tests start many relays).
+    let metrics = metrics::install_metrics_recorder();
     let upstream_shutdown = CancellationToken::new();
     let cluster = config.cluster.clone();
     // In cluster mode the events come from Redis, fed by `node`.
@@ -236,7 +260,7 @@ pub async fn spawn(config: RelayConfig, listeners: Listeners) -> anyhow::Result<
     let mut cluster_lease = None;
     match (cluster, cluster_events) {
         (Some(cluster), Some(events)) => {
-            let node = node::start(cluster, app.clone(), events, registry, released_tx)?;
+            let node = node::start(cluster, &app, events, registry, released_tx)?;
             tasks.extend(node.tasks);
             cluster_lease = Some(node.lease);
         }
@@ -256,7 +280,10 @@ pub async fn spawn(config: RelayConfig, listeners: Listeners) -> anyhow::Result<
                 .run(app.shutdown.clone(), move |group| fanout.wake(group))
         }),
         tokio::spawn(metrics::upkeep(metrics, app.shutdown.clone())),
-        tokio::spawn(throughput::sample(app.clone())),
+        tokio::spawn(throughput::sample(
+            app.traffic.clone(),
+            app.shutdown.clone(),
+        )),
         tokio::spawn(http::serve(app.clone(), listeners.main, ListenerRole::Main)),
     ]);
     if let Some(admin) = listeners.admin {
@@ -276,8 +303,9 @@ pub async fn spawn(config: RelayConfig, listeners: Listeners) -> anyhow::Result<
     })
 }
 
-/// The binary's whole run: the demo simulator if asked, bind, serve, reload TLS on each message
-/// of `reload` (SIGHUP), and stop on `signal`.
+/// The binary's whole run: the demo simulator if asked, bind both listeners, print the ready
+/// line on stdout, serve, reload TLS on each message of `reload` (SIGHUP), and stop on
+/// `signal`. The caller owns the signal handlers.
 pub async fn start(
     mut config: RelayConfig,
     demo: bool,

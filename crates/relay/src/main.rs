@@ -1,8 +1,10 @@
 //! `relay`: one resilient Kalshi WebSocket session served to many downstream clients.
 //!
 //! The binary is thin: it parses flags, sets up logging, loads and validates the configuration
-//! (exit code 64 when it is invalid), binds the listeners, and runs [`relay::start`] until SIGTERM or
-//! SIGINT. `--demo` embeds the exchange simulator so the relay runs with no credentials.
+//! (exit code 64 when it is invalid), and runs [`relay::start`] (which binds the listeners) until
+//! SIGTERM or SIGINT. `--demo` embeds the exchange simulator so the relay runs with no
+//! credentials. Every process-wide effect is made here or in `relay::start`: the tracing
+//! subscriber, the metrics recorder, the runtime, the signal handlers, the sockets.
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -80,6 +82,7 @@ fn main() -> ExitCode {
         }
     };
     tracing::info!(config = %config::describe(&source), "configuration loaded");
+    relay::install_metrics_recorder();
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

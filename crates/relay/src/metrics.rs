@@ -65,7 +65,7 @@ const COMMAND_RESULTS: [(&str, &[&str]); 8] = [
 
 /// Creates every documented series at zero, so dashboards and alerts see them before the first
 /// event (a counter with labels otherwise appears only when first incremented).
-pub fn register() {
+fn register() {
     upstream::metrics::describe();
     upstream::metrics::register();
     let _ = metrics::gauge!(CONNECTIONS);
@@ -98,8 +98,11 @@ pub fn register() {
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
-/// The process-wide recorder, installed on first use (tests start several relays in one process).
-pub fn handle() -> PrometheusHandle {
+/// Installs the process-wide `metrics` recorder that `/metrics` renders, with every documented
+/// series at zero, and returns its handle. Only the first call installs; later ones return the
+/// same handle, so one process may start many relays (the tests do). [`crate::spawn`] calls it;
+/// an application that wants the recorder in place earlier calls it first (the binary does).
+pub fn install_metrics_recorder() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
             let recorder = PrometheusBuilder::new()
@@ -117,6 +120,7 @@ pub fn handle() -> PrometheusHandle {
             if metrics::set_global_recorder(recorder).is_err() {
                 tracing::warn!("another metrics recorder is installed; /metrics will be empty");
             }
+            register();
             handle
         })
         .clone()

@@ -1,4 +1,5 @@
-//! One client connection: a thin I/O loop around the session's [`Core`].
+//! One client connection: a thin I/O loop ([`run`]) around the session's sans-IO core
+//! (`session/core.rs`).
 //!
 //! One task per client owns both halves of its WebSocket and waits on two things: the client's
 //! frames (commands; reading also answers the client's pings) and its fanout subscriber's wake
@@ -7,7 +8,7 @@
 //! heartbeat wakes the group; see `heartbeat.rs`) and the relay's shutdown.
 //!
 //! On each wake-up the loop looks at what is due, in order: shutdown, the pong check, a ping,
-//! then up to [`MAX_BATCH`] deliveries, written by the core straight into one outgoing buffer
+//! then up to `MAX_BATCH` deliveries, written by the core straight into one outgoing buffer
 //! that goes to the socket in one write. A client that cannot keep up is the fanout's business
 //! (lag, repair, or a slow-consumer verdict): nothing queues here without bound, and a write
 //! that blocks longer than `write_timeout_seconds` ends the connection.
@@ -307,6 +308,7 @@ where
         }
         if total > 0 {
             self.app
+                .traffic
                 .downstream_messages
                 .fetch_add(total, Ordering::Relaxed);
         }

@@ -2,18 +2,29 @@
 //! last few minutes: the dashboard's chart and `/status`'s current rates.
 
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-
-use crate::app::App;
+use tokio_util::sync::CancellationToken;
 
 /// One sample a second.
 pub const INTERVAL: Duration = Duration::from_secs(1);
 /// Samples kept: three minutes.
 pub const SAMPLES: usize = 180;
+
+/// Messages counted in and out, and their recent rates: the feed counts what arrives, each
+/// session what it writes, [`sample`] turns both into rates, `/status` reads all three.
+#[derive(Default)]
+pub struct Traffic {
+    /// Upstream data messages received.
+    pub upstream_messages: AtomicU64,
+    /// Frames written to clients; a session adds once per flush.
+    pub downstream_messages: AtomicU64,
+    /// Messages per second in and out, one sample a second (the dashboard's chart).
+    pub rates: History,
+}
 
 /// The last [`SAMPLES`] rates, oldest first. Written by [`sample`] alone; `/status` reads it.
 #[derive(Default)]
@@ -52,27 +63,27 @@ fn round1(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
 }
 
-/// Samples the app's message counters every [`INTERVAL`] until shutdown. Rates divide by the
-/// time actually elapsed, so a late tick does not show as a spike.
-pub async fn sample(app: Arc<App>) {
+/// Samples the message counters every [`INTERVAL`] until shutdown. Rates divide by the time
+/// actually elapsed, so a late tick does not show as a spike.
+pub async fn sample(traffic: Arc<Traffic>, shutdown: CancellationToken) {
     let mut every = tokio::time::interval(INTERVAL);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let counts = |app: &App| {
+    let counts = |t: &Traffic| {
         (
-            app.upstream_messages.load(Ordering::Relaxed),
-            app.downstream_messages.load(Ordering::Relaxed),
+            t.upstream_messages.load(Ordering::Relaxed),
+            t.downstream_messages.load(Ordering::Relaxed),
         )
     };
-    let mut last = (Instant::now(), counts(&app));
+    let mut last = (Instant::now(), counts(&traffic));
     every.tick().await; // the first tick is immediate
     loop {
         tokio::select! {
-            _ = app.shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => return,
             _ = every.tick() => {}
         }
-        let now = (Instant::now(), counts(&app));
+        let now = (Instant::now(), counts(&traffic));
         let elapsed = now.0.duration_since(last.0).as_secs_f64().max(1e-3);
-        app.throughput.push(
+        traffic.rates.push(
             (now.1 .0 - last.1 .0) as f64 / elapsed,
             (now.1 .1 - last.1 .1) as f64 / elapsed,
         );

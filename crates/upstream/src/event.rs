@@ -32,10 +32,11 @@ pub enum Event {
     BookStale { markets: Vec<String> },
     /// The next `Data` for `market` is the fresh snapshot that makes its stale book valid again.
     BookReset { market: String },
-    /// Messages of `channel` may have been lost: its subscription died at the exchange (a
-    /// terminal error) and is being re-established. Books are repaired (see `BookStale`), but
-    /// other channels carry nothing to repair from: consumers of the account's fills, orders and
-    /// positions must be told, since the exchange will not replay them.
+    /// Messages of `channel` may have been lost for good: its subscription died at the exchange
+    /// (a terminal error; it is being re-established), or an outage's backfill could not recover
+    /// them (REST failed past its bound, or `backfill = false`). Books are repaired (see
+    /// `BookStale`), but other channels carry nothing to repair from: consumers of the account's
+    /// fills, orders and positions must be told, since the exchange will not replay them.
     MessagesLost { channel: Channel },
 }
 

@@ -24,7 +24,7 @@ use super::{Ctx, FAILOVERS_TOTAL, LEASE_RENEW_FAILURES_TOTAL};
 const HANDOFF_POLL: Duration = Duration::from_millis(50);
 
 pub async fn run(ctx: Arc<Ctx>) {
-    let shutdown = ctx.app.shutdown.clone();
+    let shutdown = ctx.shutdown.clone();
     let lease = ctx.config.lease();
     let mut failures: u32 = 0;
     let mut wait = Duration::ZERO;
@@ -79,7 +79,7 @@ async fn lead(ctx: &Arc<Ctx>, token: Token) {
     metrics::counter!(FAILOVERS_TOTAL).increment(1);
 
     let session_stop = CancellationToken::new();
-    let config = ctx.app.config.upstream.clone();
+    let config = ctx.upstream.clone();
     // A successor backfills what the private channels missed between the last leader's last
     // entry and its own first: at most two leases (the old one running out, this one's
     // acquisition) plus the overlap; fills this node already relayed are left out.
@@ -87,7 +87,7 @@ async fn lead(ctx: &Arc<Ctx>, token: Token) {
         let window = 2 * lease.as_secs().max(1) as i64;
         let from = upstream::Continuation {
             since: crate::app::now_ms() as i64 / 1000 - window,
-            delivered: ctx.app.history.lock().trade_ids(),
+            delivered: ctx.history.lock().trade_ids(),
         };
         upstream::spawn_continuing(config, session_stop.clone(), from)
     } else {
@@ -111,7 +111,7 @@ async fn lead(ctx: &Arc<Ctx>, token: Token) {
         upstream.clone(),
         writer_stop.clone(),
     ));
-    let shutdown = ctx.app.shutdown.clone();
+    let shutdown = ctx.shutdown.clone();
     let mut renew = tokio::time::interval(lease / 3);
     renew.reset();
     let ending = loop {

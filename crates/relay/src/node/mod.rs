@@ -26,9 +26,11 @@ use parking_lot::Mutex;
 use protocol::Channel;
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 use upstream::Event;
 
 use crate::app::App;
+use crate::resume::History;
 
 pub const ROLE: &str = "relay_cluster_role";
 pub const LEASE_EPOCH: &str = "relay_cluster_lease_epoch";
@@ -128,7 +130,12 @@ pub struct Ctx {
     pub config: ClusterConfig,
     pub store: Store,
     pub status: Arc<Status>,
-    pub app: Arc<App>,
+    /// The upstream settings a leader's session starts with.
+    pub upstream: upstream::UpstreamConfig,
+    /// The relay's private history: a successor leaves out the fills it already relayed.
+    pub history: Arc<Mutex<History>>,
+    /// The relay's shutdown: every node task ends on it (the lease after stepping down).
+    pub shutdown: CancellationToken,
     /// Woken by the reader when the leader announces its session's end: try for the lease now.
     pub handoff: Notify,
 }
@@ -149,7 +156,7 @@ pub fn prepare(
     mpsc::Sender<Event>,
     mpsc::Receiver<Event>,
 )> {
-    let stopped = tokio_util::sync::CancellationToken::new();
+    let stopped = CancellationToken::new();
     stopped.cancel();
     let (idle, _events) = upstream::spawn(upstream_config.clone(), stopped)
         .map_err(|e| anyhow::anyhow!("invalid upstream configuration: {e}"))?;
@@ -160,7 +167,7 @@ pub fn prepare(
 /// Starts the node's tasks.
 pub fn start(
     config: ClusterConfig,
-    app: Arc<App>,
+    app: &App,
     events: mpsc::Sender<Event>,
     registry: RegistryEvents,
     released: mpsc::UnboundedSender<String>,
@@ -174,7 +181,9 @@ pub fn start(
         config,
         store,
         status,
-        app: app.clone(),
+        upstream: app.config.upstream.clone(),
+        history: app.history.clone(),
+        shutdown: app.shutdown.clone(),
         handoff: Notify::new(),
     });
     let warm = wanted::warm_topics(&app.config.warm_markets, app.config.warm_private_channels);

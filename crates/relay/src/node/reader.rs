@@ -42,7 +42,7 @@ enum Next {
 }
 
 pub async fn run(ctx: Arc<Ctx>, events: mpsc::Sender<Event>) {
-    let shutdown = ctx.app.shutdown.clone();
+    let shutdown = ctx.shutdown.clone();
     let mut next = Next::Load(None);
     // Markets whose books this node has had from the stream: stale on an outage.
     let mut known: BTreeSet<String> = BTreeSet::new();

@@ -47,7 +47,7 @@ pub async fn run(
     warm: BTreeSet<String>,
     released: mpsc::UnboundedSender<String>,
 ) {
-    let shutdown = ctx.app.shutdown.clone();
+    let shutdown = ctx.shutdown.clone();
     let lease = ctx.config.lease();
     let ttl = lease * WANTED_TTL_LEASES;
     let mut topics = warm.clone();

@@ -61,7 +61,7 @@ pub async fn run(
         batch.push(Event::BookStale { markets: old });
     }
     // A successor without backfill cannot know what the private channels missed meanwhile.
-    if token.epoch > 1 && !ctx.app.config.upstream.backfill {
+    if token.epoch > 1 && !ctx.upstream.backfill {
         batch.extend(
             Channel::ALL
                 .into_iter()

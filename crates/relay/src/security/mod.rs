@@ -1,7 +1,7 @@
 //! Who may connect and how much they may do: client tokens, Origin checks, connection caps and
 //! rate limits. Everything here is decided before or right after the upgrade, through one
 //! [`Gate`]; where a handshake carries its token is the HTTP side's business
-//! ([`crate::http::presented_token`]).
+//! (`http::presented_token`).
 //!
 //! - Tokens are stored as SHA-256 hashes and compared in constant time; a token's value is never
 //!   kept or logged. A token carries a permission: `public` channels only, or `private` too.
