@@ -307,6 +307,14 @@ pub fn verdicts(report: &SuiteReport) -> Vec<Verdict> {
                     format!("{} KiB, {} us/s", f(rss), f(cpu)),
                 );
             }
+            "subscribed" => {
+                let rss = m("relay", "rss_per_conn_kib");
+                push(
+                    "<= 10 KiB RSS per subscribed client",
+                    rss.map(|r| r <= 10.0),
+                    format!("{} KiB", f(rss)),
+                );
+            }
             "slow-consumer" => {
                 let r = m("relay", "p99_with_over_alone");
                 push(

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use settings::{Moved, Renamed, Seconds, SecondsOrZero};
 
 /// The built-in scenarios, in suite order.
-pub const PRESETS: [(&str, &str); 9] = [
+pub const PRESETS: [(&str, &str); 10] = [
     ("fanout", include_str!("../scenarios/fanout.toml")),
     ("fanout-hot", include_str!("../scenarios/fanout-hot.toml")),
     (
@@ -20,6 +20,7 @@ pub const PRESETS: [(&str, &str); 9] = [
     ),
     ("ramp", include_str!("../scenarios/ramp.toml")),
     ("idle", include_str!("../scenarios/idle.toml")),
+    ("subscribed", include_str!("../scenarios/subscribed.toml")),
     (
         "slow-consumer",
         include_str!("../scenarios/slow-consumer.toml"),

@@ -215,7 +215,7 @@ async fn every_scenario_runs_at_tiny_size() {
     .collect();
     let report = loadgen_json(args, tmp("suite.json")).await;
     let scenarios = report["scenarios"].as_array().unwrap();
-    assert_eq!(scenarios.len(), 9);
+    assert_eq!(scenarios.len(), 10);
     for s in scenarios {
         let name = s["scenario"]["name"].as_str().unwrap();
         assert!(
