@@ -245,9 +245,15 @@ where
             .backfill_overlap_seconds
             .as_secs_f64()
             .ceil() as i64;
-        let fetched =
-            crate::resume::fetch(&app.history, app.upstream.rest(), overlap, &from, &channels)
-                .await;
+        // Boxed: a REST fetch is a large future, and every session's task would be sized for it.
+        let fetched = Box::pin(crate::resume::fetch(
+            &app.history,
+            app.upstream.rest(),
+            overlap,
+            &from,
+            &channels,
+        ))
+        .await;
         self.core.finish_resume(from, fetched);
     }
 
