@@ -1,7 +1,7 @@
 //! Per-connection memory: an idle client costs its socket buffers, its subscriber, and one task
-//! whose allocation is the size of the session future. Both the future's size and the whole heap
-//! an idle client holds are guarded here (in the test profile), so a change that keeps a large
-//! state or buffer per idle connection fails a test.
+//! whose allocation is the size of the session future. The future's size and the whole heap an
+//! idle client and a subscribed client hold are guarded here (in the test profile), so a change
+//! that keeps a large state or buffer per connection fails a test.
 
 mod common;
 
@@ -95,14 +95,43 @@ unsafe impl GlobalAlloc for Counting {
 }
 
 /// What an idle client subscribed to one book may cost the relay's heap, in bytes: it is about
-/// 5,700 here (test profile). It was 8,577 before the session task was split from the upgrade,
-/// the subscription table became a vector and the write buffers were released between batches;
-/// keeping the write buffer alone would make it about 6,130.
-const MAX_HEAP_PER_IDLE_CLIENT: isize = 6_000;
+/// 4,300 here (test profile). It was 8,577 before the session task was split from the upgrade,
+/// the subscription table became a vector and the write buffers were released between batches,
+/// and 10,619 while the session's task was sized for the resume's REST fetch.
+const MAX_HEAP_PER_IDLE_CLIENT: isize = 5_000;
+
+/// The heap grown since `before`, per client. Each client has its snapshots; its session
+/// finishes the flush and releases its buffers right after. Polls until the figure has settled
+/// (the same in two readings 50 ms apart), or gives the last one.
+async fn settled_heap_per_client(before: isize, clients: usize) -> isize {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut last = isize::MAX;
+    loop {
+        let per_client = (LIVE_BYTES.load(Ordering::Relaxed) - before) / clients as isize;
+        if per_client == last || tokio::time::Instant::now() > deadline {
+            return per_client;
+        }
+        last = per_client;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
 
 /// A client that holds no heap of its own once connected: a blocking socket that upgrades,
 /// subscribes to one book and reads until its snapshot has arrived, then only sits there.
 fn idle_client(addr: std::net::SocketAddr, market: &str) -> std::net::TcpStream {
+    let command = format!(
+        r#"{{"id":1,"cmd":"subscribe","params":{{"channels":["orderbook_delta"],"market_tickers":["{market}"]}}}}"#
+    );
+    quiet_client(addr, &[command], 1)
+}
+
+/// A blocking socket that upgrades, sends `commands` and reads until `snapshots` order book
+/// snapshots have arrived, then reads no more.
+fn quiet_client(
+    addr: std::net::SocketAddr,
+    commands: &[String],
+    snapshots: usize,
+) -> std::net::TcpStream {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(DEADLINE)).unwrap();
@@ -124,32 +153,36 @@ fn idle_client(addr: std::net::SocketAddr, market: &str) -> std::net::TcpStream 
         "{}",
         String::from_utf8_lossy(&got)
     );
-    // One masked text frame, as a client must send.
-    let command = format!(
-        r#"{{"id":1,"cmd":"subscribe","params":{{"channels":["orderbook_delta"],"market_tickers":["{market}"]}}}}"#
-    );
-    let mask = [7u8, 1, 9, 3];
-    let mut frame = vec![0x81u8];
-    if command.len() < 126 {
-        frame.push(0x80 | command.len() as u8);
-    } else {
-        frame.push(0x80 | 126);
-        frame.extend_from_slice(&(command.len() as u16).to_be_bytes());
+    for command in commands {
+        // One masked text frame, as a client must send.
+        let mask = [7u8, 1, 9, 3];
+        let mut frame = vec![0x81u8];
+        if command.len() < 126 {
+            frame.push(0x80 | command.len() as u8);
+        } else {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&(command.len() as u16).to_be_bytes());
+        }
+        frame.extend_from_slice(&mask);
+        frame.extend(command.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        s.write_all(&frame).unwrap();
     }
-    frame.extend_from_slice(&mask);
-    frame.extend(command.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    s.write_all(&frame).unwrap();
     got.clear();
-    while !got.windows(18).any(|w| w == b"orderbook_snapshot") {
+    let count = |got: &[u8]| {
+        got.windows(18)
+            .filter(|w| w == b"orderbook_snapshot")
+            .count()
+    };
+    while count(&got) < snapshots {
         let n = s.read(&mut chunk).unwrap();
-        assert!(n > 0, "the relay closed before the snapshot");
+        assert!(n > 0, "the relay closed before the snapshots");
         got.extend_from_slice(&chunk[..n]);
     }
     s
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_idle_client_costs_the_relay_under_6000_bytes_of_heap() {
+async fn an_idle_client_costs_the_relay_under_5000_bytes_of_heap() {
     let _serial = SERIAL.lock().await;
     const CLIENTS: usize = 200;
     let sim = sim(exchange_sim::SimConfig {
@@ -176,23 +209,73 @@ async fn an_idle_client_costs_the_relay_under_6000_bytes_of_heap() {
     })
     .await
     .unwrap();
-    // Each client has its snapshot; its session finishes the flush and releases its buffers
-    // right after. Poll until the figure has settled (the same in two readings 50 ms apart),
-    // or report the last one.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    let mut last = isize::MAX;
-    let per_client = loop {
-        let per_client = (LIVE_BYTES.load(Ordering::Relaxed) - before) / CLIENTS as isize;
-        if per_client == last || tokio::time::Instant::now() > deadline {
-            break per_client;
-        }
-        last = per_client;
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let per_client = settled_heap_per_client(before, CLIENTS).await;
     println!("heap per idle client: {per_client} bytes");
     assert!(
         per_client <= MAX_HEAP_PER_IDLE_CLIENT,
         "an idle client holds {per_client} bytes of the relay's heap, over {MAX_HEAP_PER_IDLE_CLIENT}"
+    );
+    drop(clients);
+    drop(warm);
+    relay.shutdown().await;
+    sim.shutdown().await;
+}
+
+/// This process's resident set, in bytes (`/proc/self/statm`, pages of 4 KiB).
+fn rss_bytes() -> isize {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+    let pages: isize = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+    pages * 4096
+}
+
+/// What a client on 20 markets x 3 channels may cost the relay's heap once its 20 snapshots are
+/// sent, in bytes: about 7,800 here (test profile). It was about 16,800 when each session's task
+/// was sized for the resume's REST fetch (8 KiB), the fanout kept a 4 KiB map per client (an
+/// array of all seven channels per market), and each sid kept its own hash set of owned names
+/// (5 KiB for three sids on the same 20 markets). The snapshot burst's write buffer is released
+/// after its write: keeping it would add about 10 KiB.
+const MAX_HEAP_PER_SUBSCRIBED_CLIENT: isize = 8_500;
+
+/// 300 clients, each on the 20 books, tickers and trades of 20 markets (every snapshot received),
+/// then silent on a 1 msg/s feed: what each holds of the relay's heap (RSS printed beside it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscribed_client_costs_the_relay_under_8500_bytes_of_heap() {
+    let _serial = SERIAL.lock().await;
+    const CLIENTS: usize = 300;
+    const MARKETS: usize = 20;
+    let sim = sim(exchange_sim::SimConfig {
+        markets: MARKETS,
+        rate: 1.0,
+        ..exchange_sim::SimConfig::default()
+    })
+    .await;
+    let relay = relay(&sim, |_| {}).await;
+    let addr = relay.addr;
+    let tickers = sim.markets().join("\",\"");
+    // As a trading screen does: each market named, on every channel.
+    let commands = [format!(
+        r#"{{"id":1,"cmd":"subscribe","params":{{"channels":["orderbook_delta","ticker","trade"],"market_tickers":["{tickers}"]}}}}"#
+    )];
+    let warm = {
+        let commands = commands.clone();
+        tokio::task::spawn_blocking(move || quiet_client(addr, &commands, MARKETS))
+            .await
+            .unwrap()
+    };
+    let (heap_before, rss_before) = (LIVE_BYTES.load(Ordering::Relaxed), rss_bytes());
+    let clients = tokio::task::spawn_blocking(move || {
+        (0..CLIENTS)
+            .map(|_| quiet_client(addr, &commands, MARKETS))
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    let per_client = settled_heap_per_client(heap_before, CLIENTS).await;
+    let rss_per_client = (rss_bytes() - rss_before) / CLIENTS as isize;
+    println!("subscribed client: heap {per_client} bytes, RSS {rss_per_client} bytes");
+    assert!(
+        per_client <= MAX_HEAP_PER_SUBSCRIBED_CLIENT,
+        "a subscribed client holds {per_client} bytes of the relay's heap, over {MAX_HEAP_PER_SUBSCRIBED_CLIENT}"
     );
     drop(clients);
     drop(warm);

@@ -41,6 +41,19 @@ pub enum DuplicatePolicy {
     Merge,
 }
 
+/// How the engine spaces the messages it generates at the configured rate.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Pacing {
+    /// Wake every 5 ms and send everything due since the last wake in one batch (one socket
+    /// write per connection): at 500 msg/s, bursts of about 2.5 messages 5 ms apart, and a
+    /// trade's delta, trade and ticker always together.
+    #[default]
+    Tick,
+    /// Send one message at a time, evenly spaced at `1 / rate`, each in a write of its own: the
+    /// shape of a real exchange feed at moderate rates.
+    Even,
+}
+
 /// Configuration of one simulator. `Default` gives a small, quiet, unauthenticated exchange.
 #[derive(Clone, Debug)]
 pub struct SimConfig {
@@ -50,6 +63,8 @@ pub struct SimConfig {
     pub rate: f64,
     /// Seed for tickers, initial books and the event stream. Default 1.
     pub seed: u64,
+    /// How the messages are spaced. Default [`Pacing::Tick`].
+    pub pacing: Pacing,
     /// Handshake authentication. Default [`SimAuth::None`].
     pub auth: SimAuth,
     /// With [`SimAuth::Verifier`]: how far a signed timestamp may be from now, either way, in
@@ -78,6 +93,7 @@ impl Default for SimConfig {
             markets: DEFAULT_MARKETS,
             rate: DEFAULT_RATE,
             seed: DEFAULT_SEED,
+            pacing: Pacing::Tick,
             auth: SimAuth::None,
             auth_window_ms: DEFAULT_AUTH_WINDOW_MS,
             allow_anonymous: false,

@@ -6,7 +6,7 @@
 //! the same lock knows exactly which events the snapshot already contains (those numbered up to
 //! [`EngineState::num`]) and skips them: snapshot + later deltas rebuild the book exactly.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,6 +17,7 @@ use rand::{Rng, SeedableRng};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::Pacing;
 use crate::encode::{self, AccountFill, Stamp};
 use crate::ledger::{Ledger, Record};
 use crate::market::{self, LevelChange, Market};
@@ -33,6 +34,9 @@ const BROADCAST_CAPACITY: usize = 1024;
 /// After a stall (a paused process, a slow host) at most this much time's worth of events is
 /// made up, so the stream never floods to catch up.
 const MAX_CATCH_UP: Duration = Duration::from_millis(100);
+/// Longest the even pacer sleeps before looking again at the shutdown token, the pause flag and
+/// the rate, so that none of them waits for a long gap at a low rate.
+const EVEN_POLL: Duration = Duration::from_millis(10);
 
 /// What an event is; decides its channel and wire type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -149,6 +153,10 @@ pub(crate) struct EngineState {
     pub rate: f64,
     /// Messages due but not yet generated (negative after a multi-message step overshoots).
     credit: f64,
+    /// [`Pacing::Even`]: events generated (numbered, applied to the books) but not yet broadcast,
+    /// because a step makes several and they leave one at a time. Broadcast before anything newer
+    /// (see [`EngineState::flush_queue`]), so the broadcast order stays the numbering order.
+    queue: VecDeque<Event>,
     rng: SmallRng,
     holdings: Vec<Holding>,
     /// The simulated account's `user_id`.
@@ -203,6 +211,7 @@ impl Engine {
             paused: false,
             rate,
             credit: 0.0,
+            queue: VecDeque::new(),
             rng,
             tx: tx.clone(),
         };
@@ -235,8 +244,23 @@ impl Engine {
         }
     }
 
-    /// Runs the clock until `shutdown`: every tick, generates the events due at the rate.
-    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+    /// Runs the clock until `shutdown`, pacing the events as `pacing` says.
+    pub async fn run(self: Arc<Self>, pacing: Pacing, shutdown: CancellationToken) {
+        match pacing {
+            Pacing::Tick => self.run_ticks(shutdown).await,
+            // A thread of its own: tokio's timer has a 1 ms resolution, too coarse for the gaps
+            // of a few hundred microseconds of a few thousand messages per second.
+            Pacing::Even => {
+                let ran = tokio::task::spawn_blocking(move || self.run_even(&shutdown)).await;
+                if let Err(e) = ran {
+                    tracing::error!(error = %e, "the even pacer ended abnormally");
+                }
+            }
+        }
+    }
+
+    /// Every [`TICK`], generates the events due at the rate and broadcasts them as one batch.
+    async fn run_ticks(&self, shutdown: CancellationToken) {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last = Instant::now();
@@ -261,12 +285,70 @@ impl Engine {
             }
         }
     }
+
+    /// Broadcasts one event at a time, each as a batch of its own, `1 / rate` apart, until
+    /// `shutdown`. Blocks its thread. A late wake-up keeps the schedule (the next gap is shorter),
+    /// unless it is more than [`MAX_CATCH_UP`] late: then the schedule restarts from now rather
+    /// than flooding to catch up.
+    fn run_even(&self, shutdown: &CancellationToken) {
+        let mut next = Instant::now();
+        while !shutdown.is_cancelled() {
+            let rate = {
+                let state = self.state.lock();
+                if state.paused {
+                    0.0
+                } else {
+                    state.rate
+                }
+            };
+            let now = Instant::now();
+            if rate <= 0.0 {
+                next = now + EVEN_POLL;
+                std::thread::sleep(EVEN_POLL);
+                continue;
+            }
+            if next > now {
+                std::thread::sleep((next - now).min(EVEN_POLL));
+                continue;
+            }
+            if now - next > MAX_CATCH_UP {
+                next = now;
+            }
+            self.state.lock().emit_one();
+            next += Duration::from_secs_f64(1.0 / rate);
+        }
+    }
 }
 
 impl EngineState {
+    /// Broadcasts the oldest queued event alone, generating a step first if none is queued.
+    fn emit_one(&mut self) {
+        if self.queue.is_empty() {
+            let mut made = Vec::new();
+            let at = Stamp::now();
+            while made.is_empty() {
+                self.step(&at, &mut made);
+            }
+            self.queue.extend(made);
+        }
+        if let Some(event) = self.queue.pop_front() {
+            // No receivers is fine: nobody is connected.
+            let _ = self.tx.send(Arc::new(vec![event]));
+        }
+    }
+
+    /// Broadcasts every queued event at once: before a newer one is generated outside the pacer
+    /// (a burst), and when activity pauses (after a pause, nothing generated is still unsent).
+    pub fn flush_queue(&mut self) {
+        if !self.queue.is_empty() {
+            let _ = self.tx.send(Arc::new(self.queue.drain(..).collect()));
+        }
+    }
+
     /// Generates at least `due` messages (a step may emit several) as one or more batches, each
     /// broadcast before returning. Returns how many were generated.
     fn generate(&mut self, due: usize) -> usize {
+        self.flush_queue();
         let mut batch = Vec::with_capacity(due + 6);
         let at = Stamp::now();
         while batch.len() < due {
@@ -468,5 +550,72 @@ mod tests {
         for (rebuilt, truth) in books.iter().zip(&state.markets) {
             assert_eq!(rebuilt.snapshot(), truth.snapshot());
         }
+    }
+
+    #[test]
+    fn even_pacing_sends_one_message_at_a_time_evenly_spaced() {
+        const RATE: f64 = 400.0; // 2.5 ms apart; the 5 ms tick would send two at a time
+        const N: usize = 200;
+        let engine = Arc::new(Engine::new(4, 3, RATE));
+        let mut rx = engine.subscribe();
+        let shutdown = CancellationToken::new();
+        let pacer = {
+            let (engine, shutdown) = (engine.clone(), shutdown.clone());
+            std::thread::spawn(move || engine.run_even(&shutdown))
+        };
+        let mut at = Vec::with_capacity(N);
+        let mut next = 1;
+        while at.len() < N {
+            let batch = rx.blocking_recv().expect("the pacer is running");
+            at.push(Instant::now());
+            assert_eq!(batch.len(), 1, "one message per batch");
+            assert_eq!(batch[0].num, next, "in numbering order");
+            next += 1;
+        }
+        shutdown.cancel();
+        pacer.join().unwrap();
+
+        let gap = Duration::from_secs_f64(1.0 / RATE);
+        let span = at[N - 1] - at[0];
+        let expected = gap * (N as u32 - 1);
+        assert!(
+            span > expected.mul_f64(0.8) && span < expected.mul_f64(1.25),
+            "{N} messages took {span:?}, expected about {expected:?}"
+        );
+        // A loaded machine delays some wake-ups (the next gap is then shorter); a burst
+        // would make most gaps nearly zero.
+        let short = at.windows(2).filter(|w| w[1] - w[0] < gap / 2).count();
+        assert!(
+            short < N / 10,
+            "{short} of {} gaps shorter than {:?}",
+            N - 1,
+            gap / 2
+        );
+    }
+
+    #[test]
+    fn queued_messages_leave_before_a_burst() {
+        let engine = Engine::new(4, 9, 0.0);
+        let mut rx = engine.subscribe();
+        let mut state = engine.state.lock();
+        // Until a step leaves messages queued (a trade makes three).
+        while state.queue.is_empty() {
+            state.emit_one();
+        }
+        let generated = state.num;
+        state.flush_queue();
+        assert!(state.queue.is_empty());
+        state.emit_one();
+        drop(state);
+        engine.burst(50);
+        let mut next = 1;
+        while let Ok(batch) = rx.try_recv() {
+            for ev in batch.iter() {
+                assert_eq!(ev.num, next);
+                next += 1;
+            }
+        }
+        assert!(next > generated + 50);
+        assert_eq!(engine.state.lock().num, next - 1, "nothing left unsent");
     }
 }

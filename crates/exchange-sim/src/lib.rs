@@ -48,7 +48,7 @@ mod session;
 mod sim;
 mod stats;
 
-pub use config::{DuplicatePolicy, SimAuth, SimConfig};
+pub use config::{DuplicatePolicy, Pacing, SimAuth, SimConfig};
 pub use fault::{Fault, FAULT_KINDS};
 pub use sim::{start, Sim};
 pub use stats::{ConnectionStats, SidStats, Stats};

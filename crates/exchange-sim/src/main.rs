@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, ValueEnum};
-use exchange_sim::{DuplicatePolicy, SimAuth, SimConfig};
+use exchange_sim::{DuplicatePolicy, Pacing, SimAuth, SimConfig};
 use protocol::Verifier;
 use settings::Seconds;
 use tokio::net::TcpListener;
@@ -40,6 +40,10 @@ struct Args {
     /// Seed for tickers, initial books and the event stream.
     #[arg(long, value_name = "N", default_value_t = exchange_sim::config::DEFAULT_SEED)]
     seed: u64,
+    /// How messages are spaced: `tick` sends what is due every 5 ms in one write, `even` one
+    /// message at a time, 1/rate apart.
+    #[arg(long, value_enum, value_name = "MODE", default_value = "tick")]
+    pacing: PacingArg,
     /// PEM public key (SPKI or PKCS#1) a signed handshake may verify against; repeatable.
     /// One of --public-key or --no-auth is required.
     #[arg(long = "public-key", value_name = "PEM_FILE")]
@@ -70,6 +74,14 @@ struct Args {
     /// Most markets one subscription may hold (more gives error 26). Default: no limit.
     #[arg(long, value_name = "N")]
     max_markets_per_subscription: Option<usize>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum PacingArg {
+    /// Every 5 ms, everything due in one batch.
+    Tick,
+    /// One message at a time, evenly spaced.
+    Even,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -115,6 +127,10 @@ fn config(args: &Args) -> Result<SimConfig, String> {
         markets: args.markets,
         rate: args.rate,
         seed: args.seed,
+        pacing: match args.pacing {
+            PacingArg::Tick => Pacing::Tick,
+            PacingArg::Even => Pacing::Even,
+        },
         auth,
         auth_window_ms: args.auth_window_ms,
         allow_anonymous: args.allow_anonymous,

@@ -120,7 +120,12 @@ impl Shared {
     }
 
     pub fn set_paused(&self, paused: bool) {
-        self.engine.state.lock().paused = paused;
+        let mut state = self.engine.state.lock();
+        state.paused = paused;
+        if paused {
+            state.flush_queue();
+        }
+        drop(state);
         tracing::info!(paused, "market activity");
     }
 
@@ -260,7 +265,7 @@ pub async fn start(mut config: SimConfig, ws: TcpListener, admin: TcpListener) -
     });
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
-    tasks.spawn(engine.run(shutdown.clone()));
+    tasks.spawn(engine.run(shared.config.pacing, shutdown.clone()));
     tasks.spawn(conn::accept_loop(
         ws,
         shared.clone(),

@@ -16,6 +16,7 @@ fn help_documents_every_flag_with_its_default() {
         "--markets",
         "--rate",
         "--seed",
+        "--pacing",
         "--public-key",
         "--no-auth",
         "--auth-window-ms",
@@ -33,6 +34,7 @@ fn help_documents_every_flag_with_its_default() {
         "127.0.0.1:9002",
         "[default: 10]",
         "[default: merge]",
+        "[default: tick]",
     ] {
         assert!(
             help.contains(default),
@@ -93,6 +95,11 @@ fn a_missing_key_file_or_bad_flag_is_one_line_and_a_non_zero_exit() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "clap rejects a bad flag value");
+    let out = Command::new(BIN)
+        .args(["--no-auth", "--pacing", "sometimes"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "clap rejects an unknown pacing");
     let out = Command::new(BIN).output().unwrap();
     assert!(
         !out.status.success(),

@@ -2,9 +2,11 @@
 //!
 //! One upstream WebSocket to the simulator, subscribed with a client's command; every text frame
 //! it receives is broadcast, as the same shared [`Utf8Bytes`] (encoded once by the simulator, never
-//! copied), to every connected client, each written on its own with one `send` (one write per
-//! frame per client). No protocol logic: no per-client sids or seqs, no snapshots for late
-//! joiners, no commands answered. It is the floor the relay is compared against.
+//! copied), to every connected client. No protocol logic: no per-client sids or seqs, no snapshots
+//! for late joiners, no commands answered. It is the floor the relay is compared against, in two
+//! [`Mode`]s: each client feeds every frame queued for it and flushes once its queue is empty
+//! ([`Mode::Batch`], what a careful tokio-tungstenite broadcaster does), or writes each frame with
+//! a `send` of its own ([`Mode::Naive`], one write per frame per client).
 
 use std::time::Duration;
 
@@ -14,6 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::broadcast;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -23,11 +26,21 @@ const BROADCAST_CAPACITY: usize = 4096;
 /// Pause between upstream reconnect attempts.
 const UPSTREAM_RETRY: Duration = Duration::from_millis(100);
 
+/// How a client's frames reach its socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Feed every queued frame into the write buffer, flush when the queue is empty.
+    Batch,
+    /// One `send` (one write) per frame.
+    Naive,
+}
+
 /// Serves clients on `listener` until `shutdown` is cancelled.
 pub async fn serve(
     listener: TcpListener,
     upstream_url: String,
     subscribe: Option<String>,
+    mode: Mode,
     shutdown: CancellationToken,
 ) -> Result<()> {
     // Owned by the upstream task (sender) and by each client task (a receiver each); closed when
@@ -45,7 +58,7 @@ pub async fn serve(
             _ = shutdown.cancelled() => break,
             accepted = accept::next(&listener) => accepted,
         };
-        tasks.spawn(client(stream, tx.subscribe(), shutdown.clone()));
+        tasks.spawn(client(stream, tx.subscribe(), mode, shutdown.clone()));
     }
     tasks.close();
     let _ = tokio::time::timeout(Duration::from_secs(2), tasks.wait()).await;
@@ -92,13 +105,19 @@ async fn upstream(
 async fn client(
     stream: TcpStream,
     mut rx: broadcast::Receiver<Utf8Bytes>,
+    mode: Mode,
     shutdown: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
-    // Small buffers: clients send one command, and each frame is written and flushed alone.
+    // Clients send one command. Naive: no write buffer, each frame is written at once. Batch:
+    // frames wait in the buffer for the flush (written early only past 64 KiB).
+    let write_buffer = match mode {
+        Mode::Batch => 64 * 1024,
+        Mode::Naive => 0,
+    };
     let config = WebSocketConfig::default()
         .read_buffer_size(4096)
-        .write_buffer_size(0);
+        .write_buffer_size(write_buffer);
     let Ok(mut ws) = tokio_tungstenite::accept_async_with_config(stream, Some(config)).await else {
         return;
     };
@@ -110,7 +129,11 @@ async fn client(
             }
             frame = rx.recv() => match frame {
                 Ok(text) => {
-                    if ws.send(Message::Text(text)).await.is_err() {
+                    let written = match mode {
+                        Mode::Naive => ws.send(Message::Text(text)).await,
+                        Mode::Batch => feed_queued(&mut ws, text, &mut rx).await,
+                    };
+                    if written.is_err() {
                         return;
                     }
                 }
@@ -126,6 +149,24 @@ async fn client(
             },
         }
     }
+}
+
+/// Feeds `first` and every frame already queued behind it, then flushes: one write per wake-up.
+async fn feed_queued(
+    ws: &mut WebSocketStream<TcpStream>,
+    first: Utf8Bytes,
+    rx: &mut broadcast::Receiver<Utf8Bytes>,
+) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+    use broadcast::error::TryRecvError;
+    ws.feed(Message::Text(first)).await?;
+    loop {
+        match rx.try_recv() {
+            Ok(text) => ws.feed(Message::Text(text)).await?,
+            Err(TryRecvError::Lagged(n)) => tracing::debug!(skipped = n, "baseline client lagged"),
+            Err(TryRecvError::Empty | TryRecvError::Closed) => break,
+        }
+    }
+    ws.flush().await
 }
 
 /// Binds a listener with a deep accept queue, so a connection storm is not cut at 128.

@@ -8,7 +8,7 @@
 //!   server's CPU and memory from `/proc`.
 //! - [`client`]: one client task; [`stats`]: sharded per-frame counters and histograms.
 //! - [`baseline`]: the cheapest broadcaster: one upstream, every frame written as-is to every
-//!   client.
+//!   client, batched per wake-up (`baseline`) or one write per frame (`baseline-naive`).
 //! - [`scenario`]: the suite's workloads (`scenarios/*.toml`); [`suite`] and [`drive`] run them
 //!   against the relay and the baseline as child processes; [`report`] renders tables and
 //!   markdown.

@@ -153,8 +153,18 @@ struct BaselineArgs {
     /// The simulator's WebSocket URL.
     #[arg(long)]
     upstream: String,
+    /// `batch`: each client feeds every queued frame and flushes when its queue is empty;
+    /// `naive`: one write per frame per client.
+    #[arg(long, value_enum, default_value = "batch")]
+    mode: BaselineMode,
     #[command(flatten)]
     subscribe: SubscribeArgs,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum BaselineMode {
+    Batch,
+    Naive,
 }
 
 #[derive(Args)]
@@ -162,11 +172,11 @@ struct SuiteArgs {
     /// Presets or TOML files, comma-separated [default: all presets].
     #[arg(long, value_delimiter = ',')]
     scenarios: Vec<String>,
-    /// relay, relay-coalesce, baseline, direct.
+    /// relay, relay-coalesce, baseline (batching), baseline-naive (a write per frame), direct.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "relay,relay-coalesce,baseline"
+        default_value = "relay,relay-coalesce,baseline,baseline-naive"
     )]
     targets: Vec<String>,
     #[arg(long, default_value_t = 1)]
@@ -309,7 +319,11 @@ async fn serve_baseline(a: BaselineArgs) -> Result<()> {
         let _ = tokio::signal::ctrl_c().await;
         on_signal.cancel();
     });
-    baseline::serve(listener, a.upstream, subscribe, shutdown).await
+    let mode = match a.mode {
+        BaselineMode::Batch => baseline::Mode::Batch,
+        BaselineMode::Naive => baseline::Mode::Naive,
+    };
+    baseline::serve(listener, a.upstream, subscribe, mode, shutdown).await
 }
 
 fn pairs(v: &[String], flag: &str) -> Result<Vec<(String, String)>> {
@@ -339,10 +353,6 @@ async fn suite(a: SuiteArgs) -> Result<()> {
     let mut targets = Vec::new();
     for t in &a.targets {
         let target = Target::parse(t).with_context(|| format!("unknown target {t:?}"))?;
-        if target == Target::RelayCoalesce && coalesce_env.is_empty() {
-            eprintln!("note: relay-coalesce skipped (no --coalesce-env given)");
-            continue;
-        }
         targets.push(target);
     }
     let external_sim = match &a.external_sim {

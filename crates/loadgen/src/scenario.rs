@@ -7,11 +7,20 @@ use serde::{Deserialize, Serialize};
 use settings::{Moved, Renamed, Seconds, SecondsOrZero};
 
 /// The built-in scenarios, in suite order.
-pub const PRESETS: [(&str, &str); 7] = [
+pub const PRESETS: [(&str, &str); 10] = [
     ("fanout", include_str!("../scenarios/fanout.toml")),
     ("fanout-hot", include_str!("../scenarios/fanout-hot.toml")),
+    (
+        "fanout-single",
+        include_str!("../scenarios/fanout-single.toml"),
+    ),
+    (
+        "fanout-single-hot",
+        include_str!("../scenarios/fanout-single-hot.toml"),
+    ),
     ("ramp", include_str!("../scenarios/ramp.toml")),
     ("idle", include_str!("../scenarios/idle.toml")),
+    ("subscribed", include_str!("../scenarios/subscribed.toml")),
     (
         "slow-consumer",
         include_str!("../scenarios/slow-consumer.toml"),
@@ -41,6 +50,26 @@ pub enum Kind {
     UpstreamDrop,
 }
 
+/// How the simulator spaces its messages (its `--pacing`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Pacing {
+    /// Everything due every 5 ms, in one write: bursts.
+    #[default]
+    Tick,
+    /// One message per write, evenly spaced.
+    Even,
+}
+
+impl Pacing {
+    pub fn name(self) -> &'static str {
+        match self {
+            Pacing::Tick => "tick",
+            Pacing::Even => "even",
+        }
+    }
+}
+
 /// One scenario, as in `scenarios/*.toml`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -52,6 +81,9 @@ pub struct Scenario {
     pub sim_markets: usize,
     /// The simulator's total rate, messages per second (the first rate for a ramp).
     pub sim_rate: f64,
+    /// How the simulator spaces them. Default `tick`.
+    #[serde(default)]
+    pub pacing: Pacing,
     pub clients: usize,
     /// Connections opened per second; 0 opens all at once.
     #[serde(default)]
@@ -86,6 +118,9 @@ pub struct Scenario {
     /// Also run the relay with its write-coalescing window, if the suite knows how.
     #[serde(default)]
     pub coalesce_variant: bool,
+    /// With `coalesce_variant`: the window, in seconds, instead of the suite's `--coalesce-env`.
+    #[serde(default)]
+    pub coalesce_window_seconds: Option<Seconds>,
     #[serde(default = "default_read_buffer")]
     pub read_buffer_bytes: usize,
 }

@@ -13,7 +13,7 @@ use crate::admin;
 use crate::children::{self, ChildProc};
 use crate::load::Measurement;
 use crate::procstat::{self, Machine};
-use crate::scenario::Scenario;
+use crate::scenario::{Pacing, Scenario};
 
 /// A server the scenarios run against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -23,8 +23,10 @@ pub enum Target {
     Relay,
     /// The `relay` binary with its write-coalescing window enabled (`--relay-coalesce-env`).
     RelayCoalesce,
-    /// `loadgen baseline`.
+    /// `loadgen baseline`: feeds every queued frame, flushes when the queue is empty.
     Baseline,
+    /// `loadgen baseline --mode naive`: one write per frame per client.
+    BaselineNaive,
     /// The simulator itself, no server in between.
     Direct,
 }
@@ -35,6 +37,7 @@ impl Target {
             "relay" => Target::Relay,
             "relay-coalesce" => Target::RelayCoalesce,
             "baseline" => Target::Baseline,
+            "baseline-naive" => Target::BaselineNaive,
             "direct" => Target::Direct,
             _ => return None,
         })
@@ -45,6 +48,7 @@ impl Target {
             Target::Relay => "relay",
             Target::RelayCoalesce => "relay-coalesce",
             Target::Baseline => "baseline",
+            Target::BaselineNaive => "baseline-naive",
             Target::Direct => "direct",
         }
     }
@@ -62,7 +66,8 @@ pub struct SuiteConfig {
     pub log_dir: PathBuf,
     pub relay_args: Vec<String>,
     pub relay_env: Vec<(String, String)>,
-    /// Extra environment that turns on the relay's coalescing window (`relay-coalesce` target).
+    /// Extra environment that turns on the relay's coalescing window (`relay-coalesce` target),
+    /// for scenarios without a `coalesce_window_seconds` of their own.
     pub coalesce_env: Vec<(String, String)>,
     pub source_addrs: Vec<Ipv4Addr>,
     /// Use this simulator (`ws_url`, `admin_url`) instead of starting one per run.
@@ -115,7 +120,7 @@ pub async fn run(config: &SuiteConfig) -> Result<SuiteReport> {
             .targets
             .iter()
             .copied()
-            .filter(|t| *t != Target::RelayCoalesce || scenario.coalesce_variant)
+            .filter(|t| *t != Target::RelayCoalesce || !coalesce_env(config, scenario).is_empty())
             .collect();
         for round in 0..config.repeat {
             for target in &targets {
@@ -157,6 +162,20 @@ fn brief(metrics: &BTreeMap<String, f64>) -> String {
         .join(" ")
 }
 
+/// What turns on the relay's window for `scenario` (`relay-coalesce`); empty: no such run.
+fn coalesce_env(config: &SuiteConfig, scenario: &Scenario) -> Vec<(String, String)> {
+    if !scenario.coalesce_variant {
+        return Vec::new();
+    }
+    match scenario.coalesce_window_seconds {
+        Some(w) => vec![(
+            "RELAY__DOWNSTREAM__COALESCE_WINDOW_SECONDS".to_owned(),
+            w.as_secs_f64().to_string(),
+        )],
+        None => config.coalesce_env.clone(),
+    }
+}
+
 /// The processes of one run; both children are killed on drop, and by [`Rig::stop`].
 struct Rig {
     sim: Option<ChildProc>,
@@ -187,6 +206,9 @@ async fn start_sim(
     log: PathBuf,
 ) -> Result<(Option<ChildProc>, String, String)> {
     if let Some((ws, admin)) = &config.external_sim {
+        if scenario.pacing != Pacing::Tick {
+            tracing::warn!(scenario = %scenario.name, "an external simulator keeps its own pacing");
+        }
         let body = format!(r#"{{"msgs_per_sec":{}}}"#, scenario.sim_rate);
         admin::sim_fault(admin, "rate", Some(&body)).await?;
         return Ok((None, ws.clone(), admin.clone()));
@@ -204,6 +226,8 @@ async fn start_sim(
         &scenario.sim_rate.to_string(),
         "--seed",
         "1",
+        "--pacing",
+        scenario.pacing.name(),
         "--no-auth",
         "--stamp",
     ]);
@@ -219,6 +243,7 @@ async fn start_sim(
 /// The server under test, connected to the simulator at `ws_url`.
 async fn start_server(
     config: &SuiteConfig,
+    scenario: &Scenario,
     target: Target,
     ws_url: &str,
     subscribe: &str,
@@ -241,15 +266,20 @@ async fn start_server(
             )];
             env.extend(config.relay_env.iter().cloned());
             if target == Target::RelayCoalesce {
-                env.extend(config.coalesce_env.iter().cloned());
+                env.extend(coalesce_env(config, scenario));
             }
             let mut child =
                 ChildProc::spawn(target.name(), &bin, &args, &env, &config.log_dir, &log)?;
             child.wait_ready(listen, Some("/healthz")).await?;
             Ok((Some(child), url))
         }
-        Target::Baseline => {
+        Target::Baseline | Target::BaselineNaive => {
             let bin = std::env::current_exe()?;
+            let mode = if target == Target::Baseline {
+                "batch"
+            } else {
+                "naive"
+            };
             let args = strings(&[
                 "baseline",
                 "--listen",
@@ -258,8 +288,11 @@ async fn start_server(
                 ws_url,
                 "--subscribe-json",
                 subscribe,
+                "--mode",
+                mode,
             ]);
-            let mut child = ChildProc::spawn("baseline", &bin, &args, &[], &config.log_dir, &log)?;
+            let mut child =
+                ChildProc::spawn(target.name(), &bin, &args, &[], &config.log_dir, &log)?;
             child.wait_ready(listen, None).await?;
             Ok((Some(child), url))
         }
@@ -283,8 +316,15 @@ async fn run_one(
     let markets = admin::discover_markets(&ws_url, Duration::from_secs(5)).await?;
     let chosen: Vec<String> = markets.into_iter().take(scenario.markets).collect();
     let subscribe = admin::subscribe_command(&scenario.channels, &chosen);
-    let (server, url) =
-        start_server(config, target, &ws_url, &subscribe, log(target.name())).await?;
+    let (server, url) = start_server(
+        config,
+        scenario,
+        target,
+        &ws_url,
+        &subscribe,
+        log(target.name()),
+    )
+    .await?;
     let mut watch = Vec::new();
     if let Some(s) = &server {
         watch.push((s.name.clone(), s.pid));

@@ -11,9 +11,14 @@ use tokio::net::TcpListener;
 const LOADGEN: &str = env!("CARGO_BIN_EXE_loadgen");
 
 async fn start_sim() -> exchange_sim::Sim {
+    start_paced_sim(exchange_sim::Pacing::Tick, 200.0).await
+}
+
+async fn start_paced_sim(pacing: exchange_sim::Pacing, rate: f64) -> exchange_sim::Sim {
     let config = exchange_sim::SimConfig {
         markets: 4,
-        rate: 200.0,
+        rate,
+        pacing,
         stamp: true,
         ..exchange_sim::SimConfig::default()
     };
@@ -210,7 +215,7 @@ async fn every_scenario_runs_at_tiny_size() {
     .collect();
     let report = loadgen_json(args, tmp("suite.json")).await;
     let scenarios = report["scenarios"].as_array().unwrap();
-    assert_eq!(scenarios.len(), 7);
+    assert_eq!(scenarios.len(), 10);
     for s in scenarios {
         let name = s["scenario"]["name"].as_str().unwrap();
         assert!(
@@ -232,5 +237,50 @@ async fn every_scenario_runs_at_tiny_size() {
     assert!(text.contains("### `upstream-drop`") && text.contains("Machine:"));
     let _ = std::fs::remove_file(&md);
     let _ = std::fs::remove_dir_all(Path::new(&tmp("logs")));
+    sim.shutdown().await;
+}
+
+/// `fanout-single` at small scale, on a simulator that sends one message at a time, against
+/// both baselines: every client receives, every frame the simulator sent arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_single_runs_against_both_baselines() {
+    let sim = start_paced_sim(exchange_sim::Pacing::Even, 500.0).await;
+    let external = format!("{},http://{}", sim.ws_url(), sim.admin_addr());
+    let args: Vec<String> = [
+        "suite",
+        "--scenarios",
+        "fanout-single",
+        "--external-sim",
+        &external,
+        "--targets",
+        "baseline,baseline-naive",
+        "--scale",
+        "0.02",
+        "--time-scale",
+        "0.1",
+        "--log-dir",
+        tmp("single-logs").to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let report = loadgen_json(args, tmp("single.json")).await;
+    let s = &report["scenarios"][0];
+    assert_eq!(s["scenario"]["name"], "fanout-single");
+    assert!(
+        s["errors"].as_array().unwrap().is_empty(),
+        "{}",
+        s["errors"]
+    );
+    let runs = s["runs"].as_array().unwrap();
+    let targets: Vec<&str> = runs.iter().map(|r| r["target"].as_str().unwrap()).collect();
+    assert_eq!(targets, ["baseline", "baseline-naive"]);
+    for run in runs {
+        let main = &run["windows"]["main"];
+        assert_eq!(main["clients"], 4, "{}", run["target"]);
+        let delivered = run["metrics"]["delivered_ratio"].as_f64().unwrap();
+        assert!(delivered > 0.95, "{}: delivered {delivered}", run["target"]);
+    }
+    let _ = std::fs::remove_dir_all(Path::new(&tmp("single-logs")));
     sim.shutdown().await;
 }

@@ -246,7 +246,7 @@ where
             .backfill_overlap_seconds
             .as_secs_f64()
             .ceil() as i64;
-        // Boxed: a REST fetch is a large future, and every idle session would carry its size.
+        // Boxed: a REST fetch is a large future, and every session's task would be sized for it.
         let fetched = Box::pin(crate::resume::fetch(
             &app.history,
             app.upstream.rest(),
