@@ -147,6 +147,11 @@ impl Core {
             };
             self.on_delivery(delivery)?;
             taken += 1;
+            if self.pending_resume.is_some() {
+                // A deferred subscribe with `resume_from` was just applied: its replay goes out
+                // before any later delivery.
+                break;
+            }
         }
         Ok(taken)
     }

@@ -295,3 +295,32 @@ fn a_command_flood_gets_error_27_then_a_close() {
         Err(Some(CloseReason::InvalidUtf8))
     );
 }
+
+#[test]
+fn a_deferred_resume_is_served_before_any_later_delivery() {
+    let mut h = Harness::new(1024);
+    let mut core = h.core(true);
+    core.drain(usize::MAX).unwrap();
+    subscribe(&mut core, "trade");
+    h.drop_upstream();
+    core.drain(usize::MAX).unwrap();
+    written(&mut core);
+    // Deferred until the upstream is subscribed again.
+    command(
+        &mut core,
+        r#"{"id":2,"cmd":"subscribe","params":{"channels":["fill"],"resume_from":"5:t0"}}"#,
+    );
+    h.enter(State::Connected);
+    h.enter(State::Subscribed);
+    h.trade(1);
+    core.drain(usize::MAX).unwrap();
+    assert!(core.take_resume().is_some(), "the resume is due");
+    let before = labels(&written(&mut core));
+    assert!(!before.contains(&"trade 1".to_owned()), "{before:?}");
+    core.finish_resume(
+        crate::resume::Position::parse("5:t0").unwrap(),
+        Err("test".into()),
+    );
+    core.drain(usize::MAX).unwrap();
+    assert_eq!(labels(&written(&mut core)), ["relay_resume", "trade 1"]);
+}
