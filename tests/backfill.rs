@@ -41,20 +41,6 @@ async fn quick_relay(
     .await
 }
 
-/// Every fill the account received, oldest first: trade ids.
-async fn truth(sim: &Sim) -> Vec<String> {
-    let (status, body) = http_get(sim.admin_addr(), "/admin/fills").await;
-    assert_eq!(status, 200, "{body}");
-    let v: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(v["evicted"], 0, "the ledger kept every fill");
-    v["fills"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f["trade_id"].as_str().unwrap().to_owned())
-        .collect()
-}
-
 /// The value of one series in a Prometheus text page (0 when absent).
 fn series(page: &str, name: &str) -> f64 {
     page.lines()
@@ -122,7 +108,7 @@ impl Private {
     /// After the simulator paused: the fills received are exactly the account's fills from the
     /// first one received to the last one the account got, in order, each once.
     async fn check_complete(&mut self, sim: &Sim) {
-        let truth = truth(sim).await;
+        let truth = admin_trade_ids(sim).await;
         let first = self.ids()[0].clone();
         let start = truth
             .iter()
@@ -139,11 +125,8 @@ impl Private {
         );
         assert_eq!(self.ids(), want, "every fill, once, in exchange order");
         // Every field REST lacks and the relay derived is the exchange's own value.
-        let (_, body) = http_get(sim.admin_addr(), "/admin/fills").await;
-        let all: Value = serde_json::from_str(&body).unwrap();
-        let by_id: std::collections::HashMap<&str, &Value> = all["fills"]
-            .as_array()
-            .unwrap()
+        let all = admin_fills(sim).await;
+        let by_id: std::collections::HashMap<&str, &Value> = all
             .iter()
             .map(|f| (f["trade_id"].as_str().unwrap(), f))
             .collect();

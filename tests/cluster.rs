@@ -351,13 +351,7 @@ async fn fills_made_during_a_failover_reach_private_subscribers_once_in_order() 
     let have = fills.len();
     read(&mut private, &mut fills, have + 3).await;
     c.sim.pause();
-    let (_, body) = http_get(c.sim.admin_addr(), "/admin/fills").await;
-    let truth: Vec<String> = serde_json::from_str::<Value>(&body).unwrap()["fills"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f["trade_id"].as_str().unwrap().to_owned())
-        .collect();
+    let truth = common::admin_trade_ids(&c.sim).await;
     let start = truth.iter().position(|t| *t == fills[0]).unwrap();
     let want = truth[start..].to_vec();
     read(&mut private, &mut fills, want.len()).await;

@@ -21,18 +21,6 @@ fn sim_config() -> SimConfig {
     }
 }
 
-async fn truth(sim: &Sim) -> Vec<String> {
-    let (status, body) = http_get(sim.admin_addr(), "/admin/fills").await;
-    assert_eq!(status, 200, "{body}");
-    let v: Value = serde_json::from_str(&body).unwrap();
-    v["fills"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f["trade_id"].as_str().unwrap().to_owned())
-        .collect()
-}
-
 /// A private client with positions: its fills and `relay_resume` events, as received.
 struct Bot {
     client: Client,
@@ -92,7 +80,7 @@ fn ids(fills: &[Value]) -> Vec<String> {
 /// The fills of both connections together are the account's, from the first one received,
 /// each once and in order.
 async fn assert_exactly_once(sim: &Sim, first: &Bot, second: &mut Bot) {
-    let truth = truth(sim).await;
+    let truth = admin_trade_ids(sim).await;
     let start = truth
         .iter()
         .position(|t| *t == ids(&first.fills)[0])

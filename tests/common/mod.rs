@@ -93,6 +93,28 @@ pub async fn assert_a_flood_is_rate_limited(url: &str, binary: bool) {
     );
 }
 
+/// Every fill the simulated account received, oldest first, as its WebSocket `msg`
+/// (`/admin/fills`: the truth backfill and resume are checked against). Panics if the
+/// simulator's ledger dropped any.
+#[allow(dead_code)]
+pub async fn admin_fills(sim: &Sim) -> Vec<Value> {
+    let (status, body) = http_get(sim.admin_addr(), "/admin/fills").await;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["evicted"], 0, "the ledger kept every fill");
+    v["fills"].as_array().unwrap().clone()
+}
+
+/// The trade ids of [`admin_fills`], oldest first.
+#[allow(dead_code)]
+pub async fn admin_trade_ids(sim: &Sim) -> Vec<String> {
+    admin_fills(sim)
+        .await
+        .iter()
+        .map(|f| f["trade_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
 /// A plain HTTP GET on the relay's listener: (status, body). Panics after `DEADLINE`.
 pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
