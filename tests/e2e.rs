@@ -245,7 +245,10 @@ async fn survive(fault: Fault, extra: Option<Fault>) {
     }
     sim.fault(fault);
     await_ready(relay.addr, 503).await;
+    // The three books are stale until their fresh snapshots, and `/status` says so.
+    await_status(relay.addr, "3 stale books", |s| s["stale_books"] == 3).await;
     await_ready(relay.addr, 200).await;
+    await_status(relay.addr, "no stale book", |s| s["stale_books"] == 0).await;
 
     for (c, before) in clients.iter_mut().zip(before) {
         c.until("fresh snapshots", |c| c.snapshots >= before + 3)

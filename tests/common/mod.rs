@@ -158,6 +158,23 @@ pub async fn await_ready(addr: std::net::SocketAddr, want: u16) {
     }
 }
 
+/// Polls `/status` until `pred` holds of its document, or panics at the deadline.
+pub async fn await_status(addr: std::net::SocketAddr, what: &str, pred: impl Fn(&Value) -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let (_, body) = http_get(addr, "/status").await;
+        let status: Value = serde_json::from_str(&body).unwrap_or_default();
+        if pred(&status) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/status never showed {what}: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// The simulator's true book of `market`.
 pub fn truth(sim: &Sim, market: &str) -> OrderBook {
     let snap: OrderbookSnapshot = sim.book(market).expect("a known market");

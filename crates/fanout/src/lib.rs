@@ -235,6 +235,17 @@ impl<N: Send + Sync + 'static> Fanout<N> {
             .is_some_and(|m| m.book.is_synced())
     }
 
+    /// How many cached books are stale: they had a book, and await the snapshot that resets it.
+    /// The cache is the relay's one record of book staleness.
+    pub fn stale_books(&self) -> usize {
+        let cache = self.shared.cache.lock();
+        cache
+            .markets
+            .values()
+            .filter(|m| m.book_no() > 0 && !m.book.is_synced())
+            .count()
+    }
+
     /// How many markets the cache holds (each one something was published for).
     pub fn cached_markets(&self) -> usize {
         self.shared.cache.lock().markets.len()

@@ -81,7 +81,9 @@ fn stale_books_get_no_deltas_and_new_subscribers_wait_for_the_reset() {
     let mut view = ClientView::default();
     drain(&mut live, &mut view);
 
+    assert_eq!(f.stale_books(), 0);
     p.mark_stale(["M"]);
+    assert_eq!(f.stale_books(), 1);
     let (d, b) = delta("M", Side::Yes, 800, 100);
     assert!(matches!(
         p.delta("M", d, b),
@@ -102,6 +104,7 @@ fn stale_books_get_no_deltas_and_new_subscribers_wait_for_the_reset() {
     assert_eq!(view.books["M"], None);
 
     publish_snapshot(&mut p, "M", &[(Side::No, 100, 100)]);
+    assert_eq!(f.stale_books(), 0);
     publish_delta(&mut p, "M", Side::No, 100, 50);
     let mut late_view = ClientView::default();
     drain(&mut live, &mut view);

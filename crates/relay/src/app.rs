@@ -1,7 +1,6 @@
 //! What every part of the running relay shares: configuration, the fanout, the upstream handle
 //! and the shutdown machinery.
 
-use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -47,22 +46,18 @@ pub struct App {
     /// Every connection task; shutdown waits on it (bounded by the drain time).
     pub(crate) tracker: TaskTracker,
     /// The recent private stream, for clients that resume (`resume`): written by the feed as
-    /// it publishes, read by a session answering `resume_from`.
+    /// it publishes; sessions read it through their [`crate::session::Context`].
     pub(crate) history: Arc<Mutex<crate::resume::History>>,
-    /// Books currently stale upstream (gap or reconnect), for readiness. Written by the feed.
-    pub(crate) stale: Mutex<BTreeSet<String>>,
-    pub(crate) clients: AtomicUsize,
     /// Messages in and out and their rates (`/status`, the dashboard's chart).
     pub(crate) traffic: Arc<Traffic>,
+    /// The part of the relay every client session uses.
+    pub(crate) sessions: crate::session::Context,
     /// The bound ports (client, admin), set once when the listeners are known: the dashboard's
     /// own origins and the WebSocket port it connects to.
     pub(crate) ports: OnceLock<Ports>,
     pub(crate) started: Instant,
     /// This node's role and Redis's health, in cluster mode (set once at start).
     pub(crate) cluster: OnceLock<Arc<crate::node::Status>>,
-    /// Per frame kind (`session::KINDS`), registered once: a session's flush adds to them
-    /// without a registry lookup per batch.
-    pub(crate) sent_counters: Vec<SentCounters>,
 }
 
 /// The ports the relay listens on.
@@ -96,6 +91,37 @@ impl App {
         );
         let now = Instant::now();
         let gate = Arc::new(Gate::new(&config.security, config.listen));
+        let history = Arc::new(Mutex::new(history));
+        let traffic = Arc::<Traffic>::default();
+        let shutdown = CancellationToken::new();
+        let security = &config.security;
+        let sessions = crate::session::Context {
+            fanout: fanout.clone(),
+            gate: gate.clone(),
+            heartbeat: heartbeat.clone(),
+            shutdown: shutdown.clone(),
+            history: history.clone(),
+            rest: upstream.rest().cloned(),
+            commands: crate::session::CommandLimits {
+                commands_per_second: security.commands_per_second,
+                command_burst: security.command_burst,
+                refused_before_close: security.refused_commands_before_close,
+            },
+            auth_timeout: security.auth_timeout(),
+            write_timeout: config.downstream.write_timeout(),
+            resume_overlap_seconds: (config.upstream.backfill_overlap_seconds)
+                .as_secs_f64()
+                .ceil() as i64,
+            clients: AtomicUsize::new(0),
+            sent_counters: crate::session::KINDS
+                .iter()
+                .map(|kind| SentCounters {
+                    frames: ::metrics::counter!(crate::metrics::MESSAGES_SENT_TOTAL, "type" => *kind),
+                    bytes: ::metrics::counter!(crate::metrics::BYTES_SENT_TOTAL, "type" => *kind),
+                })
+                .collect(),
+            traffic: traffic.clone(),
+        };
         App {
             gate,
             tls,
@@ -107,22 +133,14 @@ impl App {
             upstream,
             metrics,
             heartbeat,
-            shutdown: CancellationToken::new(),
+            shutdown,
             tracker: TaskTracker::new(),
-            history: Arc::new(Mutex::new(history)),
-            stale: Mutex::new(BTreeSet::new()),
-            clients: AtomicUsize::new(0),
-            traffic: Arc::default(),
+            history,
+            traffic,
+            sessions,
             ports: OnceLock::new(),
             started: now,
             cluster: OnceLock::new(),
-            sent_counters: crate::session::KINDS
-                .iter()
-                .map(|kind| SentCounters {
-                    frames: ::metrics::counter!(crate::metrics::MESSAGES_SENT_TOTAL, "type" => *kind),
-                    bytes: ::metrics::counter!(crate::metrics::BYTES_SENT_TOTAL, "type" => *kind),
-                })
-                .collect(),
         }
     }
 
@@ -166,14 +184,9 @@ impl App {
         if let Some(reason) = reason {
             return (false, reason);
         }
-        let missing = {
-            let stale = self.stale.lock();
-            self.config
-                .warm_markets
-                .iter()
-                .filter(|m| stale.contains(*m) || !self.fanout.is_synced(m))
-                .count()
-        };
+        let missing = (self.config.warm_markets.iter())
+            .filter(|m| !self.fanout.is_synced(m))
+            .count();
         if missing > 0 {
             return (false, format!("{missing} configured books not synced"));
         }
@@ -202,12 +215,12 @@ impl App {
             "upstream": upstream,
             "ready": ready,
             "reason": reason,
-            "clients": self.clients.load(Ordering::Relaxed),
+            "clients": self.sessions.clients.load(Ordering::Relaxed),
             "topics": topics.len(),
             "topics_by_channel": serde_json::Map::from_iter(
                 by_channel.iter().map(|(c, n)| (c.to_string(), (*n).into()))
             ),
-            "stale_books": self.stale.lock().len(),
+            "stale_books": self.fanout.stale_books(),
             "cached_markets": self.fanout.cached_markets(),
             "upstream_messages_total": traffic.upstream_messages.load(Ordering::Relaxed),
             "upstream_messages_per_second": rate_in,

@@ -130,8 +130,7 @@ fn apply_event(app: &App, publisher: &mut Publisher<UpstreamStatus>, event: Even
                 (Some(BookUpdate::Snapshot(_)), Some(m))
                     if breakage::is(Breakage::NoResnapshot) && BROKEN.lock().contains(m) =>
                 {
-                    // Broken on purpose: the relay takes the book as synced, clients never hear.
-                    app.stale.lock().remove(m);
+                    // Broken on purpose: the reset snapshot is dropped, clients never hear.
                 }
                 (Some(BookUpdate::Delta(_)), Some(_))
                     if breakage::is(Breakage::DropDeltas) && DELTAS.every(1000) => {}
@@ -140,13 +139,10 @@ fn apply_event(app: &App, publisher: &mut Publisher<UpstreamStatus>, event: Even
                         && breakage::is(Breakage::SkipFill)
                         && FILLS.nth(20) => {}
                 (Some(BookUpdate::Snapshot(snap)), Some(m)) => {
-                    match publisher.snapshot(m, snap, data.body) {
-                        // Whatever made the book stale (a gap, a reconnect, a delta that did
-                        // not fit), its snapshot ends it.
-                        Ok(_) => {
-                            app.stale.lock().remove(m);
-                        }
-                        Err(e) => warn!(market = m, error = %e, "snapshot not published"),
+                    // Whatever made the book stale (a gap, a reconnect, a delta that did not
+                    // fit), its snapshot ends it.
+                    if let Err(e) = publisher.snapshot(m, snap, data.body) {
+                        warn!(market = m, error = %e, "snapshot not published");
                     }
                 }
                 (Some(BookUpdate::Delta(delta)), Some(m)) => {
@@ -158,7 +154,6 @@ fn apply_event(app: &App, publisher: &mut Publisher<UpstreamStatus>, event: Even
                             // The fanout marked the book stale and told its subscribers; a
                             // fresh snapshot from the exchange makes it valid again.
                             warn!(market = m, error = %e, "delta did not fit; re-syncing the book");
-                            app.stale.lock().insert(m.to_owned());
                             app.upstream.request_snapshot(vec![m.to_owned()]);
                         }
                         Err(e) => warn!(market = m, error = %e, "delta not published"),
@@ -182,12 +177,10 @@ fn apply_event(app: &App, publisher: &mut Publisher<UpstreamStatus>, event: Even
             if breakage::is(Breakage::NoResnapshot) {
                 BROKEN.lock().extend(markets.iter().cloned());
             }
-            app.stale.lock().extend(markets.iter().cloned());
             publisher.mark_stale(markets);
         }
-        Event::BookReset { market } => {
-            app.stale.lock().remove(&market);
-        }
+        // The fanout's book stays stale until the snapshot that follows.
+        Event::BookReset { .. } => {}
         Event::MessagesLost { channel } => {
             warn!(%channel, "private messages lost upstream");
             if channel.is_private() {

@@ -162,7 +162,7 @@ impl RelayHandle {
             .is_err()
         {
             warn!(
-                clients = app.clients.load(Ordering::Relaxed),
+                clients = app.sessions.clients.load(Ordering::Relaxed),
                 "drain time over; closing the remaining connections"
             );
         }

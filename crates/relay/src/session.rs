@@ -35,13 +35,17 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 use tracing::debug;
 
-use self::core::{Close, CommandLimits, Core, Incoming};
-use crate::app::App;
+pub(crate) use self::core::CommandLimits;
+use self::core::{Close, Core, Incoming};
+use crate::app::{App, SentCounters};
 use crate::client::Limits;
 use crate::close::{CloseReason, Ending};
-use crate::heartbeat::Beat;
+use crate::heartbeat::{Beat, Heartbeat};
 use crate::metrics as m;
-use crate::security::{Admission, Identity};
+use crate::resume::History;
+use crate::security::{Admission, Gate, Identity};
+use crate::status::UpstreamStatus;
+use crate::throughput::Traffic;
 
 pub(crate) use self::out::KINDS;
 
@@ -58,6 +62,30 @@ pub struct SessionOptions {
     pub admission: Admission,
 }
 
+/// What a session uses of the running relay, and nothing more: built once by [`App::new`],
+/// shared by every session.
+pub(crate) struct Context {
+    pub fanout: fanout::Fanout<UpstreamStatus>,
+    pub gate: Arc<Gate>,
+    pub heartbeat: Arc<Heartbeat>,
+    /// Cancelled when the relay stops: sessions close with 1012.
+    pub shutdown: tokio_util::sync::CancellationToken,
+    /// The recent private stream and REST, for `resume_from`.
+    pub history: Arc<parking_lot::Mutex<History>>,
+    pub rest: Option<upstream::RestClient>,
+    pub commands: CommandLimits,
+    pub auth_timeout: Duration,
+    pub write_timeout: Duration,
+    /// How far before a resume position REST is asked from (`upstream.backfill_overlap_seconds`).
+    pub resume_overlap_seconds: i64,
+    /// Connected clients, for `/status` and the shutdown log.
+    pub clients: std::sync::atomic::AtomicUsize,
+    /// Per frame kind ([`KINDS`]), registered once: a session's flush adds to them without a
+    /// registry lookup per batch.
+    pub sent_counters: Vec<SentCounters>,
+    pub traffic: Arc<Traffic>,
+}
+
 /// Most deliveries written before a socket write and a look at the client's frames, so one busy
 /// client cannot starve its own reads.
 const MAX_BATCH: usize = 256;
@@ -69,12 +97,19 @@ pub async fn run<S>(app: Arc<App>, ws: WebSocketStream<S>, options: SessionOptio
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    serve(&app.sessions, ws, options).await
+}
+
+async fn serve<S>(app: &Context, ws: WebSocketStream<S>, options: SessionOptions)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     app.clients.fetch_add(1, Ordering::Relaxed);
     metrics::gauge!(m::CONNECTIONS).increment(1.0);
     metrics::counter!(m::CONNECTIONS_TOTAL).increment(1);
     let peer = options.peer;
     debug!(%peer, "connected");
-    let mut session = Session::new(&app, ws, options);
+    let mut session = Session::new(app, ws, options);
     let close = session.run_loop().await;
     let ending = match (close, session.client_close) {
         (Some(reason), _) => Ending::Relay(reason),
@@ -97,7 +132,7 @@ where
 }
 
 struct Session<'a, S> {
-    app: &'a App,
+    app: &'a Context,
     ws: WebSocketStream<S>,
     core: Core,
     /// The subscriber's wake group, which is also the heartbeat bucket.
@@ -114,8 +149,7 @@ impl<'a, S> Session<'a, S>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    fn new(app: &'a App, ws: WebSocketStream<S>, options: SessionOptions) -> Self {
-        let security = &app.config.security;
+    fn new(app: &'a Context, ws: WebSocketStream<S>, options: SessionOptions) -> Self {
         let sub = app.fanout.subscriber();
         let signal = sub.signal();
         let core = Core::new(
@@ -123,11 +157,7 @@ where
             app.gate.clone(),
             options.identity,
             options.limits,
-            CommandLimits {
-                commands_per_second: security.commands_per_second,
-                command_burst: security.command_burst,
-                refused_before_close: security.refused_commands_before_close,
-            },
+            app.commands,
             options.relay_events,
         );
         Session {
@@ -240,17 +270,11 @@ where
             return;
         };
         let app = self.app;
-        let overlap = app
-            .config
-            .upstream
-            .backfill_overlap_seconds
-            .as_secs_f64()
-            .ceil() as i64;
         // Boxed: a REST fetch is a large future, and every session's task would be sized for it.
         let fetched = Box::pin(crate::resume::fetch(
             &app.history,
-            app.upstream.rest(),
-            overlap,
+            app.rest.as_ref(),
+            app.resume_overlap_seconds,
             &from,
             &channels,
         ))
@@ -260,7 +284,7 @@ where
 
     /// A client with no handshake token must send `{"cmd":"auth"}` first, within the timeout.
     async fn authenticate_first(&mut self) -> Result<(), Close> {
-        let deadline = self.app.config.security.auth_timeout();
+        let deadline = self.app.auth_timeout;
         let first = match tokio::time::timeout(deadline, self.ws.next()).await {
             Err(_) => return Err(Some(CloseReason::AuthTimeout)),
             Ok(frame) => frame,
@@ -336,10 +360,10 @@ where
 
 /// One socket operation, bounded by the write timeout and abandoned at shutdown.
 async fn io<T, E>(
-    app: &App,
+    app: &Context,
     op: impl std::future::Future<Output = Result<T, E>>,
 ) -> Result<T, Close> {
-    let timeout = tokio::time::timeout(app.config.downstream.write_timeout(), op);
+    let timeout = tokio::time::timeout(app.write_timeout, op);
     tokio::select! {
         biased;
         result = timeout => match result {
