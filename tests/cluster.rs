@@ -1,6 +1,6 @@
 //! Cluster mode end to end: three relay processes, a real `redis-server`, the simulator, and a
 //! client on every node. The faults: kill -9 the leader, SIGSTOP it past its lease, restart
-//! Redis, SIGTERM the leader. Every wait polls with a deadline.
+//! Redis, SIGTERM the leader, cut the leader's link to Redis. Every wait polls with a deadline.
 
 mod common;
 
@@ -117,10 +117,78 @@ fn log_path(id: &str) -> PathBuf {
     dir.join(format!("cluster-{id}-{}.log", std::process::id()))
 }
 
+/// A TCP hop between one node and Redis that can be cut: a network partition. Cut, it
+/// forwards nothing in either direction and closes nothing (a blackhole, as a dead link is);
+/// the connections it had stay dead after `heal`, only new ones get through.
+struct Link {
+    url: String,
+    /// Bumped by every cut and heal: a connection forwards only while the era it was accepted
+    /// in is the current one and was not a cut.
+    era: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Link {
+    async fn to(redis: &RedisServer) -> Link {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("redis://{}", listener.local_addr().unwrap());
+        let era = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let target = format!("127.0.0.1:{}", redis.port);
+        let era_of_link = era.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(&target).await else {
+                    continue;
+                };
+                let era = era_of_link.clone();
+                let mine = era.load(Ordering::SeqCst);
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                tokio::spawn(Link::pump(cr, sw, era.clone(), mine));
+                tokio::spawn(Link::pump(sr, cw, era, mine));
+            }
+        });
+        Link { url, era }
+    }
+
+    async fn pump(
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+        era: Arc<std::sync::atomic::AtomicU64>,
+        mine: u64,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut live = mine % 2 == 0;
+        while let Ok(n) = from.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            live = live && era.load(Ordering::SeqCst) == mine;
+            if live && to.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+        // A dead connection is held open: the node must notice by itself.
+        if !live {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    fn cut(&self) {
+        self.era.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn heal(&self) {
+        self.era.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
 /// Three nodes, the simulator, Redis, and a client per node holding `BOOKS` books.
 struct Cluster {
     sim: Sim,
     redis: RedisServer,
+    /// Each node's way to Redis, when the test partitions them (`Cluster::start_linked`).
+    links: Vec<Link>,
     nodes: Vec<Node>,
     clients: Vec<Client>,
     markets: Vec<String>,
@@ -133,6 +201,15 @@ const BOOKS: usize = 3;
 
 impl Cluster {
     async fn start() -> Cluster {
+        Cluster::start_with(false).await
+    }
+
+    /// Each node reaches Redis through a [`Link`] of its own.
+    async fn start_linked() -> Cluster {
+        Cluster::start_with(true).await
+    }
+
+    async fn start_with(linked: bool) -> Cluster {
         let sim = common::sim(SimConfig {
             markets: 6,
             rate: 150.0,
@@ -142,9 +219,19 @@ impl Cluster {
         })
         .await;
         let redis = RedisServer::start();
+        let mut links = Vec::new();
+        if linked {
+            for _ in 0..3 {
+                links.push(Link::to(&redis).await);
+            }
+        }
         let nodes: Vec<Node> = ["n1", "n2", "n3"]
             .iter()
-            .map(|id| Node::spawn(id, &redis.url(), &sim.ws_url(), &sim.rest_url()))
+            .enumerate()
+            .map(|(i, id)| {
+                let url = links.get(i).map_or_else(|| redis.url(), |l| l.url.clone());
+                Node::spawn(id, &url, &sim.ws_url(), &sim.rest_url())
+            })
             .collect();
         let markets: Vec<String> = sim.markets().into_iter().take(BOOKS).collect();
         let mut clients = Vec::new();
@@ -162,6 +249,7 @@ impl Cluster {
         let cluster = Cluster {
             sim,
             redis,
+            links,
             nodes,
             clients,
             markets,
@@ -256,6 +344,19 @@ impl Cluster {
             self.clients[i].converge(sim, markets).await;
         }
         self.sim.resume();
+    }
+
+    /// Waits until node `i` answers `/readyz` with 503 `redis unavailable`.
+    async fn await_redis_unavailable(&mut self, i: usize) {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let (code, body) = http_get(self.nodes[i].addr, "/readyz").await;
+            if code == 503 && body.contains("redis unavailable") {
+                return;
+            }
+            assert!(Instant::now() < deadline, "node {i} /readyz {code} {body}");
+            self.read_for(Duration::from_millis(20)).await;
+        }
     }
 
     fn snapshot_counts(&self) -> Vec<u64> {
@@ -428,15 +529,7 @@ async fn every_node_reports_a_redis_outage_and_recovers_by_itself_when_redis_ret
     c.leader(&[]).await;
     c.redis.kill();
     for i in 0..3 {
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            let (code, body) = http_get(c.nodes[i].addr, "/readyz").await;
-            if code == 503 && body.contains("redis unavailable") {
-                break;
-            }
-            assert!(Instant::now() < deadline, "node {i} /readyz {code} {body}");
-            c.read_for(Duration::from_millis(20)).await;
-        }
+        c.await_redis_unavailable(i).await;
     }
     let before = c.snapshot_counts();
     c.redis = RedisServer::start_on(c.redis.port);
@@ -492,4 +585,45 @@ async fn sigterm_on_the_leader_hands_the_session_off_within_2_s() {
     c.clients[leader] = late;
     c.converge(&[0, 1, 2]).await;
     assert_eq!(c.sessions(), 1, "the late joiner did not open a session");
+}
+
+/// A leader cut off from Redis while it still reaches the exchange closes its session on its
+/// own clock before anyone can take the lease: the exchange never sees two sessions. Its
+/// successor serves the other nodes; once the link heals, the cut node rejoins by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_from_redis_closes_its_session_before_its_successor_opens_one() {
+    let _serial = SERIAL.lock().await;
+    let mut c = Cluster::start_linked().await;
+    let leader = c.leader(&[]).await;
+    c.converge(&[0, 1, 2]).await;
+    assert_eq!(c.sessions(), 1);
+
+    let before = c.snapshot_counts();
+    let cut = Instant::now();
+    c.links[leader].cut();
+    let survivors = others(3, leader);
+    let flowing = c.fresh_snapshots(&survivors, &before).await;
+    println!("failover after the partition: {:?}", flowing - cut);
+    assert!(flowing - cut <= Duration::from_secs_f64(LEASE_SECONDS + 3.0));
+    let new_leader = c.leader(&[leader]).await;
+    assert_ne!(new_leader, leader);
+    c.await_redis_unavailable(leader).await;
+    assert_eq!(c.sessions(), 1);
+    assert_eq!(
+        c.max_sessions.load(Ordering::Relaxed),
+        1,
+        "the simulator saw the cut leader's session beside its successor's"
+    );
+
+    let before = c.snapshot_counts();
+    c.links[leader].heal();
+    c.fresh_snapshots(&[leader], &before).await;
+    common::await_ready(c.nodes[leader].addr, 200).await;
+    assert_eq!(c.leader(&[]).await, new_leader);
+    c.converge(&[0, 1, 2]).await;
+    assert_eq!(c.sessions(), 1);
+    assert_eq!(c.max_sessions.load(Ordering::Relaxed), 1);
+    for (i, client) in c.clients.iter().enumerate() {
+        assert!(client.ended.is_none(), "client {i} lost its connection");
+    }
 }

@@ -19,7 +19,8 @@
 //!
 //! Layout: [`config`] (`[cluster]`), [`codec`] (events as stream entries), [`testing`] (a real
 //! `redis-server` for tests), `store` (every Redis operation; the Lua scripts are in
-//! `src/scripts/`).
+//! `src/scripts/`), `conn` (a connection replaced when a reply times out, so a silent link is
+//! left for a fresh one).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), cluster::Error> {
@@ -36,6 +37,7 @@
 
 pub mod codec;
 pub mod config;
+mod conn;
 mod store;
 pub mod testing;
 

@@ -11,11 +11,12 @@
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManagerConfig;
 use redis::streams::StreamReadReply;
 use redis::{Client, Script, Value};
 
 use crate::codec::{self, Encoded, Record};
+use crate::conn::Conn;
 use crate::Error;
 
 const LEASE: &str = "relay:lease";
@@ -174,12 +175,12 @@ pub enum Control {
 ///
 /// Three connections: `commands` (multiplexed, short timeouts) for everything that does not
 /// block; `stream` and `control` for the blocking reads, each on its own so a block never
-/// delays a lease renewal. All reconnect by themselves.
+/// delays a lease renewal. All reconnect by themselves, also after a reply timed out.
 #[derive(Clone)]
 pub struct Store {
-    commands: ConnectionManager,
-    stream: ConnectionManager,
-    control: ConnectionManager,
+    commands: Conn,
+    stream: Conn,
+    control: Conn,
     scripts: std::sync::Arc<Scripts>,
     block: Duration,
 }
@@ -198,12 +199,9 @@ impl Store {
         };
         let blocking = block + RESPONSE_TIMEOUT;
         Ok(Store {
-            commands: ConnectionManager::new_lazy_with_config(
-                client.clone(),
-                config(RESPONSE_TIMEOUT),
-            )?,
-            stream: ConnectionManager::new_lazy_with_config(client.clone(), config(blocking))?,
-            control: ConnectionManager::new_lazy_with_config(client, config(blocking))?,
+            commands: Conn::new(client.clone(), config(RESPONSE_TIMEOUT))?,
+            stream: Conn::new(client.clone(), config(blocking))?,
+            control: Conn::new(client, config(blocking))?,
             scripts: std::sync::Arc::new(Scripts::new()),
             block,
         })
