@@ -9,7 +9,7 @@
 //! position, else from the exchange's REST history (so a resume works across a relay restart);
 //! when neither can tell exactly what followed, the client is told `recovered: false`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -87,12 +87,48 @@ pub struct Replay {
     pub positions: Vec<Kept>,
 }
 
-impl Replay {
-    /// The trade ids of the fills replayed.
-    pub fn trade_ids(&self) -> impl Iterator<Item = String> + '_ {
-        self.fills
+/// What a resumed client already holds, so the live stream after its replay repeats none of
+/// it: the fills replayed, and everything at or before the position it resumed from. Fills the
+/// relay recovers after an outage arrive in exchange order but may reach back before the
+/// replay's end, so the filter holds until a live fill is newer than anything replayed.
+#[derive(Debug)]
+pub struct Replayed {
+    ids: HashSet<String>,
+    from: Position,
+    /// The newest second the replay covered (`from`'s when it replayed no fill).
+    newest: i64,
+}
+
+impl Replayed {
+    pub fn new(from: &Position, replay: &Replay) -> Replayed {
+        let mut newest = from.ts;
+        let mut ids = HashSet::new();
+        for p in replay
+            .fills
             .iter()
-            .filter_map(|k| Position::of_fill(&k.body)?.trade_id)
+            .filter_map(|k| Position::of_fill(&k.body))
+        {
+            newest = newest.max(p.ts);
+            ids.extend(p.trade_id);
+        }
+        Replayed {
+            ids,
+            from: from.clone(),
+            newest,
+        }
+    }
+
+    /// Whether the live fill at `fill` repeats what the client holds. `None` once the stream
+    /// has moved past the replay (the filter is done with).
+    pub fn repeats(&mut self, fill: &Position) -> Option<bool> {
+        let id = fill.trade_id.as_deref();
+        if id.is_some_and(|id| self.ids.remove(id)) {
+            return Some(true);
+        }
+        if fill.ts < self.from.ts || (id.is_some() && id == self.from.trade_id.as_deref()) {
+            return Some(true);
+        }
+        (fill.ts <= self.newest).then_some(false)
     }
 }
 
@@ -344,7 +380,9 @@ mod tests {
     }
 
     fn ids(r: &Replay) -> Vec<String> {
-        r.trade_ids().collect()
+        (r.fills.iter())
+            .filter_map(|k| Position::of_fill(&k.body)?.trade_id)
+            .collect()
     }
 
     #[test]
@@ -435,5 +473,30 @@ mod tests {
                 0
             )
             .is_none());
+    }
+
+    fn at(ts: i64, id: &str) -> Position {
+        Position {
+            ts,
+            trade_id: Some(id.into()),
+        }
+    }
+
+    #[test]
+    fn after_a_replay_no_live_fill_repeats_what_the_client_holds() {
+        let replay = Replay {
+            fills: vec![fill("t1", 10), fill("t2", 11)],
+            ..Replay::default()
+        };
+        let mut r = Replayed::new(&at(9, "t0"), &replay);
+        // Recovered fills reaching back before the position, then the replay's own, with a
+        // fill REST had not listed among them: only that one is new.
+        assert_eq!(r.repeats(&at(8, "old")), Some(true));
+        assert_eq!(r.repeats(&at(9, "t0")), Some(true));
+        assert_eq!(r.repeats(&at(10, "t1")), Some(true));
+        assert_eq!(r.repeats(&at(11, "unlisted")), Some(false));
+        assert_eq!(r.repeats(&at(11, "t2")), Some(true));
+        // Newer than anything replayed: the filter is done.
+        assert_eq!(r.repeats(&at(12, "t3")), None);
     }
 }

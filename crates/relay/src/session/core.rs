@@ -9,8 +9,6 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use std::collections::HashSet;
-
 use fanout::{Delivery, Item, Subscriber, Verdict};
 use protocol::{Channel, Command, MessageType};
 use tracing::debug;
@@ -18,7 +16,7 @@ use tracing::debug;
 use super::out::Out;
 use crate::client::{ClientState, Limits};
 use crate::close::CloseReason;
-use crate::resume::{Position, Replay, Source};
+use crate::resume::{Position, Replay, Replayed, Source};
 use crate::security::{Gate, Identity, Permission, TokenBucket};
 use crate::status::{Health, UpstreamStatus};
 
@@ -58,8 +56,8 @@ pub(crate) struct Core {
     /// The client's place in the private stream, once it asked for positions (`relay_events`,
     /// or a `resume_from`): stamped on each private message as `relay_position`.
     pub(super) position: Option<Position>,
-    /// Trade ids a resume replayed: left out when they also arrive live, until one that was not.
-    pub(super) replayed: HashSet<String>,
+    /// After a resume: what the client holds, left out when it arrives live again.
+    pub(super) replayed: Option<Replayed>,
     /// A `resume_from` accepted and not yet served (the I/O loop fetches the replay).
     pub(super) pending_resume: Option<(Position, Vec<Channel>)>,
     /// Commands held until the upstream is subscribed (a private subscription, and whatever
@@ -94,7 +92,7 @@ impl Core {
             out: Out::default(),
             status: None,
             position: relay_events.then(Position::now),
-            replayed: HashSet::new(),
+            replayed: None,
             pending_resume: None,
             deferred: Vec::new(),
             awaiting_pong: false,
@@ -245,10 +243,11 @@ impl Core {
     /// A fill, order or position from the stream: left out if a resume already replayed it;
     /// stamped with the client's position if it asked for positions.
     fn private_data(&mut self, item: &Item) {
-        if !self.replayed.is_empty() && *item.kind() == MessageType::Fill {
-            match Position::of_fill(item.body()).and_then(|p| p.trade_id) {
-                Some(id) if self.replayed.remove(&id) => return,
-                _ => self.replayed.clear(),
+        if let (Some(replayed), MessageType::Fill) = (&mut self.replayed, item.kind()) {
+            match Position::of_fill(item.body()).map(|p| replayed.repeats(&p)) {
+                Some(Some(true)) => return,
+                Some(Some(false)) => {}
+                _ => self.replayed = None,
             }
         }
         let Some(sub) = self.state.by_channel(item.channel()) else {
@@ -286,7 +285,7 @@ impl Core {
         self.position = Some(from.clone());
         let msg = match fetched {
             Ok((replay, source)) => {
-                self.replayed = replay.trade_ids().collect();
+                self.replayed = Some(Replayed::new(&from, &replay));
                 let mut counts = (0, 0, 0);
                 let kept = replay
                     .fills

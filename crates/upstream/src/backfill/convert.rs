@@ -32,9 +32,17 @@ pub(super) struct Memo {
     /// Per market: the last `market_position` msg delivered.
     positions: HashMap<String, Map<String, Value>>,
     user_id: Option<String>,
+    /// Unix second from which this stage's private subscription was live: fills before it were
+    /// never this stage's to deliver (they predate this relay's session).
+    floor: Option<i64>,
 }
 
 impl Memo {
+    /// The private subscription is live from `ts` (the first time only).
+    pub fn live_from(&mut self, ts: i64) {
+        self.floor.get_or_insert(ts);
+    }
+
     /// Fills were lost: the positions known from delivered fills no longer chain on.
     pub fn forget_positions(&mut self) {
         self.post_position.clear();
@@ -93,11 +101,17 @@ impl Memo {
     /// was delivered. Fills before that one are its past even when never delivered here (a
     /// relay started since, or the owner's window reaches back before its start); delivering
     /// them would put older fills after newer ones.
+    /// With none of them delivered, fills from before the subscription went live are its past
+    /// too.
     pub fn missing<'a>(&self, fills: &'a [Fill]) -> &'a [Fill] {
-        let cut = fills
-            .iter()
-            .rposition(|f| self.delivered(&f.trade_id))
-            .map_or(0, |i| i + 1);
+        let cut = match fills.iter().rposition(|f| self.delivered(&f.trade_id)) {
+            Some(i) => i + 1,
+            None => self.floor.map_or(0, |floor| {
+                (fills.iter())
+                    .take_while(|f| f.ts.is_some_and(|ts| ts < floor))
+                    .count()
+            }),
+        };
         &fills[cut..]
     }
 
@@ -532,6 +546,34 @@ mod tests {
             memo.fills(&rest, &[], &[], &[]).is_empty(),
             "each fill once"
         );
+    }
+
+    #[test]
+    fn fills_before_the_subscription_went_live_are_the_past_not_a_gap() {
+        // A relay that delivered no fill yet: its backfill's overlap reaches back before its
+        // own subscription.
+        let mut memo = Memo::default();
+        memo.live_from(5);
+        memo.live_from(9);
+        let at = |id: &str, ts: i64| Fill {
+            ts: Some(ts),
+            ..fill(id, "A", "bid", 1)
+        };
+        let rest = [at("a", 3), at("b", 4), at("c", 5), at("d", 6)];
+        let ids: Vec<&str> = memo
+            .missing(&rest)
+            .iter()
+            .map(|f| f.trade_id.as_str())
+            .collect();
+        assert_eq!(ids, ["c", "d"]);
+        // Once a fill was delivered it is the exact cut.
+        memo.remember("c");
+        let ids: Vec<&str> = memo
+            .missing(&rest)
+            .iter()
+            .map(|f| f.trade_id.as_str())
+            .collect();
+        assert_eq!(ids, ["d"]);
     }
 
     #[test]

@@ -72,7 +72,9 @@ pub(crate) async fn run(
         }
         outage_from = Some(c.since);
     }
+    let from_start = recovery.continuing.is_none();
     let mut stage = Stage {
+        from_start,
         output,
         shared,
         recovery,
@@ -136,6 +138,8 @@ struct Stage {
     task: Option<Task>,
     /// Private channels whose subscription died at the exchange and is not live again yet.
     dead: HashSet<Channel>,
+    /// Not a successor: the stream's past begins when its first private subscription is live.
+    from_start: bool,
 }
 
 struct Task {
@@ -229,6 +233,10 @@ impl Stage {
     /// A subscription of `channel` is live: once no private channel is still dead, the backfill
     /// for their gap starts (an outage meanwhile defers it to the next `Subscribed`).
     fn on_live(&mut self, channel: Channel) {
+        if channel.is_private() && self.from_start {
+            self.from_start = false;
+            self.memo.live_from(now_s());
+        }
         if self.dead.remove(&channel)
             && self.dead.is_empty()
             && self.up
