@@ -42,28 +42,9 @@ async fn quick_relay(
 }
 
 /// The value of one series in a Prometheus text page (0 when absent).
-fn series(page: &str, name: &str) -> f64 {
-    page.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
 const BACKFILLS_OK: &str = r#"relay_upstream_backfills_total{outcome="ok"}"#;
 const BACKFILLS_FAILED: &str = r#"relay_upstream_backfills_total{outcome="failed"}"#;
 const RECOVERED: &str = "relay_upstream_backfill_fills_recovered_total";
-
-/// Polls the relay's metrics until `series` exceeds `above`; returns the page.
-async fn metric_above(relay: &relay::RelayHandle, name: &str, above: f64) -> String {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        let page = http_get(relay.addr, "/metrics").await.1;
-        if series(&page, name) > above {
-            return page;
-        }
-        assert!(Instant::now() < deadline, "{name} never rose above {above}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
 
 /// A private subscriber: every fill's trade id as received, plus what else it saw.
 struct Private {
@@ -160,7 +141,7 @@ async fn fills_survive(outage: impl FnOnce(&Sim)) {
 
     outage(&sim);
     sim.fault(Fault::Burst { count: 3000 });
-    let page = metric_above(&relay, BACKFILLS_OK, series(&before, BACKFILLS_OK)).await;
+    let page = metric_above(relay.addr, BACKFILLS_OK, series(&before, BACKFILLS_OK)).await;
     assert!(
         series(&page, RECOVERED) > series(&before, RECOVERED),
         "the outage's fills came back over REST: {page}"
@@ -290,7 +271,7 @@ async fn rest_failing_past_its_bound_announces_the_loss() {
         count: 1_000_000,
     });
     sim.fault(Fault::Drop);
-    metric_above(&relay, BACKFILLS_FAILED, 0.0).await;
+    metric_above(relay.addr, BACKFILLS_FAILED, 0.0).await;
     match private.client.ended().await {
         Ended::Close(1013, reason) => {
             assert!(reason.starts_with("private messages lost"), "{reason}")
@@ -330,7 +311,7 @@ async fn orders_and_positions_after_an_outage_equal_the_exchange() {
     sim.fault(Fault::StallHandshake { count: 1 });
     sim.fault(Fault::Drop);
     sim.fault(Fault::Burst { count: 3000 });
-    metric_above(&relay, BACKFILLS_OK, series(&before, BACKFILLS_OK)).await;
+    metric_above(relay.addr, BACKFILLS_OK, series(&before, BACKFILLS_OK)).await;
     sim.pause();
     let (_, body) = http_get(
         sim.admin_addr(),

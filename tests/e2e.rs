@@ -726,14 +726,6 @@ async fn a_client_close_is_echoed() {
     sim.shutdown().await;
 }
 
-/// The value of one series in a Prometheus text scrape (0 when absent).
-fn series(scrape: &str, name_and_labels: &str) -> f64 {
-    scrape
-        .lines()
-        .find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
 /// A client that closes its TCP connection without a close frame went away; it did not break the
 /// protocol: counted as 1006 `abrupt`, never as 1002.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -62,6 +62,24 @@ impl Bot {
         }
     }
 
+    /// Awaits `relay_resume`, which must report a complete replay from `source`; returns how
+    /// many fills it replayed.
+    async fn resumed(&mut self, source: &str) -> usize {
+        self.until("relay_resume", |b| !b.resumes.is_empty()).await;
+        let resume = &self.resumes[0]["msg"];
+        assert_eq!(resume["recovered"], true, "{resume}");
+        assert_eq!(resume["source"], source, "{resume}");
+        resume["fills"].as_u64().unwrap() as usize
+    }
+
+    /// Awaits a few live fills after the `replayed` ones.
+    async fn live_after(&mut self, replayed: usize) {
+        self.until("live fills after the replay", |b| {
+            b.fills.len() > replayed + 2
+        })
+        .await;
+    }
+
     fn last_position(&self) -> String {
         self.fills.last().unwrap()["relay_position"]
             .as_str()
@@ -102,6 +120,21 @@ async fn assert_exactly_once(sim: &Sim, first: &Bot, second: &mut Bot) {
     assert_eq!(got, want, "every fill, once, in exchange order");
 }
 
+/// The resumed bot's replay came whole from `source`; after a few live fills, the two
+/// connections hold every fill once. Returns how many fills the replay held.
+async fn assert_resumed_exactly_once(
+    sim: &Sim,
+    first: &Bot,
+    second: &mut Bot,
+    source: &str,
+) -> usize {
+    let replayed = second.resumed(source).await;
+    second.live_after(replayed).await;
+    sim.pause();
+    assert_exactly_once(sim, first, second).await;
+    replayed
+}
+
 /// A bot drops its connection, fills happen, it comes back with its last position.
 async fn miss_and_resume(sim: &Sim, url: &str) -> (Bot, Bot) {
     let mut first = Bot::connect(url, None).await;
@@ -115,27 +148,26 @@ async fn miss_and_resume(sim: &Sim, url: &str) -> (Bot, Bot) {
     (first, second)
 }
 
+/// A bot takes a few fills from a relay and leaves with its position; then that relay stops.
+async fn fills_from_a_relay_that_then_stops(sim: &Sim) -> (Bot, String) {
+    let relay = relay(sim, |_| {}).await;
+    await_ready(relay.addr, 200).await;
+    let mut first = Bot::connect(&relay.ws_url(), None).await;
+    first.until("live fills", |b| b.fills.len() >= 3).await;
+    let position = first.last_position();
+    first.client.ws.close(None).await.unwrap();
+    relay.shutdown().await;
+    (first, position)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bot_that_resumes_gets_exactly_the_fills_it_missed() {
     let sim = sim(sim_config()).await;
     let relay = relay(&sim, |_| {}).await;
     await_ready(relay.addr, 200).await;
-    let url = relay.ws_url();
-    let (first, mut second) = miss_and_resume(&sim, &url).await;
-    second
-        .until("relay_resume", |b| !b.resumes.is_empty())
-        .await;
-    let resume = second.resumes[0]["msg"].clone();
-    assert_eq!(resume["recovered"], true, "{resume}");
-    assert_eq!(resume["source"], "relay", "{resume}");
-    assert!(resume["fills"].as_u64().unwrap() > 0, "{resume}");
-    second
-        .until("live fills after the replay", |b| {
-            b.fills.len() > resume["fills"].as_u64().unwrap() as usize + 2
-        })
-        .await;
-    sim.pause();
-    assert_exactly_once(&sim, &first, &mut second).await;
+    let (first, mut second) = miss_and_resume(&sim, &relay.ws_url()).await;
+    let replayed = assert_resumed_exactly_once(&sim, &first, &mut second, "relay").await;
+    assert!(replayed > 0, "the burst's fills are replayed");
     relay.shutdown().await;
     sim.shutdown().await;
 }
@@ -143,14 +175,7 @@ async fn a_bot_that_resumes_gets_exactly_the_fills_it_missed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resume_across_a_relay_restart_comes_from_the_exchange() {
     let sim = sim(sim_config()).await;
-    let relay1 = relay(&sim, |_| {}).await;
-    await_ready(relay1.addr, 200).await;
-    let url1 = relay1.ws_url();
-    let mut first = Bot::connect(&url1, None).await;
-    first.until("live fills", |b| b.fills.len() >= 3).await;
-    let position = first.last_position();
-    first.client.ws.close(None).await.unwrap();
-    relay1.shutdown().await;
+    let (first, position) = fills_from_a_relay_that_then_stops(&sim).await;
     // Fills while no relay runs at all.
     sim.fault(Fault::Burst { count: 3000 });
     let relay2 = relay(&sim, |_| {}).await;
@@ -162,17 +187,35 @@ async fn a_resume_across_a_relay_restart_comes_from_the_exchange() {
         count: 1,
     });
     let mut second = Bot::connect(&relay2.ws_url(), Some(&position)).await;
-    second
-        .until("relay_resume", |b| !b.resumes.is_empty())
-        .await;
-    let resume = second.resumes[0]["msg"].clone();
-    assert_eq!(resume["recovered"], true, "{resume}");
-    assert_eq!(resume["source"], "exchange", "{resume}");
-    second
-        .until("live fills after the replay", |b| {
-            b.fills.len() > resume["fills"].as_u64().unwrap() as usize + 2
-        })
-        .await;
+    assert_resumed_exactly_once(&sim, &first, &mut second, "exchange").await;
+    relay2.shutdown().await;
+    sim.shutdown().await;
+}
+
+/// A relay that started after the bot's fills, replayed them from REST, and loses the
+/// exchange before any live fill: its backfill looks back past its own start, over the very
+/// fills it replayed. The bot still gets each fill once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_right_after_a_resume_from_the_exchange_repeats_no_fill() {
+    let sim = sim(sim_config()).await;
+    let (first, position) = fills_from_a_relay_that_then_stops(&sim).await;
+    sim.fault(Fault::Burst { count: 3000 });
+    // No live fill reaches the new relay before the outage.
+    sim.pause();
+    let relay2 = relay(&sim, |_| {}).await;
+    await_ready(relay2.addr, 200).await;
+    let mut second = Bot::connect(&relay2.ws_url(), Some(&position)).await;
+    let replayed = second.resumed("exchange").await;
+    assert!(replayed > 0, "the burst's fills are replayed");
+    sim.fault(Fault::Drop);
+    metric_above(
+        relay2.addr,
+        r#"relay_upstream_backfills_total{outcome="ok"}"#,
+        0.0,
+    )
+    .await;
+    sim.resume();
+    second.live_after(replayed).await;
     sim.pause();
     assert_exactly_once(&sim, &first, &mut second).await;
     relay2.shutdown().await;

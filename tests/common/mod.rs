@@ -158,6 +158,33 @@ pub async fn await_ready(addr: std::net::SocketAddr, want: u16) {
     }
 }
 
+/// The value of one series (name and labels) in a Prometheus text scrape (0 when absent).
+pub fn series(scrape: &str, name_and_labels: &str) -> f64 {
+    scrape
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(name_and_labels)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0.0)
+}
+
+/// Polls the relay's `/metrics` until `name` (with labels) exceeds `above`; returns the page.
+pub async fn metric_above(addr: std::net::SocketAddr, name: &str, above: f64) -> String {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let page = http_get(addr, "/metrics").await.1;
+        if series(&page, name) > above {
+            return page;
+        }
+        assert!(Instant::now() < deadline, "{name} never rose above {above}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
 /// Polls `/status` until `pred` holds of its document, or panics at the deadline.
 pub async fn await_status(addr: std::net::SocketAddr, what: &str, pred: impl Fn(&Value) -> bool) {
     let deadline = Instant::now() + DEADLINE;

@@ -85,6 +85,9 @@ pub struct Replay {
     pub fills: Vec<Kept>,
     pub orders: Vec<Kept>,
     pub positions: Vec<Kept>,
+    /// Trade ids at or before the position, in its second or later: the client holds them,
+    /// and second-granular times cannot tell them from the replayed ones.
+    pub past: Vec<String>,
 }
 
 /// What a resumed client already holds, so the live stream after its replay repeats none of
@@ -111,6 +114,7 @@ impl Replayed {
             newest = newest.max(p.ts);
             ids.extend(p.trade_id);
         }
+        ids.extend(replay.past.iter().cloned());
         Replayed {
             ids,
             from: from.clone(),
@@ -229,12 +233,17 @@ impl History {
     /// What followed `from`, if this history holds all of it. `overlap` (seconds) widens the
     /// orders and positions sent, for clocks that disagree.
     pub fn replay(&self, from: &Position, overlap: i64) -> Option<Replay> {
+        let mut past = Vec::new();
         let fills: Vec<Kept> = match &from.trade_id {
             Some(id) => {
                 let i = self
                     .fills
                     .iter()
                     .position(|(p, _, _)| p.trade_id.as_deref() == Some(id))?;
+                past = (self.fills.iter().take(i + 1))
+                    .filter(|(p, _, _)| p.ts >= from.ts)
+                    .filter_map(|(p, _, _)| p.trade_id.clone())
+                    .collect();
                 self.fills
                     .iter()
                     .skip(i + 1)
@@ -271,6 +280,7 @@ impl History {
             fills,
             orders: orders.into_iter().map(|(_, k)| k.clone()).collect(),
             positions: positions.into_iter().map(|(_, k)| k.clone()).collect(),
+            past,
         })
     }
 }
@@ -341,6 +351,7 @@ pub fn from_recovered(r: upstream::Recovered) -> Replay {
         fills: r.fills.into_iter().map(kept).collect(),
         orders: r.orders.into_iter().map(kept).collect(),
         positions: r.positions.into_iter().map(kept).collect(),
+        past: r.past,
     }
 }
 
@@ -454,12 +465,12 @@ mod tests {
         assert!(h
             .replay(&Position::parse(&format!("{now}:a")).unwrap(), 0)
             .is_none());
-        assert_eq!(
-            ids(&h
-                .replay(&Position::parse(&format!("{now}:b")).unwrap(), 0)
-                .unwrap()),
-            ["c"]
-        );
+        let r = h
+            .replay(&Position::parse(&format!("{now}:b")).unwrap(), 0)
+            .unwrap();
+        assert_eq!(ids(&r), ["c"]);
+        // What the client holds in the position's second, so no recovered fill repeats it.
+        assert_eq!(r.past, ["b"]);
         h.lost();
         assert!(h
             .replay(&Position::parse(&format!("{now}:c")).unwrap(), 0)
@@ -486,12 +497,14 @@ mod tests {
     fn after_a_replay_no_live_fill_repeats_what_the_client_holds() {
         let replay = Replay {
             fills: vec![fill("t1", 10), fill("t2", 11)],
+            past: vec!["same-second".into(), "t0".into()],
             ..Replay::default()
         };
         let mut r = Replayed::new(&at(9, "t0"), &replay);
-        // Recovered fills reaching back before the position, then the replay's own, with a
-        // fill REST had not listed among them: only that one is new.
+        // Recovered fills reaching back before the position (one in its very second), then the
+        // replay's own, with a fill REST had not listed among them: only that one is new.
         assert_eq!(r.repeats(&at(8, "old")), Some(true));
+        assert_eq!(r.repeats(&at(9, "same-second")), Some(true));
         assert_eq!(r.repeats(&at(9, "t0")), Some(true));
         assert_eq!(r.repeats(&at(10, "t1")), Some(true));
         assert_eq!(r.repeats(&at(11, "unlisted")), Some(false));

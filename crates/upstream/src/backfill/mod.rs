@@ -426,6 +426,9 @@ pub struct Recovered {
     pub orders: Vec<Data>,
     /// `market_position`: the position of each market those fills and orders touched.
     pub positions: Vec<Data>,
+    /// Trade ids REST lists at or before `after`: fills the asker already holds, which a live
+    /// stream that looks back over the same seconds must not repeat.
+    pub past: Vec<String>,
 }
 
 /// The account's private messages after the fill `after` (made at `since`, Unix seconds), or
@@ -441,11 +444,12 @@ pub async fn recover(
     live: &[bytes::Bytes],
 ) -> Result<Option<Recovered>, RestError> {
     let (mut fills, positions) = fills_and_positions(rest, since).await?;
+    let mut past = Vec::new();
     if let Some(after) = after {
         let Some(i) = fills.iter().position(|f| f.trade_id == after) else {
             return Ok(None);
         };
-        fills.drain(..=i);
+        past = fills.drain(..=i).map(|f| f.trade_id).collect();
     }
     let query = OrderQuery {
         min_ts: Some(since),
@@ -478,6 +482,7 @@ pub async fn recover(
         } else {
             Vec::new()
         },
+        past,
     }))
 }
 
