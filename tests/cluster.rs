@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cluster::testing::RedisServer;
+use common::bot::{assert_exactly_once, Bot};
 use common::{http_get, subscribe, Client};
 use exchange_sim::{Sim, SimConfig};
 use serde_json::Value;
@@ -462,6 +463,32 @@ async fn fills_made_during_a_failover_reach_private_subscribers_once_in_order() 
         "a fill too many: {extra:?}"
     );
     assert_eq!(fills, want, "every fill, once, in exchange order");
+    c.sim.resume();
+}
+
+/// Resume works on any node: a bot that leaves one node, misses fills and resumes on another
+/// gets exactly the fills it missed. These nodes hold private channels only while a client
+/// wants them (`warm_private_channels = false`), so nobody held them meanwhile and the replay
+/// comes from the exchange.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bot_that_resumes_on_another_node_gets_exactly_the_fills_it_missed() {
+    let _serial = SERIAL.lock().await;
+    let c = Cluster::start().await;
+    let leader = c.leader(&[]).await;
+    let [a, b] = others(3, leader)[..] else {
+        unreachable!("three nodes")
+    };
+    let mut first = Bot::connect(&c.nodes[a].url, None).await;
+    first.until("live fills", |b| b.fills.len() >= 3).await;
+    let position = first.last_position();
+    first.client.ws.close(None).await.unwrap();
+    c.sim.fault(exchange_sim::Fault::Burst { count: 2000 });
+    let mut second = Bot::connect(&c.nodes[b].url, Some(&position)).await;
+    let replayed = second.resumed("exchange").await;
+    assert!(replayed > 0, "the burst's fills are replayed");
+    second.live_after(replayed).await;
+    c.sim.pause();
+    assert_exactly_once(&c.sim, &first, &mut second).await;
     c.sim.resume();
 }
 

@@ -7,9 +7,10 @@ mod common;
 
 use std::time::Duration;
 
+use common::bot::*;
 use common::*;
 use exchange_sim::{Fault, Sim, SimConfig};
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio::time::Instant;
 
 fn sim_config() -> SimConfig {
@@ -19,105 +20,6 @@ fn sim_config() -> SimConfig {
         seed: 23,
         ..SimConfig::default()
     }
-}
-
-/// A private client with positions: its fills and `relay_resume` events, as received.
-struct Bot {
-    client: Client,
-    fills: Vec<Value>,
-    resumes: Vec<Value>,
-}
-
-impl Bot {
-    /// Connects with `?relay_events=1` and subscribes to `fill` (resuming from `from`).
-    async fn connect(url: &str, from: Option<&str>) -> Bot {
-        let mut client = Client::connect(&format!("{url}?relay_events=1")).await;
-        let mut params = json!({"channels": ["fill"]});
-        if let Some(from) = from {
-            params["resume_from"] = json!(from);
-        }
-        client
-            .send(json!({"id": 1, "cmd": "subscribe", "params": params}))
-            .await;
-        client.replies_until(1).await;
-        Bot {
-            client,
-            fills: Vec::new(),
-            resumes: Vec::new(),
-        }
-    }
-
-    async fn until(&mut self, what: &str, pred: impl Fn(&Bot) -> bool) {
-        let deadline = Instant::now() + DEADLINE;
-        while !pred(self) {
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
-            if let Some(frame) = self.client.step(Duration::from_millis(100)).await {
-                match frame["type"].as_str() {
-                    Some("fill") => self.fills.push(frame),
-                    Some("relay_resume") => self.resumes.push(frame),
-                    _ => {}
-                }
-            }
-            assert_eq!(self.client.ended, None, "closed");
-        }
-    }
-
-    /// Awaits `relay_resume`, which must report a complete replay from `source`; returns how
-    /// many fills it replayed.
-    async fn resumed(&mut self, source: &str) -> usize {
-        self.until("relay_resume", |b| !b.resumes.is_empty()).await;
-        let resume = &self.resumes[0]["msg"];
-        assert_eq!(resume["recovered"], true, "{resume}");
-        assert_eq!(resume["source"], source, "{resume}");
-        resume["fills"].as_u64().unwrap() as usize
-    }
-
-    /// Awaits a few live fills after the `replayed` ones.
-    async fn live_after(&mut self, replayed: usize) {
-        self.until("live fills after the replay", |b| {
-            b.fills.len() > replayed + 2
-        })
-        .await;
-    }
-
-    fn last_position(&self) -> String {
-        self.fills.last().unwrap()["relay_position"]
-            .as_str()
-            .expect("fills carry relay_position")
-            .to_owned()
-    }
-}
-
-fn ids(fills: &[Value]) -> Vec<String> {
-    fills
-        .iter()
-        .map(|f| f["msg"]["trade_id"].as_str().unwrap().to_owned())
-        .collect()
-}
-
-/// The fills of both connections together are the account's, from the first one received,
-/// each once and in order.
-async fn assert_exactly_once(sim: &Sim, first: &Bot, second: &mut Bot) {
-    let truth = admin_trade_ids(sim).await;
-    let start = truth
-        .iter()
-        .position(|t| *t == ids(&first.fills)[0])
-        .expect("a fill of the account");
-    let want = truth[start..].to_vec();
-    let have = first.fills.len();
-    second
-        .until("every fill up to the pause", |b| {
-            have + b.fills.len() >= want.len()
-        })
-        .await;
-    let extra = second.client.step(Duration::from_millis(300)).await;
-    assert!(
-        extra.as_ref().is_none_or(|f| f["type"] != "fill"),
-        "a fill too many: {extra:?}"
-    );
-    let mut got = ids(&first.fills);
-    got.extend(ids(&second.fills));
-    assert_eq!(got, want, "every fill, once, in exchange order");
 }
 
 /// The resumed bot's replay came whole from `source`; after a few live fills, the two
@@ -220,6 +122,39 @@ async fn an_outage_right_after_a_resume_from_the_exchange_repeats_no_fill() {
     assert_exactly_once(&sim, &first, &mut second).await;
     relay2.shutdown().await;
     sim.shutdown().await;
+}
+
+/// With `warm_private_channels = false` nobody holds the account's fills while no client wants
+/// them, so the relay's history has a gap it cannot see: a resume across it comes whole from
+/// the exchange, never partial from the history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_across_a_time_nobody_held_the_fills_comes_from_the_exchange() {
+    let sim = sim(sim_config()).await;
+    let relay = relay(&sim, |c| c.warm_private_channels = false).await;
+    await_ready(relay.addr, 200).await;
+    let mut first = Bot::connect(&relay.ws_url(), None).await;
+    first.until("live fills", |b| b.fills.len() >= 3).await;
+    let position = first.last_position();
+    first.client.ws.close(None).await.unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    while holds_fills(&sim) {
+        assert!(
+            Instant::now() < deadline,
+            "the relay kept its fill subscription"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    sim.fault(Fault::Burst { count: 3000 });
+    let mut second = Bot::connect(&relay.ws_url(), Some(&position)).await;
+    assert_resumed_exactly_once(&sim, &first, &mut second, "exchange").await;
+    relay.shutdown().await;
+    sim.shutdown().await;
+}
+
+/// Whether any connection to the simulator holds a `fill` subscription.
+fn holds_fills(sim: &Sim) -> bool {
+    (sim.stats().per_connection.iter())
+        .any(|c| c.sids.iter().any(|s| s.channel == protocol::Channel::Fill))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

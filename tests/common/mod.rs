@@ -2,6 +2,7 @@
 //! a client that speaks only the exchange protocol and rebuilds its books from what it receives.
 #![allow(dead_code)]
 
+pub mod bot;
 pub mod schema;
 pub mod tls;
 

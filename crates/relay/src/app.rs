@@ -84,6 +84,7 @@ impl App {
         let history = crate::resume::History::new(
             config.downstream.resume_history_fills.get(),
             config.downstream.resume_history_seconds.get().as_secs() as i64,
+            config.warm_private_channels,
         );
         let heartbeat = Heartbeat::new(
             config.downstream.ping_interval(),

@@ -53,8 +53,8 @@ pub struct RelayConfig {
     #[serde(default)]
     pub warm_markets: Vec<String>,
     /// Keep the account's private channels (fill, user_orders, market_positions) subscribed
-    /// upstream at all times, so a client's subscription is live the moment it is answered.
-    /// Default true.
+    /// upstream at all times, so a client's subscription is live the moment it is answered and
+    /// resumes can be served from the relay's history (without it, they read REST). Default true.
     #[serde(default = "yes")]
     pub warm_private_channels: bool,
     #[serde(default)]

@@ -139,6 +139,10 @@ impl Replayed {
 /// The recent private stream, as the feed published it. Bounded by count and age; a loss (an
 /// announced `MessagesLost`, or the relay's start) resets what it covers.
 pub struct History {
+    /// The private channels are held upstream at all times (`warm_private_channels`). Without
+    /// that, nobody holds them while no client wants them, the stream has gaps this history
+    /// cannot see, and it replays nothing (resumes read REST).
+    continuous: bool,
     max_fills: usize,
     max_age_s: i64,
     /// Fills, oldest first, with their positions and when they were kept.
@@ -152,8 +156,9 @@ pub struct History {
 }
 
 impl History {
-    pub fn new(max_fills: usize, max_age_s: i64) -> History {
+    pub fn new(max_fills: usize, max_age_s: i64, continuous: bool) -> History {
         History {
+            continuous,
             max_fills,
             max_age_s,
             fills: VecDeque::new(),
@@ -233,6 +238,9 @@ impl History {
     /// What followed `from`, if this history holds all of it. `overlap` (seconds) widens the
     /// orders and positions sent, for clocks that disagree.
     pub fn replay(&self, from: &Position, overlap: i64) -> Option<Replay> {
+        if !self.continuous {
+            return None;
+        }
         let mut past = Vec::new();
         let fills: Vec<Kept> = match &from.trade_id {
             Some(id) => {
@@ -427,7 +435,7 @@ mod tests {
 
     #[test]
     fn a_position_in_the_history_replays_what_followed_it() {
-        let mut h = History::new(100, 3600);
+        let mut h = History::new(100, 3600, true);
         let now = now_s();
         for (i, id) in ["a", "b", "c"].iter().enumerate() {
             h.record(fill(id, now + i as i64));
@@ -456,7 +464,7 @@ mod tests {
 
     #[test]
     fn eviction_and_loss_end_what_the_history_covers() {
-        let mut h = History::new(2, 3600);
+        let mut h = History::new(2, 3600, true);
         let now = now_s();
         for id in ["a", "b", "c"] {
             h.record(fill(id, now));
@@ -484,6 +492,16 @@ mod tests {
                 0
             )
             .is_none());
+    }
+
+    #[test]
+    fn a_history_with_gaps_it_cannot_see_replays_nothing() {
+        let mut h = History::new(100, 3600, false);
+        let now = now_s();
+        for id in ["a", "b"] {
+            h.record(fill(id, now));
+        }
+        assert!(h.replay(&at(now, "a"), 0).is_none());
     }
 
     fn at(ts: i64, id: &str) -> Position {

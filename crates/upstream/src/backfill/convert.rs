@@ -43,6 +43,17 @@ impl Memo {
         self.floor.get_or_insert(ts);
     }
 
+    /// The `fill` subscription is live again from `ts` after a time nobody held it: what was
+    /// delivered before belongs to earlier subscribers, fills before `ts` are not a gap, and
+    /// positions known from earlier fills no longer chain on.
+    pub fn restart(&mut self, ts: i64) {
+        self.recent.clear();
+        self.recent_set.clear();
+        self.post_position.clear();
+        self.positions.clear();
+        self.floor = Some(ts);
+    }
+
     /// Fills were lost: the positions known from delivered fills no longer chain on.
     pub fn forget_positions(&mut self) {
         self.post_position.clear();
@@ -94,9 +105,6 @@ impl Memo {
         }
     }
 
-    /// The recovered fills (oldest first, none already delivered) as `fill` messages.
-    /// `positions` (REST, now) anchors markets the stage saw no fill for; `orders` gives
-    /// `client_order_id`.
     /// What of `fills` (oldest first) the owner has not had: everything after the last fill it
     /// was delivered. Fills before that one are its past even when never delivered here (a
     /// relay started since, or the owner's window reaches back before its start); delivering
@@ -115,6 +123,9 @@ impl Memo {
         &fills[cut..]
     }
 
+    /// The recovered fills (oldest first, none already delivered) as `fill` messages.
+    /// `positions` (REST, now) anchors markets the stage saw no fill for; `orders` gives
+    /// `client_order_id`.
     pub fn fills(
         &mut self,
         fills: &[Fill],
@@ -548,6 +559,20 @@ mod tests {
         );
     }
 
+    /// A fill of market `A` made at `ts`.
+    fn at(id: &str, ts: i64) -> Fill {
+        Fill {
+            ts: Some(ts),
+            ..fill(id, "A", "bid", 1)
+        }
+    }
+
+    fn missing_ids<'a>(memo: &Memo, rest: &'a [Fill]) -> Vec<&'a str> {
+        (memo.missing(rest).iter())
+            .map(|f| f.trade_id.as_str())
+            .collect()
+    }
+
     #[test]
     fn fills_before_the_subscription_went_live_are_the_past_not_a_gap() {
         // A relay that delivered no fill yet: its backfill's overlap reaches back before its
@@ -555,25 +580,22 @@ mod tests {
         let mut memo = Memo::default();
         memo.live_from(5);
         memo.live_from(9);
-        let at = |id: &str, ts: i64| Fill {
-            ts: Some(ts),
-            ..fill(id, "A", "bid", 1)
-        };
         let rest = [at("a", 3), at("b", 4), at("c", 5), at("d", 6)];
-        let ids: Vec<&str> = memo
-            .missing(&rest)
-            .iter()
-            .map(|f| f.trade_id.as_str())
-            .collect();
-        assert_eq!(ids, ["c", "d"]);
+        assert_eq!(missing_ids(&memo, &rest), ["c", "d"]);
         // Once a fill was delivered it is the exact cut.
         memo.remember("c");
-        let ids: Vec<&str> = memo
-            .missing(&rest)
-            .iter()
-            .map(|f| f.trade_id.as_str())
-            .collect();
-        assert_eq!(ids, ["d"]);
+        assert_eq!(missing_ids(&memo, &rest), ["d"]);
+    }
+
+    #[test]
+    fn fills_made_while_nobody_held_the_subscription_are_the_past_not_a_gap() {
+        let mut memo = Memo::default();
+        memo.live_from(2);
+        memo.remember("a");
+        // Unsubscribed after `a`, subscribed again at 5.
+        memo.restart(5);
+        let rest = [at("a", 3), at("b", 4), at("c", 5), at("d", 6)];
+        assert_eq!(missing_ids(&memo, &rest), ["c", "d"]);
     }
 
     #[test]

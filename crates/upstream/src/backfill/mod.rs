@@ -233,9 +233,14 @@ impl Stage {
     /// A subscription of `channel` is live: once no private channel is still dead, the backfill
     /// for their gap starts (an outage meanwhile defers it to the next `Subscribed`).
     fn on_live(&mut self, channel: Channel) {
+        let repair = self.dead.contains(&channel) || self.outage_from.is_some();
         if channel.is_private() && self.from_start {
             self.from_start = false;
             self.memo.live_from(now_s());
+        } else if channel == Channel::Fill && !repair {
+            // Not a repair: nobody held it for a while (no client wanted it), so this is a
+            // new subscription whose past begins now.
+            self.memo.restart(now_s());
         }
         if self.dead.remove(&channel)
             && self.dead.is_empty()
