@@ -88,7 +88,8 @@ async fn the_follower_target_delivers_the_feed_with_the_simulators_books() {
         );
     }
 
-    // The same cluster again, a client of the follower rebuilding every book.
+    // The same cluster again, a client of the follower rebuilding every book from its snapshots
+    // and a few seconds of deltas.
     let spec = ClusterSpec {
         bin_dir: config.bin_dir.clone(),
         redis_server: config.redis_server.clone(),
@@ -108,7 +109,7 @@ async fn the_follower_target_delivers_the_feed_with_the_simulators_books() {
         .await;
     client
         .until("live deltas", |c| {
-            c.counts.get("orderbook_delta").copied().unwrap_or(0) >= 20
+            c.counts.get("orderbook_delta").copied().unwrap_or(0) >= 200
         })
         .await;
     sim.pause();
