@@ -47,6 +47,7 @@ pub async fn drive(
         metrics: BTreeMap::new(),
         windows: BTreeMap::new(),
         notes: Vec::new(),
+        upstream_sent: None,
     };
     d.run(load_config).await
 }
@@ -59,6 +60,8 @@ struct Driver<'a> {
     metrics: BTreeMap<String, f64>,
     windows: BTreeMap<String, Measurement>,
     notes: Vec<String>,
+    /// Messages the simulator sent during the last window (to the one upstream session).
+    upstream_sent: Option<u64>,
 }
 
 /// Seconds to wait for a ramp of `n` clients at `rate` per second, with slack.
@@ -89,7 +92,9 @@ impl Driver<'_> {
         let w = load.begin_window(self.watch);
         tokio::time::sleep(Duration::from_secs_f64(secs)).await;
         let m = load.end_window(w);
+        self.upstream_sent = None;
         if let (Some(a), Some(b)) = (sent_before, self.sim_sent().await) {
+            self.upstream_sent = Some(b - a);
             // The simulator's frames all go to the server's one upstream connection, which
             // delivers each to every client; direct clients each have their own.
             let expected = if self.target == Target::Direct {
@@ -132,6 +137,34 @@ impl Driver<'_> {
         let errors: u64 = m.connections.errors.values().sum();
         self.set("closes", closes as f64);
         self.set("errors", errors as f64);
+        if self.target.is_cluster() {
+            self.cluster_metrics(m);
+        }
+    }
+
+    /// What the rest of a cluster cost in the window: the other node and Redis (watched second
+    /// and third, see `suite::Server::watch`), and the whole cluster per delivered frame.
+    fn cluster_metrics(&mut self, m: &Measurement) {
+        let (Some(serving), Some(other), Some(redis)) =
+            (m.processes.first(), m.processes.get(1), m.processes.get(2))
+        else {
+            return;
+        };
+        self.set("other_node_cpu_cores", other.cpu_cores);
+        self.set("redis_cpu_cores", redis.cpu_cores);
+        if let Some(sent) = self.upstream_sent.filter(|n| *n > 0) {
+            self.set(
+                "redis_cpu_per_upstream_msg_us",
+                redis.cpu_secs * 1e6 / sent as f64,
+            );
+        }
+        if m.total.frames > 0 {
+            let secs = serving.cpu_secs + other.cpu_secs + redis.cpu_secs;
+            self.set(
+                "cluster_cpu_per_frame_us",
+                secs * 1e6 / m.total.frames as f64,
+            );
+        }
     }
 
     async fn run(mut self, cfg: LoadConfig) -> Result<Outcome> {

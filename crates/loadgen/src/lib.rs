@@ -9,6 +9,8 @@
 //! - [`client`]: one client task; [`stats`]: sharded per-frame counters and histograms.
 //! - [`baseline`]: the cheapest broadcaster: one upstream, every frame written as-is to every
 //!   client, batched per wake-up (`baseline`) or one write per frame (`baseline-naive`).
+//! - [`cluster`]: a `redis-server` and two relay nodes in cluster mode, for the `relay-follower`
+//!   and `relay-leader` targets.
 //! - [`scenario`]: the suite's workloads (`scenarios/*.toml`); [`suite`] and [`drive`] run them
 //!   against the relay and the baseline as child processes; [`report`] renders tables and
 //!   markdown.
@@ -36,6 +38,7 @@ pub mod admin;
 pub mod baseline;
 pub mod children;
 pub mod client;
+pub mod cluster;
 pub mod drive;
 pub mod load;
 pub mod procstat;

@@ -172,7 +172,9 @@ struct SuiteArgs {
     /// Presets or TOML files, comma-separated [default: all presets].
     #[arg(long, value_delimiter = ',')]
     scenarios: Vec<String>,
-    /// relay, relay-coalesce, baseline (batching), baseline-naive (a write per frame), direct.
+    /// relay, relay-coalesce, baseline (batching), baseline-naive (a write per frame), direct,
+    /// relay-follower and relay-leader (two relays in cluster mode on a fresh redis-server, the
+    /// clients on one node).
     #[arg(
         long,
         value_delimiter = ',',
@@ -211,6 +213,9 @@ struct SuiteArgs {
     coalesce_env: Vec<String>,
     #[arg(long)]
     source_addrs: Option<String>,
+    /// The redis-server binary for relay-follower and relay-leader.
+    #[arg(long, env = "REDIS_SERVER", default_value = "redis-server")]
+    redis_server: PathBuf,
     /// Use a running simulator `WS_URL,ADMIN_URL` instead of starting one per run.
     #[arg(long)]
     external_sim: Option<String>,
@@ -386,6 +391,7 @@ async fn suite(a: SuiteArgs) -> Result<()> {
             .map(parse_source_addrs)
             .transpose()?
             .unwrap_or_default(),
+        redis_server: a.redis_server,
         external_sim,
         command: command_line(),
     };

@@ -118,11 +118,16 @@ fn fmt_num(v: f64) -> String {
     }
 }
 
-/// The baselines ratios are taken against, each its own column.
-const BASELINES: [&str; 2] = ["baseline", "baseline-naive"];
+/// The ratios shown, `(numerator, denominator)`, each its own column when both ran: the relay
+/// against each baseline, and a cluster node against the single relay.
+const RATIOS: [(&str, &str); 4] = [
+    ("relay", "baseline"),
+    ("relay", "baseline-naive"),
+    ("relay-follower", "relay"),
+    ("relay-leader", "relay"),
+];
 
-/// One scenario as a markdown table: metrics by target, and relay / baseline ratios against
-/// each baseline that ran.
+/// One scenario as a markdown table: metrics by target, and the [`RATIOS`] of those that ran.
 pub fn scenario_markdown(s: &ScenarioResult) -> String {
     let mut out = String::new();
     let sc = &s.scenario;
@@ -134,6 +139,8 @@ pub fn scenario_markdown(s: &ScenarioResult) -> String {
         Target::Baseline,
         Target::BaselineNaive,
         Target::Direct,
+        Target::RelayFollower,
+        Target::RelayLeader,
     ]
     .iter()
     .map(|t| t.name())
@@ -142,16 +149,16 @@ pub fn scenario_markdown(s: &ScenarioResult) -> String {
     if targets.is_empty() {
         let _ = writeln!(out, "No successful run.\n");
     } else {
-        let ratios: Vec<&str> = BASELINES
+        let ratios: Vec<(&str, &str)> = RATIOS
             .into_iter()
-            .filter(|b| med.contains_key("relay") && med.contains_key(b))
+            .filter(|(a, b)| med.contains_key(a) && med.contains_key(b))
             .collect();
         let _ = write!(out, "| metric (median) |");
         for t in &targets {
             let _ = write!(out, " {t} |");
         }
-        for b in &ratios {
-            let _ = write!(out, " relay / {b} |");
+        for (a, b) in &ratios {
+            let _ = write!(out, " {a} / {b} |");
         }
         let _ = writeln!(out);
         let _ = writeln!(
@@ -168,8 +175,8 @@ pub fn scenario_markdown(s: &ScenarioResult) -> String {
                 let cell = med[t].get(k).map_or("-".into(), |(v, _)| fmt_num(*v));
                 let _ = write!(out, " {cell} |");
             }
-            for b in &ratios {
-                let ratio = match (med["relay"].get(k), med[b].get(k)) {
+            for (a, b) in &ratios {
+                let ratio = match (med[a].get(k), med[b].get(k)) {
                     (Some((r, _)), Some((b, _))) if b.abs() >= 1e-3 => format!("{:.2}x", r / b),
                     _ => "-".into(),
                 };
@@ -235,6 +242,15 @@ pub fn verdicts(report: &SuiteReport) -> Vec<Verdict> {
             })
         };
         let f = |v: Option<f64>| v.map_or("n/a".to_owned(), fmt_num);
+        // Cluster mode (issue 15), on any scenario where a follower and a single relay both ran.
+        let follower = |k: &str| Some(m("relay-follower", k)? / m("relay", k)?);
+        if let Some(r) = follower("cpu_per_frame_us") {
+            push(
+                "cluster: follower CPU/frame <= 1.15x a single relay's",
+                Some(r <= 1.15),
+                format!("{}x, p99 {}x", f(Some(r)), f(follower("p99_ms"))),
+            );
+        }
         match s.scenario.name.as_str() {
             "fanout" => {
                 let (r, p) = (ratio("relay", "cpu_per_frame_us"), m("relay", "p99_ms"));

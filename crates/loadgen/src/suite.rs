@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use crate::admin;
 use crate::children::{self, ChildProc};
+use crate::cluster::{Cluster, ClusterSpec};
 use crate::load::Measurement;
 use crate::procstat::{self, Machine};
 use crate::scenario::{Pacing, Scenario};
@@ -29,6 +30,12 @@ pub enum Target {
     BaselineNaive,
     /// The simulator itself, no server in between.
     Direct,
+    /// Two relays in cluster mode on a fresh `redis-server`; the clients on the follower, which
+    /// serves from the Redis stream only.
+    RelayFollower,
+    /// The same cluster, the clients on the leader (it holds the upstream and writes the
+    /// stream, and serves its clients from the stream too).
+    RelayLeader,
 }
 
 impl Target {
@@ -39,6 +46,8 @@ impl Target {
             "baseline" => Target::Baseline,
             "baseline-naive" => Target::BaselineNaive,
             "direct" => Target::Direct,
+            "relay-follower" => Target::RelayFollower,
+            "relay-leader" => Target::RelayLeader,
             _ => return None,
         })
     }
@@ -50,7 +59,14 @@ impl Target {
             Target::Baseline => "baseline",
             Target::BaselineNaive => "baseline-naive",
             Target::Direct => "direct",
+            Target::RelayFollower => "relay-follower",
+            Target::RelayLeader => "relay-leader",
         }
+    }
+
+    /// Whether the target is a cluster (Redis and two nodes).
+    pub fn is_cluster(self) -> bool {
+        matches!(self, Target::RelayFollower | Target::RelayLeader)
     }
 }
 
@@ -70,6 +86,8 @@ pub struct SuiteConfig {
     /// for scenarios without a `coalesce_window_seconds` of their own.
     pub coalesce_env: Vec<(String, String)>,
     pub source_addrs: Vec<Ipv4Addr>,
+    /// The `redis-server` binary of the cluster targets.
+    pub redis_server: PathBuf,
     /// Use this simulator (`ws_url`, `admin_url`) instead of starting one per run.
     pub external_sim: Option<(String, String)>,
     /// The command line, for the report.
@@ -176,24 +194,58 @@ fn coalesce_env(config: &SuiteConfig, scenario: &Scenario) -> Vec<(String, Strin
     }
 }
 
-/// The processes of one run; both children are killed on drop, and by [`Rig::stop`].
+/// The server under test: none (`direct`), one process, or a cluster.
+enum Server {
+    None,
+    One(Box<ChildProc>),
+    /// The clients on the leader, or on the follower.
+    Cluster {
+        cluster: Box<Cluster>,
+        on_leader: bool,
+    },
+}
+
+impl Server {
+    /// `(name, pid)` of the server's processes, the one the clients use first (its CPU is the
+    /// one per frame).
+    fn watch(&self) -> Vec<(String, u32)> {
+        let p = |c: &ChildProc| (c.name.clone(), c.pid);
+        match self {
+            Server::None => Vec::new(),
+            Server::One(c) => vec![p(c)],
+            Server::Cluster { cluster, on_leader } => vec![
+                p(&cluster.node(*on_leader).proc),
+                p(&cluster.node(!*on_leader).proc),
+                p(&cluster.redis),
+            ],
+        }
+    }
+
+    async fn stop(self) {
+        match self {
+            Server::None => {}
+            Server::One(c) => c.stop().await,
+            Server::Cluster { cluster, .. } => cluster.stop().await,
+        }
+    }
+}
+
+/// The processes of one run; every child is killed on drop, and by [`Rig::stop`].
 struct Rig {
     sim: Option<ChildProc>,
-    server: Option<ChildProc>,
+    server: Server,
     admin_url: String,
     /// Where the clients connect.
     url: String,
-    /// `(name, pid)`: the server first (its CPU is the one per frame), then the simulator and
-    /// this process.
+    /// `(name, pid)`: the server first (its CPU is the one per frame), then the rest of a
+    /// cluster, the simulator and this process.
     watch: Vec<(String, u32)>,
 }
 
 impl Rig {
-    async fn stop(mut self) {
-        if let Some(s) = self.server.take() {
-            s.stop().await;
-        }
-        if let Some(s) = self.sim.take() {
+    async fn stop(self) {
+        self.server.stop().await;
+        if let Some(s) = self.sim {
             s.stop().await;
         }
     }
@@ -248,11 +300,27 @@ async fn start_server(
     ws_url: &str,
     subscribe: &str,
     log: PathBuf,
-) -> Result<(Option<ChildProc>, String)> {
+) -> Result<(Server, String)> {
     let listen = children::free_addr()?;
     let url = format!("ws://{listen}/trade-api/ws/v2");
     match target {
-        Target::Direct => Ok((None, ws_url.to_owned())),
+        Target::Direct => Ok((Server::None, ws_url.to_owned())),
+        Target::RelayFollower | Target::RelayLeader => {
+            let spec = ClusterSpec {
+                bin_dir: config.bin_dir.clone(),
+                redis_server: config.redis_server.clone(),
+                relay_args: config.relay_args.clone(),
+                relay_env: config.relay_env.clone(),
+                log_dir: config.log_dir.clone(),
+                tag: log
+                    .file_stem()
+                    .map_or_else(|| target.name().into(), |s| s.to_string_lossy().into()),
+            };
+            let cluster = Box::new(Cluster::start(&spec, ws_url).await?);
+            let on_leader = target == Target::RelayLeader;
+            let url = cluster.node(on_leader).url();
+            Ok((Server::Cluster { cluster, on_leader }, url))
+        }
         Target::Relay | Target::RelayCoalesce => {
             let bin = children::sibling(&config.bin_dir, "relay")?;
             let mut args = strings(&["--listen", &listen.to_string(), "--upstream-url", ws_url]);
@@ -271,7 +339,7 @@ async fn start_server(
             let mut child =
                 ChildProc::spawn(target.name(), &bin, &args, &env, &config.log_dir, &log)?;
             child.wait_ready(listen, Some("/healthz")).await?;
-            Ok((Some(child), url))
+            Ok((Server::One(Box::new(child)), url))
         }
         Target::Baseline | Target::BaselineNaive => {
             let bin = std::env::current_exe()?;
@@ -294,7 +362,7 @@ async fn start_server(
             let mut child =
                 ChildProc::spawn(target.name(), &bin, &args, &[], &config.log_dir, &log)?;
             child.wait_ready(listen, None).await?;
-            Ok((Some(child), url))
+            Ok((Server::One(Box::new(child)), url))
         }
     }
 }
@@ -325,10 +393,7 @@ async fn run_one(
         log(target.name()),
     )
     .await?;
-    let mut watch = Vec::new();
-    if let Some(s) = &server {
-        watch.push((s.name.clone(), s.pid));
-    }
+    let mut watch = server.watch();
     if let Some(s) = &sim {
         watch.push(("exchange-sim".to_owned(), s.pid));
     }

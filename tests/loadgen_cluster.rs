@@ -1,0 +1,120 @@
+//! The benchmark suite's cluster target at tiny size: a real `redis-server` and two nodes of this
+//! build's relay, in front of an in-process simulator. Frames reach the suite's clients through
+//! the follower, and a client of the follower holds the simulator's books. No performance figure
+//! is asserted.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{subscribe, Client};
+use exchange_sim::SimConfig;
+use loadgen::cluster::{Cluster, ClusterSpec};
+use loadgen::{Scenario, SuiteConfig, Target};
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    dir.join(format!("loadgen-cluster-{name}-{}", std::process::id()))
+}
+
+fn bin_dir() -> PathBuf {
+    Path::new(env!("CARGO_BIN_EXE_relay"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn redis_server() -> PathBuf {
+    std::env::var_os("REDIS_SERVER")
+        .unwrap_or_else(|| "/usr/bin/redis-server".into())
+        .into()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_follower_target_delivers_the_feed_with_the_simulators_books() {
+    let sim = common::sim(SimConfig {
+        markets: 4,
+        rate: 200.0,
+        stamp: true,
+        ..SimConfig::default()
+    })
+    .await;
+    let logs = scratch("logs");
+
+    // The suite's `relay-follower` target: `fanout` with 5 clients and a 3 s window.
+    let config = SuiteConfig {
+        scenarios: vec![Scenario::load("fanout").unwrap().scaled(0.01, 0.2)],
+        targets: vec![Target::RelayFollower],
+        repeat: 1,
+        bin_dir: bin_dir(),
+        log_dir: logs.clone(),
+        relay_args: Vec::new(),
+        relay_env: Vec::new(),
+        coalesce_env: Vec::new(),
+        source_addrs: Vec::new(),
+        redis_server: redis_server(),
+        external_sim: Some((sim.ws_url(), format!("http://{}", sim.admin_addr()))),
+        command: "tests/loadgen_cluster.rs".into(),
+    };
+    let report = loadgen::suite::run(&config).await.unwrap();
+    let s = &report.scenarios[0];
+    assert!(
+        s.errors.is_empty(),
+        "{:?} (logs in {})",
+        s.errors,
+        logs.display()
+    );
+    let run = &s.runs[0];
+    let main = &run.windows["main"];
+    let names: Vec<&str> = main.processes.iter().map(|p| p.name.as_str()).collect();
+    // Node `b` is the follower: the clients' frames and the CPU per frame are its.
+    assert_eq!(
+        names[..3],
+        ["relay-b", "relay-a", "redis-server"],
+        "{names:?}"
+    );
+    assert!(main.total.frames > 0, "no frame through the follower");
+    let delivered = run.metrics["delivered_ratio"];
+    assert!(delivered > 0.95, "delivered {delivered}: {:?}", run.metrics);
+    for key in [
+        "redis_cpu_cores",
+        "other_node_cpu_cores",
+        "redis_cpu_per_upstream_msg_us",
+    ] {
+        assert!(
+            run.metrics.contains_key(key),
+            "{key} missing: {:?}",
+            run.metrics
+        );
+    }
+
+    // The same cluster again, a client of the follower rebuilding every book from its snapshots
+    // and a few seconds of deltas.
+    let spec = ClusterSpec {
+        bin_dir: config.bin_dir.clone(),
+        redis_server: config.redis_server.clone(),
+        relay_args: Vec::new(),
+        relay_env: Vec::new(),
+        log_dir: logs.clone(),
+        tag: "books".into(),
+    };
+    let cluster = Cluster::start(&spec, &sim.ws_url()).await.unwrap();
+    let markets = sim.markets();
+    let mut client = Client::connect(&cluster.follower.url()).await;
+    client
+        .send(subscribe(1, &["orderbook_delta"], &markets))
+        .await;
+    client
+        .until("every book's snapshot", |c| c.books.len() == markets.len())
+        .await;
+    client
+        .until("live deltas", |c| {
+            c.counts.get("orderbook_delta").copied().unwrap_or(0) >= 200
+        })
+        .await;
+    sim.pause();
+    client.converge(&sim, &markets).await;
+    cluster.stop().await;
+    sim.shutdown().await;
+    let _ = std::fs::remove_dir_all(&logs);
+}
