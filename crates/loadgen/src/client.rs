@@ -32,7 +32,8 @@ const CLOSE_GRACE: Duration = Duration::from_millis(500);
 pub struct Plan {
     pub url: String,
     pub target: SocketAddr,
-    pub subscribe: Option<String>,
+    /// Client `i` sends the `i mod len`-th (see [`crate::LoadConfig::subscribe`]).
+    pub subscribe: Vec<String>,
     pub read_buffer_bytes: usize,
     pub slow_rate: f64,
     pub reconnect_secs: (f64, f64),
@@ -136,7 +137,8 @@ impl Client {
     }
 
     async fn session(&self, mut ws: Ws, first_start: Instant, first_data_seen: &mut bool) -> End {
-        if let Some(cmd) = &self.plan.subscribe {
+        let commands = &self.plan.subscribe;
+        if let Some(cmd) = commands.get(self.index % commands.len().max(1)) {
             if let Err(e) = ws.send(Message::text(cmd.as_str())).await {
                 self.stats.error(&ws_error_kind(&e));
                 return End::Lost;

@@ -33,7 +33,7 @@ pub async fn drive(
         url: url.to_owned(),
         clients: scenario.clients,
         connect_rate: scenario.connect_rate,
-        subscribe: Some(subscribe.to_owned()),
+        subscribe: vec![subscribe.to_owned()],
         source_addrs: config.source_addrs.clone(),
         read_buffer_bytes: scenario.read_buffer_bytes,
         expected_snapshots: scenario.books_per_client().max(1),

@@ -21,7 +21,7 @@
 //! let mut load = Load::start(LoadConfig {
 //!     url: "ws://127.0.0.1:8080/trade-api/ws/v2".into(),
 //!     clients: 100,
-//!     subscribe: Some(r#"{"id":1,"cmd":"subscribe","params":{"channels":["ticker"]}}"#.into()),
+//!     subscribe: vec![r#"{"id":1,"cmd":"subscribe","params":{"channels":["ticker"]}}"#.into()],
 //!     ..LoadConfig::default()
 //! })
 //! .await?;

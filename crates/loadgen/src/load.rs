@@ -28,8 +28,9 @@ pub struct LoadConfig {
     pub clients: usize,
     /// New connections per second; 0 opens them all at once.
     pub connect_rate: f64,
-    /// The command each client sends once connected (verbatim), if any.
-    pub subscribe: Option<String>,
+    /// The commands clients send once connected (verbatim): client `i` sends the `i mod len`-th
+    /// (none when empty).
+    pub subscribe: Vec<String>,
     pub stalled_share: f64,
     pub slow_share: f64,
     /// Frames per second a slow client reads.
@@ -52,7 +53,7 @@ impl Default for LoadConfig {
             url: String::new(),
             clients: 1,
             connect_rate: 1000.0,
-            subscribe: None,
+            subscribe: Vec::new(),
             stalled_share: 0.0,
             slow_share: 0.0,
             slow_rate: 10.0,

@@ -55,18 +55,23 @@ struct SubscribeArgs {
     /// Where to list markets from (an exchange-protocol server that sends tickers).
     #[arg(long)]
     discover_url: Option<String>,
+    /// Each client subscribes to one of the markets (client `i` to the `i mod count`-th), not
+    /// to all of them: clients with different interests.
+    #[arg(long, conflicts_with = "subscribe_json")]
+    spread: bool,
 }
 
 impl SubscribeArgs {
-    /// The subscribe command and the number of books it opens per client.
-    async fn command(&self, default_url: &str) -> Result<Option<(String, u32)>> {
+    /// The subscribe commands (one for every client, or with `--spread` one per market) and
+    /// the number of books each opens.
+    async fn commands(&self, default_url: &str) -> Result<(Vec<String>, u32)> {
         if let Some(json) = &self.subscribe_json {
             serde_json::from_str::<serde_json::Value>(json)
                 .context("--subscribe-json is not JSON")?;
-            return Ok(Some((json.clone(), 1)));
+            return Ok((vec![json.clone()], 1));
         }
         if self.channels.is_empty() {
-            return Ok(None);
+            return Ok((Vec::new(), 1));
         }
         let listed =
             self.markets.contains(|c: char| c.is_ascii_alphabetic()) && self.markets != "all";
@@ -88,15 +93,18 @@ impl SubscribeArgs {
                 }
             }
         };
-        let books = if self.channels.iter().any(|c| c == "orderbook_delta") {
-            markets.len() as u32
-        } else {
-            1
-        };
-        Ok(Some((
-            admin::subscribe_command(&self.channels, &markets),
+        let books = self.channels.iter().any(|c| c == "orderbook_delta");
+        if self.spread {
+            let commands = (markets.iter())
+                .map(|m| admin::subscribe_command(&self.channels, std::slice::from_ref(m)))
+                .collect();
+            return Ok((commands, 1));
+        }
+        let books = if books { markets.len() as u32 } else { 1 };
+        Ok((
+            vec![admin::subscribe_command(&self.channels, &markets)],
             books,
-        )))
+        ))
     }
 }
 
@@ -263,13 +271,13 @@ async fn dispatch(cmd: Cmd) -> Result<()> {
 }
 
 async fn run(a: RunArgs) -> Result<()> {
-    let subscribe = a.subscribe.command(&a.url).await?;
+    let (subscribe, books) = a.subscribe.commands(&a.url).await?;
     let config = LoadConfig {
         url: a.url.clone(),
         clients: a.clients,
         connect_rate: a.connect_rate,
-        expected_snapshots: subscribe.as_ref().map_or(1, |s| s.1),
-        subscribe: subscribe.map(|s| s.0),
+        expected_snapshots: books,
+        subscribe,
         stalled_share: a.stalled_share,
         slow_share: a.slow_share,
         slow_rate: a.slow_rate,
@@ -310,7 +318,10 @@ async fn run(a: RunArgs) -> Result<()> {
 }
 
 async fn serve_baseline(a: BaselineArgs) -> Result<()> {
-    let subscribe = a.subscribe.command(&a.upstream).await?.map(|s| s.0);
+    if a.subscribe.spread {
+        bail!("--spread is for clients: the baseline subscribes to everything its clients want");
+    }
+    let subscribe = a.subscribe.commands(&a.upstream).await?.0.pop();
     raise_nofile(u64::MAX / 2)?;
     let listener = baseline::bind(a.listen)?;
     println!(
