@@ -27,10 +27,11 @@ pub(crate) struct Shared<N> {
     /// was sent: they are handed it instead. Written by the publisher before it sends the notice.
     pub notice: Mutex<Option<(u64, Arc<N>)>>,
     /// Parked subscribers wait here, not on the ring, each in one of [`WAKE_GROUPS`] groups:
-    /// the publisher wakes every group when it releases what it sent
-    /// ([`Publisher::release`](crate::Publisher::release)), so a batch of items costs each
-    /// subscriber one wake-up; the owner can wake one group ([`Fanout::wake`](crate::Fanout::wake),
-    /// the relay's heartbeat), so a subscriber's task has one thing to wait on.
+    /// the publisher wakes the groups its items concern ([`Cache::wake_mask`]) when it releases
+    /// them ([`Publisher::release`](crate::Publisher::release)), so a batch of items costs each
+    /// subscriber of their topics one wake-up; the owner can wake one group
+    /// ([`Fanout::wake`](crate::Fanout::wake), the relay's heartbeat), so a subscriber's task has
+    /// one thing to wait on.
     pub wake: Arc<[tokio::sync::Notify]>,
     /// Set when the publisher is dropped, before it wakes the parked subscribers: one that finds
     /// the ring empty then ends, even if a subscriber being created still holds a sender.
@@ -56,7 +57,50 @@ pub(crate) struct Cache {
     pub markets: HashMap<Arc<str>, MarketState>,
     /// Items published per channel (the `channel_no` of the last one).
     pub channel_counts: [u64; Channel::COUNT],
+    /// The wake groups with a subscriber of each market's topics (only while one exists, so a
+    /// client naming made-up tickers grows nothing for long).
+    pub interest: HashMap<Arc<str>, Interest>,
+    /// The wake groups with a subscriber of a whole channel.
+    pub channel_interest: Interest,
 }
+
+/// Which wake groups hold a subscriber of a topic, per channel: an item wakes only those.
+#[derive(Default)]
+pub(crate) struct Interest {
+    /// (channel index, group, subscribers).
+    counts: Vec<(u8, u8, u32)>,
+    masks: [u32; Channel::COUNT],
+}
+
+impl Interest {
+    fn add(&mut self, channel: Channel, group: usize) {
+        let (c, g) = (channel.index() as u8, group as u8);
+        match self.counts.iter_mut().find(|e| e.0 == c && e.1 == g) {
+            Some(e) => e.2 += 1,
+            None => self.counts.push((c, g, 1)),
+        }
+        self.masks[channel.index()] |= 1 << group;
+    }
+
+    fn remove(&mut self, channel: Channel, group: usize) {
+        let (c, g) = (channel.index() as u8, group as u8);
+        if let Some(i) = self.counts.iter().position(|e| e.0 == c && e.1 == g) {
+            self.counts[i].2 -= 1;
+            if self.counts[i].2 == 0 {
+                self.counts.swap_remove(i);
+                self.masks[channel.index()] &= !(1 << group);
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.counts.is_empty()
+    }
+}
+
+/// Every wake group.
+pub(crate) const ALL_GROUPS: u32 = u32::MAX >> (32 - WAKE_GROUPS);
+const _: () = assert!(WAKE_GROUPS <= 32, "wake masks are u32");
 
 pub(crate) struct MarketState {
     /// The interned name: every item and topic of this market shares this allocation.
@@ -118,8 +162,15 @@ pub(crate) struct Cut {
 impl<N> Shared<N> {
     /// Wakes every parked subscriber.
     pub fn wake_all(&self) {
-        for group in self.wake.iter() {
-            group.notify_waiters();
+        self.wake_groups(ALL_GROUPS);
+    }
+
+    /// Wakes the parked subscribers of the groups in `mask`.
+    pub fn wake_groups(&self, mut mask: u32) {
+        while mask != 0 {
+            let group = mask.trailing_zeros() as usize;
+            self.wake[group].notify_waiters();
+            mask &= mask - 1;
         }
     }
 }
@@ -160,6 +211,39 @@ impl Cache {
             self.markets.insert(name.clone(), MarketState::new(name));
         }
         self.markets.get_mut(market).expect("inserted above")
+    }
+
+    /// A subscriber in `group` now holds `topic`: the topic's items wake its group.
+    pub fn interested(&mut self, topic: &Topic, group: usize) {
+        match &topic.market {
+            None => self.channel_interest.add(topic.channel, group),
+            Some(m) => (self.interest.entry(m.clone()).or_default()).add(topic.channel, group),
+        }
+    }
+
+    /// A subscriber in `group` no longer holds `topic`.
+    pub fn uninterested(&mut self, topic: &Topic, group: usize) {
+        match &topic.market {
+            None => self.channel_interest.remove(topic.channel, group),
+            Some(m) => {
+                if let Some(i) = self.interest.get_mut(&**m) {
+                    i.remove(topic.channel, group);
+                    if i.is_empty() {
+                        self.interest.remove(&**m);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The wake groups an item of `channel` (and `market`) concerns. An item without a market
+    /// wakes every group.
+    pub fn wake_mask(&self, channel: Channel, market: Option<&str>) -> u32 {
+        let Some(market) = market else {
+            return ALL_GROUPS;
+        };
+        let of_market = (self.interest.get(market)).map_or(0, |i| i.masks[channel.index()]);
+        of_market | self.channel_interest.masks[channel.index()]
     }
 
     /// Cuts `topic`: its count, and for books the snapshot, for tickers (when `tickers`) the latest

@@ -103,6 +103,8 @@ pub struct Item {
     pub(crate) bytes_before: u64,
     /// A stale marker rather than a message (never handed to the relay as an item).
     pub(crate) stale: bool,
+    /// The wake groups with a subscriber of the item's topic when it was numbered.
+    pub(crate) wake: u32,
     pub(crate) payload: Payload,
     /// The `use_yes_price` body, encoded at most once, by the first subscriber that asks.
     yes_body: OnceLock<Bytes>,
@@ -134,6 +136,7 @@ impl Item {
             channel_no,
             bytes_before,
             stale: false,
+            wake: crate::cache::ALL_GROUPS,
             payload,
             yes_body: OnceLock::new(),
             received_at: None,

@@ -37,9 +37,15 @@
 //!   subscriber tasks parked on the stream (about 0.7 µs each on the 2-core bench machine; see
 //!   the README). Subscribers that are busy or have a backlog are not parked and cost the
 //!   publisher nothing; under load most are in that state. Parked subscribers are spread over
-//!   [`WAKE_GROUPS`] groups: a release wakes them all, [`Fanout::wake`] one group, so the owner
-//!   can send its own reasons to wake (the relay's heartbeat) through the same wait
-//!   ([`Subscriber::signal`]).
+//!   [`WAKE_GROUPS`] groups, and the cache knows which groups hold a subscriber of each topic:
+//!   an item wakes only those groups (a notice, or an item without a market, wakes all), a
+//!   release the groups of what it releases, [`Fanout::wake`] one group, so the owner can send
+//!   its own reasons to wake (the relay's heartbeat) through the same wait
+//!   ([`Subscriber::signal`]). So a client of a quiet market costs nothing per message of the
+//!   busy ones. Every group is also woken once per half ring (`queue_messages / 2` items or
+//!   `queue_bytes / 2` bytes), so a parked subscriber reads past the others' items before the
+//!   ring overwrites them; one that still falls behind with nothing of its own topics lost skips
+//!   ahead without a lag.
 //! - **Notices.** The publisher's owner can put a notice of its own type in the stream
 //!   ([`Publisher::notice`]): every subscriber, whatever its topics, gets it as
 //!   [`Delivery::Notice`] in order with the messages, so what was published before it is

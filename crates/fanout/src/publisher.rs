@@ -8,7 +8,7 @@ use bytes::Bytes;
 use protocol::{BookError, Channel, MessageType, OrderbookDelta, OrderbookSnapshot};
 use tokio::sync::broadcast;
 
-use crate::cache::{Cache, Shared};
+use crate::cache::{Cache, Shared, ALL_GROUPS};
 use crate::item::{Entry, Item, Payload};
 use crate::metrics::Metrics;
 
@@ -62,6 +62,10 @@ pub struct Publisher<N = ()> {
     unreleased: usize,
     /// Body bytes of those items: what a parked subscriber finds unread when woken.
     unreleased_bytes: u64,
+    /// The wake groups those items concern.
+    unreleased_wake: u32,
+    /// Items and body bytes sent since every group was last woken.
+    since_all: (usize, u64),
 }
 
 impl<N> Publisher<N> {
@@ -75,6 +79,8 @@ impl<N> Publisher<N> {
             holding: false,
             unreleased: 0,
             unreleased_bytes: 0,
+            unreleased_wake: 0,
+            since_all: (0, 0),
         }
     }
 
@@ -86,12 +92,14 @@ impl<N> Publisher<N> {
         self.holding = true;
     }
 
-    /// Wakes the subscribers parked since the last release: they find every item sent since.
+    /// Wakes the subscribers parked since the last release that the items sent since concern:
+    /// they find every item sent since.
     pub fn release(&mut self) {
         if self.unreleased > 0 {
             self.unreleased = 0;
             self.unreleased_bytes = 0;
-            self.shared.wake_all();
+            self.shared
+                .wake_groups(std::mem::take(&mut self.unreleased_wake));
         }
     }
 
@@ -340,11 +348,13 @@ impl<N> Publisher<N> {
             }
             None => (None, channel_no),
         };
+        let wake = cache.wake_mask(channel, market.as_deref());
         let position = self.position + 1;
         let mut item = Item::new(
             position, channel, kind, market, body, topic_no, channel_no, self.bytes, payload,
         );
         item.received_at = self.received_at;
+        item.wake = wake;
         item
     }
 
@@ -360,9 +370,15 @@ impl<N> Publisher<N> {
 
     /// Appends to the ring (outside the cache lock: the wake-ups happen here).
     fn send(&mut self, entry: Entry<N>, start: Instant) -> u64 {
-        let (position, len, channel) = match &entry {
-            Entry::Item(item) => (item.position, item.body.len() as u64, Some(item.channel)),
-            Entry::Notice { position, .. } => (*position, 0, None),
+        // An item wakes the groups with a subscriber of its topic; a notice is for everyone.
+        let (position, len, channel, mut wake) = match &entry {
+            Entry::Item(item) => (
+                item.position,
+                item.body.len() as u64,
+                Some(item.channel),
+                item.wake,
+            ),
+            Entry::Notice { position, .. } => (*position, 0, None, ALL_GROUPS),
         };
         self.position = position;
         self.bytes += len;
@@ -370,13 +386,27 @@ impl<N> Publisher<N> {
         self.shared
             .bytes_published
             .store(self.bytes, Ordering::Release);
+        // Every group is woken at least once per half ring, so a subscriber whose topics are
+        // quiet reads past the others' items before the ring overwrites them (a lag with
+        // nothing of its own lost would be harmless, but a busy topic of its own among them
+        // would cost it a repair).
+        self.since_all.0 += 1;
+        self.since_all.1 += len;
+        let cfg = &self.shared.config;
+        if self.since_all.0 * 2 >= cfg.queue_messages || self.since_all.1 * 2 >= cfg.queue_bytes {
+            wake = ALL_GROUPS;
+        }
+        if wake == ALL_GROUPS {
+            self.since_all = (0, 0);
+        }
         // Err only when no subscriber exists: nobody to deliver to, and the cache is up to date.
         let _ = self.tx.send(entry);
         if self.holding {
             self.unreleased += 1;
             self.unreleased_bytes += len;
+            self.unreleased_wake |= wake;
         } else {
-            self.shared.wake_all();
+            self.shared.wake_groups(wake);
         }
         let m = &self.shared.metrics;
         if let Some(channel) = channel {

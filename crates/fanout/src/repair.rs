@@ -80,6 +80,11 @@ impl Repair {
         self.tickers.extend(cut.tickers);
     }
 
+    /// Whether none of the subscriber's topics changed while it was behind.
+    pub fn lost_nothing(&self) -> bool {
+        self.report.messages_lost == 0 && self.newly_stale.is_empty()
+    }
+
     /// Messages of the subscriber's topics it will never receive.
     pub fn messages_lost(&self) -> u64 {
         self.report.messages_lost

@@ -201,18 +201,21 @@ impl<N> Subscriber<N> {
             return Ok(false);
         }
         let is_book = topic.channel == Channel::OrderbookDelta;
-        let cut = self
-            .shared
-            .cache
-            .lock()
-            .cut(&topic, is_book, initial_ticker);
+        // The cut and the interest together: every item numbered after the cut wakes this
+        // subscriber's group.
+        let (cut, topic) = {
+            let mut cache = self.shared.cache.lock();
+            let cut = cache.cut(&topic, is_book, initial_ticker);
+            let topic = Topic {
+                channel: topic.channel,
+                market: cut.market.clone().or(topic.market),
+            };
+            cache.interested(&topic, self.group);
+            (cut, topic)
+        };
         let mut state = TopicState {
             seen: cut.seen,
             waiting_reset: false,
-        };
-        let topic = Topic {
-            channel: topic.channel,
-            market: cut.market.clone().or(topic.market),
         };
         if let (Some(book), Some(market)) = (cut.book, &topic.market) {
             match book.into_item(&self.shared, market) {
@@ -238,6 +241,7 @@ impl<N> Subscriber<N> {
         if last_of_channel {
             self.shared.metrics.subscribers[topic.channel.index()].decrement(1.0);
         }
+        self.shared.cache.lock().uninterested(topic, self.group);
         self.shared.registry.remove(topic, &self.shared.metrics);
         let pending = std::mem::take(&mut self.pending);
         self.pending = pending
@@ -449,6 +453,23 @@ impl<N> Subscriber<N> {
         // this line are all newer than the cut, so they reach the new cursor.
         self.rx = self.rx.resubscribe();
         self.read = 0;
+
+        // One cut for every topic: counts (what was lost), books, tickers.
+        let mut repair = Repair::new(cause);
+        {
+            let mut cache = self.shared.cache.lock();
+            for (topic, state) in self.topics.iter_mut() {
+                let is_book = topic.channel == Channel::OrderbookDelta;
+                let cut = cache.cut(&topic, is_book, true);
+                repair.account(topic, state, cut);
+            }
+        }
+        if cause != LagCause::Gap && repair.lost_nothing() {
+            // Parked while only other topics' items went by (items wake only the groups of
+            // their topic): nothing to repair, and not a slow consumer.
+            self.catch_up_notice();
+            return;
+        }
         let m = &self.shared.metrics;
         match cause {
             LagCause::Messages => m.lags_messages.increment(1),
@@ -465,17 +486,6 @@ impl<N> Subscriber<N> {
                 .is_some_and(|t| now.duration_since(*t) >= window)
             {
                 self.lags.pop_front();
-            }
-        }
-
-        // One cut for every topic: counts (what was lost), books, tickers.
-        let mut repair = Repair::new(cause);
-        {
-            let mut cache = self.shared.cache.lock();
-            for (topic, state) in self.topics.iter_mut() {
-                let is_book = topic.channel == Channel::OrderbookDelta;
-                let cut = cache.cut(&topic, is_book, true);
-                repair.account(topic, state, cut);
             }
         }
         m.dropped.increment(repair.messages_lost());
