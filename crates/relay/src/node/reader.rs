@@ -174,7 +174,13 @@ async fn load(
             return Ok(None);
         }
     }
-    let start = loaded.start();
+    // Where the books can be brought forward from; but a node that kept its place reads on from
+    // there, even when the books have moved past it meanwhile: the entries in between that are
+    // not in the books (fills, notices) would otherwise never be delivered.
+    let start = match &last {
+        Some(p) if contiguous && p.seq < loaded.start().seq => p.clone(),
+        _ => loaded.start(),
+    };
     debug!(
         books = books_at.len(),
         from = start.seq,
