@@ -589,6 +589,28 @@ async fn every_node_reports_a_redis_outage_and_recovers_by_itself_when_redis_ret
     }
 }
 
+/// Redis restarted empty has forgotten the lease and its epoch: a follower can take a fresh
+/// lease while the old leader, not yet told, still holds its session. The new leader must not
+/// connect before the old lease has run out on the old leader's own clock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_redis_restart_the_exchange_never_sees_two_sessions() {
+    let _serial = SERIAL.lock().await;
+    let mut c = Cluster::start().await;
+    for round in 1..=4 {
+        c.leader(&[]).await;
+        let before = c.snapshot_counts();
+        c.redis.restart();
+        c.fresh_snapshots(&[0, 1, 2], &before).await;
+        c.leader(&[]).await;
+        assert_eq!(
+            c.max_sessions.load(Ordering::Relaxed),
+            1,
+            "two sessions at once after Redis restart {round}"
+        );
+    }
+    c.converge(&[0, 1, 2]).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_on_the_leader_hands_the_session_off_within_2_s() {
     let _serial = SERIAL.lock().await;

@@ -8,6 +8,11 @@
 //! take the lease, without waiting for Redis to answer. Two sessions can overlap only while an
 //! old leader cannot run at all (a paused process, a frozen machine); the stream's fence keeps
 //! such a leader from writing when it wakes, and it closes its session then.
+//!
+//! A lease taken with an epoch no higher than one this node saw before means Redis lost its
+//! state (it restarted empty): the old leader cannot have been told, and holds its session until
+//! its own clock says its lease is over. The new leader holds the lease that long before it
+//! connects.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -71,12 +76,27 @@ async fn lead(ctx: &Arc<Ctx>, token: Token) {
     let margin = (lease / 10).max(Duration::from_millis(50));
     // Sent just before the acquisition: the lease lasts at least this long from here.
     let mut valid_until = Instant::now() + lease - margin;
+    let redis_forgot = token.epoch <= ctx.status.max_epoch();
+    ctx.status.set_leader(Some(&token), true);
+    metrics::counter!(FAILOVERS_TOTAL).increment(1);
+    if redis_forgot {
+        info!(
+            epoch = token.epoch,
+            "the lease epoch went back (redis restarted): waiting out the old leader's lease"
+        );
+        let until = Instant::now() + lease;
+        if let Err(ending) = hold(ctx, &token, until, &mut valid_until).await {
+            ctx.status.set_leader(None, false);
+            if ending == Ending::Shutdown {
+                let _ = ctx.store.release(&token).await;
+            }
+            return;
+        }
+    }
     info!(
         epoch = token.epoch,
         "this node leads: taking the upstream session"
     );
-    ctx.status.set_leader(Some(&token), true);
-    metrics::counter!(FAILOVERS_TOTAL).increment(1);
 
     let session_stop = CancellationToken::new();
     let config = ctx.upstream.clone();
@@ -126,24 +146,9 @@ async fn lead(ctx: &Arc<Ctx>, token: Token) {
                 break Ending::Lost;
             }
             _ = renew.tick() => {
-                let sent = Instant::now();
-                let remaining = valid_until.saturating_duration_since(sent);
-                match tokio::time::timeout(remaining, ctx.store.renew(&token, lease)).await {
-                    Ok(Ok(true)) => {
-                        metrics::gauge!(super::REDIS_RTT_SECONDS).set(sent.elapsed().as_secs_f64());
-                        valid_until = sent + lease - margin;
-                    }
-                    Ok(Ok(false)) => {
-                        warn!("fenced: the lease is gone; closing the upstream session");
-                        break Ending::Lost;
-                    }
-                    Ok(Err(e)) => {
-                        metrics::counter!(LEASE_RENEW_FAILURES_TOTAL).increment(1);
-                        warn!(error = %e, "lease renewal failed");
-                    }
-                    Err(_) => {
-                        metrics::counter!(LEASE_RENEW_FAILURES_TOTAL).increment(1);
-                    }
+                if !renew_once(ctx, &token, &mut valid_until).await {
+                    warn!("fenced: the lease is gone; closing the upstream session");
+                    break Ending::Lost;
                 }
             }
         }
@@ -171,6 +176,55 @@ async fn lead(ctx: &Arc<Ctx>, token: Token) {
                 Ok(false) => warn!("the lease had already lapsed"),
                 Err(e) => warn!(error = %e, "lease not released; it lapses by itself"),
             }
+        }
+    }
+}
+
+/// Keeps the lease without leading until `until`: `Err` when it was lost or the relay stops.
+async fn hold(
+    ctx: &Ctx,
+    token: &Token,
+    until: Instant,
+    valid_until: &mut Instant,
+) -> Result<(), Ending> {
+    let mut renew = tokio::time::interval(ctx.config.lease() / 3);
+    renew.reset();
+    loop {
+        tokio::select! {
+            _ = ctx.shutdown.cancelled() => return Err(Ending::Shutdown),
+            () = tokio::time::sleep_until(until) => return Ok(()),
+            () = tokio::time::sleep_until(*valid_until) => return Err(Ending::Lost),
+            _ = renew.tick() => {
+                if !renew_once(ctx, token, valid_until).await {
+                    return Err(Ending::Lost);
+                }
+            }
+        }
+    }
+}
+
+/// One renewal; false when the lease is no longer ours. A renewal that fails or times out
+/// leaves `valid_until` where it was.
+async fn renew_once(ctx: &Ctx, token: &Token, valid_until: &mut Instant) -> bool {
+    let lease = ctx.config.lease();
+    let margin = (lease / 10).max(Duration::from_millis(50));
+    let sent = Instant::now();
+    let remaining = valid_until.saturating_duration_since(sent);
+    match tokio::time::timeout(remaining, ctx.store.renew(token, lease)).await {
+        Ok(Ok(true)) => {
+            metrics::gauge!(super::REDIS_RTT_SECONDS).set(sent.elapsed().as_secs_f64());
+            *valid_until = sent + lease - margin;
+            true
+        }
+        Ok(Ok(false)) => false,
+        Ok(Err(e)) => {
+            metrics::counter!(LEASE_RENEW_FAILURES_TOTAL).increment(1);
+            warn!(error = %e, "lease renewal failed");
+            true
+        }
+        Err(_) => {
+            metrics::counter!(LEASE_RENEW_FAILURES_TOTAL).increment(1);
+            true
         }
     }
 }

@@ -62,6 +62,8 @@ pub struct Status {
     /// 1 while this node leads.
     role: AtomicU8,
     epoch: AtomicU64,
+    /// The highest epoch this node has seen: one not above it means Redis lost its state.
+    max_epoch: AtomicU64,
     /// The lease holder's node id, as last seen.
     leader: Mutex<Option<String>>,
     /// Why Redis counts as unavailable, while it does.
@@ -76,6 +78,7 @@ impl Status {
             node_id,
             role: AtomicU8::new(0),
             epoch: AtomicU64::new(0),
+            max_epoch: AtomicU64::new(0),
             leader: Mutex::new(None),
             redis_down: Mutex::new(None),
             applied: AtomicU64::new(0),
@@ -91,9 +94,15 @@ impl Status {
         metrics::gauge!(ROLE).set(f64::from(u8::from(ours)));
         if let Some(token) = leader {
             self.epoch.store(token.epoch, Ordering::Relaxed);
+            self.max_epoch.fetch_max(token.epoch, Ordering::Relaxed);
             metrics::gauge!(LEASE_EPOCH).set(token.epoch as f64);
         }
         *self.leader.lock() = leader.map(|t| t.node().to_owned());
+    }
+
+    /// The highest lease epoch this node has seen.
+    pub fn max_epoch(&self) -> u64 {
+        self.max_epoch.load(Ordering::Relaxed)
     }
 
     fn redis_ok(&self) {
