@@ -589,6 +589,41 @@ async fn every_node_reports_a_redis_outage_and_recovers_by_itself_when_redis_ret
     }
 }
 
+/// A successor that started after fills the stream already carried (a node restarted a moment
+/// ago: its history is younger than the backfill's window) must not publish them again: the
+/// backfill leaves out what the stream holds, not only what the successor itself relayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_successor_younger_than_the_backfill_window_publishes_no_fill_twice() {
+    let _serial = SERIAL.lock().await;
+    let mut c = Cluster::start().await;
+    let leader = c.leader(&[]).await;
+    let [node, young] = others(3, leader)[..] else {
+        unreachable!()
+    };
+    let mut private = Client::connect(&c.nodes[node].url).await;
+    private
+        .send(serde_json::json!({"id": 1, "cmd": "subscribe", "params": {"channels": ["fill"]}}))
+        .await;
+    let mut fills: Vec<String> = Vec::new();
+    read_fills(&mut private, &mut fills, 3).await;
+    // Fills the leader relays, then a fresh node in the third place, then the leader goes while
+    // the subscriber's node is frozen: the fresh node, with none of those fills in its history,
+    // is the only one left to take over, within the backfill's window of them.
+    c.sim.fault(exchange_sim::Fault::Burst { count: 500 });
+    let have = fills.len();
+    read_fills(&mut private, &mut fills, have + 5).await;
+    c.nodes[young].child.kill().unwrap();
+    c.nodes[young] = Node::spawn("n4", &c.redis.url(), &c.sim.ws_url(), &c.sim.rest_url());
+    c.nodes[node].signal("STOP");
+    c.nodes[leader].child.kill().unwrap();
+    let new_leader = c.leader(&[leader, node]).await;
+    assert_eq!(new_leader, young);
+    c.nodes[node].signal("CONT");
+    let have = fills.len();
+    read_fills(&mut private, &mut fills, have + 3).await;
+    every_fill_once_in_order(&c.sim, &mut private, &mut fills).await;
+}
+
 /// Redis restarted empty has forgotten the lease and its epoch: a follower can take a fresh
 /// lease while the old leader, not yet told, still holds its session. The new leader must not
 /// connect before the old lease has run out on the old leader's own clock.

@@ -105,9 +105,10 @@ async fn lead(ctx: &Arc<Ctx>, token: Token) {
     // acquisition) plus the overlap; fills this node already relayed are left out.
     let spawned = if token.epoch > 1 && config.backfill {
         let window = 2 * lease.as_secs().max(1) as i64;
+        let since = crate::app::now_ms() as i64 / 1000 - window;
         let from = upstream::Continuation {
-            since: crate::app::now_ms() as i64 / 1000 - window,
-            delivered: ctx.history.lock().trade_ids(),
+            since,
+            delivered: published_fills(ctx, since).await,
         };
         upstream::spawn_continuing(config, session_stop.clone(), from)
     } else {
@@ -227,4 +228,34 @@ async fn renew_once(ctx: &Ctx, token: &Token, valid_until: &mut Instant) -> bool
             true
         }
     }
+}
+
+/// Trade ids of the fills already relayed since `since` (Unix s): those in the stream (the
+/// lease is ours, so nobody adds to them now) and this node's own history. The history alone
+/// misses what the stream carried before this node started, or that its reader had not yet
+/// applied; a backfill would publish those again.
+async fn published_fills(ctx: &Ctx, since: i64) -> Vec<String> {
+    /// Bounds the read on a busy stream; a backfill window holds far fewer fills.
+    const MAX_ENTRIES: usize = 200_000;
+    let mut delivered = ctx.history.lock().trade_ids();
+    // A second early: the writer stamps entries when it received them, after the fill was made.
+    let since_us = (since.max(1) as u64 - 1) * 1_000_000;
+    match ctx.store.since(since_us, MAX_ENTRIES).await {
+        Ok(records) => {
+            let known: std::collections::HashSet<String> = delivered.iter().cloned().collect();
+            delivered.extend(
+                records
+                    .into_iter()
+                    .filter_map(|r| match r.event {
+                        upstream::Event::Data(d) if d.channel == protocol::Channel::Fill => {
+                            crate::resume::Position::of_fill(&d.body)?.trade_id
+                        }
+                        _ => None,
+                    })
+                    .filter(|id| !known.contains(id)),
+            );
+        }
+        Err(e) => warn!(error = %e, "stream not read; the backfill may repeat fills"),
+    }
+    delivered
 }
