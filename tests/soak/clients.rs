@@ -545,7 +545,12 @@ impl Conn {
                 if let Some(f) = fills::decode(&env) {
                     self.tally.with(|c| c.fills_received += 1);
                     let what = format!("{} {} pre {} post {}", f.trade_id, f.market, f.pre, f.post);
+                    let duplicates = self.fills.duplicates;
                     self.fills.apply(f);
+                    if self.fills.duplicates > duplicates {
+                        self.tally
+                            .log(&format!("{}: duplicate fill {what}", self.who(spec)));
+                    }
                     if self.fills.just_broke {
                         self.first_break_at.get_or_insert_with(Instant::now);
                         let (_, expected, _, _) = self.fills.breaks.last().unwrap();
