@@ -9,10 +9,12 @@
 //! old leader cannot run at all (a paused process, a frozen machine); the stream's fence keeps
 //! such a leader from writing when it wakes, and it closes its session then.
 //!
-//! A lease taken with an epoch no higher than one this node saw before means Redis lost its
+//! A lease taken with an epoch no higher than the last one this node saw means Redis lost its
 //! state (it restarted empty): the old leader cannot have been told, and holds its session until
 //! its own clock says its lease is over. The new leader holds the lease that long before it
-//! connects.
+//! connects, and then backfills the private channels from before the outage: nobody led
+//! meanwhile, and a later successor's backfill would otherwise publish those fills after newer
+//! ones.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -76,7 +78,7 @@ async fn lead(ctx: &Arc<Ctx>, token: Token) {
     let margin = (lease / 10).max(Duration::from_millis(50));
     // Sent just before the acquisition: the lease lasts at least this long from here.
     let mut valid_until = Instant::now() + lease - margin;
-    let redis_forgot = token.epoch <= ctx.status.max_epoch();
+    let redis_forgot = token.epoch <= ctx.status.epoch();
     ctx.status.set_leader(Some(&token), true);
     metrics::counter!(FAILOVERS_TOTAL).increment(1);
     if redis_forgot {
@@ -103,9 +105,15 @@ async fn lead(ctx: &Arc<Ctx>, token: Token) {
     // A successor backfills what the private channels missed between the last leader's last
     // entry and its own first: at most two leases (the old one running out, this one's
     // acquisition) plus the overlap; fills this node already relayed are left out.
-    let spawned = if token.epoch > 1 && config.backfill {
+    let spawned = if (token.epoch > 1 || redis_forgot) && config.backfill {
         let window = 2 * lease.as_secs().max(1) as i64;
-        let since = crate::app::now_ms() as i64 / 1000 - window;
+        let now = crate::app::now_ms() as i64 / 1000;
+        // After a Redis restart, from before the outage began (the old leader's last entries).
+        let from = match ctx.status.outage_since_s() {
+            Some(outage) if redis_forgot => now.min(outage as i64),
+            _ => now,
+        };
+        let since = from - window;
         let from = upstream::Continuation {
             since,
             delivered: published_fills(ctx, since).await,
@@ -231,13 +239,13 @@ async fn renew_once(ctx: &Ctx, token: &Token, valid_until: &mut Instant) -> bool
 }
 
 /// Trade ids of the fills already relayed since `since` (Unix s): those in the stream (the
-/// lease is ours, so nobody adds to them now) and this node's own history. The history alone
-/// misses what the stream carried before this node started, or that its reader had not yet
-/// applied; a backfill would publish those again.
+/// lease is ours, so nobody adds to them now) and those this node took from the stream. The
+/// node's own alone miss what the stream carried before this node started, or that its reader
+/// had not yet applied; a backfill would publish those again.
 async fn published_fills(ctx: &Ctx, since: i64) -> Vec<String> {
     /// Bounds the read on a busy stream; a backfill window holds far fewer fills.
     const MAX_ENTRIES: usize = 200_000;
-    let mut delivered = ctx.history.lock().trade_ids();
+    let mut delivered = ctx.delivered.lock().trade_ids();
     // A second early: the writer stamps entries when it received them, after the fill was made.
     let since_us = (since.max(1) as u64 - 1) * 1_000_000;
     match ctx.store.since(since_us, MAX_ENTRIES).await {
