@@ -213,6 +213,54 @@ async fn a_successor_younger_than_the_backfill_window_publishes_no_fill_twice() 
     every_fill_once_in_order(&c.sim, &mut private, &mut fills).await;
 }
 
+/// A successor backfills from the exchange's history what its predecessor may have missed,
+/// once its session is subscribed. That history must be read after the successor's private
+/// channels are live, or the fills made in between reach no one: the simulator sees the fill
+/// subscription before the first history request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_successor_reads_the_exchange_history_only_once_its_private_channels_are_live() {
+    let _serial = SERIAL.lock().await;
+    let mut c = Cluster::start().await;
+    let sub = serde_json::json!({"id": 1, "cmd": "subscribe", "params": {"channels": ["fill"]}});
+    // The race is a few milliseconds wide: three failovers.
+    for round in 1..=3 {
+        let leader = c.leader(&[]).await;
+        let node = others(3, leader)[0];
+        let mut private = Client::connect(&c.nodes[node].url).await;
+        private.send(sub.clone()).await;
+        let mut fills: Vec<String> = Vec::new();
+        read_fills(&mut private, &mut fills, 1).await;
+        let stats = c.sim.stats();
+        let last = stats.per_connection.iter().map(|s| s.id).max();
+        let requests = stats.rest_requests;
+        c.nodes[leader].child.kill().unwrap();
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            assert!(Instant::now() < deadline, "the successor never backfilled");
+            let stats = c.sim.stats();
+            if stats.rest_requests > requests {
+                let fill_live = stats
+                    .per_connection
+                    .iter()
+                    .filter(|s| Some(s.id) > last)
+                    .any(|s| {
+                        s.sids
+                            .iter()
+                            .any(|sid| sid.channel == protocol::Channel::Fill)
+                    });
+                assert!(
+                    fill_live,
+                    "failover {round}: the successor read the exchange's history before its fill subscription was live"
+                );
+                break;
+            }
+            tokio::time::sleep(Duration::from_micros(100)).await;
+        }
+        let id = format!("{}-{round}", c.nodes[leader].id);
+        c.nodes[leader] = Node::spawn(&id, &c.redis.url(), &c.sim.ws_url(), &c.sim.rest_url());
+    }
+}
+
 /// Redis restarted empty has forgotten the lease and its epoch: a follower can take a fresh
 /// lease while the old leader, not yet told, still holds its session. The new leader must not
 /// connect before the old lease has run out on the old leader's own clock.

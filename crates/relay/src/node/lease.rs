@@ -100,6 +100,17 @@ async fn lead(ctx: &Arc<Ctx>, token: Token) {
         "this node leads: taking the upstream session"
     );
 
+    // Every node's wanted topics, subscribed before the session's first connect: its
+    // `subscribed` state, which the backfill waits for, then covers them all. Subscribed later,
+    // a private channel would go live after the backfill had read the exchange's history, and
+    // fills made in between would reach no one.
+    let union = match ctx.store.union().await {
+        Ok(union) => union,
+        Err(e) => {
+            warn!(error = %e, "wanted topics not read; subscribing them once they are");
+            Default::default()
+        }
+    };
     let session_stop = CancellationToken::new();
     let config = ctx.upstream.clone();
     // A successor backfills what the private channels missed between the last leader's last
@@ -132,12 +143,15 @@ async fn lead(ctx: &Arc<Ctx>, token: Token) {
             return;
         }
     };
+    let mut subscribed = writer::Subscribed::default();
+    subscribed.apply(&upstream, union);
     let writer_stop = CancellationToken::new();
     let mut writer = tokio::spawn(writer::run(
         ctx.clone(),
         token.clone(),
         events,
         upstream.clone(),
+        subscribed,
         writer_stop.clone(),
     ));
     let shutdown = ctx.shutdown.clone();
