@@ -5,7 +5,15 @@
 //! ```sh
 //! cargo test -p relay --test soak -- --nocapture                                   # 60 s
 //! SOAK_SECONDS=3600 SOAK_SEED=7 cargo test --release -p relay --test soak -- --nocapture
+//! SOAK_CLUSTER=3 SOAK_SECONDS=300 cargo test --release -p relay --test soak -- --nocapture
 //! ```
+//!
+//! With `SOAK_CLUSTER=N` the relay is N cluster nodes on one real `redis-server` (`fleet.rs`),
+//! the clients spread over them (`front.rs`: a client whose node is killed or frozen reconnects
+//! to another, resuming its private stream), and the deck also deals kill -9, SIGSTOP past the
+//! lease and SIGTERM to the leader, and Redis restarts. Every killed node is restarted, every
+//! node must be ready again by itself after Redis returns, and two upstream sessions at once are
+//! allowed only while a leader is frozen (`sessions.rs`).
 //!
 //! Invariants, and where each is checked:
 //! - every frame (`clients.rs`, `Conn::on_text`): seq contiguous per sid per connection, no delta
@@ -17,15 +25,15 @@
 //! - every fill (`fills.rs`): the account's position chain per market is unbroken within a
 //!   connection, across upstream outages, unless the close that ends the connection announces
 //!   the loss; no fill twice;
-//! - every quiet point (simulator paused, relay caught up, awaited with a deadline): every
+//! - every quiet point (`quiet.rs`: simulator paused, relays caught up, awaited with a deadline): every
 //!   connected client's rebuilt book equals `Sim::book`; every fill a direct reference subscriber
 //!   saw in the epoch reached, in order, each private subscriber connected through the epoch; the
 //!   relay's client count and topic count equal what the clients hold (no leaked sessions or
 //!   subscriptions); its RSS has not climbed more than 6 MiB since the process's first quiet point
 //!   and its descriptors minus clients are within a few of the baseline; every client has had
 //!   its `subscribed` replies and its task is alive;
-//! - every 50 ms (`watch_upstream`): the simulator sees at most one live (not blackholed)
-//!   session from the relay;
+//! - every 50 ms (10 ms for a cluster; `sessions.rs`): the simulator sees at most one live
+//!   (not blackholed) session from the relays, but while a cluster's leader is frozen;
 //! - every restart: the relay exits 0 within its drain time plus a margin after SIGTERM;
 //! - at the end: every task stopped cleanly, and the run exercised at least its coverage floors
 //!   (`Floors`, scaled by its length), or it fails saying what fell short.
@@ -43,22 +51,30 @@
 mod clients;
 #[path = "soak/fills.rs"]
 mod fills;
+#[path = "soak/fleet.rs"]
+mod fleet;
+#[path = "soak/front.rs"]
+mod front;
 #[path = "soak/hostile.rs"]
 mod hostile;
+#[path = "soak/quiet.rs"]
+mod quiet;
 #[path = "soak/relay_proc.rs"]
 mod relay_proc;
+#[path = "soak/sessions.rs"]
+mod sessions;
+#[path = "soak/summary.rs"]
+mod summary;
 #[path = "soak/tally.rs"]
 mod tally;
 
-use std::collections::{BTreeSet, HashMap, HashSet};
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::HashSet;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
-use exchange_sim::{Fault, Sim, SimConfig};
+use exchange_sim::{Fault, SimConfig};
 use parking_lot::Mutex;
-use protocol::OrderBook;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -68,7 +84,8 @@ use tokio_util::sync::CancellationToken;
 
 use clients::{Ctl, Env, Kind, Spec};
 use fills::RefLog;
-use relay_proc::{ProcSample, RelayProc};
+use fleet::Fleet;
+use quiet::{await_ready, Band, QuietPoint};
 use tally::Tally;
 
 /// Default seed: a run is replayed by its seed (and duration).
@@ -78,18 +95,6 @@ const DEFAULT_SECONDS: u64 = 60;
 const EPOCH: Duration = Duration::from_secs(8);
 /// Faults dealt per epoch.
 const FAULTS_PER_EPOCH: usize = 3;
-/// Leak check: a relay process's RSS at any quiet point may exceed its RSS at its first quiet
-/// point (the allocator warmed up by an epoch of the same workload) by this much. Measured
-/// climbs of the real relay over a process's life: up to 3.5 MiB (release), 1.5 MiB (debug).
-const RSS_LEAK_KIB: u64 = 6 * 1024;
-const RSS_WARM_POINTS: usize = 1;
-/// The relay's configured shutdown drain (`relay_proc::ENV`) and the margin its exit gets on top
-/// of it (the upstream close and process exit, on a loaded machine).
-const DRAIN: Duration = Duration::from_secs(relay_proc::SHUTDOWN_DRAIN_SECONDS);
-const EXIT_MARGIN: Duration = Duration::from_secs(3);
-/// Descriptors beyond one per client may exceed the baseline by this many (transient sockets).
-const FD_SLACK: i64 = 8;
-
 /// The deck of faults: shuffled, dealt in order, reshuffled when empty, so every kind comes up
 /// once per round whatever the seed.
 const FAULT_KINDS: &[&str] = &[
@@ -103,6 +108,14 @@ const FAULT_KINDS: &[&str] = &[
     "burst",
     "client_disconnect",
     "relay_restart",
+];
+
+/// Added to the deck in cluster mode: faults aimed at the leader and at Redis.
+const CLUSTER_KINDS: &[&str] = &[
+    "leader_kill9",
+    "leader_stop",
+    "leader_term",
+    "redis_restart",
 ];
 
 /// Faults that leave the upstream connection and its subscriptions up.
@@ -121,76 +134,6 @@ struct Client {
     ctl: mpsc::Sender<Ctl>,
 }
 
-/// One relay process and its baselines.
-struct Relay {
-    proc: RelayProc,
-    /// Descriptors beyond the clients at the first quiet point.
-    fd_baseline: Option<i64>,
-    /// RSS (KiB) at each of this process's quiet points.
-    rss: Vec<u64>,
-}
-
-/// What a run of `seconds` must at least have exercised, or its zero violations mean nothing
-/// (a relay that refuses every client would otherwise pass). Measured rates on the shared
-/// 2-core machine are several times these (RELIABILITY.md).
-struct Floors {
-    connections: u64,
-    messages: u64,
-    quiet_points: u64,
-    books_checked: u64,
-    chain_links: u64,
-    reference_fills_checked: u64,
-    lag_repairs: u64,
-}
-
-impl Floors {
-    fn for_seconds(s: u64) -> Floors {
-        Floors {
-            connections: s,
-            messages: 200 * s,
-            quiet_points: s / 15,
-            books_checked: s,
-            chain_links: 2 * s,
-            reference_fills_checked: s / 2,
-            lag_repairs: (s / 60).max(1),
-        }
-    }
-
-    /// What fell short, one line each.
-    fn shortfalls(&self, c: &tally::Counts, chain_links: u64) -> Vec<String> {
-        let mut out = Vec::new();
-        let mut check = |what: &str, got: u64, floor: u64| {
-            if got < floor {
-                out.push(format!("coverage floor: {what} {got} < {floor}"));
-            }
-        };
-        check("client connections", c.connections, self.connections);
-        check("messages checked", c.messages, self.messages);
-        check("quiet points", c.quiet_points, self.quiet_points);
-        check(
-            "books checked at quiet points",
-            c.books_checked,
-            self.books_checked,
-        );
-        check(
-            "fills checked against the position chain",
-            chain_links,
-            self.chain_links,
-        );
-        check(
-            "fills checked against the reference",
-            c.fills_checked,
-            self.reference_fills_checked,
-        );
-        check(
-            "lag repairs (relay_lagged) seen",
-            c.relay_lagged_events,
-            self.lag_repairs,
-        );
-        out
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_soak() {
     let seconds = env_u64("SOAK_SECONDS", DEFAULT_SECONDS);
@@ -201,7 +144,13 @@ async fn chaos_soak() {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_default();
-    eprintln!("soak: seed {seed}, {seconds} s, started {date}");
+    // `SOAK_CLUSTER=N`: N relays as one cluster on a real redis-server.
+    let cluster = match env_u64("SOAK_CLUSTER", 0) {
+        0 => None,
+        n => Some(n as usize),
+    };
+    let mode = cluster.map_or("one relay".to_owned(), |n| format!("a cluster of {n}"));
+    eprintln!("soak: seed {seed}, {seconds} s, {mode}, started {date}");
     let mut rng = StdRng::seed_from_u64(seed);
 
     let sim = Arc::new(
@@ -220,18 +169,14 @@ async fn chaos_soak() {
         .unwrap(),
     );
     let markets = sim.markets();
-    let addr = relay_proc::free_addr();
-    let log = relay_proc::log_path(seed);
-    let _ = std::fs::remove_file(&log);
-    let mut relay = Some(spawn_relay(addr, &sim.ws_url(), &sim.rest_url(), &log).await);
-    let url = format!("ws://{addr}/trade-api/ws/v2");
+    let mut fleet = Fleet::start(cluster, &sim.ws_url(), &sim.rest_url(), seed).await;
 
     let tally = Tally::new();
     let stop = CancellationToken::new();
     let (quiet_tx, quiet_rx) = watch::channel(false);
     let epoch = Arc::new(AtomicU64::new(0));
     let env = Env {
-        url: url.clone(),
+        front: fleet.front.clone(),
         tally: tally.clone(),
         quiet: quiet_rx,
         epoch: epoch.clone(),
@@ -251,13 +196,17 @@ async fn chaos_soak() {
         tally.clone(),
         stop.clone(),
     ))];
-    let max_sessions = Arc::new(AtomicU64::new(0));
+    let sessions_seen = Arc::new(sessions::Seen::default());
     let mut names = vec!["reference".to_owned(), "upstream watch".to_owned()];
-    tasks.push(tokio::spawn(watch_upstream(
+    // A cluster's overlaps last milliseconds: sample often enough to see them.
+    let every = Duration::from_millis(if cluster.is_some() { 10 } else { 50 });
+    tasks.push(tokio::spawn(sessions::watch(
         sim.clone(),
         reflog.clone(),
+        fleet.windows.clone(),
+        every,
         tally.clone(),
-        max_sessions.clone(),
+        sessions_seen.clone(),
         stop.clone(),
     )));
 
@@ -341,12 +290,18 @@ async fn chaos_soak() {
 
     // Warm up, then epochs of chaos, each closed by a quiet point.
     sleep(Duration::from_secs(2)).await;
-    let mut samples: Vec<ProcSample> = Vec::new();
     let mut deck: Vec<&str> = Vec::new();
     let mut calm_deck: Vec<&str> = Vec::new();
     let mut epoch_no = 0u64;
-    let mut restarts = 0u64;
-    let mut exit_times: Vec<Duration> = Vec::new();
+    let band = if cluster.is_some() {
+        Band::CLUSTER
+    } else {
+        Band::SINGLE
+    };
+    let kinds: Vec<&str> = match cluster {
+        None => FAULT_KINDS.to_vec(),
+        Some(_) => [FAULT_KINDS, CLUSTER_KINDS].concat(),
+    };
     let q = QuietPoint {
         sim: &sim,
         clients: &clients,
@@ -354,8 +309,9 @@ async fn chaos_soak() {
         tally: &tally,
         quiet: &quiet_tx,
         epoch: &epoch,
+        band,
     };
-    q.run(relay.as_mut().unwrap(), &mut samples).await;
+    q.run(&mut fleet).await;
     let deadline = wall + Duration::from_secs(seconds);
     while Instant::now() + EPOCH / 2 < deadline {
         epoch_no += 1;
@@ -377,7 +333,7 @@ async fn chaos_soak() {
                 calm_deck.pop().unwrap()
             } else {
                 if deck.is_empty() {
-                    deck = FAULT_KINDS.to_vec();
+                    deck = kinds.clone();
                     deck.shuffle(&mut rng);
                 }
                 deck.pop().unwrap()
@@ -417,19 +373,42 @@ async fn chaos_soak() {
                     }
                 }
                 "relay_restart" => {
-                    restarts += 1;
-                    let old = relay.take().unwrap();
-                    let took = stop_relay(old, &tally, &format!("relay restart {restarts}")).await;
-                    exit_times.push(took);
-                    relay = Some(spawn_relay(addr, &sim.ws_url(), &sim.rest_url(), &log).await);
+                    let i = rng.gen_range(0..fleet.slots.len());
+                    let what = format!("{} restart {}", fleet.slots[i].name, fleet.restarts + 1);
+                    fleet.restart(i, &tally, &what).await;
                 }
-                _ => unreachable!(),
+                "redis_restart" => {
+                    let down = Duration::from_millis(rng.gen_range(200..1500));
+                    fleet.restart_redis(down, &tally).await;
+                }
+                leader_fault => {
+                    let Some(i) = fleet.leader().await else {
+                        tally.log("no single leader to aim at: skipped");
+                        continue;
+                    };
+                    let name = fleet.slots[i].name.clone();
+                    tally.log(&format!("{leader_fault} on the leader, {name}"));
+                    match leader_fault {
+                        "leader_kill9" => fleet.kill9(i).await,
+                        "leader_term" => {
+                            let what = format!("{name} (leader) SIGTERM");
+                            fleet.restart(i, &tally, &what).await;
+                        }
+                        "leader_stop" => {
+                            let past = rng.gen_range(300..1500);
+                            fleet
+                                .freeze(i, fleet::LEASE + Duration::from_millis(past))
+                                .await;
+                        }
+                        _ => unreachable!(),
+                    }
+                }
             }
-            check_alive(relay.as_mut().unwrap(), &tally);
+            fleet.check_alive(&tally);
         }
         sleep_until(start + EPOCH).await;
-        q.run(relay.as_mut().unwrap(), &mut samples).await;
-        check_alive(relay.as_mut().unwrap(), &tally);
+        q.run(&mut fleet).await;
+        fleet.check_alive(&tally);
     }
 
     // Stop: clients first (so a live relay closes nothing under them), then the relay.
@@ -441,163 +420,22 @@ async fn chaos_soak() {
             Err(_) => tally.violation(format!("task {name} did not stop within 10 s")),
         }
     }
-    let last = relay.take().unwrap();
-    exit_times.push(stop_relay(last, &tally, "final SIGTERM").await);
+    fleet.stop(&tally).await;
 
-    // Summary.
-    let c = tally.snapshot();
-    let stats = sim.stats();
-    let peak = samples.iter().map(|s| s.rss_kib).max().unwrap_or(0);
-    let last = samples.last().copied().unwrap_or_default();
-    let (ref_fills, ref_sessions) = {
-        let r = reflog.lock();
-        (r.fills.len(), r.sessions)
-    };
-    let silent = c.fill_gaps_silent + c.fills_missing_silent;
-    let chain_links = tally.chain_links.load(Ordering::Relaxed);
-    let floors = Floors::for_seconds(seconds);
-    let shortfalls = floors.shortfalls(&c, chain_links);
-    if ref_sessions != 1 {
-        tally.violation(format!(
-            "the reference subscriber (exempt from faults) needed {ref_sessions} sessions, not 1: it missed fills"
-        ));
-    }
-    let c = tally.snapshot();
-    let mut out = String::new();
-    let line = |out: &mut String, s: String| {
-        out.push_str(&s);
-        out.push('\n');
-    };
-    line(&mut out, "==== chaos soak summary ====".into());
-    line(
-        &mut out,
-        format!("seed: {seed}   (replay: SOAK_SEED={seed} SOAK_SECONDS={seconds})"),
-    );
-    line(&mut out, format!("started: {date}"));
-    line(
-        &mut out,
-        format!("duration: {:.1} s", wall.elapsed().as_secs_f64()),
-    );
-    line(
-        &mut out,
-        format!(
-            "faults injected: {} {:?}",
-            c.faults.values().sum::<u64>(),
-            c.faults
-        ),
-    );
-    line(
-        &mut out,
-        format!("simulator fault requests: {:?}", stats.faults),
-    );
-    line(&mut out, format!("relay restarts: {restarts}"));
-    line(&mut out, format!("client connections: {}", c.connections));
-    line(&mut out, format!("connection ends: {:?}", c.ends));
-    line(&mut out, format!("hostile outcomes: {:?}", c.hostile));
-    line(
-        &mut out,
-        format!(
-            "messages delivered: {} (snapshots {}, relay_lagged events {})",
-            c.messages, c.snapshots, c.relay_lagged_events
-        ),
-    );
-    line(
-        &mut out,
-        format!(
-            "private reconnections resumed (relay_resume recovered, fill chain carried on): {}",
-            c.resumes
-        ),
-    );
-    line(&mut out, format!("quiet points: {}", c.quiet_points));
-    line(&mut out, format!("books checked: {}", c.books_checked));
-    line(&mut out, format!("books wrong: {}", c.books_wrong));
-    line(
-        &mut out,
-        format!(
-            "fills received by relayed private subscribers: {}",
-            c.fills_received
-        ),
-    );
-    line(
-        &mut out,
-        format!(
-            "fills seen by the direct reference: {} over {} sessions",
-            ref_fills, ref_sessions
-        ),
-    );
-    line(
-        &mut out,
-        format!(
-            "reference fills checked against relayed private subscribers: {}",
-            c.fills_checked
-        ),
-    );
-    line(
-        &mut out,
-        format!(
-            "fill chain gaps announced by the close: {}",
-            c.fill_gaps_announced
-        ),
-    );
-    line(
-        &mut out,
-        format!(
-            "fills lost silently: {silent} (chain gaps {}, reference fills missing {})",
-            c.fill_gaps_silent, c.fills_missing_silent
-        ),
-    );
-    line(
-        &mut out,
-        format!(
-            "max live upstream sessions seen: {} (over {} samples)",
-            max_sessions.load(Ordering::SeqCst),
-            tally.session_samples.load(Ordering::Relaxed)
-        ),
-    );
-    line(
-        &mut out,
-        format!(
-            "fills checked against the position chain: {}",
-            tally.chain_links.load(Ordering::Relaxed)
-        ),
-    );
-    line(&mut out, format!("relay RSS: peak {} KiB, final {} KiB; fds final {}; threads final {} (quiet-point samples: {})", peak, last.rss_kib, last.fds, last.threads, samples.len()));
-    line(
-        &mut out,
-        format!(
-            "relay exits after SIGTERM: {} (each must exit 0 within {:?}), slowest {:?}",
-            exit_times.len(),
-            DRAIN + EXIT_MARGIN,
-            exit_times.iter().max().copied().unwrap_or_default()
-        ),
-    );
-    line(
-        &mut out,
-        format!(
-            "coverage floors for {seconds} s: connections {}, messages {}, quiet points {}, books {}, chain links {}, reference fills {}, lag repairs {}",
-            floors.connections,
-            floors.messages,
-            floors.quiet_points,
-            floors.books_checked,
-            floors.chain_links,
-            floors.reference_fills_checked,
-            floors.lag_repairs
-        ),
-    );
-    line(
-        &mut out,
-        format!("coverage below a floor: {}", shortfalls.len()),
-    );
-    for f in &shortfalls {
-        line(&mut out, format!("  - {f}"));
-    }
-    line(&mut out, format!("relay log: {}", log.display()));
-    line(&mut out, format!("violations: {}", c.violations.len()));
-    for v in c.violations.iter().take(40) {
-        line(&mut out, format!("  - {v}"));
-    }
-    eprint!("{out}");
-    println!("{out}");
+    let (c, silent, shortfalls) = summary::report(&summary::Run {
+        seed,
+        seconds,
+        cluster,
+        mode: &mode,
+        date: &date,
+        wall,
+        tally: &tally,
+        sim: &sim,
+        reflog: &reflog,
+        fleet: &fleet,
+        sessions: &sessions_seen,
+        band,
+    });
     if let Ok(sim) = Arc::try_unwrap(sim) {
         sim.shutdown().await;
     }
@@ -611,285 +449,6 @@ async fn chaos_soak() {
         shortfalls.is_empty(),
         "the soak exercised too little to mean anything: {shortfalls:?}"
     );
-}
-
-async fn spawn_relay(addr: SocketAddr, upstream: &str, rest: &str, log: &std::path::Path) -> Relay {
-    let (upstream, rest, log) = (upstream.to_owned(), rest.to_owned(), log.to_owned());
-    let proc = tokio::task::spawn_blocking(move || RelayProc::spawn(addr, &upstream, &rest, &log))
-        .await
-        .unwrap();
-    Relay {
-        proc,
-        fd_baseline: None,
-        rss: Vec::new(),
-    }
-}
-
-/// SIGTERM; the relay must exit 0 within its drain time plus `EXIT_MARGIN`. Returns how long it
-/// took.
-async fn stop_relay(relay: Relay, tally: &Tally, what: &str) -> Duration {
-    let bound = DRAIN + EXIT_MARGIN;
-    let (status, took) = relay.proc.terminate(bound).await;
-    match status {
-        Some(s) if s.success() => {}
-        Some(s) => tally.violation(format!("{what}: the relay exited with {s} after {took:?}")),
-        None => tally.violation(format!(
-            "{what}: the relay had not exited {took:?} after SIGTERM (drain {DRAIN:?} + margin {EXIT_MARGIN:?}); killed"
-        )),
-    }
-    took
-}
-
-fn check_alive(relay: &mut Relay, tally: &Tally) {
-    if let Some(status) = relay.proc.exited() {
-        tally.violation(format!("the relay exited on its own: {status:?}"));
-        panic!("the relay process died ({status:?}); see the relay log");
-    }
-}
-
-/// Every 50 ms: how many live sessions the simulator holds that are not the reference's.
-async fn watch_upstream(
-    sim: Arc<Sim>,
-    reflog: Arc<Mutex<RefLog>>,
-    tally: Arc<Tally>,
-    max: Arc<AtomicU64>,
-    stop: CancellationToken,
-) {
-    let mut reported = HashSet::new();
-    while !stop.is_cancelled() {
-        let stats = sim.stats();
-        let ours: HashSet<String> = reflog.lock().local_addrs.clone();
-        let live: Vec<_> = stats
-            .per_connection
-            .iter()
-            .filter(|c| !c.blackholed && !ours.contains(&c.peer))
-            .collect();
-        max.fetch_max(live.len() as u64, Ordering::SeqCst);
-        tally.session_samples.fetch_add(1, Ordering::Relaxed);
-        if live.len() > 1 {
-            let ids: Vec<u64> = live.iter().map(|c| c.id).collect();
-            if reported.insert(ids.clone()) {
-                tally.violation(format!(
-                    "the simulator holds {} live sessions from the relay at once: {:?}",
-                    live.len(),
-                    live.iter().map(|c| (c.id, &c.peer)).collect::<Vec<_>>()
-                ));
-            }
-        }
-        sleep(Duration::from_millis(50)).await;
-    }
-}
-
-struct QuietPoint<'a> {
-    sim: &'a Sim,
-    clients: &'a [Client],
-    reflog: &'a Mutex<RefLog>,
-    tally: &'a Tally,
-    quiet: &'a watch::Sender<bool>,
-    epoch: &'a AtomicU64,
-}
-
-impl QuietPoint<'_> {
-    /// Pauses the simulator, waits for the relay to catch up, checks everything, resumes.
-    async fn run(&self, relay: &mut Relay, samples: &mut Vec<ProcSample>) {
-        let tally = self.tally;
-        tally.log("quiet point: pausing");
-        let _ = self.quiet.send(true);
-        self.sim.pause();
-        let closing = self.epoch.load(Ordering::SeqCst);
-        if !await_ready(relay.proc.addr, Duration::from_secs(30)).await {
-            tally.violation(format!(
-                "quiet point {closing}: /readyz not 200 within 30 s"
-            ));
-        }
-        let truths: Arc<HashMap<String, OrderBook>> = Arc::new(
-            self.sim
-                .markets()
-                .into_iter()
-                .map(|m| {
-                    let mut b = OrderBook::new(m.clone());
-                    b.apply_snapshot(&self.sim.book(&m).unwrap()).unwrap();
-                    (m, b)
-                })
-                .collect(),
-        );
-        let ref_fills: Arc<Vec<fills::FillSeen>> = Arc::new(
-            self.reflog
-                .lock()
-                .fills
-                .iter()
-                .filter(|(e, _)| *e == closing)
-                .map(|(_, f)| f.clone())
-                .collect(),
-        );
-        let mut pending = Vec::new();
-        for c in self.clients {
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            let ctl = Ctl::Check {
-                truths: truths.clone(),
-                ref_fills: ref_fills.clone(),
-                epoch: closing,
-                reply: tx,
-            };
-            match timeout(Duration::from_secs(5), c.ctl.send(ctl)).await {
-                Ok(Ok(())) => pending.push((c, rx)),
-                Ok(Err(_)) => tally.violation(format!(
-                    "quiet point {closing}: the task of {} has died",
-                    c.spec.name
-                )),
-                Err(_) => tally.violation(format!(
-                    "quiet point {closing}: {} took no check for 5 s",
-                    c.spec.name
-                )),
-            }
-        }
-        let mut topics = BTreeSet::new();
-        for (c, rx) in pending {
-            let Ok(Ok(r)) = timeout(clients::CATCH_UP + Duration::from_secs(10), rx).await else {
-                tally.violation(format!(
-                    "quiet point {closing}: {} never answered its check",
-                    c.spec.name
-                ));
-                continue;
-            };
-            if !r.checked {
-                continue;
-            }
-            if let Some(missing) = &r.replies_missing {
-                tally.violation(format!(
-                    "quiet point {closing}: {} never got its subscribed replies ({missing}) within {:?}",
-                    c.spec.name,
-                    clients::CATCH_UP
-                ));
-            }
-            topics.extend(r.topics);
-            tally.with(|t| {
-                t.books_checked += r.books_checked;
-                t.books_wrong += r.books_wrong.len() as u64;
-                t.fills_checked += r.fills_checked;
-                t.fills_missing_silent += r.fills_missing.len() as u64;
-            });
-            if !r.books_wrong.is_empty() {
-                tally.violation(format!(
-                    "quiet point {closing}: {} has wrong books {:?} after {:?}",
-                    c.spec.name,
-                    r.books_wrong,
-                    clients::CATCH_UP
-                ));
-            }
-            if !r.fills_missing.is_empty() {
-                tally.violation(format!(
-                    "quiet point {closing}: {} (subscribed before they were produced, still connected) never got {} of {} fills the simulator sent the reference, e.g. trade {}",
-                    c.spec.name,
-                    r.fills_missing.len(),
-                    r.fills_checked,
-                    r.fills_missing[0]
-                ));
-            }
-            if r.fills_out_of_order > 0 {
-                tally.violation(format!(
-                    "quiet point {closing}: {} got {} fills out of order",
-                    c.spec.name, r.fills_out_of_order
-                ));
-            }
-        }
-        // No leaked sessions or subscriptions: the relay's counts settle to ours.
-        let mut settled = None;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            let live = self.tally.live.load(Ordering::SeqCst);
-            if let Some(s) = status(relay.proc.addr).await {
-                let clients = s["clients"].as_u64().unwrap_or(u64::MAX);
-                let held = s["topics"].as_u64().unwrap_or(u64::MAX);
-                settled = Some((clients, live, held, topics.len() as u64));
-                if clients == live && held == topics.len() as u64 {
-                    break;
-                }
-            }
-            sleep(Duration::from_millis(50)).await;
-        }
-        match settled {
-            Some((c, l, h, t)) if c == l && h == t => {}
-            other => tally.violation(format!(
-                "quiet point {closing}: relay (clients, topics) never settled to ours: (relay clients, ours, relay topics, ours) = {other:?}"
-            )),
-        }
-        let s = relay_proc::sample(relay.proc.pid);
-        let clients_now = self.tally.live.load(Ordering::SeqCst) as i64;
-        let free_fds = s.fds as i64 - clients_now;
-        match relay.fd_baseline {
-            None => relay.fd_baseline = Some(free_fds),
-            Some(fds0) if free_fds > fds0 + FD_SLACK => tally.violation(format!(
-                "quiet point {closing}: relay holds {free_fds} descriptors beyond its {clients_now} clients (baseline {fds0})"
-            )),
-            Some(_) => {}
-        }
-        // The same workload epoch after epoch: once warm, a process's RSS has no reason to
-        // climb, so a climb of a few MiB is a leak.
-        relay.rss.push(s.rss_kib);
-        if relay.rss.len() > RSS_WARM_POINTS {
-            let warm = relay.rss[..RSS_WARM_POINTS]
-                .iter()
-                .max()
-                .copied()
-                .unwrap_or(0);
-            if s.rss_kib > warm + RSS_LEAK_KIB {
-                tally.violation(format!(
-                    "quiet point {closing}: relay RSS {} KiB, more than {RSS_LEAK_KIB} KiB above {warm} KiB, its RSS once warm (leak?)",
-                    s.rss_kib
-                ));
-            }
-        }
-        samples.push(s);
-        tally.with(|t| t.quiet_points += 1);
-        tally.log(&format!(
-            "quiet point {closing} done (events {}): rss {} KiB, fds {}, threads {}, clients {}, topics {}, ref fills {}",
-            self.sim.stats().events_generated,
-            s.rss_kib,
-            s.fds,
-            s.threads,
-            clients_now,
-            topics.len(),
-            ref_fills.len()
-        ));
-        self.epoch.fetch_add(1, Ordering::SeqCst);
-        let _ = self.quiet.send(false);
-        self.sim.resume();
-    }
-}
-
-async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let fut = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-        let req = format!("GET {path} HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n");
-        s.write_all(req.as_bytes()).await.ok()?;
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw).await.ok()?;
-        let text = String::from_utf8_lossy(&raw).to_string();
-        let code = text.split(' ').nth(1)?.parse().ok()?;
-        let body = text.split_once("\r\n\r\n")?.1.to_owned();
-        Some((code, body))
-    };
-    timeout(Duration::from_secs(3), fut).await.ok().flatten()
-}
-
-async fn await_ready(addr: SocketAddr, within: Duration) -> bool {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if let Some((200, _)) = http_get(addr, "/readyz").await {
-            return true;
-        }
-        sleep(Duration::from_millis(20)).await;
-    }
-    false
-}
-
-async fn status(addr: SocketAddr) -> Option<serde_json::Value> {
-    let (code, body) = http_get(addr, "/status").await?;
-    (code == 200)
-        .then(|| serde_json::from_str(&body).ok())
-        .flatten()
 }
 
 /// The smallest reproduction of what the soak found: a client subscribed to `fill` through the

@@ -19,6 +19,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::fills::{self, FillSeen, FillTrack};
+use crate::front::Front;
 use crate::tally::Tally;
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -116,6 +117,8 @@ pub struct CheckReport {
     pub replies_missing: Option<String>,
     /// Topics this connection holds on the relay, as `channel/market|*`.
     pub topics: BTreeSet<String>,
+    /// The node it is connected to.
+    pub node: usize,
 }
 
 pub enum Ctl {
@@ -133,7 +136,7 @@ pub enum Ctl {
 /// What every client task shares.
 #[derive(Clone)]
 pub struct Env {
-    pub url: String,
+    pub front: Arc<Front>,
     pub tally: Arc<Tally>,
     /// True during a quiet point: no chaos actions, no reconnects.
     pub quiet: watch::Receiver<bool>,
@@ -168,11 +171,12 @@ async fn run(spec: Spec, mut env: Env, seed: u64, mut ctl: mpsc::Receiver<Ctl>) 
     let mut carried: Option<(FillTrack, String)> = None;
     while !env.stop.is_cancelled() {
         wait_not_quiet(&mut env, &mut ctl).await;
+        let pick = env.front.pick(&mut rng);
         let url = match spec.kind {
             Kind::Private { events: true } | Kind::StalledPrivate | Kind::Stalled => {
-                format!("{}?relay_events=1", env.url)
+                format!("{}?relay_events=1", pick.url)
             }
-            _ => env.url.clone(),
+            _ => pick.url.clone(),
         };
         let ws = tokio::select! {
             _ = env.stop.cancelled() => return,
@@ -192,14 +196,18 @@ async fn run(spec: Spec, mut env: Env, seed: u64, mut ctl: mpsc::Receiver<Ctl>) 
         conn_no += 1;
         env.tally.with(|c| c.connections += 1);
         env.tally.live.fetch_add(1, Ordering::SeqCst);
+        env.front.opened(pick.node);
         let mut conn = Conn::new(&spec, ws, conn_no, env.tally.clone(), env.epoch.clone());
+        conn.node = pick.node;
+        conn.generation = Some(pick.generation);
         if let Some((fills, position)) = carried.take() {
             conn.fills = fills;
             conn.resume_from = Some(position);
         }
         let ended = conn.session(&spec, &mut env, &mut rng, &mut ctl).await;
         env.tally.live.fetch_sub(1, Ordering::SeqCst);
-        conn.finish(&spec, ended);
+        env.front.closed(pick.node);
+        conn.finish(&spec, ended, &env.front);
         // A client with positions resumes where it left off: its fill chain goes on.
         if spec.kind.resumes() {
             if let Some(position) = conn.position.take() {
@@ -256,6 +264,8 @@ enum End {
     Dropped,
     /// The soak is over.
     Stopped,
+    /// The node went away (killed or frozen by the soak); the client moves to another.
+    NodeLost,
     /// A protocol violation was seen; the connection was abandoned.
     Broken,
 }
@@ -282,6 +292,9 @@ struct Conn {
     position: Option<String>,
     /// The position this connection resumes from (its fills carried over from the last one).
     resume_from: Option<String>,
+    /// The node it is connected to, and that node's generation (changes when it is lost).
+    node: usize,
+    generation: Option<watch::Receiver<u64>>,
 }
 
 impl Conn {
@@ -309,6 +322,8 @@ impl Conn {
             ended: None,
             position: None,
             resume_from: None,
+            node: 0,
+            generation: None,
         }
     }
 
@@ -376,6 +391,7 @@ impl Conn {
                     }
                     continue;
                 }
+                _ = node_lost(&mut self.generation) => return End::NodeLost,
                 _ = sleep_until(stalled_until.unwrap_or(next_action)), if stalled || matches!(spec.kind, Kind::Reconnecting) || spec.kind.stalls() => {
                     if stalled {
                         continue;
@@ -529,7 +545,12 @@ impl Conn {
                 if let Some(f) = fills::decode(&env) {
                     self.tally.with(|c| c.fills_received += 1);
                     let what = format!("{} {} pre {} post {}", f.trade_id, f.market, f.pre, f.post);
+                    let duplicates = self.fills.duplicates;
                     self.fills.apply(f);
+                    if self.fills.duplicates > duplicates {
+                        self.tally
+                            .log(&format!("{}: duplicate fill {what}", self.who(spec)));
+                    }
                     if self.fills.just_broke {
                         self.first_break_at.get_or_insert_with(Instant::now);
                         let (_, expected, _, _) = self.fills.breaks.last().unwrap();
@@ -562,7 +583,10 @@ impl Conn {
         ref_fills: &[FillSeen],
         epoch: u64,
     ) -> CheckReport {
-        let mut report = CheckReport::default();
+        let mut report = CheckReport {
+            node: self.node,
+            ..CheckReport::default()
+        };
         // A connection spans the epoch only if its private subscription was acknowledged before
         // the epoch began (epochs are numbered when the simulator resumes).
         // Younger connections owe the fills produced after their ack (plus a margin).
@@ -664,13 +688,26 @@ impl Conn {
     }
 
     /// Records how the connection ended and classifies its fill losses.
-    fn finish(&mut self, spec: &Spec, end: End) {
+    fn finish(&mut self, spec: &Spec, end: End, front: &Front) {
         let who = self.who(spec);
+        // The connection broke because the soak killed or froze its node.
+        let end = match end {
+            End::Abrupt(_)
+                if self
+                    .generation
+                    .as_ref()
+                    .is_some_and(|g| g.has_changed().unwrap_or(false)) =>
+            {
+                End::NodeLost
+            }
+            other => other,
+        };
         let key = match &end {
             End::Close(code, _) => format!("{}:{code}", spec.kind.label()),
             End::Abrupt(_) => format!("{}:abrupt", spec.kind.label()),
             End::Dropped => format!("{}:dropped-by-client", spec.kind.label()),
             End::Stopped => format!("{}:open-at-end", spec.kind.label()),
+            End::NodeLost => format!("{}:node-lost", spec.kind.label()),
             End::Broken => format!("{}:violation", spec.kind.label()),
         };
         self.tally.end(key);
@@ -679,6 +716,13 @@ impl Conn {
             .chain_links
             .fetch_add(std::mem::take(&mut self.fills.links), Ordering::Relaxed);
         match &end {
+            // Redis restarted empty: the stream that held what the node missed is gone, and
+            // the loss is announced (README, "Running several relays").
+            End::Close(1013, reason)
+                if reason.starts_with("private messages lost") && front.loss_allowed() =>
+            {
+                self.tally.with(|c| c.losses_announced_after_redis += 1);
+            }
             // The soak's REST API never fails: every outage and dead sid must be backfilled.
             End::Close(1013, reason) if reason.starts_with("private messages lost") => {
                 self.tally.violation(format!(
@@ -729,5 +773,17 @@ fn action_delay(kind: Kind, rng: &mut StdRng) -> Duration {
     match kind {
         Kind::Reconnecting => Duration::from_millis(rng.gen_range(1000..5000)),
         _ => Duration::from_millis(rng.gen_range(3000..9000)),
+    }
+}
+
+/// Resolves when the node behind this connection is lost (never without one).
+async fn node_lost(generation: &mut Option<watch::Receiver<u64>>) {
+    match generation {
+        Some(g) => {
+            if g.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending::<()>().await,
     }
 }

@@ -63,7 +63,8 @@ async fn run(attack: Attack, mut env: Env, seed: u64) {
 
 /// One attack on a fresh connection; returns what the relay did.
 async fn once(attack: Attack, env: &Env, rng: &mut StdRng) -> String {
-    let addr = env
+    let pick = env.front.pick(rng);
+    let addr = pick
         .url
         .trim_start_matches("ws://")
         .split('/')
@@ -93,7 +94,7 @@ async fn once(attack: Attack, env: &Env, rng: &mut StdRng) -> String {
     }
     let Ok(Ok((mut ws, _))) = timeout(
         Duration::from_secs(3),
-        tokio_tungstenite::connect_async(env.url.as_str()),
+        tokio_tungstenite::connect_async(pick.url.as_str()),
     )
     .await
     else {
@@ -101,6 +102,7 @@ async fn once(attack: Attack, env: &Env, rng: &mut StdRng) -> String {
     };
     env.tally.with(|c| c.connections += 1);
     env.tally.live.fetch_add(1, Ordering::SeqCst);
+    env.front.opened(pick.node);
     let sent = match attack {
         Attack::Garbage => {
             let mut ok = true;
@@ -186,6 +188,7 @@ async fn once(attack: Attack, env: &Env, rng: &mut StdRng) -> String {
     };
     drop(ws);
     env.tally.live.fetch_sub(1, Ordering::SeqCst);
+    env.front.closed(pick.node);
     outcome
 }
 

@@ -47,9 +47,16 @@ pub struct RelayProc {
 }
 
 impl RelayProc {
-    /// Spawns the relay and waits for its `relay ready` line (retrying while the port is still
-    /// held by the previous process). Its stderr is appended to `log`.
-    pub fn spawn(addr: SocketAddr, upstream_url: &str, rest_url: &str, log: &Path) -> RelayProc {
+    /// Spawns the relay (with `extra` environment on top of the soak's) and waits for its
+    /// `relay ready` line (retrying while the port is still held by the previous process). Its
+    /// stderr is appended to `log`.
+    pub fn spawn(
+        addr: SocketAddr,
+        upstream_url: &str,
+        rest_url: &str,
+        extra: &[(String, String)],
+        log: &Path,
+    ) -> RelayProc {
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         loop {
             let err = std::fs::OpenOptions::new()
@@ -65,6 +72,7 @@ impl RelayProc {
                     upstream_url,
                 ])
                 .envs(ENV.iter().copied())
+                .envs(extra.iter().map(|(k, v)| (k.as_str(), v.as_str())))
                 // The simulator's REST API, for the relay's backfills.
                 .env("RELAY__UPSTREAM__REST__BASE_URL", rest_url)
                 .env(
@@ -95,6 +103,19 @@ impl RelayProc {
                 }
             }
         }
+    }
+
+    /// Sends a signal (`KILL`, `STOP`, `CONT`, ...).
+    pub fn signal(&self, name: &str) {
+        let _ = Command::new("kill")
+            .args([&format!("-{name}"), &self.pid.to_string()])
+            .status();
+    }
+
+    /// SIGKILL, and reaps it.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Whether the process has exited (it must not, until we stop it).
@@ -160,10 +181,14 @@ pub fn sample(pid: u32) -> ProcSample {
     }
 }
 
-/// Where the relay's stderr goes.
-pub fn log_path(seed: u64) -> PathBuf {
+/// Where a relay's stderr goes (`node`: its name in a cluster).
+pub fn log_path(seed: u64, node: Option<&str>) -> PathBuf {
     let dir = option_env!("CARGO_TARGET_TMPDIR")
         .map(PathBuf::from)
         .unwrap_or_else(std::env::temp_dir);
-    dir.join(format!("soak-relay-{seed}-{}.log", std::process::id()))
+    let node = node.map(|n| format!("-{n}")).unwrap_or_default();
+    dir.join(format!(
+        "soak-relay-{seed}-{}{node}.log",
+        std::process::id()
+    ))
 }

@@ -32,6 +32,9 @@ pub struct Counts {
     /// received while it stayed connected.
     pub fills_missing_silent: u64,
     pub quiet_points: u64,
+    /// Private subscribers closed `private messages lost` just after a Redis restart (allowed:
+    /// announced).
+    pub losses_announced_after_redis: u64,
     pub faults: BTreeMap<String, u64>,
     pub violations: Vec<String>,
 }
@@ -115,6 +118,7 @@ impl Tally {
             fill_gaps_announced: c.fill_gaps_announced,
             fills_missing_silent: c.fills_missing_silent,
             quiet_points: c.quiet_points,
+            losses_announced_after_redis: c.losses_announced_after_redis,
             faults: c.faults.clone(),
             violations: c.violations.clone(),
         }

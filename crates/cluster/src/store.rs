@@ -408,6 +408,39 @@ impl Store {
         Ok(out)
     }
 
+    /// The entries their writer received at or after `since_us` (Unix microseconds), oldest
+    /// first, at most `max` (the newest).
+    pub async fn since(&self, since_us: u64, max: usize) -> Result<Vec<Record>, Error> {
+        const PAGE: usize = 1_000;
+        let mut c = self.commands.clone();
+        let mut out = Vec::new();
+        let mut before = "+".to_owned();
+        'pages: while out.len() < max {
+            let page: Vec<(String, HashMap<String, Value>)> = redis::cmd("XREVRANGE")
+                .arg(STREAM)
+                .arg(&before)
+                .arg("-")
+                .arg("COUNT")
+                .arg(PAGE)
+                .query_async(&mut c)
+                .await?;
+            let full = page.len() == PAGE;
+            for (id, map) in page {
+                let record = codec::decode(id, &map)?;
+                if record.at_us < since_us || out.len() >= max {
+                    break 'pages;
+                }
+                before = format!("({}", record.id);
+                out.push(record);
+            }
+            if !full {
+                break;
+            }
+        }
+        out.reverse();
+        Ok(out)
+    }
+
     /// The stream's first entry number still stored (0 when empty): older ones were trimmed.
     pub async fn first_seq(&self) -> Result<u64, Error> {
         let mut c = self.commands.clone();

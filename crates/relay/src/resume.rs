@@ -201,14 +201,6 @@ impl History {
             .collect()
     }
 
-    /// The trade ids of the fills kept, oldest first.
-    pub fn trade_ids(&self) -> Vec<String> {
-        self.fills
-            .iter()
-            .filter_map(|(p, _, _)| p.trade_id.clone())
-            .collect()
-    }
-
     /// Messages were lost upstream: nothing before now can be replayed exactly.
     pub fn lost(&mut self) {
         self.fills.clear();

@@ -11,6 +11,7 @@
 //! never shows its clients what the other nodes never got. The cost is one Redis round trip of
 //! latency on the leader too.
 
+pub mod delivered;
 pub mod lease;
 pub mod reader;
 pub mod wanted;
@@ -30,7 +31,6 @@ use tokio_util::sync::CancellationToken;
 use upstream::Event;
 
 use crate::app::App;
-use crate::resume::History;
 
 pub const ROLE: &str = "relay_cluster_role";
 pub const LEASE_EPOCH: &str = "relay_cluster_lease_epoch";
@@ -62,6 +62,8 @@ pub struct Status {
     /// 1 while this node leads.
     role: AtomicU8,
     epoch: AtomicU64,
+    /// When this node last found Redis unavailable (Unix s; 0: never).
+    outage_since_s: AtomicU64,
     /// The lease holder's node id, as last seen.
     leader: Mutex<Option<String>>,
     /// Why Redis counts as unavailable, while it does.
@@ -76,6 +78,7 @@ impl Status {
             node_id,
             role: AtomicU8::new(0),
             epoch: AtomicU64::new(0),
+            outage_since_s: AtomicU64::new(0),
             leader: Mutex::new(None),
             redis_down: Mutex::new(None),
             applied: AtomicU64::new(0),
@@ -96,12 +99,27 @@ impl Status {
         *self.leader.lock() = leader.map(|t| t.node().to_owned());
     }
 
+    /// The lease epoch this node saw last (0: none yet).
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Relaxed)
+    }
+
+    /// When this node last found Redis unavailable (Unix s), if it ever did.
+    pub fn outage_since_s(&self) -> Option<u64> {
+        Some(self.outage_since_s.load(Ordering::Relaxed)).filter(|&s| s > 0)
+    }
+
     fn redis_ok(&self) {
         *self.redis_down.lock() = None;
     }
 
     fn redis_failed(&self, error: &cluster::Error) {
-        *self.redis_down.lock() = Some(error.to_string());
+        let mut down = self.redis_down.lock();
+        if down.is_none() {
+            let now = crate::app::now_ms() / 1000;
+            self.outage_since_s.store(now, Ordering::Relaxed);
+        }
+        *down = Some(error.to_string());
     }
 
     /// `Some(reason)` while the node cannot serve the cluster's data.
@@ -132,8 +150,8 @@ pub struct Ctx {
     pub status: Arc<Status>,
     /// The upstream settings a leader's session starts with.
     pub upstream: upstream::UpstreamConfig,
-    /// The relay's private history: a successor leaves out the fills it already relayed.
-    pub history: Arc<Mutex<History>>,
+    /// Fills this node took from the stream: delivered once, and left out of its backfill.
+    pub delivered: Mutex<delivered::Delivered>,
     /// The relay's shutdown: every node task ends on it (the lease after stepping down).
     pub shutdown: CancellationToken,
     /// Woken by the reader when the leader announces its session's end: try for the lease now.
@@ -182,7 +200,7 @@ pub fn start(
         store,
         status,
         upstream: app.config.upstream.clone(),
-        history: app.history.clone(),
+        delivered: Mutex::default(),
         shutdown: app.shutdown.clone(),
         handoff: Notify::new(),
     });

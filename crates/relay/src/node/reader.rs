@@ -174,7 +174,13 @@ async fn load(
             return Ok(None);
         }
     }
-    let start = loaded.start();
+    // Where the books can be brought forward from; but a node that kept its place reads on from
+    // there, even when the books have moved past it meanwhile: the entries in between that are
+    // not in the books (fills, notices) would otherwise never be delivered.
+    let start = match &last {
+        Some(p) if contiguous && p.seq < loaded.start().seq => p.clone(),
+        _ => loaded.start(),
+    };
     debug!(
         books = books_at.len(),
         from = start.seq,
@@ -215,6 +221,10 @@ async fn follow(
         };
         lag = Some(record.at_us);
         if let Some(event) = admit(&mut place, record, known) {
+            if !first_delivery(ctx, &event) {
+                debug!(seq = place.last.seq, "a fill published again; dropped");
+                continue;
+            }
             if let Event::State(State::Disconnected {
                 reason: DisconnectReason::Shutdown,
             }) = &event
@@ -258,6 +268,19 @@ fn admit(place: &mut Place, record: Record, known: &mut BTreeSet<String>) -> Opt
             (seq > book_at(&market)).then_some(Event::BookReset { market })
         }
         other => (seq > place.skip_upto).then_some(other),
+    }
+}
+
+/// False for a fill this node already took from the stream (a leader published it again).
+fn first_delivery(ctx: &Ctx, event: &Event) -> bool {
+    match event {
+        Event::Data(data) if data.channel == Channel::Fill => {
+            match crate::resume::Position::of_fill(&data.body).and_then(|p| p.trade_id) {
+                Some(id) => ctx.delivered.lock().first_time(&id),
+                None => true,
+            }
+        }
+        _ => true,
     }
 }
 

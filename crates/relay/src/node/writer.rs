@@ -42,11 +42,17 @@ pub async fn run(
     token: Token,
     mut events: mpsc::Receiver<Event>,
     upstream: Upstream,
+    subscribed: Subscribed,
     stop: CancellationToken,
 ) -> Ending {
     let max = ctx.config.stream_max_entries;
     let (released_tx, mut released) = mpsc::unbounded_channel();
-    let union = tokio::spawn(follow_union(ctx.clone(), upstream.clone(), released_tx));
+    let union = tokio::spawn(follow_union(
+        ctx.clone(),
+        upstream.clone(),
+        subscribed,
+        released_tx,
+    ));
     let _union = AbortOnDrop(union);
     // The old session's books are gone with it.
     let old = match ctx.store.take_over(&token).await {
@@ -199,15 +205,55 @@ fn track(
     }
 }
 
+/// The upstream subscriptions a leader holds for the union of every live node's wanted topics.
+#[derive(Default)]
+pub struct Subscribed {
+    channels: HashMap<Channel, ChannelSubs>,
+    applied: BTreeSet<String>,
+}
+
+impl Subscribed {
+    /// Brings the upstream subscriptions to `union`; returns the books no longer subscribed.
+    pub fn apply(&mut self, upstream: &Upstream, union: BTreeSet<String>) -> Vec<String> {
+        let mut gone = Vec::new();
+        for key in self.applied.difference(&union) {
+            let Some(topic) = parse_topic(key) else {
+                continue;
+            };
+            if let (Channel::OrderbookDelta, Some(m)) = (topic.channel, &topic.market) {
+                gone.push(m.to_string());
+            }
+            feed::apply(
+                upstream,
+                &mut self.channels,
+                fanout::TopicChange::Unwanted(topic),
+            );
+        }
+        for key in union.difference(&self.applied) {
+            if let Some(topic) = parse_topic(key) {
+                feed::apply(
+                    upstream,
+                    &mut self.channels,
+                    fanout::TopicChange::Wanted(topic),
+                );
+            }
+        }
+        self.applied = union
+            .into_iter()
+            .filter(|k| parse_topic(k).is_some_and(|t| topic_key(&t) == *k))
+            .collect();
+        gone
+    }
+}
+
 /// Keeps the upstream subscriptions equal to the union of every live node's wanted topics, and
 /// passes snapshot requests on. Books no longer subscribed go to `released` (announced stale).
 async fn follow_union(
     ctx: Arc<Ctx>,
     upstream: Upstream,
+    mut subscribed: Subscribed,
     released: mpsc::UnboundedSender<Vec<String>>,
 ) {
-    let mut channels: HashMap<Channel, ChannelSubs> = HashMap::new();
-    let mut applied: BTreeSet<String> = BTreeSet::new();
     let mut after = loop {
         match ctx.store.control_head().await {
             Ok(head) => break head,
@@ -216,32 +262,10 @@ async fn follow_union(
     };
     loop {
         if let Ok(union) = ctx.store.union().await {
-            let mut gone = Vec::new();
-            for key in applied.difference(&union) {
-                let Some(topic) = parse_topic(key) else {
-                    continue;
-                };
-                if let (Channel::OrderbookDelta, Some(m)) = (topic.channel, &topic.market) {
-                    gone.push(m.to_string());
-                }
-                feed::apply(
-                    &upstream,
-                    &mut channels,
-                    fanout::TopicChange::Unwanted(topic),
-                );
-            }
-            for key in union.difference(&applied) {
-                if let Some(topic) = parse_topic(key) {
-                    feed::apply(&upstream, &mut channels, fanout::TopicChange::Wanted(topic));
-                }
-            }
+            let gone = subscribed.apply(&upstream, union);
             if !gone.is_empty() {
                 let _ = released.send(gone);
             }
-            applied = union
-                .into_iter()
-                .filter(|k| parse_topic(k).is_some_and(|t| topic_key(&t) == *k))
-                .collect();
         }
         match ctx.store.read_control(&after).await {
             Ok((controls, next)) => {
