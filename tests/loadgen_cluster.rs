@@ -47,6 +47,7 @@ async fn the_follower_target_delivers_the_feed_with_the_simulators_books() {
         targets: vec![Target::RelayFollower],
         repeat: 1,
         bin_dir: bin_dir(),
+        ref_relay: None,
         log_dir: logs.clone(),
         relay_args: Vec::new(),
         relay_env: Vec::new(),

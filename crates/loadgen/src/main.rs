@@ -181,7 +181,7 @@ struct SuiteArgs {
     #[arg(long, value_delimiter = ',')]
     scenarios: Vec<String>,
     /// relay, relay-coalesce, baseline (batching), baseline-naive (a write per frame), direct,
-    /// relay-follower and relay-leader (two relays in cluster mode on a fresh redis-server, the
+    /// relay-ref (the relay binary of --ref-relay, e.g. an earlier commit's), relay-follower and relay-leader (two relays in cluster mode on a fresh redis-server, the
     /// clients on one node).
     #[arg(
         long,
@@ -206,6 +206,9 @@ struct SuiteArgs {
     /// Where exchange-sim and relay are [default: this executable's directory].
     #[arg(long)]
     bin_dir: Option<PathBuf>,
+    /// The relay binary of the relay-ref target.
+    #[arg(long)]
+    ref_relay: Option<PathBuf>,
     /// Children's logs [default: a fresh directory under the system temp dir].
     #[arg(long)]
     log_dir: Option<PathBuf>,
@@ -371,6 +374,9 @@ async fn suite(a: SuiteArgs) -> Result<()> {
         let target = Target::parse(t).with_context(|| format!("unknown target {t:?}"))?;
         targets.push(target);
     }
+    if targets.contains(&Target::RelayRef) && a.ref_relay.is_none() {
+        bail!("the relay-ref target needs --ref-relay PATH");
+    }
     let external_sim = match &a.external_sim {
         None => None,
         Some(s) => {
@@ -392,6 +398,7 @@ async fn suite(a: SuiteArgs) -> Result<()> {
             Some(d) => d,
             None => loadgen::children::bin_dir()?,
         },
+        ref_relay: a.ref_relay,
         log_dir: log_dir.clone(),
         relay_args: a.relay_arg,
         relay_env: pairs(&a.relay_env, "--relay-env")?,

@@ -119,10 +119,13 @@ fn fmt_num(v: f64) -> String {
 }
 
 /// The ratios shown, `(numerator, denominator)`, each its own column when both ran: the relay
-/// against each baseline, and a cluster node against the single relay.
-const RATIOS: [(&str, &str); 4] = [
+/// against each baseline and against the reference build, and a cluster node against the single
+/// relay.
+const RATIOS: [(&str, &str); 6] = [
     ("relay", "baseline"),
     ("relay", "baseline-naive"),
+    ("relay", "relay-ref"),
+    ("relay-ref", "baseline"),
     ("relay-follower", "relay"),
     ("relay-leader", "relay"),
 ];
@@ -136,6 +139,7 @@ pub fn scenario_markdown(s: &ScenarioResult) -> String {
     let targets: Vec<&'static str> = [
         Target::Relay,
         Target::RelayCoalesce,
+        Target::RelayRef,
         Target::Baseline,
         Target::BaselineNaive,
         Target::Direct,

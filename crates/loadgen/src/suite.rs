@@ -24,6 +24,9 @@ pub enum Target {
     Relay,
     /// The `relay` binary with its write-coalescing window enabled (`--relay-coalesce-env`).
     RelayCoalesce,
+    /// Another build of the relay (`--ref-relay`, e.g. an earlier commit), default
+    /// configuration: before and after alternate within every round.
+    RelayRef,
     /// `loadgen baseline`: feeds every queued frame, flushes when the queue is empty.
     Baseline,
     /// `loadgen baseline --mode naive`: one write per frame per client.
@@ -43,6 +46,7 @@ impl Target {
         Some(match s {
             "relay" => Target::Relay,
             "relay-coalesce" => Target::RelayCoalesce,
+            "relay-ref" => Target::RelayRef,
             "baseline" => Target::Baseline,
             "baseline-naive" => Target::BaselineNaive,
             "direct" => Target::Direct,
@@ -56,6 +60,7 @@ impl Target {
         match self {
             Target::Relay => "relay",
             Target::RelayCoalesce => "relay-coalesce",
+            Target::RelayRef => "relay-ref",
             Target::Baseline => "baseline",
             Target::BaselineNaive => "baseline-naive",
             Target::Direct => "direct",
@@ -78,6 +83,8 @@ pub struct SuiteConfig {
     /// Runs per scenario and target; targets alternate within each round.
     pub repeat: usize,
     pub bin_dir: PathBuf,
+    /// The `relay-ref` target's binary.
+    pub ref_relay: Option<PathBuf>,
     /// Children's logs, and their working directory (so no stray config file is picked up).
     pub log_dir: PathBuf,
     pub relay_args: Vec<String>,
@@ -321,8 +328,15 @@ async fn start_server(
             let url = cluster.node(on_leader).url();
             Ok((Server::Cluster { cluster, on_leader }, url))
         }
-        Target::Relay | Target::RelayCoalesce => {
-            let bin = children::sibling(&config.bin_dir, "relay")?;
+        Target::Relay | Target::RelayCoalesce | Target::RelayRef => {
+            let bin = if target == Target::RelayRef {
+                config
+                    .ref_relay
+                    .clone()
+                    .context("the relay-ref target needs --ref-relay")?
+            } else {
+                children::sibling(&config.bin_dir, "relay")?
+            };
             let mut args = strings(&["--listen", &listen.to_string(), "--upstream-url", ws_url]);
             args.extend(config.relay_args.iter().cloned());
             // The relay holds the account's private channels upstream by default; no client
