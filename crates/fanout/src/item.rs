@@ -92,6 +92,9 @@ pub struct Item {
     pub(crate) channel: Channel,
     pub(crate) kind: MessageType,
     pub(crate) market: Option<Arc<str>>,
+    /// [`crate::topics::name_hash`] of `market`, computed once here rather than by every
+    /// subscriber that looks the item's topic up.
+    pub(crate) market_hash: u32,
     pub(crate) body: Bytes,
     /// How many items of (channel, market) were published up to and including this one. Per
     /// topic these are contiguous in the stream; subscribers use them to skip what a snapshot
@@ -130,6 +133,7 @@ impl Item {
             position,
             channel,
             kind,
+            market_hash: market.as_deref().map_or(0, crate::topics::name_hash),
             market,
             body,
             topic_no,
