@@ -21,9 +21,11 @@ mod commands;
 mod core;
 mod out;
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use futures_util::{FutureExt, SinkExt, StreamExt};
@@ -179,34 +181,54 @@ where
             }
         }
         let signal = self.signal.clone();
+        let mut read_tried = true;
         loop {
-            if let Err(close) = self.step().await {
-                return close;
-            }
-            // Nothing was due: park. The wake-up is armed before the last look, so one that
-            // comes in between is not missed.
+            // Armed before the look, so a wake-up that comes during it is not missed.
             let woken = signal.notified();
             tokio::pin!(woken);
             woken.as_mut().enable();
             match self.step().await {
                 Err(close) => return close,
-                Ok(true) => continue,
+                // More is ready than one batch: no wake-up will say so. The client's frames
+                // that arrived meanwhile are read first, so a busy stream never starves them.
+                Ok(true) => {
+                    while let Some(frame) = self.ws.next().now_or_never() {
+                        if let Err(close) = self.on_frame(frame).await {
+                            return close;
+                        }
+                    }
+                    continue;
+                }
                 Ok(false) => {}
             }
-            // Biased: the client's frames (pongs, commands) go first.
-            tokio::select! {
-                biased;
-                frame = self.ws.next() => if let Err(close) = self.on_frame(frame).await {
+            // A wake-up is looked at before the socket: a read attempt costs tungstenite a
+            // buffer fill and a waker registration, and a parked session has just made one. A
+            // wake-up that comes before any read attempt is made (more data while the last batch
+            // was written) puts the socket first next time, so a busy stream never starves the
+            // client's frames (pongs, commands).
+            let read_first = !read_tried;
+            read_tried = false;
+            let next = std::future::poll_fn(|cx| {
+                if !read_first && woken.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(None);
+                }
+                read_tried = true;
+                if let Poll::Ready(frame) = self.ws.poll_next_unpin(cx) {
+                    return Poll::Ready(Some(frame));
+                }
+                woken.as_mut().poll(cx).map(|()| None)
+            })
+            .await;
+            if let Some(frame) = next {
+                if let Err(close) = self.on_frame(frame).await {
                     return close;
-                },
-                () = woken => {}
+                }
             }
         }
     }
 
-    /// Does what is due now: shutdown, the pong check, a ping, the deliveries that are ready.
-    /// True if there was anything; then the client's frames that arrived meanwhile are read too,
-    /// so a busy stream never starves them.
+    /// Does what is due now: shutdown, the pong check, a ping, the deliveries that are ready,
+    /// in one write. True if more deliveries may be ready than one batch took.
     async fn step(&mut self) -> Result<bool, Close> {
         let heartbeat = &self.app.heartbeat;
         if heartbeat.stopping() {
@@ -224,16 +246,11 @@ where
             self.seen = beat;
             self.core.ping();
         }
-        self.core.drain(MAX_BATCH)?;
-        self.resume_if_asked().await;
-        if self.core.out.is_empty() {
-            return Ok(false);
-        }
+        let taken = self.core.drain(MAX_BATCH)?;
+        // A replay ends a batch early (`Core::drain`): what follows it is still to be read.
+        let resumed = self.resume_if_asked().await;
         self.write_out().await?;
-        while let Some(frame) = self.ws.next().now_or_never() {
-            Box::pin(self.on_frame(frame)).await?;
-        }
-        Ok(true)
+        Ok(taken == MAX_BATCH || resumed)
     }
 
     async fn on_frame(&mut self, frame: Option<Result<Message, WsError>>) -> Result<(), Close> {
@@ -265,9 +282,9 @@ where
 
     /// Serves a `resume_from` the last command asked for. A REST fetch holds the session (at
     /// most `upstream.rest.max_total_seconds`); the live stream queues meanwhile.
-    async fn resume_if_asked(&mut self) {
+    async fn resume_if_asked(&mut self) -> bool {
         let Some((from, channels)) = self.core.take_resume() else {
-            return;
+            return false;
         };
         let app = self.app;
         // Boxed: a REST fetch is a large future, and every session's task would be sized for it.
@@ -280,6 +297,7 @@ where
         ))
         .await;
         self.core.finish_resume(from, fetched);
+        true
     }
 
     /// A client with no handshake token must send `{"cmd":"auth"}` first, within the timeout.
@@ -308,11 +326,13 @@ where
             return Ok(());
         }
         let bytes = self.core.out.take();
-        io(self.app, self.ws.flush()).await?;
-        let socket = self.ws.get_mut();
+        let ws = &mut self.ws;
+        // One timeout for the whole write: a timer per socket operation costs every batch.
         io(self.app, async {
-            socket.write_all(&bytes).await?;
-            socket.flush().await
+            ws.flush().await.map_err(|_| ())?;
+            let socket = ws.get_mut();
+            socket.write_all(&bytes).await.map_err(|_| ())?;
+            socket.flush().await.map_err(|_| ())
         })
         .await?;
         self.flush_counters();
