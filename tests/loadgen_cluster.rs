@@ -1,7 +1,7 @@
-//! The benchmark suite's cluster target at tiny size: a real `redis-server` and two nodes of this
-//! build's relay, in front of an in-process simulator. Frames reach the suite's clients through
-//! the follower, and a client of the follower holds the simulator's books. No performance figure
-//! is asserted.
+//! The benchmark suite's targets that start this build's relay, at tiny size, in front of an
+//! in-process simulator: the cluster (a real `redis-server` and two nodes; frames reach the
+//! suite's clients through the follower, and a client of the follower holds the simulator's
+//! books), and `relay-ref` beside `relay`. No performance figure is asserted.
 
 mod common;
 
@@ -116,6 +116,61 @@ async fn the_follower_target_delivers_the_feed_with_the_simulators_books() {
     sim.pause();
     client.converge(&sim, &markets).await;
     cluster.stop().await;
+    sim.shutdown().await;
+    let _ = std::fs::remove_dir_all(&logs);
+}
+
+/// `relay-ref` runs the binary `--ref-relay` names, in the same round as `relay`: both deliver
+/// the feed and the table compares them. Without the binary, the run fails and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reference_target_runs_the_relay_binary_it_is_given() {
+    let sim = common::sim(SimConfig {
+        markets: 4,
+        rate: 200.0,
+        stamp: true,
+        ..SimConfig::default()
+    })
+    .await;
+    let logs = scratch("ref-logs");
+    let mut config = SuiteConfig {
+        scenarios: vec![Scenario::load("fanout").unwrap().scaled(0.01, 0.2)],
+        targets: vec![Target::Relay, Target::RelayRef],
+        repeat: 1,
+        bin_dir: bin_dir(),
+        ref_relay: Some(Path::new(env!("CARGO_BIN_EXE_relay")).to_path_buf()),
+        log_dir: logs.clone(),
+        relay_args: Vec::new(),
+        relay_env: Vec::new(),
+        coalesce_env: Vec::new(),
+        source_addrs: Vec::new(),
+        redis_server: redis_server(),
+        external_sim: Some((sim.ws_url(), format!("http://{}", sim.admin_addr()))),
+        command: "tests/loadgen_cluster.rs".into(),
+    };
+    let report = loadgen::suite::run(&config).await.unwrap();
+    let s = &report.scenarios[0];
+    assert!(s.errors.is_empty(), "{:?}", s.errors);
+    let targets: Vec<&str> = s.runs.iter().map(|r| r.target.name()).collect();
+    assert_eq!(targets, ["relay", "relay-ref"]);
+    for run in &s.runs {
+        let delivered = run.metrics["delivered_ratio"];
+        assert!(
+            delivered > 0.95,
+            "{}: delivered {delivered}",
+            run.target.name()
+        );
+        assert_eq!(run.windows["main"].processes[0].name, run.target.name());
+    }
+    let table = loadgen::report::scenario_markdown(s);
+    assert!(table.contains("relay / relay-ref"), "{table}");
+
+    let missing = logs.join("no-such-relay");
+    config.targets = vec![Target::RelayRef];
+    config.ref_relay = Some(missing.clone());
+    let report = loadgen::suite::run(&config).await.unwrap();
+    let errors = &report.scenarios[0].errors;
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].starts_with("relay-ref round 1"), "{errors:?}");
     sim.shutdown().await;
     let _ = std::fs::remove_dir_all(&logs);
 }
