@@ -16,6 +16,12 @@ use crate::event::DisconnectReason;
 
 pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
+/// tungstenite zeroes this much of its read buffer before every read attempt, the one that
+/// finds nothing included: at its 128 KiB default, each upstream message costs a quarter of a
+/// MiB of writes and evicts the fanout's working set from the cache. A bigger message takes
+/// more reads.
+const READ_BUFFER_BYTES: usize = 16 * 1024;
+
 /// A failed attempt: why (a metric label and the state), what exactly (for the log), and the
 /// exchange's `Retry-After`, if it gave one.
 #[derive(Debug)]
@@ -82,7 +88,7 @@ pub(crate) async fn connect(settings: &Settings) -> Result<Ws, ConnectError> {
     let handshake = client_async_tls_with_config(
         request,
         tcp,
-        Some(WebSocketConfig::default()),
+        Some(WebSocketConfig::default().read_buffer_size(READ_BUFFER_BYTES)),
         Some(connector),
     );
     match tokio::time::timeout(settings.handshake_timeout, handshake).await {
