@@ -33,6 +33,7 @@ struct Conn<'a> {
     /// Until every subscription wanted at connect has been answered.
     awaiting_subscribed: bool,
     last_frame: Instant,
+    frames: metrics::FrameCounters,
 }
 
 /// Runs one connection until it ends; returns why.
@@ -45,6 +46,7 @@ pub(crate) async fn run(ws: Ws, ctx: &mut Ctx) -> DisconnectReason {
         repairs: HashMap::new(),
         awaiting_subscribed: true,
         last_frame: Instant::now(),
+        frames: metrics::FrameCounters::new(),
     };
     conn.actual = Actual::new(conn.ctx.settings.use_yes_price);
     // Snapshot requests made while disconnected are moot: every book gets a fresh snapshot now.
@@ -182,13 +184,13 @@ impl Conn<'_> {
         let env = match Envelope::parse(&frame) {
             Ok(env) => env,
             Err(e) => {
-                metrics::frame("other", frame.len());
+                self.frames.frame(None, frame.len());
                 warn!(error = %e, len = frame.len(), "unparsable frame from the exchange");
                 return Ok(());
             }
         };
         let kind = env.message_type();
-        metrics::frame(metrics::message_label(&kind), frame.len());
+        self.frames.frame(Some(&kind), frame.len());
         match kind {
             MessageType::Subscribed
             | MessageType::Unsubscribed

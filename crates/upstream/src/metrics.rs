@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use ::metrics::{
-    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Counter,
+    Gauge, Unit,
 };
 use protocol::MessageType;
 
@@ -138,26 +139,8 @@ pub fn register() {
     for reason in &reasons {
         let _ = counter!(DISCONNECTS, "reason" => reason.label());
     }
-    use MessageType as T;
-    let types = [
-        T::OrderbookSnapshot,
-        T::OrderbookDelta,
-        T::Ticker,
-        T::Trade,
-        T::Fill,
-        T::UserOrder,
-        T::MarketPosition,
-        T::MarketLifecycleV2,
-        T::EventLifecycle,
-        T::EventFeeUpdate,
-        T::Subscribed,
-        T::Unsubscribed,
-        T::Ok,
-        T::Error,
-        T::Other(String::new()),
-    ];
-    for kind in &types {
-        let _ = counter!(MESSAGES, "type" => message_label(kind));
+    for label in TYPE_LABELS {
+        let _ = counter!(MESSAGES, "type" => label);
     }
     let _ = gauge!(UP);
     let _ = gauge!(STATE);
@@ -202,30 +185,66 @@ pub(crate) fn disconnected(reason: &DisconnectReason) {
     counter!(DISCONNECTS, "reason" => reason.label()).increment(1);
 }
 
-/// The `type` label: a known type's name, else `other` (the set stays fixed).
-pub(crate) fn message_label(kind: &MessageType) -> &'static str {
+/// The `type` labels of [`MESSAGES`], in [`type_index`] order: the known types, then `other`.
+const TYPE_LABELS: [&str; 15] = [
+    "orderbook_snapshot",
+    "orderbook_delta",
+    "ticker",
+    "trade",
+    "fill",
+    "user_order",
+    "market_position",
+    "market_lifecycle_v2",
+    "event_lifecycle",
+    "event_fee_update",
+    "subscribed",
+    "unsubscribed",
+    "ok",
+    "error",
+    "other",
+];
+
+fn type_index(kind: &MessageType) -> usize {
     match kind {
-        MessageType::OrderbookSnapshot => "orderbook_snapshot",
-        MessageType::OrderbookDelta => "orderbook_delta",
-        MessageType::Ticker => "ticker",
-        MessageType::Trade => "trade",
-        MessageType::Fill => "fill",
-        MessageType::UserOrder => "user_order",
-        MessageType::MarketPosition => "market_position",
-        MessageType::MarketLifecycleV2 => "market_lifecycle_v2",
-        MessageType::EventLifecycle => "event_lifecycle",
-        MessageType::EventFeeUpdate => "event_fee_update",
-        MessageType::Subscribed => "subscribed",
-        MessageType::Unsubscribed => "unsubscribed",
-        MessageType::Ok => "ok",
-        MessageType::Error => "error",
-        MessageType::Other(_) => "other",
+        MessageType::OrderbookSnapshot => 0,
+        MessageType::OrderbookDelta => 1,
+        MessageType::Ticker => 2,
+        MessageType::Trade => 3,
+        MessageType::Fill => 4,
+        MessageType::UserOrder => 5,
+        MessageType::MarketPosition => 6,
+        MessageType::MarketLifecycleV2 => 7,
+        MessageType::EventLifecycle => 8,
+        MessageType::EventFeeUpdate => 9,
+        MessageType::Subscribed => 10,
+        MessageType::Unsubscribed => 11,
+        MessageType::Ok => 12,
+        MessageType::Error => 13,
+        MessageType::Other(_) => 14,
     }
 }
 
-pub(crate) fn frame(kind: &'static str, bytes: usize) {
-    counter!(MESSAGES, "type" => kind).increment(1);
-    counter!(BYTES).increment(bytes as u64);
+/// [`MESSAGES`] by type and [`BYTES`], looked up once per connection: a registry lookup per
+/// frame costs about as much as parsing the frame.
+pub(crate) struct FrameCounters {
+    messages: [Counter; TYPE_LABELS.len()],
+    bytes: Counter,
+}
+
+impl FrameCounters {
+    pub fn new() -> FrameCounters {
+        FrameCounters {
+            messages: TYPE_LABELS.map(|label| counter!(MESSAGES, "type" => label)),
+            bytes: counter!(BYTES),
+        }
+    }
+
+    /// One text frame of `bytes`; `None`: unparsable (counted as `other`).
+    pub fn frame(&self, kind: Option<&MessageType>, bytes: usize) {
+        let i = kind.map_or(TYPE_LABELS.len() - 1, type_index);
+        self.messages[i].increment(1);
+        self.bytes.increment(bytes as u64);
+    }
 }
 
 pub(crate) fn seq_gap() {
@@ -248,6 +267,25 @@ pub(crate) fn owner_wait(waited: Duration) {
     histogram!(OWNER_WAIT).record(waited.as_secs_f64());
 }
 
-pub(crate) fn events_pending(n: usize) {
-    gauge!(EVENTS_PENDING).set(n as f64);
+/// [`EVENTS_PENDING`], looked up once: it is set for every event.
+pub(crate) fn events_pending() -> Gauge {
+    gauge!(EVENTS_PENDING)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_message_type_counts_under_its_wire_name_and_any_other_under_other() {
+        for (i, label) in TYPE_LABELS.iter().enumerate() {
+            let kind = MessageType::parse(label);
+            assert_eq!(type_index(&kind), i, "{label}");
+            if *label != "other" {
+                assert_eq!(kind.as_str(), *label);
+            }
+        }
+        let unknown = MessageType::parse("multivariate_lookup");
+        assert_eq!(TYPE_LABELS[type_index(&unknown)], "other");
+    }
 }

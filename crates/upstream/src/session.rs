@@ -55,6 +55,7 @@ pub(crate) struct Output {
     /// owner sees the wait in `relay_upstream_owner_wait_seconds` and a warning.
     events: mpsc::Sender<Internal>,
     capacity: usize,
+    pending: ::metrics::Gauge,
     state: watch::Sender<State>,
     shutdown: CancellationToken,
     last_wait_warning: Option<Instant>,
@@ -70,6 +71,7 @@ impl Output {
         Output {
             events,
             capacity,
+            pending: metrics::events_pending(),
             state,
             shutdown,
             last_wait_warning: None,
@@ -90,14 +92,15 @@ impl Output {
     async fn send(&mut self, event: Internal) -> bool {
         let event = match self.events.try_send(event) {
             Ok(()) => {
-                metrics::events_pending(self.capacity - self.events.capacity());
+                let pending = self.capacity - self.events.capacity();
+                self.pending.set(pending as f64);
                 return false;
             }
             // The owner dropped its receiver: nobody listens, keep running until shutdown.
             Err(TrySendError::Closed(_)) => return false,
             Err(TrySendError::Full(event)) => event,
         };
-        metrics::events_pending(self.capacity);
+        self.pending.set(self.capacity as f64);
         let started = Instant::now();
         tokio::select! {
             biased;
