@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::Duration;
 
 use common::*;
-use relay::security::{Identity, Permission};
 use tokio_tungstenite::tungstenite::protocol::Role;
 
 /// The session future's size today is 2,984 bytes in the test profile (it was 3,752 before the
@@ -34,13 +33,7 @@ async fn an_idle_session_task_stays_small() {
         Some(app.ws_config()),
     )
     .await;
-    let options = relay::session::SessionOptions {
-        relay_events: false,
-        peer: "127.0.0.1:1".parse().unwrap(),
-        limits: app.config.downstream.limits(),
-        identity: Identity::Anonymous(Permission::Private),
-        admission: app.gate.admit("127.0.0.9".parse().unwrap()).ok().unwrap(),
-    };
+    let options = session_options(&app);
     let session = relay::session::run(app.clone(), ws, options);
     let size = std::mem::size_of_val(&session);
     assert!(

@@ -43,6 +43,18 @@ pub async fn relay(
     relay::spawn(config, listeners).await.unwrap()
 }
 
+/// What `relay::session::run` needs for an anonymous client with private access, for a session
+/// the test drives over its own stream.
+pub fn session_options(app: &relay::App) -> relay::session::SessionOptions {
+    relay::session::SessionOptions {
+        relay_events: false,
+        peer: "127.0.0.1:1".parse().unwrap(),
+        limits: app.config.downstream.limits(),
+        identity: relay::security::Identity::Anonymous(relay::security::Permission::Private),
+        admission: app.gate.admit("127.0.0.9".parse().unwrap()).ok().unwrap(),
+    }
+}
+
 /// The simulator and relay of the command-limit tests: 2 markets, and at most 5 commands a second
 /// per client (burst 5), closed after 20 refused.
 pub async fn sim_and_rate_limited_relay() -> (Sim, relay::RelayHandle) {
