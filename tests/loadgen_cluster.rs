@@ -8,7 +8,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::{subscribe, Client};
-use exchange_sim::SimConfig;
+use exchange_sim::{Sim, SimConfig};
 use loadgen::cluster::{Cluster, ClusterSpec};
 use loadgen::{Scenario, SuiteConfig, Target};
 
@@ -30,25 +30,26 @@ fn redis_server() -> PathBuf {
         .into()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_follower_target_delivers_the_feed_with_the_simulators_books() {
-    let sim = common::sim(SimConfig {
+/// 4 markets at 200 msg/s, stamped for latency.
+async fn stamped_sim() -> Sim {
+    common::sim(SimConfig {
         markets: 4,
         rate: 200.0,
         stamp: true,
         ..SimConfig::default()
     })
-    .await;
-    let logs = scratch("logs");
+    .await
+}
 
-    // The suite's `relay-follower` target: `fanout` with 5 clients and a 3 s window.
-    let config = SuiteConfig {
+/// One round of `fanout` at 5 clients and a 3 s window, against `sim`, for `targets`.
+fn suite_config(sim: &Sim, targets: Vec<Target>, logs: &Path) -> SuiteConfig {
+    SuiteConfig {
         scenarios: vec![Scenario::load("fanout").unwrap().scaled(0.01, 0.2)],
-        targets: vec![Target::RelayFollower],
+        targets,
         repeat: 1,
         bin_dir: bin_dir(),
         ref_relay: None,
-        log_dir: logs.clone(),
+        log_dir: logs.to_path_buf(),
         relay_args: Vec::new(),
         relay_env: Vec::new(),
         coalesce_env: Vec::new(),
@@ -56,7 +57,16 @@ async fn the_follower_target_delivers_the_feed_with_the_simulators_books() {
         redis_server: redis_server(),
         external_sim: Some((sim.ws_url(), format!("http://{}", sim.admin_addr()))),
         command: "tests/loadgen_cluster.rs".into(),
-    };
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_follower_target_delivers_the_feed_with_the_simulators_books() {
+    let sim = stamped_sim().await;
+    let logs = scratch("logs");
+
+    // The suite's `relay-follower` target.
+    let config = suite_config(&sim, vec![Target::RelayFollower], &logs);
     let report = loadgen::suite::run(&config).await.unwrap();
     let s = &report.scenarios[0];
     assert!(
@@ -124,29 +134,10 @@ async fn the_follower_target_delivers_the_feed_with_the_simulators_books() {
 /// the feed and the table compares them. Without the binary, the run fails and says why.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_reference_target_runs_the_relay_binary_it_is_given() {
-    let sim = common::sim(SimConfig {
-        markets: 4,
-        rate: 200.0,
-        stamp: true,
-        ..SimConfig::default()
-    })
-    .await;
+    let sim = stamped_sim().await;
     let logs = scratch("ref-logs");
-    let mut config = SuiteConfig {
-        scenarios: vec![Scenario::load("fanout").unwrap().scaled(0.01, 0.2)],
-        targets: vec![Target::Relay, Target::RelayRef],
-        repeat: 1,
-        bin_dir: bin_dir(),
-        ref_relay: Some(Path::new(env!("CARGO_BIN_EXE_relay")).to_path_buf()),
-        log_dir: logs.clone(),
-        relay_args: Vec::new(),
-        relay_env: Vec::new(),
-        coalesce_env: Vec::new(),
-        source_addrs: Vec::new(),
-        redis_server: redis_server(),
-        external_sim: Some((sim.ws_url(), format!("http://{}", sim.admin_addr()))),
-        command: "tests/loadgen_cluster.rs".into(),
-    };
+    let mut config = suite_config(&sim, vec![Target::Relay, Target::RelayRef], &logs);
+    config.ref_relay = Some(Path::new(env!("CARGO_BIN_EXE_relay")).to_path_buf());
     let report = loadgen::suite::run(&config).await.unwrap();
     let s = &report.scenarios[0];
     assert!(s.errors.is_empty(), "{:?}", s.errors);
@@ -166,7 +157,7 @@ async fn the_reference_target_runs_the_relay_binary_it_is_given() {
 
     let missing = logs.join("no-such-relay");
     config.targets = vec![Target::RelayRef];
-    config.ref_relay = Some(missing.clone());
+    config.ref_relay = Some(missing);
     let report = loadgen::suite::run(&config).await.unwrap();
     let errors = &report.scenarios[0].errors;
     assert_eq!(errors.len(), 1, "{errors:?}");

@@ -378,7 +378,8 @@ where
     }
 }
 
-/// One socket operation, bounded by the write timeout and abandoned at shutdown.
+/// A whole write (tungstenite's pending frames, then ours), bounded as one by the write timeout
+/// and abandoned at shutdown.
 async fn io<T, E>(
     app: &Context,
     op: impl std::future::Future<Output = Result<T, E>>,
