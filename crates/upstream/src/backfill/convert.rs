@@ -477,10 +477,10 @@ fn data(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn fill(id: &str, ticker: &str, book_side: &str, count: i64) -> Fill {
+    pub(in crate::backfill) fn fill(id: &str, ticker: &str, book_side: &str, count: i64) -> Fill {
         Fill {
             trade_id: id.into(),
             order_id: format!("order-{id}"),
@@ -501,7 +501,7 @@ mod tests {
         }
     }
 
-    fn live(id: &str, ticker: &str, post: i64) -> Data {
+    pub(in crate::backfill) fn live(id: &str, ticker: &str, post: i64) -> Data {
         let body = json!({"trade_id": id, "market_ticker": ticker, "post_position_fp": Count::from_whole(post).to_string(),
             "count_fp": "1.00", "book_side": "bid", "outcome_side": "yes"});
         data(
@@ -524,7 +524,7 @@ mod tests {
             .collect()
     }
 
-    fn position(ticker: &str, whole: i64) -> MarketPosition {
+    pub(in crate::backfill) fn position(ticker: &str, whole: i64) -> MarketPosition {
         MarketPosition {
             ticker: ticker.into(),
             position_fp: Count::from_whole(whole),

@@ -179,6 +179,11 @@ impl Stage {
                     return self.send(Event::Data(data)).await;
                 }
                 if self.outage_from.is_none() {
+                    // A fill made while REST was read comes both ways: the backfill sent it, and
+                    // its live copy may reach this stage only after.
+                    if data.kind == MessageType::Fill && self.fill_delivered(&data) {
+                        return Ok(());
+                    }
                     self.memo.note(&data);
                     return self.send(Event::Data(data)).await;
                 }
@@ -526,6 +531,9 @@ async fn fills_and_positions(
     warn!("fills kept coming while reading positions; positions walked back may be off");
     Ok((fills, positions))
 }
+
+#[cfg(test)]
+mod tests;
 
 fn now_s() -> i64 {
     SystemTime::now()
