@@ -181,8 +181,8 @@ struct SuiteArgs {
     #[arg(long, value_delimiter = ',')]
     scenarios: Vec<String>,
     /// relay, relay-coalesce, baseline (batching), baseline-naive (a write per frame), direct,
-    /// relay-ref (the relay binary of --ref-relay, e.g. an earlier commit's), relay-follower and relay-leader (two relays in cluster mode on a fresh redis-server, the
-    /// clients on one node).
+    /// relay-ref (the relay binary of --ref-relay, e.g. an earlier commit's), relay-follower and
+    /// relay-leader (two relays in cluster mode on a fresh redis-server, the clients on one node).
     #[arg(
         long,
         value_delimiter = ',',

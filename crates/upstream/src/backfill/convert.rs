@@ -63,10 +63,11 @@ impl Memo {
         self.recent_set.contains(trade_id)
     }
 
-    /// Notes one private message on its way to the owner.
-    pub fn note(&mut self, data: &Data) {
+    /// Notes one private message on its way to the owner. False for a fill already delivered
+    /// (by trade id): a repeat, not noted, not to be sent.
+    pub fn note(&mut self, data: &Data) -> bool {
         let Ok(Value::Object(msg)) = serde_json::from_slice::<Value>(&data.body) else {
-            return;
+            return true;
         };
         let text = |key: &str| msg.get(key).and_then(Value::as_str);
         if let Some(user) = text("user_id") {
@@ -78,8 +79,11 @@ impl Memo {
             MessageType::Fill => {
                 let (Some(trade_id), Some(market)) = (text("trade_id"), text("market_ticker"))
                 else {
-                    return;
+                    return true;
                 };
+                if self.delivered(trade_id) {
+                    return false;
+                }
                 if let Some(post) = text("post_position_fp").and_then(|p| p.parse().ok()) {
                     self.post_position.insert(market.to_owned(), post);
                 }
@@ -92,6 +96,7 @@ impl Memo {
             }
             _ => {}
         }
+        true
     }
 
     pub fn remember(&mut self, trade_id: &str) {

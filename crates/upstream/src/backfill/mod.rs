@@ -181,11 +181,7 @@ impl Stage {
                 if self.outage_from.is_none() {
                     // A fill made while REST was read comes both ways: the backfill sent it, and
                     // its live copy may reach this stage only after.
-                    if data.kind == MessageType::Fill && self.fill_delivered(&data) {
-                        return Ok(());
-                    }
-                    self.memo.note(&data);
-                    return self.send(Event::Data(data)).await;
+                    return self.pass_on(data).await;
                 }
                 self.held.push(data);
                 if self.held.len() > MAX_HELD {
@@ -397,17 +393,17 @@ impl Stage {
     /// The held messages, fills the backfill already delivered left out.
     async fn release_held(&mut self) -> Result<(), Gone> {
         for data in std::mem::take(&mut self.held) {
-            if data.kind == MessageType::Fill && self.fill_delivered(&data) {
-                continue;
-            }
-            self.memo.note(&data);
-            self.send(Event::Data(data)).await?;
+            self.pass_on(data).await?;
         }
         Ok(())
     }
 
-    fn fill_delivered(&self, data: &Data) -> bool {
-        LiveFill::parse(data).is_some_and(|f| self.memo.delivered(&f.trade_id))
+    /// A private message on to the owner, unless it is a fill already delivered.
+    async fn pass_on(&mut self, data: Data) -> Result<(), Gone> {
+        if !self.memo.note(&data) {
+            return Ok(());
+        }
+        self.send(Event::Data(data)).await
     }
 
     async fn give_up(&mut self, channels: Vec<Channel>, outcome: &'static str) -> Result<(), Gone> {
