@@ -393,6 +393,61 @@ async fn after_a_redis_restart_the_stream_carries_each_fill_once_in_order() {
     c.sim.resume();
 }
 
+/// After a Redis restart a node stands at the start of the new, empty stream. Losing Redis again
+/// before that stream has an entry loses nothing: the private subscriber that came back after
+/// the restart's loss notice is not told of a loss a second time, and gets the fills that
+/// follow (RELIABILITY finding 13).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_before_the_new_stream_has_an_entry_announces_no_second_loss() {
+    let _serial = SERIAL.lock().await;
+    let mut c = Cluster::start_linked().await;
+    let leader = c.leader(&[]).await;
+    let node = others(3, leader)[0];
+    let sub = serde_json::json!({"id": 1, "cmd": "subscribe", "params": {"channels": ["fill"]}});
+    let mut private = Client::connect(&c.nodes[node].url).await;
+    private.send(sub.clone()).await;
+    read_fills(&mut private, &mut Vec::new(), 1).await;
+
+    c.redis.restart();
+    // A leader that never writes: the new stream stays empty for as long as the test needs, and
+    // the stored state lets private subscriptions be answered meanwhile.
+    for command in [
+        &["SET", "relay:lease", "1 outsider", "PX", "60000"][..],
+        &["SET", "relay:state", "subscribed"],
+    ] {
+        c.redis.command(command).await.unwrap();
+    }
+    let deadline = Instant::now() + DEADLINE;
+    while private.ended.is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the restart's loss was never announced"
+        );
+        private.step(Duration::from_millis(50)).await;
+    }
+    let at_start = |s: &serde_json::Value| {
+        let cluster = &s["cluster"];
+        cluster["redis"] == "ok" && cluster["applied"] == 0 && cluster["leader"] == "outsider"
+    };
+    // Cut off and back: the node loads again, at the stream's start. The first time also makes
+    // sure it loaded the stored state (it may have loaded before the test stored it).
+    for round in ["with the state stored", "with a subscriber"] {
+        if round == "with a subscriber" {
+            private = Client::connect(&c.nodes[node].url).await;
+            private.send(sub.clone()).await;
+            private.replies_until(1).await;
+        }
+        common::await_status(c.nodes[node].addr, "the new stream's start", at_start).await;
+        c.links[node].cut();
+        c.await_redis_unavailable(node).await;
+        c.links[node].heal();
+        common::await_status(c.nodes[node].addr, round, at_start).await;
+    }
+    c.redis.command(&["DEL", "relay:lease"]).await.unwrap();
+    // Anything the node announced on its way back comes before these.
+    read_fills(&mut private, &mut Vec::new(), 3).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_on_the_leader_hands_the_session_off_within_2_s() {
     let _serial = SERIAL.lock().await;

@@ -4,7 +4,8 @@
 //! `relay:lease` (holder token `"epoch node"`, expiring), `relay:epoch` (fencing counter),
 //! `relay:stream` (the events), `relay:seq` (entry counter), `relay:books` (market ->
 //! `"seq id snapshot"`), `relay:books_valid` (`"seq id"` the stored books are valid through),
-//! `relay:state` (the upstream state), `relay:nodes` (live nodes, scored by expiry),
+//! `relay:state` (the upstream state), `relay:generation` (a random name for this Redis's data,
+//! set by the first load after Redis started empty), `relay:nodes` (live nodes, scored by expiry),
 //! `relay:wanted:<node>` (a node's topics), `relay:control` (wake-ups and snapshot requests for
 //! the leader).
 
@@ -26,6 +27,7 @@ const SEQ: &str = "relay:seq";
 const BOOKS: &str = "relay:books";
 const BOOKS_VALID: &str = "relay:books_valid";
 const STATE: &str = "relay:state";
+const GENERATION: &str = "relay:generation";
 const NODES: &str = "relay:nodes";
 const WANTED: &str = "relay:wanted:";
 const CONTROL: &str = "relay:control";
@@ -139,6 +141,11 @@ pub struct Loaded {
     /// The upstream's last reported state.
     pub state: Option<upstream::State>,
     pub books: HashMap<String, StoredBook>,
+    /// The name of this Redis's data: unchanged while the stream is the same one, new after
+    /// Redis lost its data (a restart without persistence).
+    pub generation: String,
+    /// The stream's first entry number still stored (0 when empty).
+    pub first_seq: u64,
 }
 
 impl Loaded {
@@ -345,7 +352,8 @@ impl Store {
     /// The stored books, the upstream state and the stream's head, read atomically.
     pub async fn load(&self) -> Result<Loaded, Error> {
         let mut c = self.commands.clone();
-        let (head, head_id, valid, state, books): LoadReply = self
+        let fresh = format!("{:016x}", rand::random::<u64>());
+        let (head, head_id, valid, state, books, generation, first_seq): LoadReply = self
             .scripts
             .load
             .key(SEQ)
@@ -353,6 +361,8 @@ impl Store {
             .key(BOOKS_VALID)
             .key(STATE)
             .key(STREAM)
+            .key(GENERATION)
+            .arg(fresh)
             .invoke_async(&mut c)
             .await?;
         let mut stored = HashMap::new();
@@ -383,6 +393,8 @@ impl Store {
             valid: valid.as_deref().and_then(Position::parse),
             state: state.as_deref().and_then(codec::state_from_str),
             books: stored,
+            generation,
+            first_seq,
         })
     }
 
@@ -596,13 +608,15 @@ impl Store {
     }
 }
 
-/// What `load.lua` answers: head seq, head id, valid, state, stored books.
+/// What `load.lua` answers: head seq, head id, valid, state, stored books, generation, first seq.
 type LoadReply = (
     u64,
     String,
     Option<String>,
     Option<String>,
     Vec<(String, Vec<u8>)>,
+    String,
+    u64,
 );
 
 /// The fence's refusal as its own error.

@@ -83,6 +83,14 @@ impl RedisServer {
         s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
     }
 
+    /// Runs one command (a test changing keys behind the nodes' backs); returns the reply.
+    pub async fn command(&self, args: &[&str]) -> redis::RedisResult<redis::Value> {
+        let client = redis::Client::open(self.url())?;
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        let (name, rest) = args.split_first().expect("a command");
+        redis::cmd(name).arg(rest).query_async(&mut conn).await
+    }
+
     /// Kills it at once (SIGKILL): everything it held is gone.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

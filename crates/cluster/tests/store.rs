@@ -322,6 +322,39 @@ async fn the_stream_is_trimmed_near_its_bound_and_the_first_seq_shows_it() {
         first > 3_000,
         "trimmed to about 1000 entries, first is {first}"
     );
+    assert_eq!(s.load().await.unwrap().first_seq, first);
+}
+
+/// A node that stood at the start of an empty stream tells "Redis kept its data" from "Redis
+/// started empty" by the generation a load reports: the same while the data lasts, a new one
+/// after a restart.
+#[tokio::test]
+async fn the_generation_lasts_as_long_as_redis_keeps_its_data() {
+    let mut redis = RedisServer::start();
+    let s = store(&redis);
+    let empty = s.load().await.unwrap();
+    assert_eq!(empty.first_seq, 0, "an empty stream");
+    let a = take(&s, "a", Duration::from_secs(30)).await;
+    append(&s, &a, &[Event::State(State::Subscribed), delta("M")])
+        .await
+        .unwrap();
+    let filled = s.load().await.unwrap();
+    assert_eq!(filled.generation, empty.generation);
+    assert_eq!(filled.first_seq, 1);
+
+    redis.restart();
+    let deadline = Instant::now() + DEADLINE;
+    let restarted = loop {
+        // The connection notices the restart on its first use.
+        match s.load().await {
+            Ok(loaded) => break loaded,
+            Err(e) => assert!(Instant::now() < deadline, "no load after the restart: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_ne!(restarted.generation, empty.generation);
+    assert_eq!(restarted.first_seq, 0);
+    assert_eq!(s.load().await.unwrap().generation, restarted.generation);
 }
 
 #[tokio::test]

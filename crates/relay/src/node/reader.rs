@@ -28,16 +28,34 @@ const BATCH: usize = 512;
 struct Place {
     /// The last entry applied (or skipped as already contained).
     last: Position,
+    /// The generation of the data `last` is in (see [`contiguous`]).
+    generation: String,
     /// Book entries of each market up to this number are in its loaded book.
     books_at: HashMap<String, u64>,
     /// Other entries up to this number were before this node's time.
     skip_upto: u64,
 }
 
+/// The last entry a node applied, in the generation of the data it read it from.
+#[derive(Clone, Debug)]
+struct Mark {
+    at: Position,
+    generation: String,
+}
+
+impl Place {
+    fn mark(&self) -> Mark {
+        Mark {
+            at: self.last.clone(),
+            generation: self.generation.clone(),
+        }
+    }
+}
+
 /// What the reader does next.
 enum Next {
-    /// Load the stored books; the position this node stood at before, if any.
-    Load(Option<Position>),
+    /// Load the stored books; where this node stood before, if anywhere.
+    Load(Option<Mark>),
     Follow(Place),
 }
 
@@ -101,13 +119,13 @@ pub async fn run(ctx: Arc<Ctx>, events: mpsc::Sender<Event>) {
     }
 }
 
-type StepResult = Result<Option<Place>, (cluster::Error, Option<Position>)>;
+type StepResult = Result<Option<Place>, (cluster::Error, Option<Mark>)>;
 
 /// Loads the stored books and state and publishes them; `last` is where this node stood before
 /// (to tell whether it missed anything).
 async fn load(
     ctx: &Ctx,
-    last: Option<Position>,
+    last: Option<Mark>,
     known: &mut BTreeSet<String>,
     events: &mpsc::Sender<Event>,
 ) -> StepResult {
@@ -116,15 +134,16 @@ async fn load(
         Ok(l) => l,
         Err(e) => return fail(e),
     };
-    // Whether this node's last entry is still in the stream (same stream, nothing trimmed past
-    // it): then what came after it can still be delivered, nothing was lost.
     let contiguous = match &last {
-        Some(p) => match ctx.store.seq_at(&p.id).await {
-            Ok(seq) => seq == Some(p.seq),
+        // The start of a stream has no entry to look up.
+        Some(mark) if mark.at.seq == 0 => contiguous(mark, &loaded, None),
+        Some(mark) => match ctx.store.seq_at(&mark.at.id).await {
+            Ok(found) => contiguous(mark, &loaded, found),
             Err(e) => return fail(e),
         },
         None => true,
     };
+    let last = last.map(|mark| mark.at);
     let mut out = Vec::new();
     if let Some(state) = loaded.state.clone() {
         out.push(Event::State(state));
@@ -189,9 +208,26 @@ async fn load(
     );
     Ok(Some(Place {
         last: start,
+        generation: loaded.generation,
         books_at,
         skip_upto,
     }))
+}
+
+/// Whether a node that stood at `mark` missed nothing: its data is still the same (Redis did
+/// not lose it) and the stream still holds what followed the mark. `found` is the number of the
+/// entry at the mark's id, if the stream holds one. At the start of a stream (`0-0`, no entry)
+/// the stream must still begin with entry 1: two Redis restarts in a row would otherwise lose
+/// the first stream's entries silently.
+fn contiguous(mark: &Mark, loaded: &Loaded, found: Option<u64>) -> bool {
+    if mark.generation != loaded.generation {
+        return false;
+    }
+    if mark.at.seq == 0 {
+        loaded.first_seq <= 1
+    } else {
+        found == Some(mark.at.seq)
+    }
 }
 
 /// Reads one batch and applies it; a gap means a reload.
@@ -203,7 +239,7 @@ async fn follow(
 ) -> StepResult {
     let records = match ctx.store.read(&place.last.id, BATCH).await {
         Ok(r) => r,
-        Err(e) => return Err((e, Some(place.last))),
+        Err(e) => return Err((e, Some(place.mark()))),
     };
     let mut lag = None;
     for record in records {
@@ -213,7 +249,7 @@ async fn follow(
                 got = record.seq,
                 "gap in the stream; reloading"
             );
-            return load(ctx, Some(place.last), known, events).await;
+            return load(ctx, Some(place.mark()), known, events).await;
         }
         place.last = Position {
             seq: record.seq,
@@ -287,4 +323,53 @@ fn first_delivery(ctx: &Ctx, event: &Event) -> bool {
 /// The stream's lag behind its head, in entries (the heartbeat calls it).
 pub fn set_lag_entries(head: u64, applied: u64) {
     metrics::gauge!(STREAM_LAG_ENTRIES).set(head.saturating_sub(applied) as f64);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn loaded(generation: &str, first_seq: u64) -> Loaded {
+        Loaded {
+            head: Position::start(),
+            valid: None,
+            state: None,
+            books: HashMap::new(),
+            generation: generation.to_owned(),
+            first_seq,
+        }
+    }
+
+    fn mark(seq: u64, id: &str, generation: &str) -> Mark {
+        Mark {
+            at: Position {
+                seq,
+                id: id.to_owned(),
+            },
+            generation: generation.to_owned(),
+        }
+    }
+
+    #[test]
+    fn the_start_of_a_stream_is_contiguous_while_its_data_and_first_entry_remain() {
+        let start = mark(0, "0-0", "g1");
+        // Redis kept its data: the stream is still empty, or begins with entry 1.
+        assert!(contiguous(&start, &loaded("g1", 0), None));
+        assert!(contiguous(&start, &loaded("g1", 1), None));
+        // Entries trimmed before this node read them.
+        assert!(!contiguous(&start, &loaded("g1", 40), None));
+        // Redis lost its data: a new stream, whose first entries this node never saw.
+        assert!(!contiguous(&start, &loaded("g2", 0), None));
+        assert!(!contiguous(&start, &loaded("g2", 1), None));
+    }
+
+    #[test]
+    fn a_place_past_the_start_is_contiguous_while_its_entry_is_in_the_same_data() {
+        let place = mark(7, "1700000000000-0", "g1");
+        assert!(contiguous(&place, &loaded("g1", 1), Some(7)));
+        // Trimmed past it, or another entry at that id.
+        assert!(!contiguous(&place, &loaded("g1", 20), None));
+        assert!(!contiguous(&place, &loaded("g1", 1), Some(3)));
+        assert!(!contiguous(&place, &loaded("g2", 1), Some(7)));
+    }
 }
