@@ -36,7 +36,8 @@ pub enum MessageType {
 }
 
 impl MessageType {
-    const KNOWN: [(&'static str, MessageType); 14] = [
+    /// Every type this crate knows, by wire name, in [`MessageType::index`] order.
+    pub const KNOWN: [(&'static str, MessageType); 14] = [
         ("orderbook_snapshot", MessageType::OrderbookSnapshot),
         ("orderbook_delta", MessageType::OrderbookDelta),
         ("ticker", MessageType::Ticker),
@@ -61,14 +62,33 @@ impl MessageType {
             .unwrap_or_else(|| MessageType::Other(name.to_owned()))
     }
 
+    /// The type's place in [`MessageType::KNOWN`] (`None` for an unknown type): an index for
+    /// per-type tables.
+    pub fn index(&self) -> Option<usize> {
+        Some(match self {
+            MessageType::OrderbookSnapshot => 0,
+            MessageType::OrderbookDelta => 1,
+            MessageType::Ticker => 2,
+            MessageType::Trade => 3,
+            MessageType::Fill => 4,
+            MessageType::UserOrder => 5,
+            MessageType::MarketPosition => 6,
+            MessageType::MarketLifecycleV2 => 7,
+            MessageType::EventLifecycle => 8,
+            MessageType::EventFeeUpdate => 9,
+            MessageType::Subscribed => 10,
+            MessageType::Unsubscribed => 11,
+            MessageType::Ok => 12,
+            MessageType::Error => 13,
+            MessageType::Other(_) => return None,
+        })
+    }
+
     pub fn as_str(&self) -> &str {
-        match self {
-            MessageType::Other(name) => name,
-            known => Self::KNOWN
-                .iter()
-                .find(|(_, t)| t == known)
-                .map(|(n, _)| *n)
-                .expect("every known type is in KNOWN"),
+        match (self, self.index()) {
+            (_, Some(i)) => Self::KNOWN[i].0,
+            (MessageType::Other(name), None) => name,
+            (known, None) => unreachable!("{known:?} has an index"),
         }
     }
 }
@@ -514,5 +534,22 @@ impl Message {
             Message::Ok(b) | Message::Other(b) => b.as_ref().map(|v| v.to_string()),
             Message::Error(b) => enc(serde_json::to_string(b)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_known_type_round_trips_through_its_name_and_its_index() {
+        for (i, (name, kind)) in MessageType::KNOWN.iter().enumerate() {
+            assert_eq!(kind.index(), Some(i), "{name}");
+            assert_eq!(kind.as_str(), *name);
+            assert_eq!(&MessageType::parse(name), kind);
+        }
+        let unknown = MessageType::parse("market_halted");
+        assert_eq!(unknown, MessageType::Other("market_halted".into()));
+        assert_eq!((unknown.index(), unknown.as_str()), (None, "market_halted"));
     }
 }

@@ -185,43 +185,20 @@ pub(crate) fn disconnected(reason: &DisconnectReason) {
     counter!(DISCONNECTS, "reason" => reason.label()).increment(1);
 }
 
-/// The `type` labels of [`MESSAGES`], in [`type_index`] order: the known types, then `other`.
-const TYPE_LABELS: [&str; 15] = [
-    "orderbook_snapshot",
-    "orderbook_delta",
-    "ticker",
-    "trade",
-    "fill",
-    "user_order",
-    "market_position",
-    "market_lifecycle_v2",
-    "event_lifecycle",
-    "event_fee_update",
-    "subscribed",
-    "unsubscribed",
-    "ok",
-    "error",
-    "other",
-];
+/// The `type` labels of [`MESSAGES`]: the known types in their [`MessageType::index`] order,
+/// then `other`.
+const TYPE_LABELS: [&str; MessageType::KNOWN.len() + 1] = {
+    let mut labels = ["other"; MessageType::KNOWN.len() + 1];
+    let mut i = 0;
+    while i < MessageType::KNOWN.len() {
+        labels[i] = MessageType::KNOWN[i].0;
+        i += 1;
+    }
+    labels
+};
 
 fn type_index(kind: &MessageType) -> usize {
-    match kind {
-        MessageType::OrderbookSnapshot => 0,
-        MessageType::OrderbookDelta => 1,
-        MessageType::Ticker => 2,
-        MessageType::Trade => 3,
-        MessageType::Fill => 4,
-        MessageType::UserOrder => 5,
-        MessageType::MarketPosition => 6,
-        MessageType::MarketLifecycleV2 => 7,
-        MessageType::EventLifecycle => 8,
-        MessageType::EventFeeUpdate => 9,
-        MessageType::Subscribed => 10,
-        MessageType::Unsubscribed => 11,
-        MessageType::Ok => 12,
-        MessageType::Error => 13,
-        MessageType::Other(_) => 14,
-    }
+    kind.index().unwrap_or(TYPE_LABELS.len() - 1)
 }
 
 /// [`MESSAGES`] by type and [`BYTES`], looked up once per connection: a registry lookup per
