@@ -401,6 +401,33 @@ async fn after_a_redis_restart_the_stream_carries_each_fill_once_in_order() {
 async fn a_node_cut_off_before_the_new_stream_has_an_entry_announces_no_second_loss() {
     let _serial = SERIAL.lock().await;
     let mut c = Cluster::start_linked().await;
+    let (node, mut private) = private_at_the_start_of_an_empty_stream(&mut c).await;
+    cut_off_and_back(&mut c, node, "the reload with a subscriber").await;
+    c.redis.command(&["DEL", "relay:lease"]).await.unwrap();
+    // Anything the node announced on its way back comes before these.
+    read_fills(&mut private, &mut Vec::new(), 3).await;
+}
+
+/// The other side of the same rule: a node at the start of a stream that Redis then lost (a
+/// second restart) cannot tell what the lost stream carried, so it announces the loss even
+/// though the new stream is empty again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_at_the_start_of_a_stream_redis_lost_again_announces_the_loss() {
+    let _serial = SERIAL.lock().await;
+    let mut c = Cluster::start_linked().await;
+    let (_, mut private) = private_at_the_start_of_an_empty_stream(&mut c).await;
+    c.redis.restart();
+    hold_the_lease_outside(&c).await;
+    match private.ended().await {
+        common::Ended::Close(1013, reason) => assert!(reason.starts_with("private messages lost")),
+        other => panic!("not the loss notice: {other:?}"),
+    }
+}
+
+/// Restarts Redis into a stream nobody writes to, on a follower that had a private subscriber;
+/// returns the follower and a private subscriber that came back after the restart's loss
+/// notice, the follower standing at the new stream's start.
+async fn private_at_the_start_of_an_empty_stream(c: &mut Cluster) -> (usize, Client) {
     let leader = c.leader(&[]).await;
     let node = others(3, leader)[0];
     let sub = serde_json::json!({"id": 1, "cmd": "subscribe", "params": {"channels": ["fill"]}});
@@ -409,14 +436,7 @@ async fn a_node_cut_off_before_the_new_stream_has_an_entry_announces_no_second_l
     read_fills(&mut private, &mut Vec::new(), 1).await;
 
     c.redis.restart();
-    // A leader that never writes: the new stream stays empty for as long as the test needs, and
-    // the stored state lets private subscriptions be answered meanwhile.
-    for command in [
-        &["SET", "relay:lease", "1 outsider", "PX", "60000"][..],
-        &["SET", "relay:state", "subscribed"],
-    ] {
-        c.redis.command(command).await.unwrap();
-    }
+    hold_the_lease_outside(c).await;
     let deadline = Instant::now() + DEADLINE;
     while private.ended.is_none() {
         assert!(
@@ -425,27 +445,37 @@ async fn a_node_cut_off_before_the_new_stream_has_an_entry_announces_no_second_l
         );
         private.step(Duration::from_millis(50)).await;
     }
+    // The node may have loaded before the state was stored: once more, to be sure it has it.
+    cut_off_and_back(c, node, "the reload with the state stored").await;
+    let mut again = Client::connect(&c.nodes[node].url).await;
+    again.send(sub).await;
+    again.replies_until(1).await;
+    (node, again)
+}
+
+/// A leader that never writes, so the new stream stays empty, and its upstream state, so that
+/// private subscriptions are answered meanwhile.
+async fn hold_the_lease_outside(c: &Cluster) {
+    for command in [
+        &["SET", "relay:lease", "1 outsider"][..],
+        &["SET", "relay:state", "subscribed"],
+    ] {
+        c.redis.command(command).await.unwrap();
+    }
+}
+
+/// Cuts `node` off from Redis until it notices, then lets it back and waits until it has loaded
+/// again, at the start of the empty stream.
+async fn cut_off_and_back(c: &mut Cluster, node: usize, what: &str) {
     let at_start = |s: &serde_json::Value| {
         let cluster = &s["cluster"];
         cluster["redis"] == "ok" && cluster["applied"] == 0 && cluster["leader"] == "outsider"
     };
-    // Cut off and back: the node loads again, at the stream's start. The first time also makes
-    // sure it loaded the stored state (it may have loaded before the test stored it).
-    for round in ["with the state stored", "with a subscriber"] {
-        if round == "with a subscriber" {
-            private = Client::connect(&c.nodes[node].url).await;
-            private.send(sub.clone()).await;
-            private.replies_until(1).await;
-        }
-        common::await_status(c.nodes[node].addr, "the new stream's start", at_start).await;
-        c.links[node].cut();
-        c.await_redis_unavailable(node).await;
-        c.links[node].heal();
-        common::await_status(c.nodes[node].addr, round, at_start).await;
-    }
-    c.redis.command(&["DEL", "relay:lease"]).await.unwrap();
-    // Anything the node announced on its way back comes before these.
-    read_fills(&mut private, &mut Vec::new(), 3).await;
+    common::await_status(c.nodes[node].addr, "the new stream's start", at_start).await;
+    c.links[node].cut();
+    c.await_redis_unavailable(node).await;
+    c.links[node].heal();
+    common::await_status(c.nodes[node].addr, what, at_start).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

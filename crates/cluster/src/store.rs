@@ -141,11 +141,14 @@ pub struct Loaded {
     /// The upstream's last reported state.
     pub state: Option<upstream::State>,
     pub books: HashMap<String, StoredBook>,
-    /// The name of this Redis's data: unchanged while the stream is the same one, new after
-    /// Redis lost its data (a restart without persistence).
+    /// The name of this Redis's data: unchanged while Redis keeps it, new after Redis started
+    /// empty (a restart without persistence). A Redis restored from an older snapshot keeps the
+    /// old name with older data: cluster mode needs Redis without persistence (README).
     pub generation: String,
     /// The stream's first entry number still stored (0 when empty).
     pub first_seq: u64,
+    /// The number of the entry at the id [`Store::load`] was asked about, if the stream holds it.
+    pub probe_seq: Option<u64>,
 }
 
 impl Loaded {
@@ -349,22 +352,24 @@ impl Store {
         Ok(markets)
     }
 
-    /// The stored books, the upstream state and the stream's head, read atomically.
-    pub async fn load(&self) -> Result<Loaded, Error> {
+    /// The stored books, the upstream state and the stream's head, read atomically, with the
+    /// number of the entry at `probe` (where a reloading node stood) as of the same instant.
+    pub async fn load(&self, probe: Option<&str>) -> Result<Loaded, Error> {
         let mut c = self.commands.clone();
         let fresh = format!("{:016x}", rand::random::<u64>());
-        let (head, head_id, valid, state, books, generation, first_seq): LoadReply = self
-            .scripts
-            .load
-            .key(SEQ)
-            .key(BOOKS)
-            .key(BOOKS_VALID)
-            .key(STATE)
-            .key(STREAM)
-            .key(GENERATION)
-            .arg(fresh)
-            .invoke_async(&mut c)
-            .await?;
+        let (head, head_id, valid, state, books, generation, first_seq, probe_seq): LoadReply =
+            self.scripts
+                .load
+                .key(SEQ)
+                .key(BOOKS)
+                .key(BOOKS_VALID)
+                .key(STATE)
+                .key(STREAM)
+                .key(GENERATION)
+                .arg(fresh)
+                .arg(probe.unwrap_or_default())
+                .invoke_async(&mut c)
+                .await?;
         let mut stored = HashMap::new();
         for (market, value) in books {
             let mut parts = value.splitn(3, |b| *b == b' ');
@@ -395,6 +400,7 @@ impl Store {
             books: stored,
             generation,
             first_seq,
+            probe_seq,
         })
     }
 
@@ -451,38 +457,6 @@ impl Store {
         }
         out.reverse();
         Ok(out)
-    }
-
-    /// The stream's first entry number still stored (0 when empty): older ones were trimmed.
-    pub async fn first_seq(&self) -> Result<u64, Error> {
-        let mut c = self.commands.clone();
-        let first: Vec<(String, HashMap<String, Value>)> = redis::cmd("XRANGE")
-            .arg(STREAM)
-            .arg("-")
-            .arg("+")
-            .arg("COUNT")
-            .arg(1)
-            .query_async(&mut c)
-            .await?;
-        Ok(match first.into_iter().next() {
-            Some((id, map)) => codec::decode(id, &map)?.seq,
-            None => 0,
-        })
-    }
-
-    /// The entry number of the entry `id`, if the stream still holds it.
-    pub async fn seq_at(&self, id: &str) -> Result<Option<u64>, Error> {
-        let mut c = self.commands.clone();
-        let found: Vec<(String, HashMap<String, Value>)> = redis::cmd("XRANGE")
-            .arg(STREAM)
-            .arg(id)
-            .arg(id)
-            .query_async(&mut c)
-            .await?;
-        match found.into_iter().next() {
-            Some((id, map)) => Ok(Some(codec::decode(id, &map)?.seq)),
-            None => Ok(None),
-        }
     }
 
     /// The last entry number written.
@@ -608,7 +582,8 @@ impl Store {
     }
 }
 
-/// What `load.lua` answers: head seq, head id, valid, state, stored books, generation, first seq.
+/// What `load.lua` answers: head seq, head id, valid, state, stored books, generation, first
+/// seq, probed seq.
 type LoadReply = (
     u64,
     String,
@@ -617,6 +592,7 @@ type LoadReply = (
     Vec<(String, Vec<u8>)>,
     String,
     u64,
+    Option<u64>,
 );
 
 /// The fence's refusal as its own error.

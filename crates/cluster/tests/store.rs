@@ -168,7 +168,7 @@ async fn an_unrenewed_lease_expires_and_the_next_holder_fences_the_old_one_off()
         "only the holders' entries, each with its epoch"
     );
     assert!(
-        s.load().await.unwrap().books.is_empty(),
+        s.load(None).await.unwrap().books.is_empty(),
         "a's snapshot was not stored"
     );
 }
@@ -267,7 +267,7 @@ async fn a_late_joiner_loads_each_book_with_the_position_it_stands_at() {
     .await
     .unwrap();
     let head = append(&s, &a, &[snapshot("Q", 7)]).await.unwrap();
-    let loaded = s.load().await.unwrap();
+    let loaded = s.load(None).await.unwrap();
     assert_eq!(loaded.head, head);
     assert_eq!(loaded.state, Some(State::Subscribed));
     let markets: BTreeSet<&str> = loaded.books.keys().map(String::as_str).collect();
@@ -289,7 +289,7 @@ async fn a_late_joiner_loads_each_book_with_the_position_it_stands_at() {
     // The leader's refresh brings M forward: every book is valid through the head.
     let book = br#"{"market_ticker":"M","yes":[[8,299]],"no":[[54,20]]}"#.to_vec();
     s.refresh(&a, &head, &[("M".into(), book)]).await.unwrap();
-    let loaded = s.load().await.unwrap();
+    let loaded = s.load(None).await.unwrap();
     assert_eq!(loaded.start(), head);
     assert_eq!(loaded.book_at("M"), Some(6));
     assert_eq!(loaded.book_at("Q"), Some(6));
@@ -302,7 +302,7 @@ async fn a_late_joiner_loads_each_book_with_the_position_it_stands_at() {
     let mut dropped = s.take_over(&b).await.unwrap();
     dropped.sort();
     assert_eq!(dropped, vec!["M", "Q"]);
-    let loaded = s.load().await.unwrap();
+    let loaded = s.load(None).await.unwrap();
     assert!(loaded.books.is_empty() && loaded.valid.is_none());
     assert_eq!(loaded.start(), head, "nothing stored: read from the head");
 }
@@ -317,44 +317,48 @@ async fn the_stream_is_trimmed_near_its_bound_and_the_first_seq_shows_it() {
         s.append(&a, 1_000, &batch).await.unwrap();
     }
     assert_eq!(s.head_seq().await.unwrap(), 5_000);
-    let first = s.first_seq().await.unwrap();
+    let first = s.load(None).await.unwrap().first_seq;
     assert!(
         first > 3_000,
         "trimmed to about 1000 entries, first is {first}"
     );
-    assert_eq!(s.load().await.unwrap().first_seq, first);
 }
 
-/// A node that stood at the start of an empty stream tells "Redis kept its data" from "Redis
-/// started empty" by the generation a load reports: the same while the data lasts, a new one
-/// after a restart.
+/// What a reloading node decides by: the generation (the same while Redis keeps its data, a new
+/// one after a restart), the stream's first entry, and whether the entry it stood at is still
+/// there, all from one load.
 #[tokio::test]
-async fn the_generation_lasts_as_long_as_redis_keeps_its_data() {
+async fn a_load_tells_whether_redis_kept_its_data_and_the_entry_a_node_stood_at() {
     let mut redis = RedisServer::start();
     let s = store(&redis);
-    let empty = s.load().await.unwrap();
-    assert_eq!(empty.first_seq, 0, "an empty stream");
+    let empty = s.load(None).await.unwrap();
+    assert_eq!(
+        (empty.first_seq, empty.probe_seq),
+        (0, None),
+        "an empty stream"
+    );
     let a = take(&s, "a", Duration::from_secs(30)).await;
-    append(&s, &a, &[Event::State(State::Subscribed), delta("M")])
+    let at = append(&s, &a, &[Event::State(State::Subscribed), delta("M")])
         .await
         .unwrap();
-    let filled = s.load().await.unwrap();
+    let filled = s.load(Some(&at.id)).await.unwrap();
     assert_eq!(filled.generation, empty.generation);
-    assert_eq!(filled.first_seq, 1);
+    assert_eq!((filled.first_seq, filled.probe_seq), (1, Some(2)));
+    assert_eq!(s.load(Some("1-0")).await.unwrap().probe_seq, None);
 
     redis.restart();
     let deadline = Instant::now() + DEADLINE;
     let restarted = loop {
         // The connection notices the restart on its first use.
-        match s.load().await {
+        match s.load(Some(&at.id)).await {
             Ok(loaded) => break loaded,
             Err(e) => assert!(Instant::now() < deadline, "no load after the restart: {e}"),
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert_ne!(restarted.generation, empty.generation);
-    assert_eq!(restarted.first_seq, 0);
-    assert_eq!(s.load().await.unwrap().generation, restarted.generation);
+    assert_eq!((restarted.first_seq, restarted.probe_seq), (0, None));
+    assert_eq!(s.load(None).await.unwrap().generation, restarted.generation);
 }
 
 #[tokio::test]

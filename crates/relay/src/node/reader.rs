@@ -27,29 +27,18 @@ const BATCH: usize = 512;
 /// Where the reader stands.
 struct Place {
     /// The last entry applied (or skipped as already contained).
-    last: Position,
-    /// The generation of the data `last` is in (see [`contiguous`]).
-    generation: String,
+    mark: Mark,
     /// Book entries of each market up to this number are in its loaded book.
     books_at: HashMap<String, u64>,
     /// Other entries up to this number were before this node's time.
     skip_upto: u64,
 }
 
-/// The last entry a node applied, in the generation of the data it read it from.
+/// An entry of the stream, in the generation of the data it was read from.
 #[derive(Clone, Debug)]
 struct Mark {
     at: Position,
     generation: String,
-}
-
-impl Place {
-    fn mark(&self) -> Mark {
-        Mark {
-            at: self.last.clone(),
-            generation: self.generation.clone(),
-        }
-    }
 }
 
 /// What the reader does next.
@@ -129,20 +118,12 @@ async fn load(
     known: &mut BTreeSet<String>,
     events: &mpsc::Sender<Event>,
 ) -> StepResult {
-    let fail = |e| Err((e, last.clone()));
-    let loaded: Loaded = match ctx.store.load().await {
+    let probe = last.as_ref().map(|mark| mark.at.id.as_str());
+    let loaded: Loaded = match ctx.store.load(probe).await {
         Ok(l) => l,
-        Err(e) => return fail(e),
+        Err(e) => return Err((e, last)),
     };
-    let contiguous = match &last {
-        // The start of a stream has no entry to look up.
-        Some(mark) if mark.at.seq == 0 => contiguous(mark, &loaded, None),
-        Some(mark) => match ctx.store.seq_at(&mark.at.id).await {
-            Ok(found) => contiguous(mark, &loaded, found),
-            Err(e) => return fail(e),
-        },
-        None => true,
-    };
+    let contiguous = last.as_ref().is_none_or(|mark| contiguous(mark, &loaded));
     let last = last.map(|mark| mark.at);
     let mut out = Vec::new();
     if let Some(state) = loaded.state.clone() {
@@ -207,26 +188,28 @@ async fn load(
         "loaded the stored books"
     );
     Ok(Some(Place {
-        last: start,
-        generation: loaded.generation,
+        mark: Mark {
+            at: start,
+            generation: loaded.generation,
+        },
         books_at,
         skip_upto,
     }))
 }
 
-/// Whether a node that stood at `mark` missed nothing: its data is still the same (Redis did
-/// not lose it) and the stream still holds what followed the mark. `found` is the number of the
-/// entry at the mark's id, if the stream holds one. At the start of a stream (`0-0`, no entry)
-/// the stream must still begin with entry 1: two Redis restarts in a row would otherwise lose
-/// the first stream's entries silently.
-fn contiguous(mark: &Mark, loaded: &Loaded, found: Option<u64>) -> bool {
+/// Whether a node that stood at `mark` can still read everything that followed it.
+fn contiguous(mark: &Mark, loaded: &Loaded) -> bool {
+    // Redis started empty since (once or more): what followed the mark went with the old data,
+    // even when the new stream looks like a continuation.
     if mark.generation != loaded.generation {
         return false;
     }
     if mark.at.seq == 0 {
+        // The start of a stream has no entry to find: the stream must be empty or still begin
+        // with entry 1 (nothing trimmed before the node read any).
         loaded.first_seq <= 1
     } else {
-        found == Some(mark.at.seq)
+        loaded.probe_seq == Some(mark.at.seq)
     }
 }
 
@@ -237,28 +220,28 @@ async fn follow(
     known: &mut BTreeSet<String>,
     events: &mpsc::Sender<Event>,
 ) -> StepResult {
-    let records = match ctx.store.read(&place.last.id, BATCH).await {
+    let records = match ctx.store.read(&place.mark.at.id, BATCH).await {
         Ok(r) => r,
-        Err(e) => return Err((e, Some(place.mark()))),
+        Err(e) => return Err((e, Some(place.mark))),
     };
     let mut lag = None;
     for record in records {
-        if record.seq != place.last.seq + 1 {
+        if record.seq != place.mark.at.seq + 1 {
             warn!(
-                expected = place.last.seq + 1,
+                expected = place.mark.at.seq + 1,
                 got = record.seq,
                 "gap in the stream; reloading"
             );
-            return load(ctx, Some(place.mark()), known, events).await;
+            return load(ctx, Some(place.mark), known, events).await;
         }
-        place.last = Position {
+        place.mark.at = Position {
             seq: record.seq,
             id: record.id.clone(),
         };
         lag = Some(record.at_us);
         if let Some(event) = admit(&mut place, record, known) {
             if !first_delivery(ctx, &event) {
-                debug!(seq = place.last.seq, "a fill published again; dropped");
+                debug!(seq = place.mark.at.seq, "a fill published again; dropped");
                 continue;
             }
             if let Event::State(State::Disconnected {
@@ -273,7 +256,9 @@ async fn follow(
             }
         }
     }
-    ctx.status.applied.store(place.last.seq, Ordering::Relaxed);
+    ctx.status
+        .applied
+        .store(place.mark.at.seq, Ordering::Relaxed);
     if let Some(at_us) = lag {
         let age = cluster::codec::unix_us().saturating_sub(at_us);
         metrics::gauge!(STREAM_LAG_SECONDS).set(age as f64 / 1e6);
@@ -329,7 +314,9 @@ pub fn set_lag_entries(head: u64, applied: u64) {
 mod tests {
     use super::*;
 
-    fn loaded(generation: &str, first_seq: u64) -> Loaded {
+    /// What a load answers: the data's generation, the stream's first entry number, and the
+    /// number of the entry at the probed id.
+    fn loaded(generation: &str, first_seq: u64, probe_seq: Option<u64>) -> Loaded {
         Loaded {
             head: Position::start(),
             valid: None,
@@ -337,6 +324,7 @@ mod tests {
             books: HashMap::new(),
             generation: generation.to_owned(),
             first_seq,
+            probe_seq,
         }
     }
 
@@ -354,22 +342,22 @@ mod tests {
     fn the_start_of_a_stream_is_contiguous_while_its_data_and_first_entry_remain() {
         let start = mark(0, "0-0", "g1");
         // Redis kept its data: the stream is still empty, or begins with entry 1.
-        assert!(contiguous(&start, &loaded("g1", 0), None));
-        assert!(contiguous(&start, &loaded("g1", 1), None));
+        assert!(contiguous(&start, &loaded("g1", 0, None)));
+        assert!(contiguous(&start, &loaded("g1", 1, None)));
         // Entries trimmed before this node read them.
-        assert!(!contiguous(&start, &loaded("g1", 40), None));
-        // Redis lost its data: a new stream, whose first entries this node never saw.
-        assert!(!contiguous(&start, &loaded("g2", 0), None));
-        assert!(!contiguous(&start, &loaded("g2", 1), None));
+        assert!(!contiguous(&start, &loaded("g1", 40, None)));
+        // Redis started empty since: a new stream, whose first entries may be another's.
+        assert!(!contiguous(&start, &loaded("g2", 0, None)));
+        assert!(!contiguous(&start, &loaded("g2", 1, None)));
     }
 
     #[test]
     fn a_place_past_the_start_is_contiguous_while_its_entry_is_in_the_same_data() {
         let place = mark(7, "1700000000000-0", "g1");
-        assert!(contiguous(&place, &loaded("g1", 1), Some(7)));
+        assert!(contiguous(&place, &loaded("g1", 1, Some(7))));
         // Trimmed past it, or another entry at that id.
-        assert!(!contiguous(&place, &loaded("g1", 20), None));
-        assert!(!contiguous(&place, &loaded("g1", 1), Some(3)));
-        assert!(!contiguous(&place, &loaded("g2", 1), Some(7)));
+        assert!(!contiguous(&place, &loaded("g1", 20, None)));
+        assert!(!contiguous(&place, &loaded("g1", 1, Some(3))));
+        assert!(!contiguous(&place, &loaded("g2", 1, Some(7))));
     }
 }
