@@ -12,6 +12,10 @@ use exchange_sim::{Fault, Sim, SimConfig};
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
+/// Every relay of this binary records into the one process-wide metrics registry: a test that
+/// waits for a backfill counter to move runs alone, or another test's backfill could satisfy it.
+static COUNTERS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Markets and rate: a few fills a second from the live feed, many more from each burst.
 fn sim_config() -> SimConfig {
     SimConfig {
@@ -132,6 +136,7 @@ impl Private {
 /// Fills made during an outage (`outage` starts it; a burst makes fills while it lasts) reach
 /// the subscriber, which stays connected; the backfill recovered some of them.
 async fn fills_survive(outage: impl FnOnce(&Sim)) {
+    let _alone = COUNTERS.lock().await;
     let sim = sim(sim_config()).await;
     let relay = quick_relay(&sim, |_| {}).await;
     await_ready(relay.addr, 200).await;
@@ -254,6 +259,7 @@ async fn rest_faults_within_the_bound_still_backfill_exactly() {
 /// backfill existed (1013 `private messages lost`), and a public client is not affected.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rest_failing_past_its_bound_announces_the_loss() {
+    let _alone = COUNTERS.lock().await;
     let sim = sim(sim_config()).await;
     let relay = quick_relay(&sim, |c| {
         c.upstream.rest.max_total_seconds = settings::Seconds::from_secs_f64(1.5)
@@ -292,6 +298,7 @@ async fn rest_failing_past_its_bound_announces_the_loss() {
 /// each touched market's position equal the simulator's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orders_and_positions_after_an_outage_equal_the_exchange() {
+    let _alone = COUNTERS.lock().await;
     let sim = sim(sim_config()).await;
     let relay = quick_relay(&sim, |_| {}).await;
     await_ready(relay.addr, 200).await;
