@@ -345,6 +345,8 @@ async fn a_load_tells_whether_redis_kept_its_data_and_the_entry_a_node_stood_at(
     assert_eq!(filled.generation, empty.generation);
     assert_eq!((filled.first_seq, filled.probe_seq), (1, Some(2)));
     assert_eq!(s.load(Some("1-0")).await.unwrap().probe_seq, None);
+    // An id Redis cannot parse finds nothing; it does not fail the load.
+    assert_eq!(s.load(Some("not-an-id")).await.unwrap().probe_seq, None);
 
     redis.restart();
     let deadline = Instant::now() + DEADLINE;

@@ -16,7 +16,8 @@ local head = redis.call('GET', KEYS[1]) or '0'
 local last = redis.call('XREVRANGE', KEYS[5], '+', '-', 'COUNT', 1)
 local head_id = '0-0'
 if #last > 0 then head_id = last[1][1] end
--- Written only when absent: a load stays a read whenever Redis kept its data.
+-- Written only when absent: a Redis at its memory limit, or read-only, refuses any write (even a
+-- SET NX that would change nothing), and a node must still be able to load from it.
 local generation = redis.call('GET', KEYS[6])
 if not generation then
   generation = ARGV[1]
@@ -24,6 +25,11 @@ if not generation then
 end
 local first_seq = seq_of(redis.call('XRANGE', KEYS[5], '-', '+', 'COUNT', 1)) or '0'
 local probe_seq = false
-if ARGV[2] ~= '' then probe_seq = seq_of(redis.call('XRANGE', KEYS[5], ARGV[2], ARGV[2])) end
+if ARGV[2] ~= '' then
+  -- An id Redis cannot parse finds nothing (the node then counts its place as lost) rather than
+  -- failing every load, and with it every retry.
+  local found = redis.pcall('XRANGE', KEYS[5], ARGV[2], ARGV[2])
+  if not found.err then probe_seq = seq_of(found) end
+end
 return {head, head_id, redis.call('GET', KEYS[3]) or false, redis.call('GET', KEYS[4]) or false,
   redis.call('HGETALL', KEYS[2]), generation, first_seq, probe_seq}
