@@ -278,12 +278,7 @@ async fn rest_failing_past_its_bound_announces_the_loss() {
     });
     sim.fault(Fault::Drop);
     metric_above(relay.addr, BACKFILLS_FAILED, 0.0).await;
-    match private.client.ended().await {
-        Ended::Close(1013, reason) => {
-            assert!(reason.starts_with("private messages lost"), "{reason}")
-        }
-        other => panic!("expected a private-loss close, got {other:?}"),
-    }
+    private.client.told_of_a_private_loss().await;
     let before = public.counts.get("trade").copied().unwrap_or(0);
     public
         .until("more trades", |c| {

@@ -418,17 +418,7 @@ async fn a_node_at_the_start_of_a_stream_redis_lost_again_announces_the_loss() {
     let (_, mut private) = private_at_the_start_of_an_empty_stream(&mut c).await;
     c.redis.restart();
     hold_the_lease_outside(&c).await;
-    told_of_a_loss(&mut private).await;
-}
-
-/// Reads until `private` is closed, which must be with the loss notice.
-async fn told_of_a_loss(private: &mut Client) {
-    match private.ended().await {
-        common::Ended::Close(1013, reason) => {
-            assert!(reason.starts_with("private messages lost"), "{reason}")
-        }
-        other => panic!("not the loss notice: {other:?}"),
-    }
+    private.told_of_a_private_loss().await;
 }
 
 /// Restarts Redis into a stream nobody writes to, on a follower that had a private subscriber;
@@ -444,7 +434,7 @@ async fn private_at_the_start_of_an_empty_stream(c: &mut Cluster) -> (usize, Cli
 
     c.redis.restart();
     hold_the_lease_outside(c).await;
-    told_of_a_loss(&mut private).await;
+    private.told_of_a_private_loss().await;
     // The node may have loaded before the state was stored: once more, to be sure it has it.
     cut_off_and_back(c, node, "the reload with the state stored").await;
     let mut again = Client::connect(&c.nodes[node].url).await;

@@ -788,12 +788,7 @@ async fn without_backfill_private_subscribers_are_told_when_the_upstream_connect
 
     sim.fault(Fault::Drop);
     // Fills during the outage are gone for good: never a silent gap.
-    match private.ended().await {
-        Ended::Close(1013, reason) => {
-            assert!(reason.starts_with("private messages lost"), "{reason}")
-        }
-        other => panic!("expected a private-loss close, got {other:?}"),
-    }
+    private.told_of_a_private_loss().await;
     let before = public.snapshots;
     public
         .until("fresh snapshots", |c| c.snapshots >= before + 2)
@@ -867,12 +862,7 @@ async fn without_backfill_fills_lost_to_a_dead_upstream_sid_are_announced_with_a
         code: 25,
         sid: Some(sid),
     });
-    match private.ended().await {
-        Ended::Close(1013, reason) => {
-            assert!(reason.starts_with("private messages lost"), "{reason}")
-        }
-        other => panic!("expected a private-loss close, got {other:?}"),
-    }
+    private.told_of_a_private_loss().await;
     // The public client is not affected: trades keep flowing.
     trades_keep_flowing(&mut public).await;
     relay.shutdown().await;

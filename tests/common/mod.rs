@@ -433,6 +433,17 @@ impl Client {
         }
         self.ended.clone().unwrap()
     }
+
+    /// Reads until the connection ends, which must be the private-loss close (1013 `private
+    /// messages lost`).
+    pub async fn told_of_a_private_loss(&mut self) {
+        match self.ended().await {
+            Ended::Close(1013, reason) => {
+                assert!(reason.starts_with("private messages lost"), "{reason}")
+            }
+            other => panic!("expected a private-loss close, got {other:?}"),
+        }
+    }
 }
 
 /// The channel a data message type belongs to (the reference's §2), for the types the relay

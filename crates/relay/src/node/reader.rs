@@ -35,7 +35,7 @@ struct Place {
 }
 
 /// An entry of the stream, in the generation of the data it was read from.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 struct Mark {
     at: Position,
     generation: String,
