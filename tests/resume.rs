@@ -109,13 +109,21 @@ async fn an_outage_right_after_a_resume_from_the_exchange_repeats_no_fill() {
     let mut second = Bot::connect(&relay2.ws_url(), Some(&position)).await;
     let replayed = second.resumed("exchange").await;
     assert!(replayed > 0, "the burst's fills are replayed");
+    // The backfill asks this test's exchange (the count is its own), and has ended well (the
+    // counter is the process's: measured from just before the outage).
+    const BACKFILLS_OK: &str = r#"relay_upstream_backfills_total{outcome="ok"}"#;
+    let before = series(&http_get(relay2.addr, "/metrics").await.1, BACKFILLS_OK);
+    let asked = sim.stats().rest_requests;
     sim.fault(Fault::Drop);
-    metric_above(
-        relay2.addr,
-        r#"relay_upstream_backfills_total{outcome="ok"}"#,
-        0.0,
-    )
-    .await;
+    let deadline = Instant::now() + DEADLINE;
+    while sim.stats().rest_requests == asked {
+        assert!(
+            Instant::now() < deadline,
+            "the outage's backfill never asked REST"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    metric_above(relay2.addr, BACKFILLS_OK, before).await;
     sim.resume();
     second.live_after(replayed).await;
     sim.pause();
