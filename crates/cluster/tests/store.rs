@@ -363,6 +363,27 @@ async fn a_load_tells_whether_redis_kept_its_data_and_the_entry_a_node_stood_at(
     assert_eq!(s.load(None).await.unwrap().generation, restarted.generation);
 }
 
+/// An entry Redis refuses to add takes no number: the next entry written gets the number the
+/// refused one would have had, so readers never find a hole in the numbering.
+#[tokio::test]
+async fn an_append_redis_refuses_leaves_no_hole_in_the_numbering() {
+    let redis = RedisServer::start();
+    let s = store(&redis);
+    let a = take(&s, "a", Duration::from_secs(30)).await;
+    append(&s, &a, &[delta("M")]).await.unwrap();
+    // The stream's key holds something else: every XADD fails.
+    redis.command(&["DEL", "relay:stream"]).await.unwrap();
+    redis.command(&["SET", "relay:stream", "x"]).await.unwrap();
+    let refused = append(&s, &a, &[delta("M"), delta("M")]).await;
+    assert!(refused.is_err(), "{refused:?}");
+    assert_eq!(s.head_seq().await.unwrap(), 1);
+    redis.command(&["DEL", "relay:stream"]).await.unwrap();
+    let at = append(&s, &a, &[delta("M")]).await.unwrap();
+    assert_eq!(at.seq, 2);
+    let seqs: Vec<u64> = read_all(&s).await.iter().map(|r| r.seq).collect();
+    assert_eq!(seqs, [2]);
+}
+
 #[tokio::test]
 async fn the_union_holds_every_live_nodes_topics_and_forgets_a_silent_node() {
     let redis = RedisServer::start();

@@ -10,14 +10,17 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] then
 end
 local maxlen, epoch, n = ARGV[2], ARGV[3], tonumber(ARGV[4])
 local i = 5
-local seq, id = 0, ''
+local seq, id = tonumber(redis.call('GET', KEYS[3]) or 0), ''
 for _ = 1, n do
   local op, arg, nf = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
   i = i + 3
-  seq = redis.call('INCR', KEYS[3])
-  local args = {'XADD', KEYS[2], 'MAXLEN', '~', maxlen, '*', 'n', seq, 'e', epoch}
+  -- Counted only once added: a script's writes stay when a later command fails, and a number
+  -- without its entry would be a hole readers take for a loss.
+  local args = {'XADD', KEYS[2], 'MAXLEN', '~', maxlen, '*', 'n', seq + 1, 'e', epoch}
   for f = 0, nf - 1 do args[#args + 1] = ARGV[i + f] end
   id = redis.call(unpack(args))
+  seq = seq + 1
+  redis.call('SET', KEYS[3], seq)
   if op == 'snap' then
     redis.call('HSET', KEYS[4], arg, seq .. ' ' .. id .. ' ' .. ARGV[i + nf - 1])
   elseif op == 'stale' then
