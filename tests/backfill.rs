@@ -45,8 +45,7 @@ async fn quick_relay(
     .await
 }
 
-/// The value of one series in a Prometheus text page (0 when absent).
-const BACKFILLS_OK: &str = r#"relay_upstream_backfills_total{outcome="ok"}"#;
+/// Backfills that failed, and the fills backfills recovered (process-wide, like `BACKFILLS_OK`).
 const BACKFILLS_FAILED: &str = r#"relay_upstream_backfills_total{outcome="failed"}"#;
 const RECOVERED: &str = "relay_upstream_backfill_fills_recovered_total";
 

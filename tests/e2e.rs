@@ -741,11 +741,8 @@ async fn an_abrupt_client_exit_is_counted_as_1006() {
         &["--listen", "127.0.0.1:0", "--upstream-url", &sim.ws_url()],
         &[],
     );
-    let addr: std::net::SocketAddr = (relay.url.strip_prefix("ws://"))
-        .and_then(|rest| rest.split('/').next()?.parse().ok())
-        .unwrap_or_else(|| panic!("an address in {}", relay.url));
     const DISCONNECTS: &str = "relay_downstream_disconnects_total{";
-    let ends = |page: &str| -> Vec<String> {
+    let counted = |page: &str| -> Vec<String> {
         (page.lines())
             .filter(|l| l.starts_with(DISCONNECTS) && !l.ends_with(" 0"))
             .map(str::to_owned)
@@ -758,8 +755,8 @@ async fn an_abrupt_client_exit_is_counted_as_1006() {
     drop(c);
     let deadline = Instant::now() + DEADLINE;
     loop {
-        let page = http_get(addr, "/metrics").await.1;
-        let ends = ends(&page);
+        let page = http_get(relay.addr, "/metrics").await.1;
+        let ends = counted(&page);
         if !ends.is_empty() {
             assert_eq!(
                 ends,

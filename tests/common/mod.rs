@@ -185,6 +185,10 @@ pub fn series(scrape: &str, name_and_labels: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Backfills that ended well. Like every counter, one for the whole process: every in-process
+/// relay of a test binary adds to it.
+pub const BACKFILLS_OK: &str = r#"relay_upstream_backfills_total{outcome="ok"}"#;
+
 /// Polls the relay's `/metrics` until `name` (with labels) exceeds `above`; returns the page.
 pub async fn metric_above(addr: std::net::SocketAddr, name: &str, above: f64) -> String {
     let deadline = Instant::now() + DEADLINE;
@@ -471,6 +475,8 @@ pub struct RelayChild {
     pub child: std::process::Child,
     /// The `ws=` URL from its ready line.
     pub url: String,
+    /// The main listener's address, from the `http=` URL of its ready line (`/metrics`, `/status`).
+    pub addr: std::net::SocketAddr,
     /// Lines after the ready line, read on demand.
     lines: std::sync::mpsc::Receiver<String>,
 }
@@ -498,18 +504,25 @@ impl RelayChild {
                 }
             }
         });
-        let mut relay = RelayChild {
-            child,
-            url: String::new(),
-            lines,
+        let ready = lines
+            .recv_timeout(DEADLINE)
+            .expect("a ready line from the relay within the deadline");
+        let field = |name: &str| {
+            (ready.split_whitespace())
+                .find_map(|w| w.strip_prefix(name))
+                .unwrap_or_else(|| panic!("{name} in the ready line: {ready}"))
+                .to_owned()
         };
-        let ready = relay.line();
-        relay.url = ready
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("ws="))
-            .unwrap_or_else(|| panic!("ws= in the ready line: {ready}"))
-            .to_owned();
-        relay
+        let http = field("http=");
+        let addr = (http.split_once("://").map(|(_, rest)| rest))
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("an address in http={http}"));
+        RelayChild {
+            child,
+            url: field("ws="),
+            addr,
+            lines,
+        }
     }
 
     /// The next line of its stdout, or a panic after `DEADLINE`.

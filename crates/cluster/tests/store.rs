@@ -363,25 +363,34 @@ async fn a_load_tells_whether_redis_kept_its_data_and_the_entry_a_node_stood_at(
     assert_eq!(s.load(None).await.unwrap().generation, restarted.generation);
 }
 
-/// An entry Redis refuses to add takes no number: the next entry written gets the number the
-/// refused one would have had, so readers never find a hole in the numbering.
+/// A batch Redis would refuse is refused whole, and an entry not added takes no number: the next
+/// entry written gets the number the refused one would have had, so readers never find a hole
+/// in the numbering or an entry twice.
 #[tokio::test]
-async fn an_append_redis_refuses_leaves_no_hole_in_the_numbering() {
+async fn an_append_redis_refuses_writes_nothing_and_leaves_no_hole_in_the_numbering() {
     let redis = RedisServer::start();
     let s = store(&redis);
     let a = take(&s, "a", Duration::from_secs(30)).await;
     append(&s, &a, &[delta("M")]).await.unwrap();
-    // The stream's key holds something else: every XADD fails.
-    redis.command(&["DEL", "relay:stream"]).await.unwrap();
-    redis.command(&["SET", "relay:stream", "x"]).await.unwrap();
-    let refused = append(&s, &a, &[delta("M"), delta("M")]).await;
-    assert!(refused.is_err(), "{refused:?}");
-    assert_eq!(s.head_seq().await.unwrap(), 1);
-    redis.command(&["DEL", "relay:stream"]).await.unwrap();
+    append(&s, &a, &[snapshot("M", 5)]).await.unwrap();
+    // Each key in turn holds a string instead; what it held is put back after.
+    for key in ["relay:stream", "relay:books"] {
+        redis.command(&["RENAME", key, "kept"]).await.unwrap();
+        redis.command(&["SET", key, "x"]).await.unwrap();
+        let refused = append(&s, &a, &[delta("M"), snapshot("M", 6)]).await;
+        assert!(
+            matches!(refused, Err(Error::Redis(_))),
+            "{key}: {refused:?}"
+        );
+        assert_eq!(s.head_seq().await.unwrap(), 2, "{key}");
+        redis.command(&["RENAME", "kept", key]).await.unwrap();
+    }
     let at = append(&s, &a, &[delta("M")]).await.unwrap();
-    assert_eq!(at.seq, 2);
+    assert_eq!(at.seq, 3);
     let seqs: Vec<u64> = read_all(&s).await.iter().map(|r| r.seq).collect();
-    assert_eq!(seqs, [2]);
+    assert_eq!(seqs, [1, 2, 3]);
+    // The stored book is still the snapshot of entry 2.
+    assert_eq!(s.load(None).await.unwrap().books["M"].at.seq, 2);
 }
 
 #[tokio::test]

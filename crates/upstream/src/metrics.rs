@@ -106,13 +106,14 @@ pub fn describe() {
     );
 }
 
-/// One backfill ended (`outcome` one of the labels of [`BACKFILLS`]).
+/// One backfill ended (`outcome` one of the labels of [`BACKFILLS`]). The outcome is counted
+/// last, so a scrape that sees it also sees what the backfill recovered.
 pub(crate) fn backfill(outcome: &'static str, took: Duration, fills: u64) {
-    counter!(BACKFILLS, "outcome" => outcome).increment(1);
     if outcome == "ok" {
         counter!(BACKFILL_FILLS).increment(fills);
         histogram!(BACKFILL_DURATION).record(took.as_secs_f64());
     }
+    counter!(BACKFILLS, "outcome" => outcome).increment(1);
 }
 
 pub(crate) fn rest_request(outcome: &'static str, took: Duration) {
