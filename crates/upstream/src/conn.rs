@@ -66,15 +66,28 @@ impl Conn<'_> {
         let s = &self.ctx.settings;
         let (ping_interval, pong_timeout, window) =
             (s.ping_interval, s.pong_timeout, s.liveness_window);
-        let mut next_ping = Instant::now() + ping_interval;
         let mut ping_sent: Option<(Instant, u64)> = None;
         let mut ping_counter: u64 = 0;
         let shutdown = self.ctx.shutdown.clone();
         let shared = self.ctx.shared.clone();
+        // The timers and the wake-up outlive each turn of the loop: a frame, the common turn,
+        // registers and cancels none of them. The liveness deadline moves with every frame, so
+        // its timer fires at the deadline it was armed with and is re-armed if a frame came since.
+        let changed = shared.changed.notified();
+        let next_ping = sleep_until(Instant::now() + ping_interval);
+        let liveness = sleep_until(self.last_frame + window);
+        let pong = sleep_until(Instant::now());
+        let repair = sleep_until(Instant::now());
+        tokio::pin!(changed, next_ping, liveness, pong, repair);
+        let mut repair_armed = None;
         loop {
-            let liveness = self.last_frame + window;
-            let pong_deadline = ping_sent.map(|(at, _)| at + pong_timeout);
             let repair_deadline = self.repairs.values().min().copied();
+            if repair_deadline != repair_armed {
+                if let Some(at) = repair_deadline {
+                    repair.as_mut().reset(at);
+                }
+                repair_armed = repair_deadline;
+            }
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => {
@@ -104,24 +117,35 @@ impl Conn<'_> {
                         Some(Ok(_)) => {}
                     }
                 }
-                _ = shared.changed.notified() => self.reconcile().await?,
-                _ = sleep_until(next_ping) => {
-                    next_ping = Instant::now() + ping_interval;
+                () = &mut changed => {
+                    changed.set(shared.changed.notified());
+                    self.reconcile().await?;
+                }
+                () = &mut next_ping => {
+                    next_ping.as_mut().reset(Instant::now() + ping_interval);
                     if ping_sent.is_none() {
                         ping_counter += 1;
                         self.send(WsMessage::Ping(ping_counter.to_be_bytes().to_vec().into())).await?;
-                        ping_sent = Some((Instant::now(), ping_counter));
+                        let at = Instant::now();
+                        ping_sent = Some((at, ping_counter));
+                        pong.as_mut().reset(at + pong_timeout);
                     }
                 }
-                _ = sleep_until(pong_deadline.unwrap_or(liveness)), if pong_deadline.is_some() => {
+                () = &mut pong, if ping_sent.is_some() => {
                     warn!(timeout_ms = pong_timeout.as_millis() as u64, "no pong for our ping: connection is dead");
                     return Err(DisconnectReason::PongTimeout);
                 }
-                _ = sleep_until(liveness) => {
-                    warn!(window_ms = window.as_millis() as u64, "no frame from the exchange: connection is dead");
-                    return Err(DisconnectReason::LivenessTimeout);
+                () = &mut liveness => {
+                    let due = self.last_frame + window;
+                    if due > Instant::now() {
+                        liveness.as_mut().reset(due);
+                    } else {
+                        warn!(window_ms = window.as_millis() as u64, "no frame from the exchange: connection is dead");
+                        return Err(DisconnectReason::LivenessTimeout);
+                    }
                 }
-                _ = sleep_until(repair_deadline.unwrap_or(liveness)), if repair_deadline.is_some() => {
+                () = &mut repair, if repair_armed.is_some() => {
+                    repair_armed = None;
                     self.repair_timeouts().await?;
                 }
             }
