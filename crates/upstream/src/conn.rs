@@ -79,6 +79,7 @@ impl Conn<'_> {
         let pong = sleep_until(Instant::now());
         let repair = sleep_until(Instant::now());
         tokio::pin!(changed, next_ping, liveness, pong, repair);
+        // The deadline the repair timer is armed for; None while no repair is timed.
         let mut repair_armed = None;
         loop {
             let repair_deadline = self.repairs.values().min().copied();

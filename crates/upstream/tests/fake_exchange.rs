@@ -402,6 +402,49 @@ async fn unanswered_ping_is_death() {
     shutdown.cancel();
 }
 
+/// Pings answered for a while, then not: dead one pong timeout after the first unanswered ping,
+/// however many were answered before it.
+#[tokio::test(start_paused = true)]
+async fn answered_pings_keep_it_alive_until_one_goes_unanswered() {
+    let mut fake = Fake::start(Mode::Accept).await;
+    let cfg = UpstreamConfig {
+        ping_interval_seconds: settings::Seconds::from_secs(30),
+        pong_timeout_seconds: settings::Seconds::from_secs(10),
+        liveness_window_seconds: settings::Seconds::from_secs(1000),
+        ..config(&fake.url)
+    };
+    let shutdown = CancellationToken::new();
+    let (_up, mut events) = upstream::spawn(cfg, shutdown.clone()).unwrap();
+    let (mut ws, _) = fake.conn().await;
+    let connected = loop {
+        if next_state(&mut events).await == State::Connected {
+            break Instant::now();
+        }
+    };
+    assert_eq!(next_state(&mut events).await, State::Subscribed);
+    // The exchange reads (tungstenite queues a pong for each ping; the flush sends it) until it
+    // has answered three pings, then keeps the socket open without reading.
+    let exchange = tokio::spawn(async move {
+        let mut answered = 0;
+        while answered < 3 {
+            if let Message::Ping(_) = ws.next().await.unwrap().unwrap() {
+                ws.flush().await.unwrap();
+                answered += 1;
+            }
+        }
+        ws
+    });
+    assert_eq!(
+        next_state(&mut events).await,
+        State::Disconnected {
+            reason: DisconnectReason::PongTimeout
+        }
+    );
+    assert_eq!(Instant::now() - connected, Duration::from_secs(4 * 30 + 10));
+    assert!(exchange.is_finished(), "the exchange answered three pings");
+    shutdown.cancel();
+}
+
 #[tokio::test]
 async fn signed_handshake_without_origin() {
     let (private_pem, public_pem) = protocol::sign::generate_key_pair(2048);
