@@ -727,6 +727,71 @@ async fn market_limit_splits_and_a_gap_resnapshots_one_market() {
     shutdown.cancel();
 }
 
+/// Two gap repairs, the second asked half a timeout after the first: the first, unanswered, is
+/// resubscribed at its deadline, alone; the second, answered after that and before its own
+/// deadline, is left alone. (Real time: with tokio's paused clock, time jumps while a frame is
+/// in flight on the socket.)
+#[tokio::test]
+async fn each_gap_repair_times_out_at_its_own_deadline() {
+    let mut fake = Fake::start(Mode::Accept).await;
+    let shutdown = CancellationToken::new();
+    let timeout = Duration::from_secs(2);
+    let cfg = UpstreamConfig {
+        snapshot_timeout_seconds: settings::Seconds::from_secs_f64(timeout.as_secs_f64()),
+        ..config(&fake.url)
+    };
+    let (up, mut events) = upstream::spawn(cfg, shutdown.clone()).unwrap();
+    up.subscribe(Channel::OrderbookDelta, Some(vec!["A".into(), "B".into()]));
+    let (mut ws, _) = fake.conn().await;
+    command(&mut ws).await;
+    send(
+        &mut ws,
+        json!({"id":1,"type":"error","msg":{"code":26,"msg":"Subscription market limit exceeded"}}),
+    )
+    .await;
+    for (sid, m) in [(10, "A"), (11, "B")] {
+        let c = command(&mut ws).await;
+        send(
+            &mut ws,
+            json!({"id":c["id"],"type":"subscribed","msg":{"channel":"orderbook_delta","sid":sid}}),
+        )
+        .await;
+        send(&mut ws, snapshot(sid, 1, m)).await;
+    }
+    for m in ["A", "B"] {
+        assert_eq!(
+            next_book_event(&mut events).await,
+            format!("data {m} snapshot orderbook_delta")
+        );
+    }
+    send(&mut ws, delta(10, 3, "A")).await;
+    assert_eq!(next_book_event(&mut events).await, "stale A");
+    assert_eq!(command(&mut ws).await["cmd"], "update_subscription");
+    let first = Instant::now();
+    tokio::time::sleep(timeout / 2).await;
+    send(&mut ws, delta(11, 3, "B")).await;
+    assert_eq!(next_book_event(&mut events).await, "stale B");
+    assert_eq!(command(&mut ws).await["cmd"], "update_subscription");
+    let second = Instant::now();
+    // A's repair never comes: A alone is resubscribed, at its deadline.
+    assert_eq!(
+        command(&mut ws).await,
+        json!({"id":6,"cmd":"unsubscribe","params":{"sids":[10]}})
+    );
+    assert!(first.elapsed() >= timeout, "{:?}", first.elapsed());
+    // B's snapshot, before its own deadline: nothing more is asked, even past that deadline.
+    send(&mut ws, snapshot(11, 4, "B")).await;
+    assert_eq!(next_book_event(&mut events).await, "reset B");
+    assert!(second.elapsed() < timeout, "B was answered in time");
+    let past_b = second + timeout * 5 / 4;
+    while let Ok(c) = tokio::time::timeout_at(past_b, command(&mut ws)).await {
+        // A's resubscription goes on; nothing may touch B's sid or market.
+        let b = c["params"]["sids"] == json!([11]) || c["params"]["market_tickers"] == json!(["B"]);
+        assert!(!b, "B was resubscribed: {c}");
+    }
+    shutdown.cancel();
+}
+
 /// Three refusals, then a connection that lives `up` before it drops, then refusals again: how
 /// many refusals it takes to give up (max 4 consecutive failures), and the delay before the
 /// first reconnect after the drop (none when it gave up at once).
