@@ -79,15 +79,13 @@ impl Conn<'_> {
         let pong = sleep_until(Instant::now());
         let repair = sleep_until(Instant::now());
         tokio::pin!(changed, next_ping, liveness, pong, repair);
-        // The deadline the repair timer is armed for; None while no repair is timed.
-        let mut repair_armed = None;
         loop {
-            let repair_deadline = self.repairs.values().min().copied();
-            if repair_deadline != repair_armed {
-                if let Some(at) = repair_deadline {
+            // Aimed at the earliest repair deadline; when it fires, the repairs it timed out are
+            // gone, so the next earliest differs and re-arms it.
+            if let Some(at) = self.repairs.values().min().copied() {
+                if repair.deadline() != at {
                     repair.as_mut().reset(at);
                 }
-                repair_armed = repair_deadline;
             }
             tokio::select! {
                 biased;
@@ -145,10 +143,7 @@ impl Conn<'_> {
                         return Err(DisconnectReason::LivenessTimeout);
                     }
                 }
-                () = &mut repair, if repair_armed.is_some() => {
-                    repair_armed = None;
-                    self.repair_timeouts().await?;
-                }
+                () = &mut repair, if !self.repairs.is_empty() => self.repair_timeouts().await?,
             }
         }
     }

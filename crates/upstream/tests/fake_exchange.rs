@@ -373,25 +373,36 @@ async fn silence_is_death_but_exchange_pings_keep_a_quiet_market_alive() {
     shutdown.cancel();
 }
 
-#[tokio::test(start_paused = true)]
-async fn unanswered_ping_is_death() {
-    let mut fake = Fake::start(Mode::Accept).await;
+/// A session that pings every 30 s and waits 10 s for the pong (liveness out of the way),
+/// connected and subscribed: its handle, its events, the exchange's end of the socket, and when
+/// it connected.
+async fn pinging_session(
+    fake: &mut Fake,
+    shutdown: &CancellationToken,
+) -> (upstream::Upstream, mpsc::Receiver<Event>, Conn, Instant) {
     let cfg = UpstreamConfig {
         ping_interval_seconds: settings::Seconds::from_secs(30),
         pong_timeout_seconds: settings::Seconds::from_secs(10),
         liveness_window_seconds: settings::Seconds::from_secs(1000),
         ..config(&fake.url)
     };
-    let shutdown = CancellationToken::new();
-    let (_up, mut events) = upstream::spawn(cfg, shutdown.clone()).unwrap();
-    // The fake never reads, so it never answers our ping.
-    let (_ws, _) = fake.conn().await;
+    let (up, mut events) = upstream::spawn(cfg, shutdown.clone()).unwrap();
+    let (ws, _) = fake.conn().await;
     let connected = loop {
         if next_state(&mut events).await == State::Connected {
             break Instant::now();
         }
     };
     assert_eq!(next_state(&mut events).await, State::Subscribed);
+    (up, events, ws, connected)
+}
+
+#[tokio::test(start_paused = true)]
+async fn unanswered_ping_is_death() {
+    let mut fake = Fake::start(Mode::Accept).await;
+    let shutdown = CancellationToken::new();
+    // The fake never reads, so it never answers our ping.
+    let (_up, mut events, _ws, connected) = pinging_session(&mut fake, &shutdown).await;
     assert_eq!(
         next_state(&mut events).await,
         State::Disconnected {
@@ -407,21 +418,8 @@ async fn unanswered_ping_is_death() {
 #[tokio::test(start_paused = true)]
 async fn answered_pings_keep_it_alive_until_one_goes_unanswered() {
     let mut fake = Fake::start(Mode::Accept).await;
-    let cfg = UpstreamConfig {
-        ping_interval_seconds: settings::Seconds::from_secs(30),
-        pong_timeout_seconds: settings::Seconds::from_secs(10),
-        liveness_window_seconds: settings::Seconds::from_secs(1000),
-        ..config(&fake.url)
-    };
     let shutdown = CancellationToken::new();
-    let (_up, mut events) = upstream::spawn(cfg, shutdown.clone()).unwrap();
-    let (mut ws, _) = fake.conn().await;
-    let connected = loop {
-        if next_state(&mut events).await == State::Connected {
-            break Instant::now();
-        }
-    };
-    assert_eq!(next_state(&mut events).await, State::Subscribed);
+    let (_up, mut events, mut ws, connected) = pinging_session(&mut fake, &shutdown).await;
     // The exchange reads (tungstenite queues a pong for each ping; the flush sends it) until it
     // has answered three pings, then keeps the socket open without reading.
     let exchange = tokio::spawn(async move {
@@ -733,6 +731,13 @@ async fn market_limit_splits_and_a_gap_resnapshots_one_market() {
 /// in flight on the socket.)
 #[tokio::test]
 async fn each_gap_repair_times_out_at_its_own_deadline() {
+    // Bounded: after a regression a command or event can never come.
+    tokio::time::timeout(Duration::from_secs(30), two_repairs_play_out())
+        .await
+        .expect("the two repairs played out within 30 s");
+}
+
+async fn two_repairs_play_out() {
     let mut fake = Fake::start(Mode::Accept).await;
     let shutdown = CancellationToken::new();
     let timeout = Duration::from_secs(2);
