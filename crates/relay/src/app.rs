@@ -122,6 +122,7 @@ impl App {
                 })
                 .collect(),
             traffic: traffic.clone(),
+            latency: ::metrics::histogram!(crate::metrics::LATENCY_SECONDS),
         };
         App {
             gate,

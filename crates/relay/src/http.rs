@@ -27,7 +27,7 @@ use tracing::debug;
 use crate::app::App;
 use crate::breakage::{self, Breakage};
 use crate::security::Refusal;
-use crate::session::{self, SessionOptions};
+use crate::session::{self, ClientSocket, SessionOptions};
 
 mod credentials;
 mod params;
@@ -317,8 +317,10 @@ fn upgrade(app: Arc<App>, mut req: Request<Incoming>, peer: SocketAddr) -> Respo
     app.tracker.spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
-                let ws = WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
+                let (socket, read_ahead) = ClientSocket::from_upgraded(upgraded);
+                let ws = WebSocketStream::from_partially_read(
+                    socket,
+                    read_ahead,
                     Role::Server,
                     Some(ws_config),
                 )

@@ -20,6 +20,7 @@
 mod commands;
 mod core;
 mod out;
+mod transport;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -29,7 +30,7 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use futures_util::{FutureExt, SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio_tungstenite::tungstenite::error::{Error as WsError, ProtocolError};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
@@ -50,6 +51,7 @@ use crate::status::UpstreamStatus;
 use crate::throughput::Traffic;
 
 pub(crate) use self::out::KINDS;
+pub use self::transport::{ClientSocket, Transport};
 
 /// Per-connection choices made at the handshake.
 pub struct SessionOptions {
@@ -86,6 +88,8 @@ pub(crate) struct Context {
     /// registry lookup per batch.
     pub sent_counters: Vec<SentCounters>,
     pub traffic: Arc<Traffic>,
+    /// `relay_latency_seconds`, registered once.
+    pub latency: metrics::Histogram,
 }
 
 /// Most deliveries written before a socket write and a look at the client's frames, so one busy
@@ -94,17 +98,18 @@ const MAX_BATCH: usize = 256;
 /// How long a close handshake may take before the socket is simply dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
-/// Runs one client session to its end.
+/// Runs one client session to its end. [`Transport`] is implemented for TCP, TLS over TCP and
+/// in-memory streams; a stream that cannot tell when it is readable is read at every wake-up.
 pub async fn run<S>(app: Arc<App>, ws: WebSocketStream<S>, options: SessionOptions)
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: Transport,
 {
     serve(&app.sessions, ws, options).await
 }
 
 async fn serve<S>(app: &Context, ws: WebSocketStream<S>, options: SessionOptions)
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: Transport,
 {
     app.clients.fetch_add(1, Ordering::Relaxed);
     metrics::gauge!(m::CONNECTIONS).increment(1.0);
@@ -143,13 +148,16 @@ struct Session<'a, S> {
     seen: Beat,
     /// The code of the client's own close frame, if it closed.
     client_close: Option<u16>,
+    /// tungstenite may hold frames of its own to send (it read since its last flush: a ping's
+    /// answer, a close echo).
+    ws_unflushed: bool,
     /// Held for the session's life: dropping it frees the client's slot.
     _admission: Admission,
 }
 
 impl<'a, S> Session<'a, S>
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: Transport,
 {
     fn new(app: &'a Context, ws: WebSocketStream<S>, options: SessionOptions) -> Self {
         let sub = app.fanout.subscriber();
@@ -169,6 +177,7 @@ where
             seen: app.heartbeat.beat(signal.group()),
             signal,
             client_close: None,
+            ws_unflushed: false,
             _admission: options.admission,
         }
     }
@@ -182,6 +191,8 @@ where
         }
         let signal = self.signal.clone();
         let mut read_tried = true;
+        // The last read attempt came back pending: the next waits for the socket's readiness.
+        let mut read_idle = false;
         loop {
             // Armed before the look, so a wake-up that comes during it is not missed.
             let woken = signal.notified();
@@ -192,20 +203,22 @@ where
                 // More is ready than one batch: no wake-up will say so. The client's frames
                 // that arrived meanwhile are read first, so a busy stream never starves them.
                 Ok(true) => {
+                    self.ws_unflushed = true;
                     while let Some(frame) = self.ws.next().now_or_never() {
                         if let Err(close) = self.on_frame(frame).await {
                             return close;
                         }
                     }
+                    read_idle = true;
                     continue;
                 }
                 Ok(false) => {}
             }
-            // A wake-up is looked at before the socket: a read attempt costs tungstenite a
-            // buffer fill and a waker registration, and a parked session has just made one. A
-            // wake-up that comes before any read attempt is made (more data while the last batch
-            // was written) puts the socket first next time, so a busy stream never starves the
-            // client's frames (pongs, commands).
+            // A wake-up is looked at before the socket, and the socket is read only when it may
+            // hold something (`Transport`): a parked session has just looked. A wake-up that
+            // comes before any look at the socket (more data while the last batch was written)
+            // puts the socket first next time, so a busy stream never starves the client's
+            // frames (pongs, commands).
             let read_first = !read_tried;
             read_tried = false;
             let next = std::future::poll_fn(|cx| {
@@ -213,8 +226,15 @@ where
                     return Poll::Ready(None);
                 }
                 read_tried = true;
-                if let Poll::Ready(frame) = self.ws.poll_next_unpin(cx) {
-                    return Poll::Ready(Some(frame));
+                // After a frame, tungstenite may hold the next one already read: it is asked
+                // again before the socket's readiness counts.
+                if !read_idle || self.ws.get_ref().poll_read_ready(cx).is_ready() {
+                    self.ws_unflushed = true;
+                    if let Poll::Ready(frame) = self.ws.poll_next_unpin(cx) {
+                        read_idle = false;
+                        return Poll::Ready(Some(frame));
+                    }
+                    read_idle = true;
                 }
                 woken.as_mut().poll(cx).map(|()| None)
             })
@@ -327,9 +347,12 @@ where
         }
         let bytes = self.core.out.take();
         let ws = &mut self.ws;
+        let ws_unflushed = std::mem::take(&mut self.ws_unflushed);
         // One timeout for the whole write: a timer per socket operation costs every batch.
         io(self.app, async {
-            ws.flush().await.map_err(|_| ())?;
+            if ws_unflushed {
+                ws.flush().await.map_err(|_| ())?;
+            }
             let socket = ws.get_mut();
             socket.write_all(&bytes).await.map_err(|_| ())?;
             socket.flush().await.map_err(|_| ())
@@ -357,7 +380,7 @@ where
                 .fetch_add(total, Ordering::Relaxed);
         }
         if let Some(at) = written.latency_sample {
-            metrics::histogram!(m::LATENCY_SECONDS).record(at.elapsed().as_secs_f64());
+            self.app.latency.record(at.elapsed().as_secs_f64());
         }
     }
 
@@ -379,22 +402,30 @@ where
 }
 
 /// A whole write (tungstenite's pending frames, then ours), bounded as one by the write timeout
-/// and abandoned at shutdown.
+/// and abandoned at shutdown. Most writes complete at once: the timer and the shutdown waiter
+/// are set up only for one that has to wait.
 async fn io<T, E>(
     app: &Context,
     op: impl std::future::Future<Output = Result<T, E>>,
 ) -> Result<T, Close> {
-    let timeout = tokio::time::timeout(app.write_timeout, op);
-    tokio::select! {
-        biased;
-        result = timeout => match result {
-            Ok(Ok(value)) => Ok(value),
-            // A failed write means the peer is gone or the socket is broken.
-            Ok(Err(_)) => Err(None),
-            Err(_) => Err(Some(CloseReason::WriteTimeout)),
-        },
-        _ = app.shutdown.cancelled() => Err(Some(CloseReason::Restart)),
-    }
+    let mut op = std::pin::pin!(op);
+    let first = std::future::poll_fn(|cx| Poll::Ready(op.as_mut().poll(cx))).await;
+    let result = match first {
+        Poll::Ready(result) => result,
+        Poll::Pending => {
+            let timeout = tokio::time::timeout(app.write_timeout, op);
+            tokio::select! {
+                biased;
+                result = timeout => match result {
+                    Ok(result) => result,
+                    Err(_) => return Err(Some(CloseReason::WriteTimeout)),
+                },
+                _ = app.shutdown.cancelled() => return Err(Some(CloseReason::Restart)),
+            }
+        }
+    };
+    // A failed write means the peer is gone or the socket is broken.
+    result.map_err(|_| None)
 }
 
 /// A read error: what to tell the client, if it is still there to hear it.
